@@ -1,0 +1,254 @@
+//! The keyring: live versions in numeric order and the one that writes.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use zeroize::Zeroizing;
+
+use crate::envelope::{Cipher, Envelope};
+use crate::{Error, HandoverKey, HookHandover, Kcv, Key, KeyVersion, KeyringId};
+
+/// Encryptions under one key after which callers should rotate (2^31).
+pub const NONCE_WARN_LIMIT: u64 = 1 << 31;
+/// Encryptions under one key after which it refuses to encrypt (2^32, the
+/// NIST SP 800-38D bound for random 96-bit nonces).
+pub const NONCE_HARD_LIMIT: u64 = 1 << 32;
+
+struct Entry {
+    key: Key,
+    cipher: Cipher,
+    encryptions: AtomicU64,
+}
+
+/// The live key versions of one keyring and its write version.
+///
+/// Versions are held in a `BTreeMap` keyed by [`KeyVersion`], so their order is
+/// numeric whatever order they arrived in. The write version is set by the
+/// caller (the rotation state decides it), never inferred from "the highest".
+/// Encrypting uses the write version; decrypting uses the record's prefix.
+pub struct Keyring {
+    id: KeyringId,
+    write_version: KeyVersion,
+    entries: BTreeMap<KeyVersion, Entry>,
+}
+
+impl Keyring {
+    /// Builds a keyring. Refuses an empty set of keys, a version given twice
+    /// and a write version that is not among the keys: every version given is
+    /// either in the keyring or the call fails naming it.
+    pub fn new(
+        id: KeyringId,
+        write_version: KeyVersion,
+        keys: impl IntoIterator<Item = (KeyVersion, Key)>,
+    ) -> Result<Self, Error> {
+        let mut entries = BTreeMap::new();
+        for (version, key) in keys {
+            if entries.contains_key(&version) {
+                return Err(Error::DuplicateVersion { version });
+            }
+            let cipher = Cipher::new(&key);
+            entries.insert(
+                version,
+                Entry {
+                    key,
+                    cipher,
+                    encryptions: AtomicU64::new(0),
+                },
+            );
+        }
+        if entries.is_empty() {
+            return Err(Error::EmptyKeyring);
+        }
+        if !entries.contains_key(&write_version) {
+            return Err(Error::WriteVersionNotInKeyring { write_version });
+        }
+        Ok(Self {
+            id,
+            write_version,
+            entries,
+        })
+    }
+
+    /// Loads the hook's hand-over JSON (see [`HookHandover`]).
+    pub fn from_handover_json(text: &str) -> Result<Self, Error> {
+        HookHandover::from_json(text)?.into_keyring()
+    }
+
+    /// The hand-over of this keyring: the one place its keys leave as text.
+    pub fn to_handover(&self) -> HookHandover {
+        HookHandover {
+            keyring: self.id.clone(),
+            write_version: self.write_version,
+            keys: self
+                .entries
+                .iter()
+                .map(|(version, entry)| HandoverKey {
+                    version: *version,
+                    key: entry.key.clone(),
+                })
+                .collect(),
+        }
+    }
+
+    /// The keyring's name.
+    pub fn id(&self) -> &KeyringId {
+        &self.id
+    }
+
+    /// The version new records are written with.
+    pub fn write_version(&self) -> KeyVersion {
+        self.write_version
+    }
+
+    /// The versions, in numeric order.
+    pub fn versions(&self) -> impl Iterator<Item = KeyVersion> + '_ {
+        self.entries.keys().copied()
+    }
+
+    /// Whether `version` is in the keyring.
+    pub fn contains(&self, version: KeyVersion) -> bool {
+        self.entries.contains_key(&version)
+    }
+
+    /// The key check value of `version`, when it is in the keyring.
+    pub fn kcv(&self, version: KeyVersion) -> Option<Kcv> {
+        self.entries
+            .get(&version)
+            .map(|entry| Kcv::compute(&entry.key, &self.id, version))
+    }
+
+    /// Encrypts with the write version. Refuses once that version has done
+    /// 2^32 encryptions in this keyring's lifetime (see [`Keyring::set_encryptions`]).
+    pub fn encrypt(&self, plaintext: &[u8], aad: &[u8]) -> Result<String, Error> {
+        let version = self.write_version;
+        let entry = &self.entries[&version];
+        let before = entry.encryptions.fetch_add(1, Ordering::Relaxed);
+        if before >= NONCE_HARD_LIMIT {
+            entry.encryptions.fetch_sub(1, Ordering::Relaxed);
+            return Err(Error::NonceLimitReached { version });
+        }
+        Ok(entry.cipher.seal(version, plaintext, aad))
+    }
+
+    /// Decrypts a record with the key its prefix names.
+    pub fn decrypt(&self, record: &str, aad: &[u8]) -> Result<Zeroizing<Vec<u8>>, Error> {
+        let envelope = Envelope::parse(record)?;
+        let entry = self
+            .entries
+            .get(&envelope.version())
+            .ok_or(Error::UnknownVersion {
+                version: envelope.version(),
+            })?;
+        entry.cipher.open(&envelope, aad)
+    }
+
+    /// Encryptions done under `version`.
+    pub fn encryptions(&self, version: KeyVersion) -> Option<u64> {
+        self.entries
+            .get(&version)
+            .map(|entry| entry.encryptions.load(Ordering::Relaxed))
+    }
+
+    /// Seeds the encryption count of `version` from a persisted total, so the
+    /// nonce limit holds across restarts.
+    pub fn set_encryptions(&self, version: KeyVersion, count: u64) -> Result<(), Error> {
+        let entry = self
+            .entries
+            .get(&version)
+            .ok_or(Error::UnknownVersion { version })?;
+        entry.encryptions.store(count, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Versions past 2^31 encryptions: time to rotate.
+    pub fn near_nonce_limit(&self) -> Vec<KeyVersion> {
+        self.entries
+            .iter()
+            .filter(|(_, entry)| entry.encryptions.load(Ordering::Relaxed) >= NONCE_WARN_LIMIT)
+            .map(|(version, _)| *version)
+            .collect()
+    }
+}
+
+impl core::fmt::Debug for Keyring {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Keyring")
+            .field("id", &self.id)
+            .field("versions", &self.entries.keys().collect::<Vec<_>>())
+            .field("write_version", &self.write_version)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(n: u32) -> KeyVersion {
+        KeyVersion::new(n).unwrap()
+    }
+
+    fn orders() -> KeyringId {
+        "orders".parse().unwrap()
+    }
+
+    #[test]
+    fn v10_after_v9_and_both_decrypt() {
+        let (k9, k10) = (Key::generate(), Key::generate());
+        let old = Keyring::new(orders(), v(9), [(v(9), k9.clone())]).unwrap();
+        let record9 = old.encrypt(b"nine", b"").unwrap();
+        let ring = Keyring::new(orders(), v(9), [(v(10), k10), (v(9), k9)]).unwrap();
+        assert_eq!(ring.versions().collect::<Vec<_>>(), [v(9), v(10)]);
+        assert_eq!(ring.write_version(), v(9));
+        assert_eq!(&*ring.decrypt(&record9, b"").unwrap(), b"nine");
+        assert!(ring.encrypt(b"x", b"").unwrap().starts_with("V9:"));
+    }
+
+    #[test]
+    fn refuses_duplicates_empty_and_foreign_write_version() {
+        let k = Key::generate();
+        assert_eq!(
+            Keyring::new(orders(), v(9), [(v(9), k.clone()), (v(9), k.clone())]).unwrap_err(),
+            Error::DuplicateVersion { version: v(9) }
+        );
+        assert_eq!(
+            Keyring::new(orders(), v(9), std::iter::empty()).unwrap_err(),
+            Error::EmptyKeyring
+        );
+        assert_eq!(
+            Keyring::new(orders(), v(10), [(v(9), k)]).unwrap_err(),
+            Error::WriteVersionNotInKeyring {
+                write_version: v(10)
+            }
+        );
+    }
+
+    #[test]
+    fn unknown_version_is_named() {
+        let ring = Keyring::new(orders(), v(9), [(v(9), Key::generate())]).unwrap();
+        let other = Keyring::new(orders(), v(11), [(v(11), Key::generate())]).unwrap();
+        let record = other.encrypt(b"x", b"").unwrap();
+        let err = ring.decrypt(&record, b"").unwrap_err();
+        assert_eq!(err, Error::UnknownVersion { version: v(11) });
+        assert_eq!(
+            err.to_string(),
+            "record is encrypted with v11, which is not in the keyring"
+        );
+    }
+
+    #[test]
+    fn nonce_limit_warns_then_refuses() {
+        let ring = Keyring::new(orders(), v(9), [(v(9), Key::generate())]).unwrap();
+        ring.set_encryptions(v(9), NONCE_WARN_LIMIT - 1).unwrap();
+        assert!(ring.near_nonce_limit().is_empty());
+        ring.encrypt(b"x", b"").unwrap();
+        assert_eq!(ring.near_nonce_limit(), [v(9)]);
+        ring.set_encryptions(v(9), NONCE_HARD_LIMIT - 1).unwrap();
+        ring.encrypt(b"x", b"").unwrap();
+        assert_eq!(
+            ring.encrypt(b"x", b"").unwrap_err(),
+            Error::NonceLimitReached { version: v(9) }
+        );
+        assert_eq!(ring.encryptions(v(9)), Some(NONCE_HARD_LIMIT));
+    }
+}
