@@ -1,1 +1,64 @@
-//! placeholder
+//! The wire types of keyholder: every API body, the status document and the
+//! audit chain, defined once and used by both `keyholderd` and `keyholder`.
+//!
+//! This crate holds no logic beyond parsing, the version check and the audit
+//! hash. It never holds a key: the one body that carries a secret (a share
+//! line) wraps it in [`ShareLine`], which zeroizes and never prints.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+mod audit;
+mod rotation;
+mod seal;
+mod version;
+
+pub use audit::{AuditEntry, AuditLog, ChainError, GENESIS_HASH, verify_chain};
+pub use rotation::{
+    PrepareRequest, RetirePlan, RetireRequest, RollbackPlan, RollbackRequest, RotationState,
+    RotationStatus, ShareEnvelope, ThrottleRequest,
+};
+pub use seal::{
+    Health, ShareLine, ShareOutcome, Status, UnsealProgress, UnsealRequest, UnsealResponse,
+    VersionState, VersionStatus,
+};
+pub use version::{API_VERSION, API_VERSION_HEADER, IncompatibleVersion, check_compatible};
+
+use serde::{Deserialize, Serialize};
+
+/// Every non-2xx answer of the daemon.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiError {
+    /// A lowercase sentence saying what was wrong and what to do.
+    pub error: String,
+    /// A stable snake_case code (`sealed`, `forbidden`, `bad_request`, ...).
+    pub code: String,
+}
+
+/// Parses a request or response body strictly, naming the field that was
+/// wrong but never echoing a value from the body (it may hold a share).
+pub fn from_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, String> {
+    serde_json::from_slice(body).map_err(|e| {
+        let what = match e.classify() {
+            serde_json::error::Category::Io => "could not be read",
+            serde_json::error::Category::Syntax => "is not valid JSON",
+            serde_json::error::Category::Data => "does not have the expected fields",
+            serde_json::error::Category::Eof => "ends early",
+        };
+        // serde_json's data errors name the field ("unknown field `x`",
+        // "missing field `y`", "invalid type: ..."); the value itself is only
+        // quoted for strings, which is why only the first clause is kept.
+        let detail = e.to_string();
+        let detail = detail.split(" at line").next().unwrap_or_default();
+        let detail = if detail.contains("invalid value") || detail.contains("invalid type") {
+            detail.split(':').next().unwrap_or_default().to_owned()
+        } else {
+            detail.to_owned()
+        };
+        format!(
+            "the body {what} ({detail}, line {} column {})",
+            e.line(),
+            e.column()
+        )
+    })
+}

@@ -1,0 +1,162 @@
+//! Seal state on the wire: health, status, unseal requests and answers.
+
+use core::fmt;
+
+use crypto_core::{KeyVersion, KeyringId};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use zeroize::Zeroizing;
+
+use crate::RotationStatus;
+
+/// `GET /v1/health`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Health {
+    /// Always `"ok"` when the daemon answers.
+    pub status: String,
+    /// Whether the daemon holds no key.
+    pub sealed: bool,
+}
+
+/// The lifecycle of one key version as the daemon records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VersionState {
+    /// Made and split; its keyholders have not proven they can rebuild it.
+    Prepared,
+    /// Enough keyholders proved they can rebuild it; not yet in the keyring.
+    SharesVerified,
+    /// In the keyring the database receives.
+    Active,
+    /// Out of the keyring for good.
+    Retired,
+}
+
+/// One version in the status document.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VersionStatus {
+    /// The version, an integer in JSON.
+    pub version: KeyVersion,
+    /// Where it is in its lifecycle.
+    pub state: VersionState,
+    /// Its key check value (hex); public, it proves a rebuilt key.
+    pub kcv: String,
+    /// Encryptions the daemon counted under it (canaries, re-encryption).
+    pub encryptions: u64,
+    /// Whether the daemon holds its key right now.
+    pub loaded: bool,
+}
+
+/// Unseal progress of one version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnsealProgress {
+    /// The version.
+    pub version: KeyVersion,
+    /// Distinct keyholders whose share is in.
+    pub have: u8,
+    /// The threshold.
+    pub need: u8,
+    /// Who submitted, by principal name.
+    pub from: Vec<String>,
+}
+
+/// `GET /v1/status`: the document `keyholder --output json status` prints.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Status {
+    /// The keyring's name.
+    pub keyring: KeyringId,
+    /// Whether the daemon holds no key.
+    pub sealed: bool,
+    /// Every known version, in numeric order.
+    pub versions: Vec<VersionStatus>,
+    /// The version new records are written with (`None` while sealed).
+    pub write_version: Option<KeyVersion>,
+    /// Versions with shares in but below the threshold, in numeric order.
+    pub unseal_progress: Vec<UnsealProgress>,
+    /// The rotation, when one is under way or the last one's result.
+    pub rotation: Option<RotationStatus>,
+}
+
+/// One share line on the wire. It is a secret: zeroized on drop, never shown
+/// by `Debug`, serialised only into the request that carries it.
+#[derive(Clone)]
+pub struct ShareLine(Zeroizing<String>);
+
+impl ShareLine {
+    /// Wraps a line read from a decrypted share file.
+    pub fn new(line: Zeroizing<String>) -> Self {
+        Self(line)
+    }
+
+    /// The line, for parsing into a [`crypto_core::Share`].
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for ShareLine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ShareLine(<redacted>)")
+    }
+}
+
+impl Serialize for ShareLine {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for ShareLine {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer).map(|s| Self(Zeroizing::new(s)))
+    }
+}
+
+/// `POST /v1/unseal` and `POST /v1/rotation/verify`: shares of any versions,
+/// in any order.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnsealRequest {
+    /// One line per share.
+    pub shares: Vec<ShareLine>,
+}
+
+/// What happened to one submitted share.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShareOutcome {
+    /// Its position in the request, from 1.
+    pub position: usize,
+    /// Its version, when the line parsed far enough to say.
+    pub version: Option<KeyVersion>,
+    /// Its share index, when the line parsed far enough to say.
+    pub index: Option<u8>,
+    /// Whether it was taken.
+    pub accepted: bool,
+    /// Why it was refused (or a note on an accepted one), never its data.
+    pub reason: Option<String>,
+}
+
+/// The answer to an unseal or verify submission.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnsealResponse {
+    /// Whether the daemon is still sealed.
+    pub sealed: bool,
+    /// One outcome per submitted share, in request order.
+    pub outcomes: Vec<ShareOutcome>,
+    /// Versions still gathering shares.
+    pub progress: Vec<UnsealProgress>,
+    /// Versions whose key the daemon holds now, in numeric order.
+    pub loaded: Vec<KeyVersion>,
+}
+
+impl UnsealResponse {
+    /// Whether every share was taken.
+    pub fn all_accepted(&self) -> bool {
+        self.outcomes.iter().all(|o| o.accepted)
+    }
+}
