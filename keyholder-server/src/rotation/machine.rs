@@ -1,0 +1,695 @@
+//! The rotation state machine, pure: no I/O, no clock, no keys.
+//!
+//! It decides which transitions are allowed, which versions are live, which
+//! one writes and what the re-encryption worker must do. The daemon persists
+//! it (as JSON) in the same transaction as the transition's audit entry, and
+//! performs the checks that need I/O (sample verification, the drained scan)
+//! before it asks for the transition that depends on them.
+//!
+//! It must never infer "old" or "new" from an order of arrival or from "the
+//! highest": `current` and `next` are named and set explicitly.
+
+use std::collections::BTreeSet;
+
+use crypto_core::KeyVersion;
+use keyholder_api::RotationState;
+use serde::{Deserialize, Serialize};
+
+/// Distinct operators needed to retire a version.
+pub const RETIRE_APPROVALS: usize = 2;
+
+/// The persisted rotation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rotation {
+    state: RotationState,
+    /// The version consumers relied on before the rotation (vN).
+    current: KeyVersion,
+    /// The version being introduced (vN+1), from Prepared on.
+    next: Option<KeyVersion>,
+    verified_by: BTreeSet<String>,
+    acknowledged_by: BTreeSet<String>,
+    retire_approvals: BTreeSet<String>,
+    paused: bool,
+}
+
+/// What the re-encryption worker must do now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Job {
+    /// Records at this version are moved...
+    pub from: KeyVersion,
+    /// ...to this one, which is the keyring's write version.
+    pub to: KeyVersion,
+}
+
+/// A transition that is not allowed now, with what to do instead.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TransitionError {
+    /// The command needs another state.
+    #[error("`{command}` needs the rotation in {needed}; it is in {actual}{hint}")]
+    WrongState {
+        /// The command.
+        command: &'static str,
+        /// The state(s) it needs.
+        needed: &'static str,
+        /// The state it is in.
+        actual: RotationState,
+        /// What to do next (starts with "; " or is empty).
+        hint: &'static str,
+    },
+    /// `prepare` asked for a version that is not above the current one.
+    #[error("the new version must be above {current}; {requested} is not")]
+    VersionNotAbove {
+        /// The live version.
+        current: KeyVersion,
+        /// What was asked for.
+        requested: KeyVersion,
+    },
+    /// Consumers have not fetched the dual-read keyring yet.
+    #[error(
+        "{} must fetch the keyring with both versions before the switch (their `keyholder hook` acknowledges it); waiting for: {}",
+        if .waiting.len() == 1 { "a consumer" } else { "consumers" },
+        .waiting.join(", ")
+    )]
+    ConsumersWaiting {
+        /// Who has not fetched it.
+        waiting: Vec<String>,
+    },
+    /// `retire` named another version than the rotation's old one.
+    #[error(
+        "only {expected} can be retired now (it is the version this rotation replaced); {requested} is not"
+    )]
+    NotRetirable {
+        /// The version that can be retired.
+        expected: KeyVersion,
+        /// What was named.
+        requested: KeyVersion,
+    },
+    /// Records still need the version.
+    #[error(
+        "{version} still encrypts {remaining} record(s); it cannot be retired until a full scan finds none"
+    )]
+    RecordsRemain {
+        /// The version.
+        version: KeyVersion,
+        /// Records still at it.
+        remaining: u64,
+    },
+    /// The same operator approved twice.
+    #[error(
+        "{operator} already approved retiring {version}; a second, different operator must run the same command"
+    )]
+    SameOperator {
+        /// Who.
+        operator: String,
+        /// The version.
+        version: KeyVersion,
+    },
+}
+
+fn wrong(
+    command: &'static str,
+    needed: &'static str,
+    actual: RotationState,
+    hint: &'static str,
+) -> TransitionError {
+    TransitionError::WrongState {
+        command,
+        needed,
+        actual,
+        hint,
+    }
+}
+
+/// The outcome of a retire request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RetireOutcome {
+    /// Only a plan: nothing changed.
+    Planned,
+    /// The approval was recorded; another operator must confirm.
+    Approved {
+        /// Approvals so far.
+        approvals: usize,
+    },
+    /// The version is retired.
+    Retired,
+}
+
+impl Rotation {
+    /// A keyring at rest on one version.
+    pub fn idle(current: KeyVersion) -> Self {
+        Self {
+            state: RotationState::Idle,
+            current,
+            next: None,
+            verified_by: BTreeSet::new(),
+            acknowledged_by: BTreeSet::new(),
+            retire_approvals: BTreeSet::new(),
+            paused: false,
+        }
+    }
+
+    /// The state.
+    pub fn state(&self) -> RotationState {
+        self.state
+    }
+
+    /// The version consumers relied on before the rotation.
+    pub fn current(&self) -> KeyVersion {
+        self.current
+    }
+
+    /// The version being introduced.
+    pub fn next(&self) -> Option<KeyVersion> {
+        self.next
+    }
+
+    /// Whether an operator paused the worker.
+    pub fn paused(&self) -> bool {
+        self.paused
+    }
+
+    /// Keyholders who proved their new share.
+    pub fn verified_by(&self) -> impl Iterator<Item = &str> {
+        self.verified_by.iter().map(String::as_str)
+    }
+
+    /// Consumers that fetched the dual-read keyring.
+    pub fn acknowledged_by(&self) -> impl Iterator<Item = &str> {
+        self.acknowledged_by.iter().map(String::as_str)
+    }
+
+    /// Operators who approved the retirement.
+    pub fn retire_approvals(&self) -> impl Iterator<Item = &str> {
+        self.retire_approvals.iter().map(String::as_str)
+    }
+
+    fn next_version(&self) -> KeyVersion {
+        self.next
+            .expect("every state past idle and retired has a next version")
+    }
+
+    /// The versions that must be in the keyring, in numeric order: needed
+    /// to unseal and handed to consumers.
+    pub fn live_versions(&self) -> Vec<KeyVersion> {
+        use RotationState::*;
+        match self.state {
+            Idle | Prepared | SharesVerified => vec![self.current],
+            DualRead | DualWrite | Reencrypting | Drained | RollingBack => {
+                vec![self.current, self.next_version()]
+            }
+            Retired => vec![self.next_version()],
+        }
+    }
+
+    /// A version whose shares are taken at unseal when given, but whose
+    /// absence does not keep the daemon sealed.
+    pub fn optional_version(&self) -> Option<KeyVersion> {
+        match self.state {
+            RotationState::Prepared | RotationState::SharesVerified => self.next,
+            _ => None,
+        }
+    }
+
+    /// The version new records are written with.
+    pub fn write_version(&self) -> KeyVersion {
+        use RotationState::*;
+        match self.state {
+            Idle | Prepared | SharesVerified | DualRead | RollingBack => self.current,
+            DualWrite | Reencrypting | Drained | Retired => self.next_version(),
+        }
+    }
+
+    /// What the worker must do, if anything, ignoring pause.
+    pub fn job(&self) -> Option<Job> {
+        match self.state {
+            RotationState::Reencrypting => Some(Job {
+                from: self.current,
+                to: self.next_version(),
+            }),
+            RotationState::RollingBack => Some(Job {
+                from: self.next_version(),
+                to: self.current,
+            }),
+            _ => None,
+        }
+    }
+
+    /// `rotate prepare`: Idle (or the end of the last rotation) -> Prepared.
+    pub fn prepare(
+        &mut self,
+        requested: Option<KeyVersion>,
+    ) -> Result<KeyVersion, TransitionError> {
+        let base = match self.state {
+            RotationState::Idle => self.current,
+            RotationState::Retired => self.next_version(),
+            actual => {
+                return Err(wrong(
+                    "prepare",
+                    "idle or retired",
+                    actual,
+                    "; finish or roll back the rotation under way first",
+                ));
+            }
+        };
+        let next = match requested {
+            Some(v) if v <= base => {
+                return Err(TransitionError::VersionNotAbove {
+                    current: base,
+                    requested: v,
+                });
+            }
+            Some(v) => v,
+            None => base.next().map_err(|_| TransitionError::VersionNotAbove {
+                current: base,
+                requested: base,
+            })?,
+        };
+        *self = Self::idle(base);
+        self.state = RotationState::Prepared;
+        self.next = Some(next);
+        Ok(next)
+    }
+
+    /// A keyholder proved their new share; returns whether this made the
+    /// rotation SharesVerified.
+    pub fn share_verified(
+        &mut self,
+        keyholder: &str,
+        threshold: u8,
+    ) -> Result<bool, TransitionError> {
+        match self.state {
+            RotationState::Prepared | RotationState::SharesVerified => {}
+            actual => {
+                return Err(wrong(
+                    "share verify",
+                    "prepared or shares_verified",
+                    actual,
+                    "",
+                ));
+            }
+        }
+        self.verified_by.insert(keyholder.to_owned());
+        if self.state == RotationState::Prepared && self.verified_by.len() >= usize::from(threshold)
+        {
+            self.state = RotationState::SharesVerified;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// `rotate activate`: SharesVerified -> DualRead.
+    pub fn activate(&mut self) -> Result<(), TransitionError> {
+        match self.state {
+            RotationState::SharesVerified => {
+                self.state = RotationState::DualRead;
+                Ok(())
+            }
+            actual => Err(wrong(
+                "activate",
+                "shares_verified",
+                actual,
+                "; at least `threshold` keyholders must run `keyholder share verify` first",
+            )),
+        }
+    }
+
+    /// A consumer fetched the keyring; counts as its acknowledgement of the
+    /// dual-read keyring. Returns whether it was new.
+    pub fn acknowledge(&mut self, consumer: &str) -> bool {
+        if self.state == RotationState::DualRead {
+            return self.acknowledged_by.insert(consumer.to_owned());
+        }
+        false
+    }
+
+    /// The consumers that have not acknowledged yet, in the given order.
+    pub fn waiting_for(&self, consumers: &[String]) -> Vec<String> {
+        match self.state {
+            RotationState::DualRead => consumers
+                .iter()
+                .filter(|c| !self.acknowledged_by.contains(*c))
+                .cloned()
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Whether `switch` may start: DualRead and every consumer acknowledged.
+    /// The caller then proves both keys on sample records and calls
+    /// [`Rotation::switch`].
+    pub fn check_switch(&self, consumers: &[String]) -> Result<(), TransitionError> {
+        if self.state != RotationState::DualRead {
+            return Err(wrong(
+                "switch",
+                "dual_read",
+                self.state,
+                "; run `keyholder rotate activate` first",
+            ));
+        }
+        let waiting = self.waiting_for(consumers);
+        if !waiting.is_empty() {
+            return Err(TransitionError::ConsumersWaiting { waiting });
+        }
+        Ok(())
+    }
+
+    /// `rotate switch` after both keys passed sample verification:
+    /// DualRead -> DualWrite -> Reencrypting.
+    pub fn switch(&mut self, consumers: &[String]) -> Result<(), TransitionError> {
+        self.check_switch(consumers)?;
+        self.state = RotationState::DualWrite;
+        self.state = RotationState::Reencrypting;
+        self.paused = false;
+        Ok(())
+    }
+
+    /// A full scan found no record at the job's `from` version.
+    /// Reencrypting -> Drained; RollingBack -> Idle on the old version.
+    pub fn drained(&mut self) -> Result<(), TransitionError> {
+        match self.state {
+            RotationState::Reencrypting => {
+                self.state = RotationState::Drained;
+                self.paused = false;
+                Ok(())
+            }
+            RotationState::RollingBack => {
+                *self = Self::idle(self.current);
+                Ok(())
+            }
+            actual => Err(wrong("drained", "reencrypting or rolling_back", actual, "")),
+        }
+    }
+
+    /// `rotate pause` / `rotate resume`.
+    pub fn set_paused(&mut self, paused: bool) -> Result<(), TransitionError> {
+        match self.state {
+            RotationState::Reencrypting | RotationState::RollingBack => {
+                self.paused = paused;
+                Ok(())
+            }
+            actual => Err(wrong(
+                if paused { "pause" } else { "resume" },
+                "reencrypting or rolling_back",
+                actual,
+                "; only a running re-encryption can be paused",
+            )),
+        }
+    }
+
+    /// Checks a retire request without changing anything.
+    pub fn check_retire(
+        &self,
+        version: KeyVersion,
+        operator: &str,
+        remaining: u64,
+    ) -> Result<(), TransitionError> {
+        if self.state != RotationState::Drained {
+            return Err(wrong(
+                "retire",
+                "drained",
+                self.state,
+                "; wait until `keyholder rotate status` shows drained",
+            ));
+        }
+        if version != self.current {
+            return Err(TransitionError::NotRetirable {
+                expected: self.current,
+                requested: version,
+            });
+        }
+        if remaining > 0 {
+            return Err(TransitionError::RecordsRemain { version, remaining });
+        }
+        if self.retire_approvals.contains(operator) {
+            return Err(TransitionError::SameOperator {
+                operator: operator.to_owned(),
+                version,
+            });
+        }
+        Ok(())
+    }
+
+    /// `rotate retire VERSION [--execute]`, after a fresh full scan counted
+    /// `remaining` records at `version`. The second distinct operator's
+    /// `--execute` retires it.
+    pub fn retire(
+        &mut self,
+        version: KeyVersion,
+        operator: &str,
+        remaining: u64,
+        execute: bool,
+    ) -> Result<RetireOutcome, TransitionError> {
+        if !execute {
+            if self.retire_approvals.contains(operator) {
+                // A plan is always allowed to the one who approved.
+                return Ok(RetireOutcome::Planned);
+            }
+            self.check_retire(version, operator, remaining)?;
+            return Ok(RetireOutcome::Planned);
+        }
+        self.check_retire(version, operator, remaining)?;
+        self.retire_approvals.insert(operator.to_owned());
+        if self.retire_approvals.len() >= RETIRE_APPROVALS {
+            self.state = RotationState::Retired;
+            self.current = self.next_version();
+            return Ok(RetireOutcome::Retired);
+        }
+        Ok(RetireOutcome::Approved {
+            approvals: self.retire_approvals.len(),
+        })
+    }
+
+    /// Whether records may exist at the next version, so a rollback must
+    /// move them back before it drops the version.
+    pub fn rollback_moves_records(&self) -> bool {
+        use RotationState::*;
+        matches!(self.state, DualWrite | Reencrypting | Drained | RollingBack)
+    }
+
+    /// Checks a rollback request without changing anything.
+    pub fn check_rollback(&self) -> Result<(KeyVersion, KeyVersion), TransitionError> {
+        use RotationState::*;
+        match self.state {
+            Prepared | SharesVerified | DualRead | DualWrite | Reencrypting | Drained => {
+                Ok((self.next_version(), self.current))
+            }
+            actual => Err(wrong(
+                "rollback",
+                "a state between prepared and drained",
+                actual,
+                "; a retired version cannot come back, and idle has nothing to roll back",
+            )),
+        }
+    }
+
+    /// `rotate rollback --execute`. Before any record can be at the next
+    /// version, the rotation simply returns to Idle (the next version is
+    /// dropped); after, it goes to RollingBack and the worker moves records
+    /// back before [`Rotation::drained`] drops it. Returns the dropped version.
+    pub fn rollback(&mut self) -> Result<KeyVersion, TransitionError> {
+        let (dropped, _) = self.check_rollback()?;
+        if self.rollback_moves_records() {
+            self.state = RotationState::RollingBack;
+            self.paused = false;
+            self.retire_approvals.clear();
+        } else {
+            *self = Self::idle(self.current);
+        }
+        Ok(dropped)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use RotationState::*;
+
+    fn v(n: u32) -> KeyVersion {
+        KeyVersion::new(n).unwrap()
+    }
+
+    fn consumers() -> Vec<String> {
+        vec!["db1".to_owned()]
+    }
+
+    fn at_reencrypting() -> Rotation {
+        let mut r = Rotation::idle(v(9));
+        r.prepare(None).unwrap();
+        r.share_verified("alice", 2).unwrap();
+        r.share_verified("bob", 2).unwrap();
+        r.activate().unwrap();
+        r.acknowledge("db1");
+        r.switch(&consumers()).unwrap();
+        r
+    }
+
+    #[test]
+    fn the_forward_path_sets_versions_explicitly() {
+        let mut r = Rotation::idle(v(9));
+        assert_eq!(r.live_versions(), vec![v(9)]);
+        assert_eq!(r.prepare(None).unwrap(), v(10));
+        assert_eq!((r.state(), r.write_version()), (Prepared, v(9)));
+        assert_eq!(r.optional_version(), Some(v(10)));
+        assert!(!r.share_verified("alice", 2).unwrap());
+        assert!(
+            !r.share_verified("alice", 2).unwrap(),
+            "one keyholder counts once"
+        );
+        assert!(r.share_verified("bob", 2).unwrap());
+        r.activate().unwrap();
+        assert_eq!(r.live_versions(), vec![v(9), v(10)]);
+        assert_eq!(
+            r.write_version(),
+            v(9),
+            "dual read writes the lower version"
+        );
+        assert_eq!(
+            r.check_switch(&consumers()).unwrap_err().to_string(),
+            "a consumer must fetch the keyring with both versions before the switch (their `keyholder hook` acknowledges it); waiting for: db1"
+        );
+        assert!(r.acknowledge("db1"));
+        r.switch(&consumers()).unwrap();
+        assert_eq!((r.state(), r.write_version()), (Reencrypting, v(10)));
+        assert_eq!(
+            r.job(),
+            Some(Job {
+                from: v(9),
+                to: v(10)
+            })
+        );
+        r.drained().unwrap();
+        assert_eq!(r.job(), None);
+        assert_eq!(
+            r.retire(v(9), "olga", 0, false).unwrap(),
+            RetireOutcome::Planned
+        );
+        assert_eq!(
+            r.retire(v(9), "olga", 0, true).unwrap(),
+            RetireOutcome::Approved { approvals: 1 }
+        );
+        assert_eq!(
+            r.retire(v(9), "olga", 0, true).unwrap_err().to_string(),
+            "olga already approved retiring v9; a second, different operator must run the same command"
+        );
+        assert_eq!(
+            r.retire(v(9), "omar", 0, true).unwrap(),
+            RetireOutcome::Retired
+        );
+        assert_eq!(r.live_versions(), vec![v(10)]);
+        assert_eq!(r.write_version(), v(10));
+        assert_eq!(r.prepare(None).unwrap(), v(11));
+    }
+
+    #[test]
+    fn v10_stays_above_v9_whatever_the_spelling() {
+        let mut r = Rotation::idle("v9".parse().unwrap());
+        r.prepare(Some("10".parse().unwrap())).unwrap();
+        assert_eq!(r.next(), Some(v(10)));
+        let mut r = Rotation::idle(v(10));
+        assert_eq!(
+            r.prepare(Some(v(9))).unwrap_err().to_string(),
+            "the new version must be above v10; v9 is not"
+        );
+    }
+
+    #[test]
+    fn retire_refuses_records_another_version_and_early_states() {
+        let mut r = at_reencrypting();
+        assert!(matches!(
+            r.retire(v(9), "olga", 0, true).unwrap_err(),
+            TransitionError::WrongState {
+                actual: Reencrypting,
+                ..
+            }
+        ));
+        r.drained().unwrap();
+        assert_eq!(
+            r.retire(v(9), "olga", 3, true).unwrap_err().to_string(),
+            "v9 still encrypts 3 record(s); it cannot be retired until a full scan finds none"
+        );
+        assert_eq!(
+            r.retire(v(10), "olga", 0, true).unwrap_err().to_string(),
+            "only v9 can be retired now (it is the version this rotation replaced); v10 is not"
+        );
+        assert_eq!(r.state(), Drained, "refusals change nothing");
+    }
+
+    #[test]
+    fn rollback_before_dual_write_drops_the_new_version_at_once() {
+        for steps in 1..=3 {
+            let mut r = Rotation::idle(v(9));
+            r.prepare(None).unwrap();
+            if steps >= 2 {
+                r.share_verified("alice", 2).unwrap();
+                r.share_verified("bob", 2).unwrap();
+            }
+            if steps >= 3 {
+                r.activate().unwrap();
+            }
+            assert_eq!(r.rollback().unwrap(), v(10));
+            assert_eq!(r, Rotation::idle(v(9)));
+        }
+    }
+
+    #[test]
+    fn rollback_after_the_switch_moves_records_back_first() {
+        let mut r = at_reencrypting();
+        r.set_paused(true).unwrap();
+        assert_eq!(r.rollback().unwrap(), v(10));
+        assert_eq!(r.state(), RollingBack);
+        assert!(!r.paused());
+        assert_eq!(r.write_version(), v(9));
+        assert_eq!(r.live_versions(), vec![v(9), v(10)]);
+        assert_eq!(
+            r.job(),
+            Some(Job {
+                from: v(10),
+                to: v(9)
+            })
+        );
+        r.drained().unwrap();
+        assert_eq!(r, Rotation::idle(v(9)));
+        assert!(Rotation::idle(v(9)).rollback().is_err());
+    }
+
+    #[test]
+    fn a_retired_version_cannot_be_rolled_back_to() {
+        let mut r = at_reencrypting();
+        r.drained().unwrap();
+        r.retire(v(9), "olga", 0, true).unwrap();
+        r.retire(v(9), "omar", 0, true).unwrap();
+        assert!(matches!(
+            r.rollback().unwrap_err(),
+            TransitionError::WrongState {
+                actual: Retired,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn every_state_round_trips_through_json() {
+        let mut r = at_reencrypting();
+        r.set_paused(true).unwrap();
+        let text = serde_json::to_string(&r).unwrap();
+        assert!(text.contains("\"state\":\"reencrypting\""));
+        assert_eq!(serde_json::from_str::<Rotation>(&text).unwrap(), r);
+        assert!(serde_json::from_str::<Rotation>(&text.replace("paused", "pawsed")).is_err());
+    }
+
+    #[test]
+    fn out_of_order_commands_say_what_to_do() {
+        let mut r = Rotation::idle(v(9));
+        assert_eq!(
+            r.activate().unwrap_err().to_string(),
+            "`activate` needs the rotation in shares_verified; it is in idle; at least `threshold` keyholders must run `keyholder share verify` first"
+        );
+        r.prepare(None).unwrap();
+        assert_eq!(
+            r.prepare(None).unwrap_err().to_string(),
+            "`prepare` needs the rotation in idle or retired; it is in prepared; finish or roll back the rotation under way first"
+        );
+        assert!(r.set_paused(true).is_err());
+    }
+}
