@@ -1,5 +1,11 @@
 //! Envelope and share throughput. Run with `cargo bench -p crypto-core`.
+//!
+//! `envelope-200B/bare-aes-gcm` is the baseline: the same AES-256-GCM seal
+//! and open on the same bytes without our framing (version prefix, base64,
+//! counting). The ratio of `keyring` to it is our overhead.
 
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::{Aes256Gcm, Nonce};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use crypto_core::{Key, KeyVersion, Keyring, combine, split};
 
@@ -37,6 +43,33 @@ fn envelopes(c: &mut Criterion) {
     group.finish();
 }
 
+fn against_bare_aes_gcm(c: &mut Criterion) {
+    let ring = keyring();
+    let plaintext = vec![7u8; 200];
+    let aad = b"customers/ssn/123456";
+    let bare = Aes256Gcm::new_from_slice(&[9u8; 32]).unwrap();
+    let mut group = c.benchmark_group("envelope-200B");
+    group.throughput(Throughput::Bytes(200));
+    group.bench_function("bare-aes-gcm", |b| {
+        b.iter(|| {
+            let mut nonce = [0u8; 12];
+            rand::fill(&mut nonce);
+            let nonce = Nonce::from_slice(&nonce);
+            let sealed = bare
+                .encrypt(nonce, Payload { msg: &plaintext, aad })
+                .unwrap();
+            bare.decrypt(nonce, Payload { msg: &sealed, aad }).unwrap()
+        })
+    });
+    group.bench_function("keyring", |b| {
+        b.iter(|| {
+            let record = ring.encrypt(&plaintext, aad).unwrap();
+            ring.decrypt(&record, aad).unwrap()
+        })
+    });
+    group.finish();
+}
+
 fn shares(c: &mut Criterion) {
     let key = Key::generate();
     let id = "orders".parse().unwrap();
@@ -51,5 +84,5 @@ fn shares(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, envelopes, shares);
+criterion_group!(benches, envelopes, against_bare_aes_gcm, shares);
 criterion_main!(benches);
