@@ -1,0 +1,174 @@
+//! The crate's one error type.
+//!
+//! Owns every way a target, a store, a checkpoint or a pass can fail. A
+//! message names the target, table, column and primary key involved, and what
+//! to do; it must never carry a plaintext, a key, or a stored ciphertext.
+
+use crypto_core::KeyVersion;
+
+/// An error boxed by a [`crate::CheckpointStore`] implementation (the daemon's
+/// state store wraps its own errors in this).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// What went wrong in the re-encryption engine.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A field of a target's configuration is invalid.
+    #[error("target field `{field}`: {reason}")]
+    InvalidTarget {
+        /// The configuration field, e.g. `targets[0].table`.
+        field: String,
+        /// Why it was refused.
+        reason: String,
+    },
+
+    /// A throttle value is out of range.
+    #[error("reencrypt field `{field}`: {reason}")]
+    InvalidThrottle {
+        /// The configuration field.
+        field: &'static str,
+        /// Why it was refused.
+        reason: &'static str,
+    },
+
+    /// The table, a column or the primary key does not exist or has a type
+    /// the engine cannot handle.
+    #[error("target `{target}`: {reason}")]
+    Schema {
+        /// The target's name.
+        target: String,
+        /// What is wrong with the table.
+        reason: String,
+    },
+
+    /// SQLite failed.
+    #[error("target `{target}`: sqlite {operation} failed: {source}")]
+    Sqlite {
+        /// The target's name (or the store location for opening).
+        target: String,
+        /// What the engine was doing.
+        operation: &'static str,
+        /// The driver's error.
+        #[source]
+        source: Box<rusqlite::Error>,
+    },
+
+    /// PostgreSQL failed.
+    #[error("target `{target}`: postgres {operation} failed: {source}")]
+    Postgres {
+        /// The target's name (or the store location for connecting).
+        target: String,
+        /// What the engine was doing.
+        operation: &'static str,
+        /// The driver's error.
+        #[source]
+        source: tokio_postgres::Error,
+    },
+
+    /// A stored value is not a keyholder envelope (no `V<n>:` prefix).
+    #[error(
+        "{table}.{column} at primary key {pk} is not a keyholder record; fix or clear that value, the pass stopped before writing its batch"
+    )]
+    MalformedRecord {
+        /// The table.
+        table: String,
+        /// The column.
+        column: String,
+        /// The row's primary key.
+        pk: String,
+    },
+
+    /// A stored record did not decrypt (wrong key, altered value, or a value
+    /// copied from another row under the `row` associated-data rule).
+    #[error(
+        "{table}.{column} at primary key {pk} (encrypted with {version}) does not decrypt; the pass stopped before writing its batch and left the record untouched"
+    )]
+    Undecryptable {
+        /// The table.
+        table: String,
+        /// The column.
+        column: String,
+        /// The row's primary key.
+        pk: String,
+        /// The version its prefix names.
+        version: KeyVersion,
+    },
+
+    /// Encrypting with the write version was refused (nonce limit).
+    #[error(
+        "{table}.{column} at primary key {pk}: encrypting with {version} was refused: {source}"
+    )]
+    Encrypt {
+        /// The table.
+        table: String,
+        /// The column.
+        column: String,
+        /// The row's primary key.
+        pk: String,
+        /// The write version.
+        version: KeyVersion,
+        /// Why.
+        #[source]
+        source: Box<crypto_core::Error>,
+    },
+
+    /// The keyring cannot serve this pass.
+    #[error("target `{target}`: {reason}")]
+    Keyring {
+        /// The target's name.
+        target: String,
+        /// What is missing.
+        reason: String,
+    },
+
+    /// Loading or saving a checkpoint failed.
+    #[error("target `{target}`: checkpoint {operation} failed: {source}")]
+    Checkpoint {
+        /// The target's name.
+        target: String,
+        /// `load`, `save` or `clear`.
+        operation: &'static str,
+        /// The checkpoint store's error.
+        #[source]
+        source: BoxError,
+    },
+
+    /// An invariant the engine checks after each batch or at the end failed.
+    /// Nothing was written for the batch in which it was found.
+    #[error("target `{target}`: invariant violated: {detail}")]
+    Invariant {
+        /// The target's name.
+        target: String,
+        /// Which invariant, with counts and record ids (never data).
+        detail: String,
+    },
+
+    /// Records are still at the source version after the final sweeps
+    /// (an application keeps writing it).
+    #[error(
+        "target `{target}`: {remaining} records still at {version} after {sweeps} sweeps; check that every application writes with the new version, then run the pass again"
+    )]
+    NotDrained {
+        /// The target's name.
+        target: String,
+        /// The version being drained.
+        version: KeyVersion,
+        /// How many records are still at it.
+        remaining: u64,
+        /// How many sweeps ran.
+        sweeps: u32,
+    },
+
+    /// A worker thread or task of the engine died.
+    #[error("target `{target}`: engine task failed: {reason}")]
+    Task {
+        /// The target's name.
+        target: String,
+        /// The join error.
+        reason: String,
+    },
+}
+
+/// The crate's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

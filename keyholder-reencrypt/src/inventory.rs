@@ -1,0 +1,128 @@
+//! Inventory: how many records each key version holds in a target.
+//!
+//! Owns the counting of records per version per column from the version
+//! prefixes a store groups by. It reads prefixes only: it must never decrypt
+//! and never show a stored value, only the row's key when a value is not a
+//! record.
+
+use std::collections::BTreeMap;
+
+use crypto_core::KeyVersion;
+
+use crate::target::SqlIdent;
+
+/// Records per version, per column, of one target at one moment.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Inventory {
+    columns: BTreeMap<SqlIdent, BTreeMap<KeyVersion, u64>>,
+}
+
+impl Inventory {
+    /// Records per version of one column.
+    pub fn column(&self, column: &SqlIdent) -> Option<&BTreeMap<KeyVersion, u64>> {
+        self.columns.get(column)
+    }
+
+    /// Records per version over all columns, in numeric version order.
+    pub fn by_version(&self) -> BTreeMap<KeyVersion, u64> {
+        let mut total = BTreeMap::new();
+        for versions in self.columns.values() {
+            for (version, count) in versions {
+                *total.entry(*version).or_insert(0) += count;
+            }
+        }
+        total
+    }
+
+    /// Records at `version` over all columns.
+    pub fn at(&self, version: KeyVersion) -> u64 {
+        self.columns
+            .values()
+            .filter_map(|versions| versions.get(&version))
+            .sum()
+    }
+
+    /// All records (non-NULL values) of the target.
+    pub fn total(&self) -> u64 {
+        self.columns
+            .values()
+            .flat_map(|versions| versions.values())
+            .sum()
+    }
+
+    /// Records per column over all versions.
+    pub fn per_column(&self) -> BTreeMap<SqlIdent, u64> {
+        self.columns
+            .iter()
+            .map(|(column, versions)| (column.clone(), versions.values().sum()))
+            .collect()
+    }
+}
+
+/// A prefix group that is not `V<n>:`: the store looks up one row of it to
+/// name in the error.
+pub(crate) struct MalformedGroup {
+    pub(crate) column: usize,
+    pub(crate) prefix: String,
+}
+
+/// Builds an inventory from `(column index, prefix, count)` groups, where the
+/// prefix is the value up to and including its first `:` (or empty). Every
+/// column of the target appears, even with no records.
+pub(crate) fn tally(
+    columns: &[SqlIdent],
+    groups: Vec<(usize, String, u64)>,
+) -> Result<Inventory, MalformedGroup> {
+    let mut inventory = Inventory {
+        columns: columns
+            .iter()
+            .map(|column| (column.clone(), BTreeMap::new()))
+            .collect(),
+    };
+    for (column, prefix, count) in groups {
+        let version = crypto_core::envelope::peek_version(&prefix)
+            .map_err(|_| MalformedGroup { column, prefix })?;
+        *inventory
+            .columns
+            .get_mut(&columns[column])
+            .expect("column index comes from the target")
+            .entry(version)
+            .or_insert(0) += count;
+    }
+    Ok(inventory)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sums_versions_numerically_and_flags_garbage() {
+        let columns = vec![
+            SqlIdent::parse("a", "c").unwrap(),
+            SqlIdent::parse("b", "c").unwrap(),
+        ];
+        let inventory = tally(
+            &columns,
+            vec![
+                (0, "V9:".into(), 3),
+                (0, "V10:".into(), 2),
+                (1, "V10:".into(), 5),
+            ],
+        )
+        .ok()
+        .unwrap();
+        let v = |n| KeyVersion::new(n).unwrap();
+        assert_eq!(
+            inventory.by_version().into_iter().collect::<Vec<_>>(),
+            vec![(v(9), 3), (v(10), 7)]
+        );
+        assert_eq!(inventory.total(), 10);
+        assert_eq!(inventory.at(v(8)), 0);
+
+        for garbage in ["", "v9:", "V09:", "X:"] {
+            let error = tally(&columns, vec![(1, garbage.into(), 1)]).err().unwrap();
+            assert_eq!(error.column, 1);
+        }
+    }
+}

@@ -1,0 +1,71 @@
+//! The re-encryption engine of keyholder.
+//!
+//! Moves every record of a target (a table's encrypted columns, in SQLite or
+//! PostgreSQL) from one key version to the keyring's write version, in
+//! throttled batches while the database keeps serving:
+//!
+//! - keyset pagination on the primary key, never OFFSET ([`DataStore::read_page`]);
+//! - compare-and-swap writes, one transaction per batch, so an application
+//!   write made meanwhile is never overwritten ([`DataStore::swap_batch`]);
+//! - a [`Checkpoint`] after each committed batch, through a [`CheckpointStore`]
+//!   the daemon implements; a pass resumes from it and redoing a batch is
+//!   harmless;
+//! - throttling, pause, resume and abort through a [`ControlHandle`];
+//! - [`Progress`] snapshots on a watch channel;
+//! - invariants after each batch (every new record decrypts to the old
+//!   plaintext; written + conflicts = sent) and at the end (no record left at
+//!   the old version in a full scan; counts per version add up per column).
+//!
+//! Rollback is the same pass with a keyring whose write version is the older
+//! version.
+//!
+//! ```no_run
+//! # use std::sync::Arc;
+//! # use keyholder_reencrypt::*;
+//! # async fn example(target: Target, keyring: Arc<crypto_core::Keyring>, from: crypto_core::KeyVersion,
+//! #     checkpoints: Arc<dyn CheckpointStore>) -> Result<()> {
+//! let store = open_store(&target).await?;
+//! let control = ControlHandle::new(Throttle::default())?;
+//! let pass = Reencryptor::new(target, store, keyring, from, checkpoints, &control)?;
+//! let progress = pass.progress(); // for status and metrics
+//! let running = tokio::spawn(pass.run());
+//! control.pause(); // from the API handlers
+//! control.resume();
+//! match running.await.expect("task")? {
+//!     PassOutcome::Drained(report) => println!("{:?}", report.after.by_version()),
+//!     PassOutcome::Aborted(checkpoint) => println!("stopped at {:?}", checkpoint.last_pk),
+//! }
+//! # let _ = progress; Ok(()) }
+//! ```
+//!
+//! PostgreSQL connections are made without TLS (`NoTls`); a store that needs
+//! TLS is not supported yet.
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+mod batch;
+mod checkpoint;
+mod error;
+mod inventory;
+mod progress;
+mod store;
+mod target;
+mod throttle;
+mod worker;
+
+pub use checkpoint::{Checkpoint, CheckpointStore, MemoryCheckpoints, SqliteCheckpoints};
+pub use error::{BoxError, Error, Result};
+pub use inventory::Inventory;
+pub use progress::{Phase, Progress, VersionCount};
+pub use store::postgres::PostgresStore;
+pub use store::sqlite::SqliteStore;
+pub use store::{
+    CellSwap, DataStore, Pk, PkKind, RowSwap, SampleRecord, StoredRow, SwapOutcome, open_store,
+};
+pub use target::{AadRule, SqlIdent, StoreLocation, Target, TargetConfig};
+pub use throttle::{
+    AdaptiveBatch, Control, ControlHandle, MAX_BATCH_SIZE, RunState, Throttle, ThrottleConfig,
+    TokenBucket,
+};
+pub use worker::{DEFAULT_MAX_SWEEPS, PassOutcome, PassReport, Reencryptor};

@@ -1,0 +1,171 @@
+//! The data store of one target: the table the records live in.
+//!
+//! Owns the [`DataStore`] trait (keyset pages, compare-and-swap batches,
+//! inventory, samples, replica lag) and picks the SQLite or PostgreSQL
+//! implementation from the target's location. A store moves ciphertexts only:
+//! it must never decrypt, never see a key, and never overwrite a value that is
+//! not the one the engine read (every write is a compare-and-swap).
+
+pub mod postgres;
+pub mod sqlite;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crypto_core::KeyVersion;
+use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+
+use crate::error::Result;
+use crate::inventory::Inventory;
+use crate::target::{SqlIdent, StoreLocation, Target};
+
+/// A primary key value: an integer (`INTEGER`/`BIGINT`) or a text key.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Pk {
+    /// An integer key.
+    Int(i64),
+    /// A text key.
+    Text(String),
+}
+
+impl fmt::Display for Pk {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Int(value) => write!(f, "{value}"),
+            Self::Text(value) => f.write_str(value),
+        }
+    }
+}
+
+/// Which kind of primary key a table has, found from its schema.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PkKind {
+    /// `SMALLINT`, `INTEGER`, `BIGINT` (SQLite: a declared type containing `INT`).
+    Int,
+    /// `TEXT`, `VARCHAR` and the like.
+    Text,
+}
+
+/// One row as read: its key and the stored value of each target column, in
+/// the target's column order (`None` for SQL NULL).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredRow {
+    /// The primary key.
+    pub pk: Pk,
+    /// One value per target column.
+    pub values: Vec<Option<String>>,
+}
+
+/// One column's compare-and-swap: write `new` only where the value is still `old`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct CellSwap {
+    /// The ciphertext read.
+    pub old: String,
+    /// The ciphertext to write.
+    pub new: String,
+}
+
+impl fmt::Debug for CellSwap {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("CellSwap(..)")
+    }
+}
+
+/// The swaps of one row, one slot per target column (`None`: leave it alone).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RowSwap {
+    /// The row's primary key.
+    pub pk: Pk,
+    /// One slot per target column.
+    pub cells: Vec<Option<CellSwap>>,
+}
+
+/// What a batch of swaps did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SwapOutcome {
+    /// Records (row × column) written.
+    pub applied: u64,
+    /// Records not written because their value changed since it was read:
+    /// the row's key and the column's index.
+    pub conflicts: Vec<(Pk, usize)>,
+}
+
+/// A random record of one version, for test-decrypting a key before unseal
+/// or switch.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SampleRecord {
+    /// The row's primary key.
+    pub pk: Pk,
+    /// The column the record is in.
+    pub column: SqlIdent,
+    /// The stored ciphertext.
+    pub ciphertext: String,
+}
+
+impl fmt::Debug for SampleRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SampleRecord")
+            .field("pk", &self.pk)
+            .field("column", &self.column)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The table of one target, in SQLite or PostgreSQL.
+///
+/// Obtain one with [`open_store`]. Every method is one short transaction (or
+/// one statement); the engine calls them concurrently (a page is read while
+/// the previous batch is written), so implementations hold at least a reader
+/// and a writer connection.
+pub trait DataStore: Send + Sync {
+    /// The kind of primary key the table has.
+    fn pk_kind(&self) -> PkKind;
+
+    /// Up to `limit` rows with `pk > after` (all rows when `after` is `None`)
+    /// holding at least one record at `version`, in key order (keyset
+    /// pagination; never OFFSET).
+    fn read_page<'a>(
+        &'a self,
+        version: KeyVersion,
+        after: Option<&'a Pk>,
+        limit: u32,
+    ) -> BoxFuture<'a, Result<Vec<StoredRow>>>;
+
+    /// Applies the swaps in one transaction: each record is written only where
+    /// its stored value is still the old one. All or nothing on error.
+    fn swap_batch(&self, swaps: Vec<RowSwap>) -> BoxFuture<'_, Result<SwapOutcome>>;
+
+    /// Counts records per version per column in a full scan; NULL values do
+    /// not count. A value that is not an envelope is an error naming
+    /// table/column/pk.
+    fn inventory(&self) -> BoxFuture<'_, Result<Inventory>>;
+
+    /// Non-NULL values per column, counted independently of [`DataStore::inventory`]
+    /// so the two can be checked against each other.
+    fn count_records(&self) -> BoxFuture<'_, Result<BTreeMap<SqlIdent, u64>>>;
+
+    /// Up to `n` random records at `version`, across all columns.
+    fn sample(&self, version: KeyVersion, n: u32) -> BoxFuture<'_, Result<Vec<SampleRecord>>>;
+
+    /// The largest replay lag of the store's replicas; `None` where the store
+    /// has no replicas to wait for (SQLite).
+    fn replica_lag(&self) -> BoxFuture<'_, Result<Option<Duration>>>;
+}
+
+/// Opens the target's store, checks that the table, the primary key and the
+/// columns exist with types the engine supports, and prepares its statements.
+pub async fn open_store(target: &Target) -> Result<Arc<dyn DataStore>> {
+    match target.store() {
+        StoreLocation::Sqlite(_) => Ok(Arc::new(sqlite::SqliteStore::open(target).await?)),
+        StoreLocation::Postgres(_) => Ok(Arc::new(postgres::PostgresStore::open(target).await?)),
+    }
+}
+
+/// The text every record of `version` starts with (`V10:`).
+pub(crate) fn version_prefix(version: KeyVersion) -> String {
+    format!("V{}:", version.number())
+}

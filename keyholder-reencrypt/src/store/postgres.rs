@@ -1,0 +1,453 @@
+//! The PostgreSQL data store (tokio-postgres, prepared statements).
+//!
+//! Owns two connections, a reader and a writer, and the statements prepared on
+//! them when the store opens. A batch of compare-and-swaps is one statement
+//! (`UPDATE ... FROM unnest(...)`), so one round trip and one implicit
+//! transaction. SQL text is built only from checked [`SqlIdent`]s; every value
+//! is bound. It must never write outside a compare-and-swap.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crypto_core::KeyVersion;
+use futures::FutureExt as _;
+use futures::future::BoxFuture;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, NoTls, Statement};
+
+use super::{DataStore, Pk, PkKind, RowSwap, SampleRecord, StoredRow, SwapOutcome, version_prefix};
+use crate::error::{Error, Result};
+use crate::inventory::{self, Inventory};
+use crate::target::{SqlIdent, StoreLocation, Target};
+
+/// A target's table in PostgreSQL.
+pub struct PostgresStore {
+    target: Arc<Target>,
+    kind: PkKind,
+    reader: Client,
+    writer: Client,
+    read_first: Statement,
+    read_after: Statement,
+    swap: Statement,
+    inventory: Statement,
+    count: Statement,
+    sample: Statement,
+    lag: Statement,
+}
+
+impl PostgresStore {
+    /// Connects to the target's database (no TLS: see the crate docs), checks
+    /// the table and prepares the statements.
+    pub async fn open(target: &Target) -> Result<Self> {
+        let StoreLocation::Postgres(url) = target.store() else {
+            return Err(Error::Schema {
+                target: target.name().to_owned(),
+                reason: "not a postgres store".to_owned(),
+            });
+        };
+        let pg = |operation| pg_error(target, operation);
+        let reader = connect(url).await.map_err(pg("connect"))?;
+        let writer = connect(url).await.map_err(pg("connect"))?;
+        let kind = check_schema(&reader, target).await?;
+
+        let table = target.table();
+        let pk = target.primary_key();
+        let columns = target.columns();
+        let (pk_type, pk_cast) = match kind {
+            PkKind::Int => ("bigint", "::bigint"),
+            PkKind::Text => ("text", "::text"),
+        };
+        let list = columns
+            .iter()
+            .map(|column| format!("{column}::text"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let filter = columns
+            .iter()
+            .map(|column| format!("substr({column}, 1, $2::int) = $1::text"))
+            .collect::<Vec<_>>()
+            .join(" OR ");
+        let read_first = format!(
+            "SELECT {pk}{pk_cast}, {list} FROM {table} WHERE ({filter}) ORDER BY {pk} LIMIT $3::bigint"
+        );
+        let read_after = format!(
+            "SELECT {pk}{pk_cast}, {list} FROM {table} WHERE {pk} > $4::{pk_type} AND ({filter}) ORDER BY {pk} LIMIT $3::bigint"
+        );
+
+        let mut sets = Vec::new();
+        let mut arrays = vec![format!("$1::{pk_type}[]")];
+        let mut names = vec!["pk".to_owned()];
+        let mut matches = Vec::new();
+        let mut returned = Vec::new();
+        for (index, column) in columns.iter().enumerate() {
+            sets.push(format!(
+                "{column} = CASE WHEN kh_row.{column} = kh_new.o{index} THEN kh_new.n{index} ELSE kh_row.{column} END"
+            ));
+            arrays.push(format!("${}::text[]", 2 + 2 * index));
+            arrays.push(format!("${}::text[]", 3 + 2 * index));
+            names.push(format!("o{index}"));
+            names.push(format!("n{index}"));
+            matches.push(format!("kh_row.{column} = kh_new.o{index}"));
+            returned.push(format!("kh_row.{column} = kh_new.n{index}"));
+        }
+        let swap = format!(
+            "UPDATE {table} AS kh_row SET {sets} FROM unnest({arrays}) AS kh_new({names}) \
+             WHERE kh_row.{pk} = kh_new.pk AND ({matches}) RETURNING kh_new.pk, {returned}",
+            sets = sets.join(", "),
+            arrays = arrays.join(", "),
+            names = names.join(", "),
+            matches = matches.join(" OR "),
+            returned = returned.join(", "),
+        );
+        let inventory = columns
+            .iter()
+            .enumerate()
+            .map(|(index, column)| {
+                format!(
+                    "SELECT {index}::int8, {prefix}, count(*)::int8 FROM {table} WHERE {column} IS NOT NULL GROUP BY 2",
+                    prefix = prefix_expr(column)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" UNION ALL ");
+        let count = format!(
+            "SELECT {} FROM {table}",
+            columns
+                .iter()
+                .map(|column| format!("count({column})::int8"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let sample = format!(
+            "SELECT pk, col, value FROM ({}) AS kh_sample ORDER BY random() LIMIT $3::bigint",
+            columns
+                .iter()
+                .enumerate()
+                .map(|(index, column)| format!(
+                    "SELECT {pk}{pk_cast} AS pk, {index}::int8 AS col, {column}::text AS value FROM {table} WHERE substr({column}, 1, $2::int) = $1::text"
+                ))
+                .collect::<Vec<_>>()
+                .join(" UNION ALL ")
+        );
+        let lag = "SELECT COALESCE(MAX(EXTRACT(EPOCH FROM replay_lag)), 0)::float8 FROM pg_stat_replication";
+
+        let prepare = pg("prepare");
+        Ok(Self {
+            read_first: reader.prepare(&read_first).await.map_err(pg("prepare"))?,
+            read_after: reader.prepare(&read_after).await.map_err(pg("prepare"))?,
+            inventory: reader.prepare(&inventory).await.map_err(pg("prepare"))?,
+            count: reader.prepare(&count).await.map_err(pg("prepare"))?,
+            sample: reader.prepare(&sample).await.map_err(pg("prepare"))?,
+            lag: reader.prepare(lag).await.map_err(pg("prepare"))?,
+            swap: writer.prepare(&swap).await.map_err(prepare)?,
+            target: Arc::new(target.clone()),
+            kind,
+            reader,
+            writer,
+        })
+    }
+
+    fn error(
+        &self,
+        operation: &'static str,
+    ) -> impl FnOnce(tokio_postgres::Error) -> Error + use<> {
+        pg_error(&self.target, operation)
+    }
+}
+
+async fn connect(url: &str) -> Result<Client, tokio_postgres::Error> {
+    let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::warn!(%error, "postgres connection of the re-encryption store closed");
+        }
+    });
+    Ok(client)
+}
+
+fn pg_error(
+    target: &Target,
+    operation: &'static str,
+) -> impl FnOnce(tokio_postgres::Error) -> Error + use<> {
+    let name = target.name().to_owned();
+    move |source| Error::Postgres {
+        target: name,
+        operation,
+        source,
+    }
+}
+
+/// Finds the primary key's kind and checks that the columns exist as text.
+async fn check_schema(client: &Client, target: &Target) -> Result<PkKind> {
+    let schema = |reason: String| Error::Schema {
+        target: target.name().to_owned(),
+        reason,
+    };
+    let rows = client
+        .query(
+            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a \
+             WHERE a.attrelid = to_regclass($1::text) AND a.attnum > 0 AND NOT a.attisdropped",
+            &[&target.table().as_str()],
+        )
+        .await
+        .map_err(pg_error(target, "read schema"))?;
+    let declared: BTreeMap<String, String> =
+        rows.iter().map(|row| (row.get(0), row.get(1))).collect();
+    if declared.is_empty() {
+        return Err(schema(format!("table `{}` does not exist", target.table())));
+    }
+    let is_text = |sql_type: &str| sql_type == "text" || sql_type.starts_with("character");
+    for column in target.columns() {
+        match declared.get(column.as_str()) {
+            None => {
+                return Err(schema(format!(
+                    "column `{}.{column}` does not exist",
+                    target.table()
+                )));
+            }
+            Some(sql_type) if !is_text(sql_type) => {
+                return Err(schema(format!(
+                    "column `{}.{column}` has type `{sql_type}`; records are stored as text",
+                    target.table()
+                )));
+            }
+            Some(_) => {}
+        }
+    }
+    match declared
+        .get(target.primary_key().as_str())
+        .map(String::as_str)
+    {
+        None => Err(schema(format!(
+            "primary key column `{}.{}` does not exist",
+            target.table(),
+            target.primary_key()
+        ))),
+        Some("smallint" | "integer" | "bigint") => Ok(PkKind::Int),
+        Some(sql_type) if is_text(sql_type) => Ok(PkKind::Text),
+        Some(sql_type) => Err(schema(format!(
+            "primary key `{}.{}` has type `{sql_type}`; only integer and text keys are supported",
+            target.table(),
+            target.primary_key()
+        ))),
+    }
+}
+
+fn prefix_expr(column: &SqlIdent) -> String {
+    format!(
+        "CASE WHEN strpos({column}, ':') BETWEEN 2 AND 12 THEN substr({column}, 1, strpos({column}, ':')) ELSE '' END"
+    )
+}
+
+fn read_pk(row: &tokio_postgres::Row, kind: PkKind) -> Pk {
+    match kind {
+        PkKind::Int => Pk::Int(row.get(0)),
+        PkKind::Text => Pk::Text(row.get(0)),
+    }
+}
+
+impl DataStore for PostgresStore {
+    fn pk_kind(&self) -> PkKind {
+        self.kind
+    }
+
+    fn read_page<'a>(
+        &'a self,
+        version: KeyVersion,
+        after: Option<&'a Pk>,
+        limit: u32,
+    ) -> BoxFuture<'a, Result<Vec<StoredRow>>> {
+        async move {
+            let prefix = version_prefix(version);
+            let length = prefix.len() as i32;
+            let limit = i64::from(limit);
+            let (int_after, text_after);
+            let mut params: Vec<&(dyn ToSql + Sync)> = vec![&prefix, &length, &limit];
+            let statement = match after {
+                None => &self.read_first,
+                Some(Pk::Int(value)) => {
+                    int_after = *value;
+                    params.push(&int_after);
+                    &self.read_after
+                }
+                Some(Pk::Text(value)) => {
+                    text_after = value.as_str();
+                    params.push(&text_after);
+                    &self.read_after
+                }
+            };
+            let rows = self
+                .reader
+                .query(statement, &params)
+                .await
+                .map_err(self.error("read page"))?;
+            let columns = self.target.columns().len();
+            Ok(rows
+                .iter()
+                .map(|row| StoredRow {
+                    pk: read_pk(row, self.kind),
+                    values: (1..=columns).map(|index| row.get(index)).collect(),
+                })
+                .collect())
+        }
+        .boxed()
+    }
+
+    fn swap_batch(&self, swaps: Vec<RowSwap>) -> BoxFuture<'_, Result<SwapOutcome>> {
+        async move {
+            let columns = self.target.columns().len();
+            let mut int_keys = Vec::new();
+            let mut text_keys = Vec::new();
+            let mut cells: Vec<Vec<Option<&str>>> =
+                vec![Vec::with_capacity(swaps.len()); 2 * columns];
+            for swap in &swaps {
+                match &swap.pk {
+                    Pk::Int(value) => int_keys.push(*value),
+                    Pk::Text(value) => text_keys.push(value.as_str()),
+                }
+                for index in 0..columns {
+                    let cell = swap.cells.get(index).and_then(Option::as_ref);
+                    cells[2 * index].push(cell.map(|cell| cell.old.as_str()));
+                    cells[2 * index + 1].push(cell.map(|cell| cell.new.as_str()));
+                }
+            }
+            let mut params: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(1 + 2 * columns);
+            match self.kind {
+                PkKind::Int => params.push(&int_keys),
+                PkKind::Text => params.push(&text_keys),
+            }
+            params.extend(cells.iter().map(|array| array as &(dyn ToSql + Sync)));
+            let rows = self
+                .writer
+                .query(&self.swap, &params)
+                .await
+                .map_err(self.error("write batch"))?;
+
+            let mut written: BTreeMap<Pk, Vec<bool>> = BTreeMap::new();
+            for row in &rows {
+                let pk = read_pk(row, self.kind);
+                let flags = (0..columns)
+                    .map(|index| row.get::<_, Option<bool>>(index + 1) == Some(true))
+                    .collect();
+                written.insert(pk, flags);
+            }
+            let mut outcome = SwapOutcome::default();
+            for swap in swaps {
+                let flags = written.get(&swap.pk);
+                for (index, cell) in swap.cells.iter().enumerate() {
+                    if cell.is_none() {
+                        continue;
+                    }
+                    if flags.is_some_and(|flags| flags[index]) {
+                        outcome.applied += 1;
+                    } else {
+                        outcome.conflicts.push((swap.pk.clone(), index));
+                    }
+                }
+            }
+            Ok(outcome)
+        }
+        .boxed()
+    }
+
+    fn inventory(&self) -> BoxFuture<'_, Result<Inventory>> {
+        async move {
+            let rows = self
+                .reader
+                .query(&self.inventory, &[])
+                .await
+                .map_err(self.error("inventory"))?;
+            let groups = rows
+                .iter()
+                .map(|row| {
+                    (
+                        row.get::<_, i64>(0) as usize,
+                        row.get::<_, String>(1),
+                        row.get::<_, i64>(2) as u64,
+                    )
+                })
+                .collect();
+            match inventory::tally(self.target.columns(), groups) {
+                Ok(inventory) => Ok(inventory),
+                Err(bad) => {
+                    let column = &self.target.columns()[bad.column];
+                    let pk = self.target.primary_key();
+                    let cast = match self.kind {
+                        PkKind::Int => "::bigint",
+                        PkKind::Text => "::text",
+                    };
+                    let sql = format!(
+                        "SELECT {pk}{cast} FROM {table} WHERE {column} IS NOT NULL AND {prefix} = $1::text ORDER BY {pk} LIMIT 1",
+                        table = self.target.table(),
+                        prefix = prefix_expr(column)
+                    );
+                    let row = self
+                        .reader
+                        .query_opt(&sql, &[&bad.prefix])
+                        .await
+                        .map_err(self.error("inventory"))?;
+                    Err(Error::MalformedRecord {
+                        table: self.target.table().to_string(),
+                        column: column.to_string(),
+                        pk: row.map_or_else(|| "?".to_owned(), |row| read_pk(&row, self.kind).to_string()),
+                    })
+                }
+            }
+        }
+        .boxed()
+    }
+
+    fn count_records(&self) -> BoxFuture<'_, Result<BTreeMap<SqlIdent, u64>>> {
+        async move {
+            let row = self
+                .reader
+                .query_one(&self.count, &[])
+                .await
+                .map_err(self.error("count records"))?;
+            Ok(self
+                .target
+                .columns()
+                .iter()
+                .enumerate()
+                .map(|(index, column)| (column.clone(), row.get::<_, i64>(index) as u64))
+                .collect())
+        }
+        .boxed()
+    }
+
+    fn sample(&self, version: KeyVersion, n: u32) -> BoxFuture<'_, Result<Vec<SampleRecord>>> {
+        async move {
+            let prefix = version_prefix(version);
+            let length = prefix.len() as i32;
+            let limit = i64::from(n);
+            let rows = self
+                .reader
+                .query(&self.sample, &[&prefix, &length, &limit])
+                .await
+                .map_err(self.error("sample"))?;
+            Ok(rows
+                .iter()
+                .map(|row| SampleRecord {
+                    pk: read_pk(row, self.kind),
+                    column: self.target.columns()[row.get::<_, i64>(1) as usize].clone(),
+                    ciphertext: row.get(2),
+                })
+                .collect())
+        }
+        .boxed()
+    }
+
+    fn replica_lag(&self) -> BoxFuture<'_, Result<Option<Duration>>> {
+        async move {
+            let row = self
+                .reader
+                .query_one(&self.lag, &[])
+                .await
+                .map_err(self.error("read replica lag"))?;
+            let seconds: f64 = row.get(0);
+            Ok(Some(Duration::from_secs_f64(seconds.max(0.0))))
+        }
+        .boxed()
+    }
+}

@@ -1,0 +1,396 @@
+//! The SQLite data store (rusqlite, WAL, `BEGIN IMMEDIATE`).
+//!
+//! Owns two connections to the target's file, a reader and a writer, each used
+//! on tokio's blocking pool so the async engine never blocks on disk. SQL text
+//! is built only from checked [`SqlIdent`]s; every value is bound. It must
+//! never create the database file, and never write outside a compare-and-swap.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crypto_core::KeyVersion;
+use futures::FutureExt as _;
+use futures::future::BoxFuture;
+use rusqlite::types::{ToSqlOutput, Value};
+use rusqlite::{Connection, OpenFlags, OptionalExtension as _, TransactionBehavior, params};
+
+use super::{DataStore, Pk, PkKind, RowSwap, SampleRecord, StoredRow, SwapOutcome, version_prefix};
+use crate::error::{Error, Result};
+use crate::inventory::{self, Inventory};
+use crate::target::{SqlIdent, StoreLocation, Target};
+
+/// How long a statement waits for the application's write lock.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A target's table in a SQLite file.
+pub struct SqliteStore {
+    target: Arc<Target>,
+    kind: PkKind,
+    reader: Arc<Mutex<Connection>>,
+    writer: Arc<Mutex<Connection>>,
+}
+
+impl rusqlite::ToSql for Pk {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(match self {
+            Pk::Int(value) => ToSqlOutput::Owned(Value::Integer(*value)),
+            Pk::Text(value) => ToSqlOutput::Borrowed(value.as_str().into()),
+        })
+    }
+}
+
+impl SqliteStore {
+    /// Opens the file of `target` (which must exist), switches it to WAL and
+    /// checks the table.
+    pub async fn open(target: &Target) -> Result<Self> {
+        let StoreLocation::Sqlite(path) = target.store() else {
+            return Err(Error::Schema {
+                target: target.name().to_owned(),
+                reason: "not a sqlite store".to_owned(),
+            });
+        };
+        let target = Arc::new(target.clone());
+        let path = path.clone();
+        let task_target = target.clone();
+        let (kind, reader, writer) = tokio::task::spawn_blocking(move || {
+            let sql = |operation| {
+                let name = task_target.name().to_owned();
+                move |source| Error::Sqlite {
+                    target: name,
+                    operation,
+                    source: Box::new(source),
+                }
+            };
+            let writer = connect(&path).map_err(sql("open"))?;
+            writer
+                .pragma_update(None, "journal_mode", "wal")
+                .map_err(sql("enable wal"))?;
+            let reader = connect(&path).map_err(sql("open"))?;
+            let kind = check_schema(&reader, &task_target)?;
+            Ok::<_, Error>((kind, reader, writer))
+        })
+        .await
+        .map_err(|error| task_error(&target, error))??;
+        Ok(Self {
+            target,
+            kind,
+            reader: Arc::new(Mutex::new(reader)),
+            writer: Arc::new(Mutex::new(writer)),
+        })
+    }
+
+    /// Runs `work` on the blocking pool with one of the connections.
+    fn with<T: Send + 'static>(
+        &self,
+        connection: &Arc<Mutex<Connection>>,
+        work: impl FnOnce(&mut Connection, &Target) -> Result<T> + Send + 'static,
+    ) -> BoxFuture<'static, Result<T>> {
+        let connection = connection.clone();
+        let target = self.target.clone();
+        async move {
+            let task_target = target.clone();
+            tokio::task::spawn_blocking(move || {
+                let mut guard = connection
+                    .lock()
+                    .unwrap_or_else(|poison| poison.into_inner());
+                work(&mut guard, &task_target)
+            })
+            .await
+            .map_err(|error| task_error(&target, error))?
+        }
+        .boxed()
+    }
+}
+
+fn connect(path: &Path) -> rusqlite::Result<Connection> {
+    let connection = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    connection.busy_timeout(BUSY_TIMEOUT)?;
+    Ok(connection)
+}
+
+fn task_error(target: &Target, error: tokio::task::JoinError) -> Error {
+    Error::Task {
+        target: target.name().to_owned(),
+        reason: error.to_string(),
+    }
+}
+
+fn sqlite_error(target: &Target, operation: &'static str) -> impl FnOnce(rusqlite::Error) -> Error {
+    let name = target.name().to_owned();
+    move |source| Error::Sqlite {
+        target: name,
+        operation,
+        source: Box::new(source),
+    }
+}
+
+/// Finds the primary key's kind and checks that every column exists.
+fn check_schema(connection: &Connection, target: &Target) -> Result<PkKind> {
+    let schema = |reason: String| Error::Schema {
+        target: target.name().to_owned(),
+        reason,
+    };
+    let mut statement = connection
+        .prepare("SELECT name, type FROM pragma_table_info(?1)")
+        .map_err(sqlite_error(target, "read schema"))?;
+    let declared: BTreeMap<String, String> = statement
+        .query_map([target.table().as_str()], |row| {
+            Ok((row.get(0)?, row.get(1)?))
+        })
+        .and_then(|rows| rows.collect())
+        .map_err(sqlite_error(target, "read schema"))?;
+    if declared.is_empty() {
+        return Err(schema(format!("table `{}` does not exist", target.table())));
+    }
+    for column in target.columns() {
+        if !declared.contains_key(column.as_str()) {
+            return Err(schema(format!(
+                "column `{}.{column}` does not exist",
+                target.table()
+            )));
+        }
+    }
+    let pk_type = declared
+        .get(target.primary_key().as_str())
+        .ok_or_else(|| {
+            schema(format!(
+                "primary key column `{}.{}` does not exist",
+                target.table(),
+                target.primary_key()
+            ))
+        })?
+        .to_ascii_uppercase();
+    if pk_type.contains("INT") {
+        Ok(PkKind::Int)
+    } else if pk_type.contains("CHAR") || pk_type.contains("TEXT") || pk_type.contains("CLOB") {
+        Ok(PkKind::Text)
+    } else {
+        Err(schema(format!(
+            "primary key `{}.{}` has type `{pk_type}`; only integer and text keys are supported",
+            target.table(),
+            target.primary_key()
+        )))
+    }
+}
+
+/// `substr(col, 1, instr(col, ':'))` when the prefix is short enough to be a
+/// version, else `''`: the group key of the inventory.
+fn prefix_expr(column: &SqlIdent) -> String {
+    format!(
+        "CASE WHEN instr({column}, ':') BETWEEN 2 AND 12 THEN substr({column}, 1, instr({column}, ':')) ELSE '' END"
+    )
+}
+
+fn read_pk(row: &rusqlite::Row<'_>, kind: PkKind) -> rusqlite::Result<Pk> {
+    Ok(match kind {
+        PkKind::Int => Pk::Int(row.get(0)?),
+        PkKind::Text => Pk::Text(row.get(0)?),
+    })
+}
+
+impl DataStore for SqliteStore {
+    fn pk_kind(&self) -> PkKind {
+        self.kind
+    }
+
+    fn read_page<'a>(
+        &'a self,
+        version: KeyVersion,
+        after: Option<&'a Pk>,
+        limit: u32,
+    ) -> BoxFuture<'a, Result<Vec<StoredRow>>> {
+        let after = after.cloned();
+        let kind = self.kind;
+        self.with(&self.reader, move |connection, target| {
+            let pk = target.primary_key();
+            let columns = target.columns();
+            let list = columns
+                .iter()
+                .map(SqlIdent::as_str)
+                .collect::<Vec<_>>()
+                .join(", ");
+            let filter = columns
+                .iter()
+                .map(|column| format!("substr({column}, 1, ?2) = ?1"))
+                .collect::<Vec<_>>()
+                .join(" OR ");
+            let range = if after.is_some() {
+                format!("{pk} > ?4 AND ")
+            } else {
+                String::new()
+            };
+            let sql = format!(
+                "SELECT {pk}, {list} FROM {table} WHERE {range}({filter}) ORDER BY {pk} LIMIT ?3",
+                table = target.table()
+            );
+            let prefix = version_prefix(version);
+            let mut statement = connection
+                .prepare_cached(&sql)
+                .map_err(sqlite_error(target, "read page"))?;
+            let map = |row: &rusqlite::Row<'_>| {
+                let pk = read_pk(row, kind)?;
+                let values = (1..=columns.len())
+                    .map(|index| row.get::<_, Option<String>>(index))
+                    .collect::<rusqlite::Result<Vec<_>>>()?;
+                Ok(StoredRow { pk, values })
+            };
+            let rows = match &after {
+                Some(after) => statement
+                    .query_map(params![prefix, prefix.len(), limit, after], map)
+                    .and_then(|rows| rows.collect()),
+                None => statement
+                    .query_map(params![prefix, prefix.len(), limit], map)
+                    .and_then(|rows| rows.collect()),
+            };
+            rows.map_err(sqlite_error(target, "read page"))
+        })
+    }
+
+    fn swap_batch(&self, swaps: Vec<RowSwap>) -> BoxFuture<'_, Result<SwapOutcome>> {
+        self.with(&self.writer, move |connection, target| {
+            let fail = sqlite_error(target, "write batch");
+            let transaction = connection
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(sqlite_error(target, "begin batch"))?;
+            let mut outcome = SwapOutcome::default();
+            let result = (|| {
+                for (index, column) in target.columns().iter().enumerate() {
+                    let sql = format!(
+                        "UPDATE {table} SET {column} = ?1 WHERE {pk} = ?2 AND {column} = ?3",
+                        table = target.table(),
+                        pk = target.primary_key()
+                    );
+                    let mut statement = transaction.prepare_cached(&sql)?;
+                    for swap in &swaps {
+                        let Some(Some(cell)) = swap.cells.get(index) else {
+                            continue;
+                        };
+                        match statement.execute(params![cell.new, swap.pk, cell.old])? {
+                            0 => outcome.conflicts.push((swap.pk.clone(), index)),
+                            _ => outcome.applied += 1,
+                        }
+                    }
+                }
+                Ok(())
+            })();
+            // On error the transaction rolls back when dropped: all or nothing.
+            result.map_err(fail)?;
+            transaction
+                .commit()
+                .map_err(sqlite_error(target, "commit batch"))?;
+            Ok(outcome)
+        })
+    }
+
+    fn inventory(&self) -> BoxFuture<'_, Result<Inventory>> {
+        let kind = self.kind;
+        self.with(&self.reader, move |connection, target| {
+            let table = target.table();
+            let sql = target
+                .columns()
+                .iter()
+                .enumerate()
+                .map(|(index, column)| {
+                    format!(
+                        "SELECT {index}, {prefix}, count(*) FROM {table} WHERE {column} IS NOT NULL GROUP BY 2",
+                        prefix = prefix_expr(column)
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(" UNION ALL ");
+            let groups = connection
+                .prepare_cached(&sql)
+                .and_then(|mut statement| {
+                    statement
+                        .query_map([], |row| {
+                            Ok((row.get::<_, i64>(0)? as usize, row.get(1)?, row.get::<_, i64>(2)? as u64))
+                        })?
+                        .collect::<rusqlite::Result<Vec<_>>>()
+                })
+                .map_err(sqlite_error(target, "inventory"))?;
+            match inventory::tally(target.columns(), groups) {
+                Ok(inventory) => Ok(inventory),
+                Err(bad) => {
+                    let column = &target.columns()[bad.column];
+                    let sql = format!(
+                        "SELECT {pk} FROM {table} WHERE {column} IS NOT NULL AND {prefix} = ?1 ORDER BY {pk} LIMIT 1",
+                        pk = target.primary_key(),
+                        prefix = prefix_expr(column)
+                    );
+                    let pk = connection
+                        .query_row(&sql, [&bad.prefix], |row| read_pk(row, kind))
+                        .optional()
+                        .map_err(sqlite_error(target, "inventory"))?;
+                    Err(Error::MalformedRecord {
+                        table: table.to_string(),
+                        column: column.to_string(),
+                        pk: pk.map_or_else(|| "?".to_owned(), |pk| pk.to_string()),
+                    })
+                }
+            }
+        })
+    }
+
+    fn count_records(&self) -> BoxFuture<'_, Result<BTreeMap<SqlIdent, u64>>> {
+        self.with(&self.reader, move |connection, target| {
+            let list = target
+                .columns()
+                .iter()
+                .map(|column| format!("count({column})"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql = format!("SELECT {list} FROM {}", target.table());
+            let counts = connection
+                .query_row(&sql, [], |row| {
+                    (0..target.columns().len())
+                        .map(|index| row.get::<_, i64>(index).map(|count| count as u64))
+                        .collect::<rusqlite::Result<Vec<_>>>()
+                })
+                .map_err(sqlite_error(target, "count records"))?;
+            Ok(target.columns().iter().cloned().zip(counts).collect())
+        })
+    }
+
+    fn sample(&self, version: KeyVersion, n: u32) -> BoxFuture<'_, Result<Vec<SampleRecord>>> {
+        let kind = self.kind;
+        self.with(&self.reader, move |connection, target| {
+            let union = target
+                .columns()
+                .iter()
+                .enumerate()
+                .map(|(index, column)| {
+                    format!(
+                        "SELECT {pk} AS pk, {index} AS col, {column} AS value FROM {table} WHERE substr({column}, 1, ?2) = ?1",
+                        pk = target.primary_key(),
+                        table = target.table()
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(" UNION ALL ");
+            let sql = format!("SELECT pk, col, value FROM ({union}) ORDER BY random() LIMIT ?3");
+            let prefix = version_prefix(version);
+            let mut statement = connection
+                .prepare_cached(&sql)
+                .map_err(sqlite_error(target, "sample"))?;
+            statement
+                .query_map(params![prefix, prefix.len(), n], |row| {
+                    Ok(SampleRecord {
+                        pk: read_pk(row, kind)?,
+                        column: target.columns()[row.get::<_, i64>(1)? as usize].clone(),
+                        ciphertext: row.get(2)?,
+                    })
+                })
+                .and_then(|rows| rows.collect())
+                .map_err(sqlite_error(target, "sample"))
+        })
+    }
+
+    fn replica_lag(&self) -> BoxFuture<'_, Result<Option<Duration>>> {
+        futures::future::ready(Ok(None)).boxed()
+    }
+}

@@ -1,0 +1,331 @@
+//! Shared test fixture: a table `records(id, a, b)` in a real SQLite file or a
+//! real PostgreSQL database, seeded with records at v8 and v9, plus the
+//! scenarios both backends must pass. No database is mocked.
+
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use crypto_core::{Key, KeyVersion, Keyring};
+use keyholder_reencrypt::*;
+use sha2::{Digest as _, Sha256};
+
+pub fn v(n: u32) -> KeyVersion {
+    KeyVersion::new(n).unwrap()
+}
+
+/// A keyring holding v8, v9 and v10 (fixed test keys), writing `write`.
+pub fn keyring(write: u32) -> Arc<Keyring> {
+    let keys = [8u8, 9, 10].map(|n| (v(u32::from(n)), Key::from_slice(&[n; 32]).unwrap()));
+    Arc::new(Keyring::new("orders".parse().unwrap(), v(write), keys).unwrap())
+}
+
+/// Where the test table lives.
+#[derive(Clone)]
+pub enum Db {
+    Sqlite(PathBuf),
+    Postgres { url: String, table: String },
+}
+
+pub const TABLE_SQLITE: &str = "records";
+
+impl Db {
+    pub fn table(&self) -> &str {
+        match self {
+            Db::Sqlite(_) => TABLE_SQLITE,
+            Db::Postgres { table, .. } => table,
+        }
+    }
+
+    pub fn target(&self) -> Target {
+        let store = match self {
+            Db::Sqlite(path) => format!("sqlite://{}", path.display()),
+            Db::Postgres { url, .. } => url.clone(),
+        };
+        TargetConfig {
+            name: "records".into(),
+            store,
+            table: self.table().into(),
+            primary_key: "id".into(),
+            columns: vec!["a".into(), "b".into()],
+            aad: AadRule::Row,
+        }
+        .validate("targets[0]")
+        .unwrap()
+    }
+
+    pub fn aad(&self, column: &str, id: i64) -> Vec<u8> {
+        format!("{}/{column}/{id}", self.table()).into_bytes()
+    }
+
+    /// Creates the table with `rows` rows: `a` at v9 (every 10th at v8),
+    /// `b` at v9 (every 7th NULL).
+    pub async fn seed(&self, rows: i64) {
+        let keyring = keyring(9);
+        let old = keyring_v8();
+        let mut data = Vec::with_capacity(rows as usize);
+        for id in 1..=rows {
+            let a_plain = format!("secret-{id}-a-0123456789abcdef");
+            let a = if id % 10 == 0 {
+                old.encrypt(a_plain.as_bytes(), &self.aad("a", id)).unwrap()
+            } else {
+                keyring
+                    .encrypt(a_plain.as_bytes(), &self.aad("a", id))
+                    .unwrap()
+            };
+            let b = (id % 7 != 0).then(|| {
+                keyring
+                    .encrypt(format!("secret-{id}-b").as_bytes(), &self.aad("b", id))
+                    .unwrap()
+            });
+            data.push((id, Some(a), b));
+        }
+        match self {
+            Db::Sqlite(path) => {
+                let path = path.clone();
+                tokio::task::spawn_blocking(move || {
+                    let mut connection = rusqlite::Connection::open(&path).unwrap();
+                    connection
+                        .execute_batch(
+                            "CREATE TABLE records (id INTEGER PRIMARY KEY, a TEXT, b TEXT);",
+                        )
+                        .unwrap();
+                    let transaction = connection.transaction().unwrap();
+                    {
+                        let mut insert = transaction
+                            .prepare("INSERT INTO records (id, a, b) VALUES (?1, ?2, ?3)")
+                            .unwrap();
+                        for (id, a, b) in data {
+                            insert.execute(rusqlite::params![id, a, b]).unwrap();
+                        }
+                    }
+                    transaction.commit().unwrap();
+                })
+                .await
+                .unwrap();
+            }
+            Db::Postgres { url, table } => {
+                let client = pg_connect(url).await;
+                client
+                    .batch_execute(&format!(
+                        "CREATE TABLE {table} (id BIGINT PRIMARY KEY, a TEXT, b TEXT)"
+                    ))
+                    .await
+                    .unwrap();
+                for chunk in data.chunks(10_000) {
+                    let ids: Vec<i64> = chunk.iter().map(|row| row.0).collect();
+                    let a: Vec<Option<String>> = chunk.iter().map(|row| row.1.clone()).collect();
+                    let b: Vec<Option<String>> = chunk.iter().map(|row| row.2.clone()).collect();
+                    client
+                        .execute(
+                            &format!(
+                                "INSERT INTO {table} (id, a, b) SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[])"
+                            ),
+                            &[&ids, &a, &b],
+                        )
+                        .await
+                        .unwrap();
+                }
+            }
+        }
+    }
+
+    /// Every row, in key order.
+    pub async fn rows(&self) -> Vec<(i64, Option<String>, Option<String>)> {
+        match self {
+            Db::Sqlite(path) => {
+                let path = path.clone();
+                tokio::task::spawn_blocking(move || {
+                    let connection = rusqlite::Connection::open(&path).unwrap();
+                    let mut select = connection
+                        .prepare("SELECT id, a, b FROM records ORDER BY id")
+                        .unwrap();
+                    select
+                        .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+                        .unwrap()
+                        .collect::<rusqlite::Result<Vec<_>>>()
+                        .unwrap()
+                })
+                .await
+                .unwrap()
+            }
+            Db::Postgres { url, table } => pg_connect(url)
+                .await
+                .query(&format!("SELECT id, a, b FROM {table} ORDER BY id"), &[])
+                .await
+                .unwrap()
+                .iter()
+                .map(|row| (row.get(0), row.get(1), row.get(2)))
+                .collect(),
+        }
+    }
+
+    /// Sets one column of one row, as an application would.
+    pub async fn set(&self, id: i64, column: &str, value: &str) {
+        match self {
+            Db::Sqlite(path) => {
+                let (path, column, value) = (path.clone(), column.to_owned(), value.to_owned());
+                tokio::task::spawn_blocking(move || {
+                    let connection = rusqlite::Connection::open(&path).unwrap();
+                    connection
+                        .execute(
+                            &format!("UPDATE records SET {column} = ?1 WHERE id = ?2"),
+                            rusqlite::params![value, id],
+                        )
+                        .unwrap();
+                })
+                .await
+                .unwrap();
+            }
+            Db::Postgres { url, table } => {
+                pg_connect(url)
+                    .await
+                    .execute(
+                        &format!("UPDATE {table} SET {column} = $1 WHERE id = $2"),
+                        &[&value, &id],
+                    )
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+
+    /// A digest of every plaintext (id, column, plaintext) and the records
+    /// per version, read by the test itself.
+    pub async fn digest(&self) -> (String, BTreeMap<KeyVersion, u64>) {
+        let keyring = keyring(10);
+        let mut hash = Sha256::new();
+        let mut versions = BTreeMap::new();
+        for (id, a, b) in self.rows().await {
+            for (column, value) in [("a", a), ("b", b)] {
+                let Some(value) = value else { continue };
+                let version = crypto_core::envelope::peek_version(&value).unwrap();
+                *versions.entry(version).or_insert(0) += 1;
+                let plaintext = keyring
+                    .decrypt(&value, &self.aad(column, id))
+                    .unwrap_or_else(|_| panic!("record {column}/{id} does not decrypt"));
+                assert!(
+                    !plaintext.starts_with(b"V"),
+                    "record {column}/{id} is double-encrypted"
+                );
+                hash.update(id.to_le_bytes());
+                hash.update(column.as_bytes());
+                hash.update((plaintext.len() as u64).to_le_bytes());
+                hash.update(&plaintext);
+            }
+        }
+        (format!("{:x}", hash.finalize()), versions)
+    }
+
+    /// An application writing fresh values (at v9 or v10) into random rows
+    /// until `stop`; returns the last plaintexts it wrote per (id, column).
+    pub fn spawn_writer(
+        &self,
+        rows: i64,
+        stop: Arc<AtomicBool>,
+        writes: Arc<AtomicU64>,
+    ) -> tokio::task::JoinHandle<HashMap<(i64, &'static str), String>> {
+        let db = self.clone();
+        tokio::spawn(async move {
+            let old = keyring(9);
+            let new = keyring(10);
+            let mut last = HashMap::new();
+            let client = match &db {
+                Db::Postgres { url, .. } => Some(pg_connect(url).await),
+                Db::Sqlite(_) => None,
+            };
+            let sqlite = match &db {
+                Db::Sqlite(path) => Some(Arc::new(std::sync::Mutex::new({
+                    let connection = rusqlite::Connection::open(path).unwrap();
+                    connection
+                        .busy_timeout(std::time::Duration::from_secs(10))
+                        .unwrap();
+                    connection
+                }))),
+                Db::Postgres { .. } => None,
+            };
+            let mut counter = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                counter += 1;
+                let id = rand::random_range(1..=rows);
+                let column: &'static str = if rand::random_bool(0.5) { "a" } else { "b" };
+                let plaintext = format!("app-{id}-{column}-{counter}");
+                let keyring = if rand::random_bool(0.5) { &old } else { &new };
+                let value = keyring
+                    .encrypt(plaintext.as_bytes(), &db.aad(column, id))
+                    .unwrap();
+                match (&client, &sqlite, &db) {
+                    (Some(client), _, Db::Postgres { table, .. }) => {
+                        client
+                            .execute(
+                                &format!("UPDATE {table} SET {column} = $1 WHERE id = $2"),
+                                &[&value, &id],
+                            )
+                            .await
+                            .unwrap();
+                    }
+                    (_, Some(connection), _) => {
+                        let connection = connection.clone();
+                        tokio::task::spawn_blocking(move || {
+                            connection
+                                .lock()
+                                .unwrap()
+                                .execute(
+                                    &format!("UPDATE records SET {column} = ?1 WHERE id = ?2"),
+                                    rusqlite::params![value, id],
+                                )
+                                .unwrap();
+                        })
+                        .await
+                        .unwrap();
+                    }
+                    _ => unreachable!(),
+                }
+                last.insert((id, column), plaintext);
+                writes.fetch_add(1, Ordering::SeqCst);
+                tokio::task::yield_now().await;
+            }
+            last
+        })
+    }
+}
+
+fn keyring_v8() -> Arc<Keyring> {
+    keyring(8)
+}
+
+pub async fn pg_connect(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|error| {
+            panic!("KEYHOLDER_TEST_PG is set but PostgreSQL is unreachable: {error}")
+        });
+    tokio::spawn(connection);
+    client
+}
+
+pub fn throttle(batch_size: u32) -> ControlHandle {
+    ControlHandle::new(Throttle {
+        batch_size,
+        ..Throttle::default()
+    })
+    .unwrap()
+}
+
+/// Runs a pass to its end.
+pub async fn run_pass(
+    db: &Db,
+    write: u32,
+    from: u32,
+    checkpoints: Arc<dyn CheckpointStore>,
+    control: &ControlHandle,
+) -> Result<PassOutcome> {
+    let target = db.target();
+    let store = open_store(&target).await?;
+    Reencryptor::new(target, store, keyring(write), v(from), checkpoints, control)?
+        .run()
+        .await
+}
