@@ -1,1 +1,117 @@
-fn main() {}
+//! `keyholderd`: run the daemon, check a config, make the first key.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use crypto_core::KeyVersion;
+use keyholder_server::config::Config;
+use keyholder_server::store::SqliteStore;
+
+/// The sealed key daemon of keyholder.
+#[derive(Parser)]
+#[command(name = "keyholderd", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start sealed and serve the API until SIGTERM.
+    Run {
+        /// The config file.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Validate the config and print every problem.
+    CheckConfig {
+        /// The config file.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Make the first key: one age-encrypted share file per keyholder.
+    Init {
+        /// The config file.
+        #[arg(long)]
+        config: PathBuf,
+        /// The first version.
+        #[arg(long, default_value = "v1")]
+        first_version: KeyVersion,
+        /// The directory for the share files.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("KEYHOLDER_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(command: Command) -> Result<(), String> {
+    match command {
+        Command::Run { config } => {
+            let config = Config::load(&config).map_err(|e| e.to_string())?;
+            keyholder_server::run::run(config, axum::Router::new())
+                .await
+                .map_err(|e| e.to_string())
+        }
+        Command::CheckConfig { config } => {
+            let config = Config::load(&config).map_err(|e| e.to_string())?;
+            keyholder_server::transport::tls::server_config(&config.listen)
+                .map_err(|e| e.to_string())?;
+            for target in &config.targets {
+                keyholder_server::verify::sampler_for(target)?;
+            }
+            println!(
+                "config {} is valid: keyring {}, {} keyholder(s), threshold {}, {} target(s)",
+                config.path.display(),
+                config.keyring,
+                config.keyholders().count(),
+                config.threshold,
+                config.targets.len()
+            );
+            Ok(())
+        }
+        Command::Init {
+            config,
+            first_version,
+            out,
+        } => {
+            let config = Config::load(&config).map_err(|e| e.to_string())?;
+            let store = SqliteStore::open(&config.state_db()).map_err(|e| e.to_string())?;
+            let report = keyholder_server::init::init(&config, &store, first_version, &out)
+                .await
+                .map_err(|e| e.to_string())?;
+            println!("made {} (kcv {}); share files:", report.version, report.kcv);
+            for file in &report.files {
+                println!("  {}", file.display());
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,199 @@
+//! The HTTP API: routes, the API version exchange, roles and error bodies.
+//!
+//! Owns mapping requests to [`Daemon`] calls and results to HTTP. Handlers
+//! (in `api/`) are thin: they check the caller's role, parse the body
+//! strictly and call the daemon. Every response carries the API version
+//! header; every request must carry a compatible one. Error bodies are
+//! [`ApiError`]s that never echo a request value.
+
+mod audit;
+mod keyring;
+mod seal;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{FromRequestParts, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use keyholder_api::{API_VERSION, API_VERSION_HEADER, ApiError};
+
+use crate::daemon::{Daemon, DaemonError};
+use crate::principal::{Principal, Role};
+use crate::transport::Caller;
+
+/// The shared state of every handler.
+pub type AppState = Arc<Daemon>;
+
+/// An error answer: a status and an [`ApiError`] body.
+#[derive(Debug)]
+pub struct ApiFailure {
+    /// The HTTP status.
+    pub status: StatusCode,
+    /// The body.
+    pub body: ApiError,
+}
+
+impl ApiFailure {
+    /// A failure with `status`, a stable `code` and a lowercase message.
+    pub fn new(status: StatusCode, code: &str, error: impl Into<String>) -> Self {
+        Self {
+            status,
+            body: ApiError {
+                error: error.into(),
+                code: code.to_owned(),
+            },
+        }
+    }
+
+    /// A request body that does not parse (the message names the field, never a value).
+    pub fn bad_body(message: String) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+}
+
+impl IntoResponse for ApiFailure {
+    fn into_response(self) -> Response {
+        (self.status, axum::Json(self.body)).into_response()
+    }
+}
+
+impl From<DaemonError> for ApiFailure {
+    fn from(e: DaemonError) -> Self {
+        let (status, code) = match &e {
+            DaemonError::Sealed => (StatusCode::SERVICE_UNAVAILABLE, "sealed"),
+            DaemonError::NotInitialized => (StatusCode::SERVICE_UNAVAILABLE, "not_initialized"),
+            DaemonError::Verification { .. } => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "verification_failed")
+            }
+            DaemonError::Plan(_) | DaemonError::Vault(_) => (StatusCode::CONFLICT, "keyring_plan"),
+            DaemonError::Store(_) | DaemonError::Target(_) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+            }
+        };
+        if status == StatusCode::INTERNAL_SERVER_ERROR {
+            tracing::error!(error = %e, "request failed");
+        }
+        Self::new(status, code, e.to_string())
+    }
+}
+
+/// The caller's principal, resolved by the transport for this connection.
+pub struct Authenticated(pub Principal);
+
+impl<S: Send + Sync> FromRequestParts<S> for Authenticated {
+    type Rejection = ApiFailure;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let caller = parts.extensions.get::<Caller>().ok_or_else(|| {
+            ApiFailure::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "this connection carries no verified client certificate",
+            )
+        })?;
+        match caller.0.as_ref() {
+            Ok(principal) => Ok(Self(principal.clone())),
+            Err(e) => Err(ApiFailure::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                e.to_string(),
+            )),
+        }
+    }
+}
+
+/// Refuses a caller without one of `roles`, naming the roles needed and the
+/// caller's own.
+pub fn require(principal: &Principal, roles: &[Role]) -> Result<(), ApiFailure> {
+    if roles.iter().any(|r| principal.has(*r)) {
+        return Ok(());
+    }
+    let needed = roles
+        .iter()
+        .map(|r| r.as_str())
+        .collect::<Vec<_>>()
+        .join(" or ");
+    Err(ApiFailure::new(
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        format!(
+            "this needs the {needed} role; {} has {}",
+            principal.name,
+            principal.roles_text()
+        ),
+    ))
+}
+
+/// Checks the caller's API version and stamps ours on every response.
+async fn api_version(request: Request, next: Next) -> Response {
+    let peer = request
+        .headers()
+        .get(API_VERSION_HEADER)
+        .map(|v| v.to_str().unwrap_or("(not text)").to_owned());
+    let mut response = match keyholder_api::check_compatible(peer.as_deref()) {
+        Ok(()) => next.run(request).await,
+        Err(e) => ApiFailure::new(
+            StatusCode::BAD_REQUEST,
+            "incompatible_api_version",
+            e.to_string(),
+        )
+        .into_response(),
+    };
+    response
+        .headers_mut()
+        .insert(API_VERSION_HEADER, HeaderValue::from_static(API_VERSION));
+    response
+}
+
+async fn not_found() -> ApiFailure {
+    ApiFailure::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such endpoint; see docs/protocol.md",
+    )
+}
+
+/// The daemon's API routes (without state), for merging more routes in.
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/health", get(seal::health))
+        .route("/v1/status", get(seal::status))
+        .route(
+            "/v1/unseal",
+            axum::routing::post(seal::unseal).delete(seal::reset),
+        )
+        .route("/v1/seal", axum::routing::post(seal::seal))
+        .route("/v1/keyring", get(keyring::keyring))
+        .route("/v1/audit", get(audit::audit))
+}
+
+/// The complete API: our routes plus `extra` (the rotation's), the version
+/// exchange on all of them, JSON 404s.
+pub fn app(daemon: AppState, extra: Router<AppState>) -> Router {
+    routes()
+        .merge(extra)
+        .fallback(not_found)
+        .layer(axum::middleware::from_fn(api_version))
+        .with_state(daemon)
+}
+
+/// `/metrics` for the loopback plain port.
+pub fn metrics_app(daemon: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .with_state(daemon)
+}
+
+async fn metrics(State(daemon): State<AppState>) -> impl IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        daemon.metrics.render(),
+    )
+}

@@ -1,0 +1,58 @@
+//! Health, status, unseal and seal handlers.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use keyholder_api::{Health, Status, UnsealRequest, UnsealResponse};
+
+use super::{ApiFailure, AppState, Authenticated, require};
+use crate::principal::Role;
+
+/// `GET /v1/health`: any principal.
+pub async fn health(
+    State(daemon): State<AppState>,
+    Authenticated(_): Authenticated,
+) -> Json<Health> {
+    Json(Health {
+        status: "ok".to_owned(),
+        sealed: daemon.vault.is_sealed(),
+    })
+}
+
+/// `GET /v1/status`: any principal.
+pub async fn status(
+    State(daemon): State<AppState>,
+    Authenticated(_): Authenticated,
+) -> Result<Json<Status>, ApiFailure> {
+    Ok(Json(daemon.status().await?))
+}
+
+/// `POST /v1/unseal`: keyholders.
+pub async fn unseal(
+    State(daemon): State<AppState>,
+    Authenticated(caller): Authenticated,
+    body: Bytes,
+) -> Result<Json<UnsealResponse>, ApiFailure> {
+    require(&caller, &[Role::Keyholder])?;
+    let request: UnsealRequest = keyholder_api::from_json(&body).map_err(ApiFailure::bad_body)?;
+    drop(body);
+    Ok(Json(daemon.unseal(&caller, &request.shares).await?))
+}
+
+/// `DELETE /v1/unseal`: keyholders and operators.
+pub async fn reset(
+    State(daemon): State<AppState>,
+    Authenticated(caller): Authenticated,
+) -> Result<Json<UnsealResponse>, ApiFailure> {
+    require(&caller, &[Role::Keyholder, Role::Operator])?;
+    Ok(Json(daemon.reset_unseal(&caller).await?))
+}
+
+/// `POST /v1/seal`: operators.
+pub async fn seal(
+    State(daemon): State<AppState>,
+    Authenticated(caller): Authenticated,
+) -> Result<Json<Status>, ApiFailure> {
+    require(&caller, &[Role::Operator])?;
+    Ok(Json(daemon.seal(&caller.name).await?))
+}

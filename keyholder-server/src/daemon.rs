@@ -1,0 +1,482 @@
+//! The daemon's core: seal state, vault, store and audit wired together.
+//!
+//! Owns what an API call does once the caller is known and allowed: taking
+//! shares, proving rebuilt keys, loading and sealing, the status document,
+//! the keyring hand-over. Handlers call these methods and map the errors to
+//! HTTP; this module knows nothing of HTTP or TLS and never talks SQL itself.
+//! It logs and audits versions, indices, names and KCV prefixes, never a key
+//! or a share.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+
+use crypto_core::{HookHandover, KeyVersion};
+use keyholder_api::{AuditLog, ShareLine, Status, UnsealResponse, VersionState, VersionStatus};
+use serde_json::json;
+
+use crate::audit::{self, DAEMON};
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::principal::Principal;
+use crate::seal::{SealMachine, VersionFacts};
+use crate::store::{SqliteStore, StateStore, StoreError, VersionRecord};
+use crate::vault::{KeyringPlan, Vault, VaultError};
+use crate::verify::{self, RecordSampler};
+
+/// Why a daemon operation was refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// A key is needed and none is held.
+    #[error("the daemon is sealed; keyholders must unseal it first (keyholder unseal)")]
+    Sealed,
+    /// The state store has no version yet.
+    #[error("the keyring has no key yet; run keyholderd init first")]
+    NotInitialized,
+    /// Rebuilt keys failed verification; nothing was loaded.
+    #[error("unseal refused, the daemon stays sealed and dropped the rebuilt keys: {}", .failures.join("; "))]
+    Verification {
+        /// One message per failed check (version, check, record ids).
+        failures: Vec<String>,
+    },
+    /// The keyring plan does not fit the stored versions.
+    #[error("cannot decide the keyring: {0}")]
+    Plan(String),
+    /// Loading keys failed.
+    #[error(transparent)]
+    Vault(#[from] VaultError),
+    /// The state store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A target's sampler could not be built.
+    #[error("{0}")]
+    Target(String),
+}
+
+/// The running daemon's state.
+pub struct Daemon {
+    /// The validated config.
+    pub config: Arc<Config>,
+    /// The persisted state.
+    pub store: Arc<dyn StateStore>,
+    /// The keys, when unsealed.
+    pub vault: Vault,
+    /// Metrics.
+    pub metrics: Metrics,
+    seal: Mutex<SealMachine>,
+    plan: RwLock<Option<KeyringPlan>>,
+    samplers: Arc<Vec<Box<dyn RecordSampler>>>,
+}
+
+/// The default plan with no rotation under way: the active versions are live
+/// and, when there is exactly one, it writes.
+pub fn default_plan(versions: &[VersionRecord]) -> Result<Option<KeyringPlan>, DaemonError> {
+    let live: BTreeSet<KeyVersion> = versions
+        .iter()
+        .filter(|v| v.state == VersionState::Active)
+        .map(|v| v.version)
+        .collect();
+    match live.len() {
+        0 => Ok(None),
+        1 => Ok(Some(KeyringPlan {
+            write: *live.first().expect("one version"),
+            live,
+        })),
+        _ => Err(DaemonError::Plan(format!(
+            "{} versions are active and no rotation state says which one writes",
+            live.len()
+        ))),
+    }
+}
+
+impl Daemon {
+    /// Opens the state store of `config` and starts sealed.
+    pub async fn open(config: Config) -> Result<Arc<Self>, DaemonError> {
+        let store: Arc<dyn StateStore> = Arc::new(SqliteStore::open(&config.state_db())?);
+        Self::with_store(config, store).await
+    }
+
+    /// Starts sealed on `store`.
+    pub async fn with_store(
+        config: Config,
+        store: Arc<dyn StateStore>,
+    ) -> Result<Arc<Self>, DaemonError> {
+        store.sync_principals(&config.principals).await?;
+        let samplers = config
+            .targets
+            .iter()
+            .map(verify::sampler_for)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(DaemonError::Target)?;
+        let versions = store.versions().await?;
+        let plan = default_plan(&versions)?;
+        let seal = Mutex::new(Self::machine(&config, &versions, plan.as_ref()));
+        let daemon = Arc::new(Self {
+            config: Arc::new(config),
+            store,
+            vault: Vault::default(),
+            metrics: Metrics::default(),
+            seal,
+            plan: RwLock::new(plan),
+            samplers: Arc::new(samplers),
+        });
+        let versions: Vec<u32> = versions.iter().map(|v| v.version.number()).collect();
+        daemon
+            .store
+            .append_audit(audit::draft(
+                DAEMON,
+                "started",
+                json!({"versions": versions, "sealed": true}),
+            ))
+            .await?;
+        tracing::info!(keyring = %daemon.config.keyring, ?versions, "started sealed");
+        Ok(daemon)
+    }
+
+    fn machine(
+        config: &Config,
+        versions: &[VersionRecord],
+        plan: Option<&KeyringPlan>,
+    ) -> SealMachine {
+        let facts = versions
+            .iter()
+            .map(|r| {
+                let live = plan.is_some_and(|p| p.live.contains(&r.version));
+                (r.version, VersionFacts::from_record(r, live))
+            })
+            .collect();
+        SealMachine::new(config.keyring.clone(), facts, config.progress_ttl)
+    }
+
+    /// The keyring plan in force (`None` before init).
+    pub fn plan(&self) -> Option<KeyringPlan> {
+        self.plan.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Sets which versions are live and which writes (the rotation drives
+    /// this), re-reads the stored versions and, when unsealed, republishes
+    /// the keyring. While sealed, partial unseal progress is dropped.
+    pub async fn set_plan(&self, plan: KeyringPlan) -> Result<(), DaemonError> {
+        let versions = self.store.versions().await?;
+        *self.plan.write().unwrap_or_else(|p| p.into_inner()) = Some(plan.clone());
+        *self.lock_seal() = Self::machine(&self.config, &versions, Some(&plan));
+        if let Some(keyring) = self.vault.republish(&plan)? {
+            self.log_keyring(&keyring);
+        }
+        Ok(())
+    }
+
+    fn lock_seal(&self) -> std::sync::MutexGuard<'_, SealMachine> {
+        self.seal.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes shares from `principal`; unseals when every live version is
+    /// rebuilt and proven.
+    pub async fn unseal(
+        &self,
+        principal: &Principal,
+        lines: &[ShareLine],
+    ) -> Result<UnsealResponse, DaemonError> {
+        if !self.vault.is_sealed() {
+            let outcomes = lines
+                .iter()
+                .enumerate()
+                .map(|(i, _)| keyholder_api::ShareOutcome {
+                    position: i + 1,
+                    version: None,
+                    index: None,
+                    accepted: false,
+                    reason: Some(
+                        "the daemon is already unsealed; this share was not needed".to_owned(),
+                    ),
+                })
+                .collect();
+            return Ok(UnsealResponse {
+                sealed: false,
+                outcomes,
+                progress: Vec::new(),
+                loaded: self.vault.held_versions(),
+            });
+        }
+        let plan = self.plan().ok_or(DaemonError::NotInitialized)?;
+        let (submission, expired) = {
+            let mut machine = self.lock_seal();
+            let expired = machine.expire(Instant::now());
+            (
+                machine.submit(&principal.name, lines, Instant::now()),
+                expired,
+            )
+        };
+        for version in expired {
+            self.audit(
+                DAEMON,
+                "unseal_progress_expired",
+                json!({"version": version.number()}),
+            )
+            .await?;
+        }
+        for outcome in &submission.outcomes {
+            self.metrics.share(outcome.accepted);
+            // A line that did not parse may hold share data in its message:
+            // the audit log says only that it did not parse.
+            let reason = match (outcome.version, &outcome.reason) {
+                (None, _) => Some("the share line does not parse".to_owned()),
+                (_, reason) => reason.clone(),
+            };
+            let action = if outcome.accepted {
+                "unseal_share_accepted"
+            } else {
+                "unseal_share_refused"
+            };
+            tracing::info!(
+                principal = %principal.name,
+                version = outcome.version.map(|v| v.number()),
+                index = outcome.index,
+                accepted = outcome.accepted,
+                reason = reason.as_deref().unwrap_or(""),
+                "unseal share"
+            );
+            self.audit(
+                &principal.name,
+                action,
+                json!({
+                    "position": outcome.position,
+                    "version": outcome.version.map(|v| v.number()),
+                    "index": outcome.index,
+                    "reason": reason,
+                }),
+            )
+            .await?;
+        }
+        let mut response = UnsealResponse {
+            sealed: true,
+            outcomes: submission.outcomes,
+            progress: Vec::new(),
+            loaded: Vec::new(),
+        };
+        let failures: Vec<String> = submission
+            .failures
+            .iter()
+            .map(|f| format!("{}: {}", f.version, f.reason))
+            .collect();
+        if !failures.is_empty() {
+            self.audit(
+                DAEMON,
+                "unseal_rebuild_failed",
+                json!({"failures": failures}),
+            )
+            .await?;
+        }
+        let Some(rebuilt) = submission.rebuilt else {
+            if !failures.is_empty() {
+                return Err(DaemonError::Verification { failures });
+            }
+            response.progress = self.lock_seal().progress();
+            return Ok(response);
+        };
+        let versions: BTreeMap<KeyVersion, VersionRecord> = self
+            .store
+            .versions()
+            .await?
+            .into_iter()
+            .map(|v| (v.version, v))
+            .collect();
+        let samplers = Arc::clone(&self.samplers);
+        let keyring_id = self.config.keyring.clone();
+        let sample_size = self.config.sample_size;
+        let (rebuilt, verdict) = tokio::task::spawn_blocking(move || {
+            let verdict = verify::verify(
+                &keyring_id,
+                &rebuilt.keys,
+                &versions,
+                &samplers,
+                sample_size,
+            );
+            (rebuilt, verdict)
+        })
+        .await
+        .map_err(|e| DaemonError::Plan(format!("verification task failed: {e}")))?;
+        match verdict {
+            Err(failures) => {
+                drop(rebuilt);
+                let messages: Vec<String> = failures.iter().map(ToString::to_string).collect();
+                for failure in &failures {
+                    tracing::error!(
+                        version = failure.version.number(),
+                        check = %failure.check,
+                        record_ids = ?failure.record_ids,
+                        "key verification failed; staying sealed"
+                    );
+                }
+                self.audit(
+                    DAEMON,
+                    "unseal_verification_failed",
+                    json!({"failures": failures.iter().map(|f| json!({
+                        "version": f.version.number(),
+                        "check": f.check,
+                        "record_ids": f.record_ids,
+                        "reason": f.reason,
+                    })).collect::<Vec<_>>()}),
+                )
+                .await?;
+                Err(DaemonError::Verification { failures: messages })
+            }
+            Ok(report) => {
+                let keyring = self.vault.load(&self.config.keyring, rebuilt.keys, &plan)?;
+                let counts = self.store.versions().await?;
+                for record in counts.iter().filter(|r| keyring.contains(r.version)) {
+                    keyring
+                        .set_encryptions(record.version, record.encryptions)
+                        .map_err(VaultError::Plan)?;
+                }
+                self.metrics.set_loaded(keyring.versions().count());
+                self.log_keyring(&keyring);
+                self.audit(
+                    DAEMON,
+                    "unsealed",
+                    json!({
+                        "versions": keyring.versions().map(|v| v.number()).collect::<Vec<_>>(),
+                        "write_version": keyring.write_version().number(),
+                        "kcv_prefixes": keyring.versions().map(|v| keyring.kcv(v).map(|k| k.prefix())).collect::<Vec<_>>(),
+                        "sampled": report.sampled.iter().map(|(v, n)| json!({"version": v.number(), "records": n})).collect::<Vec<_>>(),
+                    }),
+                )
+                .await?;
+                response.sealed = false;
+                response.loaded = self.vault.held_versions();
+                Ok(response)
+            }
+        }
+    }
+
+    /// Logs the loaded keyring after processing: versions in order, the
+    /// write version, KCV prefixes.
+    fn log_keyring(&self, keyring: &crypto_core::Keyring) {
+        let versions: Vec<String> = keyring
+            .versions()
+            .map(|v| {
+                format!(
+                    "{v}(kcv {})",
+                    keyring.kcv(v).map(|k| k.prefix()).unwrap_or_default()
+                )
+            })
+            .collect();
+        tracing::info!(
+            keyring = %keyring.id(),
+            versions = %versions.join(", "),
+            write_version = %keyring.write_version(),
+            "keyring loaded"
+        );
+    }
+
+    /// Drops partial unseal progress.
+    pub async fn reset_unseal(&self, principal: &Principal) -> Result<UnsealResponse, DaemonError> {
+        let cleared = self.lock_seal().reset();
+        self.audit(
+            &principal.name,
+            "unseal_progress_reset",
+            json!({"versions": cleared.iter().map(|v| v.number()).collect::<Vec<_>>()}),
+        )
+        .await?;
+        Ok(UnsealResponse {
+            sealed: self.vault.is_sealed(),
+            outcomes: Vec::new(),
+            progress: Vec::new(),
+            loaded: self.vault.held_versions(),
+        })
+    }
+
+    /// Drops every key.
+    pub async fn seal(&self, actor: &str) -> Result<Status, DaemonError> {
+        let was_sealed = self.vault.is_sealed();
+        self.vault.seal();
+        self.lock_seal().reset();
+        self.metrics.set_loaded(0);
+        if !was_sealed {
+            tracing::info!(by = actor, "sealed: every key dropped");
+        }
+        self.audit(actor, "sealed", json!({"was_sealed": was_sealed}))
+            .await?;
+        self.status().await
+    }
+
+    /// The status document.
+    pub async fn status(&self) -> Result<Status, DaemonError> {
+        let versions = self.store.versions().await?;
+        let keyring = self.vault.keyring();
+        let held = self.vault.held_versions();
+        let progress = {
+            let mut machine = self.lock_seal();
+            machine.expire(Instant::now());
+            machine.progress()
+        };
+        Ok(Status {
+            keyring: self.config.keyring.clone(),
+            sealed: keyring.is_none(),
+            versions: versions
+                .iter()
+                .map(|v| VersionStatus {
+                    version: v.version,
+                    state: v.state,
+                    kcv: v.kcv.to_hex(),
+                    encryptions: keyring
+                        .as_ref()
+                        .and_then(|k| k.encryptions(v.version))
+                        .unwrap_or(v.encryptions)
+                        .max(v.encryptions),
+                    loaded: held.contains(&v.version),
+                })
+                .collect(),
+            write_version: keyring.as_ref().map(|k| k.write_version()),
+            unseal_progress: if keyring.is_none() {
+                progress
+            } else {
+                Vec::new()
+            },
+            rotation: None,
+        })
+    }
+
+    /// The hand-over for a database principal; records its fetch as its
+    /// acknowledgement of every version in it.
+    pub async fn keyring_for(&self, principal: &Principal) -> Result<HookHandover, DaemonError> {
+        let keyring = self.vault.keyring().ok_or(DaemonError::Sealed)?;
+        let versions: Vec<KeyVersion> = keyring.versions().collect();
+        let now = audit::now_rfc3339();
+        self.store
+            .record_fetch(&principal.name, &versions, &now)
+            .await?;
+        self.metrics.keyring_fetches.inc();
+        self.audit(
+            &principal.name,
+            "keyring_fetched",
+            json!({
+                "versions": versions.iter().map(|v| v.number()).collect::<Vec<_>>(),
+                "write_version": keyring.write_version().number(),
+            }),
+        )
+        .await?;
+        tracing::info!(principal = %principal.name, write_version = %keyring.write_version(), "keyring handed over");
+        Ok(keyring.to_handover())
+    }
+
+    /// The audit log.
+    pub async fn audit_log(&self) -> Result<AuditLog, DaemonError> {
+        Ok(AuditLog {
+            entries: self.store.audit_log().await?,
+        })
+    }
+
+    /// Appends an audit entry.
+    pub async fn audit(
+        &self,
+        actor: &str,
+        action: &str,
+        detail: serde_json::Value,
+    ) -> Result<(), DaemonError> {
+        self.store
+            .append_audit(audit::draft(actor, action, detail))
+            .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,73 @@
+//! `keyholderd run`: harden the process, build TLS, open the state, listen,
+//! serve until SIGTERM/SIGINT, drain and drop every key.
+//!
+//! Everything that can be wrong with the config is found before a port is
+//! bound.
+
+use std::sync::Arc;
+
+use axum::Router;
+
+use crate::config::Config;
+use crate::daemon::{Daemon, DaemonError};
+use crate::hygiene::{self, HygieneError};
+use crate::transport::{self, tls};
+
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// Process hardening failed.
+    #[error(transparent)]
+    Hygiene(#[from] HygieneError),
+    /// The TLS configuration is unusable.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    /// The daemon's state could not be opened.
+    #[error(transparent)]
+    Daemon(#[from] DaemonError),
+    /// A listener could not be bound.
+    #[error("{0}")]
+    Bind(std::io::Error),
+}
+
+/// Runs the daemon with `extra` routes (the rotation's) until a shutdown signal.
+pub async fn run(config: Config, extra: Router<Arc<Daemon>>) -> Result<(), RunError> {
+    hygiene::harden()?;
+    let tls = tls::server_config(&config.listen)?;
+    let listen = config.listen.clone();
+    let principals: Arc<[_]> = config.principals.clone().into();
+    let daemon = Daemon::open(config).await?;
+    let listener = transport::bind(listen.addr).await.map_err(RunError::Bind)?;
+    let bound = listener.local_addr().map_err(RunError::Bind)?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    if let Some(addr) = listen.metrics_addr {
+        let metrics = transport::bind(addr).await.map_err(RunError::Bind)?;
+        tracing::info!(addr = %metrics.local_addr().map_err(RunError::Bind)?, "metrics listening (plain HTTP, loopback)");
+        let mut stop = stop_rx.clone();
+        tokio::spawn(transport::serve_plain(
+            metrics,
+            crate::api::metrics_app(Arc::clone(&daemon)),
+            async move {
+                let _ = stop.wait_for(|s| *s).await;
+            },
+        ));
+    }
+    tracing::info!(addr = %bound, "listening (mutual TLS 1.3)");
+    let app = crate::api::app(Arc::clone(&daemon), extra);
+    transport::serve_tls(
+        listener,
+        tls,
+        app,
+        principals,
+        listen.handshake_timeout,
+        transport::shutdown_signal(),
+    )
+    .await;
+    let _ = stop_tx.send(true);
+    daemon.vault.seal();
+    daemon
+        .audit(crate::audit::DAEMON, "stopped", serde_json::json!({}))
+        .await?;
+    tracing::info!("stopped; every key dropped");
+    Ok(())
+}

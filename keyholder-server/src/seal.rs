@@ -1,0 +1,587 @@
+//! The seal state machine: gathering shares until every live key version can
+//! be rebuilt. Pure: no I/O, no HTTP, the clock is passed in.
+//!
+//! Owns the rules of DESIGN.md "Seal state": a share is checked on arrival
+//! against the fingerprint recorded for its index and the principal it was
+//! dealt to, so a bad share is refused at once, by name, and the good shares
+//! already in are kept; one identity counts once per version and an index
+//! once; progress expires after the TTL. Versions are keyed by [`KeyVersion`],
+//! so "v10" and "v9" are ordered as numbers whatever order they arrive in.
+//!
+//! It never logs, stores or shows share data; refusal reasons name the
+//! principal, version and index only.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use crypto_core::{Kcv, Key, KeyVersion, KeyringId, SetId, Share};
+use keyholder_api::{ShareLine, ShareOutcome, UnsealProgress, VersionState};
+
+use crate::store::{DealtShare, VersionRecord};
+
+/// What the machine knows about one version: public facts only.
+#[derive(Clone, Debug)]
+pub struct VersionFacts {
+    /// The split set its shares belong to.
+    pub set: SetId,
+    /// Shares needed.
+    pub threshold: u8,
+    /// Shares dealt.
+    pub count: u8,
+    /// Its key check value.
+    pub kcv: Kcv,
+    /// Per index: fingerprint and recipient.
+    pub dealt: BTreeMap<u8, DealtShare>,
+    /// Its lifecycle state.
+    pub state: VersionState,
+    /// Whether unsealing needs it (a live version) or takes it when given.
+    pub required: bool,
+}
+
+impl VersionFacts {
+    /// The facts of a stored version; `live` says whether unsealing needs it.
+    pub fn from_record(record: &VersionRecord, live: bool) -> Self {
+        Self {
+            set: record.set,
+            threshold: record.threshold,
+            count: record.count,
+            kcv: record.kcv,
+            dealt: record.dealt.clone(),
+            state: record.state,
+            required: live,
+        }
+    }
+}
+
+struct Gathering {
+    started: Instant,
+    /// Share index -> (principal, share).
+    shares: BTreeMap<u8, (String, Share)>,
+}
+
+impl Gathering {
+    fn principals(&self) -> Vec<String> {
+        let names: BTreeSet<&str> = self.shares.values().map(|(p, _)| p.as_str()).collect();
+        names.into_iter().map(str::to_owned).collect()
+    }
+}
+
+/// The keys rebuilt once every required version reached its threshold.
+/// Dropping it zeroizes them.
+pub struct Rebuilt {
+    /// Every rebuilt key, in numeric order of version.
+    pub keys: BTreeMap<KeyVersion, Key>,
+}
+
+impl core::fmt::Debug for Rebuilt {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Rebuilt")
+            .field("versions", &self.keys.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A version whose shares were all in but did not rebuild its key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RebuildFailure {
+    /// The version.
+    pub version: KeyVersion,
+    /// Why (no share data).
+    pub reason: String,
+}
+
+/// What one submission did.
+#[derive(Debug)]
+pub struct Submission {
+    /// One outcome per submitted line, in request order.
+    pub outcomes: Vec<ShareOutcome>,
+    /// The keys, when this submission completed every required version.
+    pub rebuilt: Option<Rebuilt>,
+    /// Versions that had their shares but failed to rebuild; their progress
+    /// was cleared.
+    pub failures: Vec<RebuildFailure>,
+}
+
+/// Gathers shares while the daemon is sealed.
+pub struct SealMachine {
+    keyring: KeyringId,
+    versions: BTreeMap<KeyVersion, VersionFacts>,
+    ttl: Duration,
+    gathering: BTreeMap<KeyVersion, Gathering>,
+}
+
+impl SealMachine {
+    /// A machine for `keyring`'s `versions`, keeping partial progress `ttl`.
+    pub fn new(
+        keyring: KeyringId,
+        versions: BTreeMap<KeyVersion, VersionFacts>,
+        ttl: Duration,
+    ) -> Self {
+        Self {
+            keyring,
+            versions,
+            ttl,
+            gathering: BTreeMap::new(),
+        }
+    }
+
+    /// The versions unsealing needs, in numeric order.
+    pub fn required(&self) -> Vec<KeyVersion> {
+        self.versions
+            .iter()
+            .filter(|(_, f)| f.required)
+            .map(|(v, _)| *v)
+            .collect()
+    }
+
+    /// Drops progress older than the TTL; returns the versions dropped.
+    pub fn expire(&mut self, now: Instant) -> Vec<KeyVersion> {
+        let ttl = self.ttl;
+        let expired: Vec<KeyVersion> = self
+            .gathering
+            .iter()
+            .filter(|(_, g)| now.saturating_duration_since(g.started) >= ttl)
+            .map(|(v, _)| *v)
+            .collect();
+        for version in &expired {
+            self.gathering.remove(version);
+        }
+        expired
+    }
+
+    /// Drops all progress; returns the versions that had some.
+    pub fn reset(&mut self) -> Vec<KeyVersion> {
+        let versions = self.gathering.keys().copied().collect();
+        self.gathering.clear();
+        versions
+    }
+
+    /// Progress of versions with shares in, in numeric order.
+    pub fn progress(&self) -> Vec<UnsealProgress> {
+        self.gathering
+            .iter()
+            .map(|(version, g)| UnsealProgress {
+                version: *version,
+                have: u8::try_from(g.principals().len()).unwrap_or(u8::MAX),
+                need: self.versions[version].threshold,
+                from: g.principals(),
+            })
+            .collect()
+    }
+
+    /// Takes the shares `principal` submitted, checking each on arrival, and
+    /// rebuilds every key once every required version has its threshold.
+    pub fn submit(&mut self, principal: &str, lines: &[ShareLine], now: Instant) -> Submission {
+        self.expire(now);
+        let mut outcomes = Vec::with_capacity(lines.len());
+        for (i, line) in lines.iter().enumerate() {
+            let position = i + 1;
+            let outcome = match Share::parse(line.expose()) {
+                Err(e) => ShareOutcome {
+                    position,
+                    version: None,
+                    index: None,
+                    accepted: false,
+                    reason: Some(format!(
+                        "share {position} from {principal} was refused: {e}"
+                    )),
+                },
+                Ok(share) => {
+                    let (version, index) = (share.version(), share.index());
+                    let (accepted, reason) = match self.take(principal, share, now) {
+                        Ok(note) => (true, note),
+                        Err(reason) => (false, Some(reason)),
+                    };
+                    ShareOutcome {
+                        position,
+                        version: Some(version),
+                        index: Some(index),
+                        accepted,
+                        reason,
+                    }
+                }
+            };
+            outcomes.push(outcome);
+        }
+        let (rebuilt, failures) = self.rebuild_when_complete();
+        Submission {
+            outcomes,
+            rebuilt,
+            failures,
+        }
+    }
+
+    /// Checks one share; `Ok(note)` when it is counted (or was already).
+    fn take(
+        &mut self,
+        principal: &str,
+        share: Share,
+        now: Instant,
+    ) -> Result<Option<String>, String> {
+        let (version, index) = (share.version(), share.index());
+        if share.keyring() != &self.keyring {
+            return Err(format!(
+                "{principal}'s share is for keyring `{}`, this daemon serves `{}`; submit the share file of this keyring",
+                share.keyring(),
+                self.keyring
+            ));
+        }
+        let Some(facts) = self.versions.get(&version) else {
+            let known: Vec<String> = self.versions.keys().map(ToString::to_string).collect();
+            return Err(format!(
+                "{version} is not a version of keyring {} (known: {}); it was refused, nothing else changed",
+                self.keyring,
+                known.join(", ")
+            ));
+        };
+        if facts.state == VersionState::Retired {
+            return Err(format!(
+                "{version} is retired; its shares are no longer used"
+            ));
+        }
+        if share.set() != facts.set {
+            return Err(format!(
+                "{principal}'s share of {version} index {index} is from split set {}, the daemon expects set {}: it belongs to an older or newer split of {version}",
+                share.set(),
+                facts.set
+            ));
+        }
+        if share.threshold() != facts.threshold || share.count() != facts.count {
+            return Err(format!(
+                "{principal}'s share of {version} index {index} says {} of {}, but {version} was split {} of {}",
+                share.threshold(),
+                share.count(),
+                facts.threshold,
+                facts.count
+            ));
+        }
+        let Some(dealt) = facts.dealt.get(&index) else {
+            return Err(format!(
+                "{version} has no share index {index}; it was refused"
+            ));
+        };
+        if !dealt.fingerprint.matches(&share) {
+            return Err(format!(
+                "{principal}'s share of {version} index {index} does not match the fingerprint recorded when it was dealt: it is corrupted or forged; decrypt the share file again (the shares already in are kept)"
+            ));
+        }
+        if dealt.principal != principal {
+            return Err(format!(
+                "share of {version} index {index} was dealt to {}, not {principal}; each keyholder submits only their own share with their own certificate",
+                dealt.principal
+            ));
+        }
+        let gathering = self.gathering.entry(version).or_insert_with(|| Gathering {
+            started: now,
+            shares: BTreeMap::new(),
+        });
+        if gathering.shares.values().any(|(p, _)| p == principal)
+            || gathering.shares.contains_key(&index)
+        {
+            return Ok(Some(format!(
+                "{principal}'s share of {version} is already counted; a keyholder counts once per version"
+            )));
+        }
+        gathering
+            .shares
+            .insert(index, (principal.to_owned(), share));
+        Ok(None)
+    }
+
+    fn rebuild_when_complete(&mut self) -> (Option<Rebuilt>, Vec<RebuildFailure>) {
+        let required = self.required();
+        let complete = |v: &KeyVersion, this: &Self| {
+            this.gathering
+                .get(v)
+                .is_some_and(|g| g.shares.len() >= usize::from(this.versions[v].threshold))
+        };
+        if required.is_empty() || !required.iter().all(|v| complete(v, self)) {
+            return (None, Vec::new());
+        }
+        let ready: Vec<KeyVersion> = self
+            .gathering
+            .keys()
+            .filter(|v| complete(v, self))
+            .copied()
+            .collect();
+        let mut keys = BTreeMap::new();
+        let mut failures = Vec::new();
+        for version in ready {
+            let gathering = self.gathering.remove(&version).expect("listed above");
+            let facts = &self.versions[&version];
+            let shares: Vec<Share> = gathering
+                .shares
+                .into_values()
+                .take(usize::from(facts.threshold))
+                .map(|(_, share)| share)
+                .collect();
+            match crypto_core::combine(&shares, &facts.kcv) {
+                Ok(key) => {
+                    keys.insert(version, key);
+                }
+                Err(e) => failures.push(RebuildFailure {
+                    version,
+                    reason: e.to_string(),
+                }),
+            }
+        }
+        if failures.iter().any(|f| self.versions[&f.version].required) {
+            // Not every live version rebuilt: nothing is loaded and the rest
+            // is zeroized as `keys` drops.
+            self.gathering.clear();
+            return (None, failures);
+        }
+        self.gathering.clear();
+        (Some(Rebuilt { keys }), failures)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use zeroize::Zeroizing;
+
+    const KEYHOLDERS: [&str; 3] = ["alice", "bob", "carol"];
+
+    fn v(n: u32) -> KeyVersion {
+        KeyVersion::new(n).unwrap()
+    }
+
+    struct Fixture {
+        machine: SealMachine,
+        /// version -> shares in index order (alice, bob, carol).
+        shares: BTreeMap<KeyVersion, Vec<Share>>,
+        keys: BTreeMap<KeyVersion, Key>,
+        now: Instant,
+    }
+
+    fn fixture(live: &[u32], optional: &[u32]) -> Fixture {
+        let keyring: KeyringId = "orders".parse().unwrap();
+        let mut facts = BTreeMap::new();
+        let mut shares = BTreeMap::new();
+        let mut keys = BTreeMap::new();
+        for (n, required) in live
+            .iter()
+            .map(|n| (n, true))
+            .chain(optional.iter().map(|n| (n, false)))
+        {
+            let key = Key::generate();
+            let split = crypto_core::split(&key, &keyring, v(*n), 2, 3).unwrap();
+            let dealt = split
+                .fingerprints
+                .iter()
+                .zip(KEYHOLDERS)
+                .enumerate()
+                .map(|(i, (fp, name))| {
+                    (
+                        i as u8 + 1,
+                        DealtShare {
+                            fingerprint: *fp,
+                            principal: name.to_owned(),
+                        },
+                    )
+                })
+                .collect();
+            facts.insert(
+                v(*n),
+                VersionFacts {
+                    set: split.set,
+                    threshold: 2,
+                    count: 3,
+                    kcv: split.kcv,
+                    dealt,
+                    state: if required {
+                        VersionState::Active
+                    } else {
+                        VersionState::Prepared
+                    },
+                    required,
+                },
+            );
+            shares.insert(v(*n), split.shares);
+            keys.insert(v(*n), key);
+        }
+        Fixture {
+            machine: SealMachine::new(keyring, facts, Duration::from_secs(900)),
+            shares,
+            keys,
+            now: Instant::now(),
+        }
+    }
+
+    fn line(share: &Share) -> ShareLine {
+        ShareLine::new(Zeroizing::new(share.to_line().to_string()))
+    }
+
+    impl Fixture {
+        fn share(&self, n: u32, who: usize) -> ShareLine {
+            line(&self.shares[&v(n)][who])
+        }
+
+        fn submit(&mut self, who: usize, lines: &[ShareLine]) -> Submission {
+            self.machine.submit(KEYHOLDERS[who], lines, self.now)
+        }
+
+        fn assert_rebuilt(&self, rebuilt: &Rebuilt, versions: &[u32]) {
+            let got: Vec<u32> = rebuilt.keys.keys().map(|k| k.number()).collect();
+            assert_eq!(got, versions);
+            for (version, key) in &rebuilt.keys {
+                let kcv = crypto_core::Kcv::compute(
+                    &self.keys[version],
+                    &"orders".parse().unwrap(),
+                    *version,
+                );
+                assert!(kcv.matches(key, &"orders".parse().unwrap(), *version));
+            }
+        }
+    }
+
+    #[test]
+    fn v9_and_v10_in_both_orders_in_one_request_each() {
+        for order in [[9, 10], [10, 9]] {
+            let mut f = fixture(&[9, 10], &[]);
+            let first = f.submit(0, &[f.share(order[0], 0), f.share(order[1], 0)]);
+            assert!(
+                first.outcomes.iter().all(|o| o.accepted),
+                "{:?}",
+                first.outcomes
+            );
+            assert!(first.rebuilt.is_none());
+            let progress: Vec<u32> = f
+                .machine
+                .progress()
+                .iter()
+                .map(|p| p.version.number())
+                .collect();
+            assert_eq!(progress, [9, 10]);
+            let second = f.submit(1, &[f.share(order[1], 1), f.share(order[0], 1)]);
+            let rebuilt = second.rebuilt.expect("both versions complete");
+            f.assert_rebuilt(&rebuilt, &[9, 10]);
+        }
+    }
+
+    #[test]
+    fn versions_split_across_requests_are_all_rebuilt() {
+        let mut f = fixture(&[9, 10], &[]);
+        assert!(f.submit(1, &[f.share(10, 1)]).rebuilt.is_none());
+        assert!(
+            f.submit(0, &[f.share(10, 0)]).rebuilt.is_none(),
+            "v9 is still missing"
+        );
+        assert!(f.submit(2, &[f.share(9, 2)]).rebuilt.is_none());
+        let done = f.submit(0, &[f.share(9, 0)]);
+        f.assert_rebuilt(&done.rebuilt.unwrap(), &[9, 10]);
+    }
+
+    #[test]
+    fn the_same_keyholder_counts_once() {
+        let mut f = fixture(&[9], &[]);
+        f.submit(0, &[f.share(9, 0)]);
+        let again = f.submit(0, &[f.share(9, 0)]);
+        assert!(again.outcomes[0].accepted);
+        assert_eq!(
+            again.outcomes[0].reason.as_deref(),
+            Some("alice's share of v9 is already counted; a keyholder counts once per version")
+        );
+        assert!(again.rebuilt.is_none());
+        assert_eq!(f.machine.progress()[0].have, 1);
+        assert_eq!(f.machine.progress()[0].from, ["alice"]);
+    }
+
+    #[test]
+    fn a_share_of_another_keyholder_is_refused() {
+        let mut f = fixture(&[9], &[]);
+        let out = f.submit(1, &[f.share(9, 0)]);
+        assert!(!out.outcomes[0].accepted);
+        assert_eq!(
+            out.outcomes[0].reason.as_deref(),
+            Some(
+                "share of v9 index 1 was dealt to alice, not bob; each keyholder submits only their own share with their own certificate"
+            )
+        );
+        assert!(f.machine.progress().is_empty());
+    }
+
+    #[test]
+    fn a_forged_share_is_refused_and_the_good_ones_stay() {
+        let mut f = fixture(&[9], &[]);
+        f.submit(0, &[f.share(9, 0)]);
+        // Same parameters, other data, valid checksum: only the fingerprint
+        // can tell.
+        let other =
+            crypto_core::split(&Key::generate(), &"orders".parse().unwrap(), v(9), 2, 3).unwrap();
+        let forged = other.shares[2]
+            .to_line()
+            .replace(&other.set.to_hex(), &f.machine.versions[&v(9)].set.to_hex());
+        let body = forged.rsplit_once(" check=").unwrap().0.to_owned();
+        let check = hex::encode(&<sha2::Sha256 as sha2::Digest>::digest(body.as_bytes())[..4]);
+        let forged = ShareLine::new(Zeroizing::new(format!("{body} check={check}")));
+        let out = f.submit(2, &[forged]);
+        assert!(!out.outcomes[0].accepted);
+        assert_eq!(
+            out.outcomes[0].reason.as_deref(),
+            Some(
+                "carol's share of v9 index 3 does not match the fingerprint recorded when it was dealt: it is corrupted or forged; decrypt the share file again (the shares already in are kept)"
+            )
+        );
+        assert_eq!(f.machine.progress()[0].from, ["alice"]);
+        let done = f.submit(1, &[f.share(9, 1)]);
+        f.assert_rebuilt(&done.rebuilt.unwrap(), &[9]);
+    }
+
+    #[test]
+    fn unknown_versions_and_other_keyrings_are_refused_by_name() {
+        let mut f = fixture(&[9], &[]);
+        let stranger = fixture(&[11], &[]);
+        let out = f.submit(0, &[stranger.share(11, 0)]);
+        assert_eq!(
+            out.outcomes[0].reason.as_deref(),
+            Some(
+                "v11 is not a version of keyring orders (known: v9); it was refused, nothing else changed"
+            )
+        );
+        assert_eq!(out.outcomes[0].version, Some(v(11)));
+        let resplit = fixture(&[9], &[]);
+        let out = f.submit(0, &[resplit.share(9, 0)]);
+        assert!(
+            out.outcomes[0]
+                .reason
+                .as_deref()
+                .unwrap()
+                .contains("older or newer split of v9")
+        );
+        let garbage = ShareLine::new(Zeroizing::new("khs1 nonsense".to_owned()));
+        let out = f.submit(0, &[garbage]);
+        assert!(!out.outcomes[0].accepted);
+        assert_eq!(out.outcomes[0].version, None);
+    }
+
+    #[test]
+    fn progress_expires_after_the_ttl_and_on_reset() {
+        let mut f = fixture(&[9], &[]);
+        f.submit(0, &[f.share(9, 0)]);
+        f.now += Duration::from_secs(899);
+        assert!(f.machine.expire(f.now).is_empty());
+        f.now += Duration::from_secs(1);
+        assert_eq!(f.machine.expire(f.now), [v(9)]);
+        let out = f.submit(1, &[f.share(9, 1)]);
+        assert!(
+            out.rebuilt.is_none(),
+            "alice's expired share no longer counts"
+        );
+        assert_eq!(f.machine.reset(), [v(9)]);
+        assert!(f.machine.progress().is_empty());
+    }
+
+    #[test]
+    fn optional_versions_are_taken_when_given_and_never_awaited() {
+        let mut f = fixture(&[9], &[10]);
+        f.submit(0, &[f.share(10, 0), f.share(9, 0)]);
+        let done = f.submit(1, &[f.share(9, 1), f.share(10, 1)]);
+        f.assert_rebuilt(&done.rebuilt.unwrap(), &[9, 10]);
+        let mut g = fixture(&[9], &[10]);
+        g.submit(0, &[g.share(9, 0)]);
+        let done = g.submit(1, &[g.share(9, 1)]);
+        g.assert_rebuilt(&done.rebuilt.unwrap(), &[9]);
+    }
+}

@@ -1,0 +1,229 @@
+//! The daemon's persisted state, behind the [`StateStore`] trait.
+//!
+//! Owns what survives a restart: principals, key versions (KCV, split set,
+//! threshold, lifecycle state, encryption count), the per-index share
+//! fingerprints and who each index was dealt to, the age-encrypted share
+//! envelopes, canaries, the rotation blob, re-encryption checkpoints, consumer
+//! fetches and the hash-chained audit log.
+//!
+//! It must never hold a plaintext key or share: the only share material it
+//! sees is age ciphertext. Every state change is written in one transaction
+//! together with its audit entry ([`Transition`]).
+
+pub mod sqlite;
+
+use std::collections::BTreeMap;
+
+use crypto_core::{Kcv, KeyVersion, SetId, ShareFingerprint};
+use futures::future::BoxFuture;
+use keyholder_api::{AuditEntry, VersionState};
+
+pub use sqlite::SqliteStore;
+
+/// The format of the state store this build reads and writes (semver: a
+/// store of another major version is refused).
+pub const STORE_FORMAT: &str = "1.0.0";
+
+/// What a store call returns.
+pub type StoreFuture<'a, T> = BoxFuture<'a, Result<T, StoreError>>;
+
+/// Why the state store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database driver failed.
+    #[error("state store: {operation} failed: {source}")]
+    Sqlite {
+        /// What the store was doing.
+        operation: &'static str,
+        /// The driver's error.
+        source: rusqlite::Error,
+    },
+    /// The store was written by an incompatible build.
+    #[error(
+        "state store format {found} is not readable by this build (it reads {STORE_FORMAT}); run the keyholderd that wrote it"
+    )]
+    Format {
+        /// The format found.
+        found: String,
+    },
+    /// A stored value does not parse.
+    #[error("state store is corrupt: {what}; restore it from a backup")]
+    Corrupt {
+        /// Which value.
+        what: String,
+    },
+    /// A version was inserted twice.
+    #[error("{version} already exists in the state store; a version is made once")]
+    VersionExists {
+        /// The version.
+        version: KeyVersion,
+    },
+    /// A transition names a version the store does not know.
+    #[error("{version} is not in the state store")]
+    UnknownVersion {
+        /// The version.
+        version: KeyVersion,
+    },
+    /// The store's lock was poisoned by a panic.
+    #[error("state store lock poisoned by an earlier panic; restart keyholderd")]
+    Poisoned,
+}
+
+/// Who received one share index, and its fingerprint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DealtShare {
+    /// The fingerprint taken when the share was dealt.
+    pub fingerprint: ShareFingerprint,
+    /// The principal it was dealt to.
+    pub principal: String,
+}
+
+/// A record the daemon encrypted under a version when it made the key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Canary {
+    /// The envelope text (`V<n>:...`).
+    pub record: String,
+    /// Its associated data: `keyholder canary/<keyring>/<version>`.
+    pub aad: String,
+}
+
+/// One share, age-encrypted to the principal it was dealt to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredEnvelope {
+    /// The principal.
+    pub principal: String,
+    /// The share's index.
+    pub index: u8,
+    /// The age-armored file holding the share line.
+    pub age_armored: String,
+}
+
+/// One key version as stored (no key, no share).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VersionRecord {
+    /// The version.
+    pub version: KeyVersion,
+    /// Its key check value.
+    pub kcv: Kcv,
+    /// The split set its shares belong to.
+    pub set: SetId,
+    /// Shares needed.
+    pub threshold: u8,
+    /// Shares dealt.
+    pub count: u8,
+    /// Its lifecycle state.
+    pub state: VersionState,
+    /// Encryptions counted under it.
+    pub encryptions: u64,
+    /// Per share index: fingerprint and recipient.
+    pub dealt: BTreeMap<u8, DealtShare>,
+    /// Its canary.
+    pub canary: Canary,
+}
+
+/// A version to insert: its record plus the share envelopes.
+#[derive(Clone, Debug)]
+pub struct NewVersion {
+    /// The record (its `encryptions` is the canary's count).
+    pub record: VersionRecord,
+    /// One envelope per dealt share.
+    pub envelopes: Vec<StoredEnvelope>,
+}
+
+/// An audit entry before the store numbers and chains it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditDraft {
+    /// RFC 3339 UTC.
+    pub time: String,
+    /// The principal, or `keyholderd`.
+    pub actor: String,
+    /// snake_case action.
+    pub action: String,
+    /// Details, a JSON object as text; never key or share material.
+    pub detail: String,
+}
+
+/// One atomic change: everything in it is written in one transaction with its
+/// audit entry, or nothing is.
+#[derive(Clone, Debug)]
+pub struct Transition {
+    /// The audit entry describing the change.
+    pub audit: AuditDraft,
+    /// A version to insert.
+    pub new_version: Option<NewVersion>,
+    /// Lifecycle changes.
+    pub version_states: Vec<(KeyVersion, VersionState)>,
+    /// The rotation blob to store (JSON text), replacing the previous one.
+    pub rotation: Option<String>,
+}
+
+impl Transition {
+    /// A change that only appends an audit entry.
+    pub fn audit_only(audit: AuditDraft) -> Self {
+        Self {
+            audit,
+            new_version: None,
+            version_states: Vec::new(),
+            rotation: None,
+        }
+    }
+}
+
+/// A database principal's fetch of a keyring version (its acknowledgement).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConsumerFetch {
+    /// The principal.
+    pub principal: String,
+    /// A version that was in the keyring it fetched.
+    pub version: KeyVersion,
+    /// Its first fetch holding that version, RFC 3339.
+    pub first: String,
+    /// Its last fetch holding that version, RFC 3339.
+    pub last: String,
+}
+
+/// The daemon's state store. Calls return boxed futures so a network store
+/// (PostgreSQL) fits behind the same trait.
+pub trait StateStore: Send + Sync {
+    /// Records the configured principals (name, roles, certificate identity).
+    fn sync_principals(&self, principals: &[crate::principal::Principal]) -> StoreFuture<'_, ()>;
+    /// Every version, in numeric order.
+    fn versions(&self) -> StoreFuture<'_, Vec<VersionRecord>>;
+    /// Applies `transition` atomically and returns its chained audit entry.
+    fn apply(&self, transition: Transition) -> StoreFuture<'_, AuditEntry>;
+    /// Appends one audit entry.
+    fn append_audit(&self, audit: AuditDraft) -> StoreFuture<'_, AuditEntry> {
+        self.apply(Transition::audit_only(audit))
+    }
+    /// Saves the rotation blob (JSON text) with its audit entry.
+    fn save_rotation(&self, json: String, audit: AuditDraft) -> StoreFuture<'_, AuditEntry> {
+        let mut transition = Transition::audit_only(audit);
+        transition.rotation = Some(json);
+        self.apply(transition)
+    }
+    /// The whole audit log, in order.
+    fn audit_log(&self) -> StoreFuture<'_, Vec<AuditEntry>>;
+    /// Adds `n` to the encryption count of `version`.
+    fn add_encryptions(&self, version: KeyVersion, n: u64) -> StoreFuture<'_, ()>;
+    /// The share of `version` dealt to `principal`, age-encrypted.
+    fn share_envelope(
+        &self,
+        version: KeyVersion,
+        principal: &str,
+    ) -> StoreFuture<'_, Option<StoredEnvelope>>;
+    /// The rotation blob (JSON text), if one was saved.
+    fn load_rotation(&self) -> StoreFuture<'_, Option<String>>;
+    /// A re-encryption checkpoint (JSON text) of `target` in `direction`.
+    fn checkpoint(&self, target: &str, direction: &str) -> StoreFuture<'_, Option<String>>;
+    /// Stores a re-encryption checkpoint (JSON text).
+    fn put_checkpoint(&self, target: &str, direction: &str, json: String) -> StoreFuture<'_, ()>;
+    /// Records that `principal` fetched a keyring holding `versions` at `time`.
+    fn record_fetch(
+        &self,
+        principal: &str,
+        versions: &[KeyVersion],
+        time: &str,
+    ) -> StoreFuture<'_, ()>;
+    /// Every recorded consumer fetch.
+    fn fetches(&self) -> StoreFuture<'_, Vec<ConsumerFetch>>;
+}

@@ -1,0 +1,575 @@
+//! The SQLite state store: one file in the state directory.
+//!
+//! The schema is versioned by `PRAGMA user_version` and migrated forward at
+//! open; the store format (semver, [`STORE_FORMAT`]) is recorded in the file
+//! and a file of another major format is refused. Calls run on the caller's
+//! thread: the file is local and the daemon's own load is tiny.
+
+use std::collections::BTreeMap;
+use std::future::ready;
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::path::Path;
+use std::sync::Mutex;
+
+use crypto_core::KeyVersion;
+use keyholder_api::{AuditEntry, GENESIS_HASH, VersionState};
+use rusqlite::{Connection, OptionalExtension as _, TransactionBehavior, params};
+
+use super::{
+    AuditDraft, Canary, ConsumerFetch, DealtShare, STORE_FORMAT, StateStore, StoreError,
+    StoreFuture, StoredEnvelope, Transition, VersionRecord,
+};
+use crate::principal::Principal;
+
+/// Schema migrations; `user_version` counts those applied.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE store_format (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    format TEXT NOT NULL
+);
+CREATE TABLE principals (
+    name TEXT PRIMARY KEY,
+    roles TEXT NOT NULL,
+    cert_identity TEXT NOT NULL,
+    age_recipient TEXT
+);
+CREATE TABLE key_versions (
+    version INTEGER PRIMARY KEY CHECK (version > 0),
+    kcv TEXT NOT NULL,
+    set_id TEXT NOT NULL,
+    threshold INTEGER NOT NULL,
+    count INTEGER NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('prepared', 'shares_verified', 'active', 'retired')),
+    encryptions INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE share_fingerprints (
+    version INTEGER NOT NULL REFERENCES key_versions (version),
+    idx INTEGER NOT NULL CHECK (idx BETWEEN 1 AND 255),
+    fingerprint TEXT NOT NULL,
+    principal TEXT NOT NULL,
+    PRIMARY KEY (version, idx)
+);
+CREATE TABLE share_envelopes (
+    version INTEGER NOT NULL REFERENCES key_versions (version),
+    principal TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    age_armored TEXT NOT NULL,
+    PRIMARY KEY (version, principal)
+);
+CREATE TABLE canaries (
+    version INTEGER PRIMARY KEY REFERENCES key_versions (version),
+    record TEXT NOT NULL,
+    aad TEXT NOT NULL
+);
+CREATE TABLE audit (
+    seq INTEGER PRIMARY KEY,
+    time TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    prev_hash TEXT NOT NULL,
+    hash TEXT NOT NULL
+);
+CREATE TRIGGER audit_append_only_update BEFORE UPDATE ON audit
+BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+CREATE TRIGGER audit_append_only_delete BEFORE DELETE ON audit
+BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+CREATE TABLE rotation (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    state TEXT NOT NULL
+);
+CREATE TABLE checkpoints (
+    target TEXT NOT NULL,
+    direction TEXT NOT NULL,
+    state TEXT NOT NULL,
+    PRIMARY KEY (target, direction)
+);
+CREATE TABLE consumer_fetches (
+    principal TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    first_fetch TEXT NOT NULL,
+    last_fetch TEXT NOT NULL,
+    PRIMARY KEY (principal, version)
+);
+"#];
+
+/// The state store in one SQLite file.
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+}
+
+fn sql(operation: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
+    move |source| StoreError::Sqlite { operation, source }
+}
+
+fn corrupt(what: impl Into<String>) -> StoreError {
+    StoreError::Corrupt { what: what.into() }
+}
+
+fn state_name(state: VersionState) -> &'static str {
+    match state {
+        VersionState::Prepared => "prepared",
+        VersionState::SharesVerified => "shares_verified",
+        VersionState::Active => "active",
+        VersionState::Retired => "retired",
+    }
+}
+
+fn parse_state(text: &str) -> Result<VersionState, StoreError> {
+    Ok(match text {
+        "prepared" => VersionState::Prepared,
+        "shares_verified" => VersionState::SharesVerified,
+        "active" => VersionState::Active,
+        "retired" => VersionState::Retired,
+        other => return Err(corrupt(format!("unknown version state `{other}`"))),
+    })
+}
+
+fn version_of(n: i64) -> Result<KeyVersion, StoreError> {
+    u32::try_from(n)
+        .ok()
+        .and_then(|n| KeyVersion::new(n).ok())
+        .ok_or_else(|| corrupt(format!("version number {n}")))
+}
+
+impl SqliteStore {
+    /// Opens (creating with mode 0600 when missing) and migrates the store.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        if !path.exists() {
+            // Created here first so the file is never readable by others,
+            // whatever the umask.
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(|e| corrupt(format!("cannot create {}: {e}", path.display())))?;
+        }
+        let mut conn = Connection::open(path).map_err(sql("open"))?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(sql("set journal mode"))?;
+        conn.pragma_update(None, "foreign_keys", true)
+            .map_err(sql("enable foreign keys"))?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(sql("set busy timeout"))?;
+        migrate(&mut conn)?;
+        Ok(Self {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.conn.lock().map_err(|_| StoreError::Poisoned)?;
+        f(&mut conn)
+    }
+
+    fn load_versions(conn: &Connection) -> Result<Vec<VersionRecord>, StoreError> {
+        let mut dealt: BTreeMap<i64, BTreeMap<u8, DealtShare>> = BTreeMap::new();
+        let mut stmt = conn
+            .prepare("SELECT version, idx, fingerprint, principal FROM share_fingerprints")
+            .map_err(sql("read fingerprints"))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, u8>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                ))
+            })
+            .map_err(sql("read fingerprints"))?;
+        for row in rows {
+            let (version, index, fingerprint, principal) = row.map_err(sql("read fingerprints"))?;
+            let fingerprint = fingerprint
+                .parse()
+                .map_err(|_| corrupt(format!("fingerprint of v{version} index {index}")))?;
+            dealt.entry(version).or_default().insert(
+                index,
+                DealtShare {
+                    fingerprint,
+                    principal,
+                },
+            );
+        }
+        let mut stmt = conn
+            .prepare(
+                "SELECT k.version, k.kcv, k.set_id, k.threshold, k.count, k.state, k.encryptions, c.record, c.aad
+                 FROM key_versions k JOIN canaries c ON c.version = k.version ORDER BY k.version",
+            )
+            .map_err(sql("read versions"))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, u8>(3)?,
+                    r.get::<_, u8>(4)?,
+                    r.get::<_, String>(5)?,
+                    r.get::<_, i64>(6)?,
+                    r.get::<_, String>(7)?,
+                    r.get::<_, String>(8)?,
+                ))
+            })
+            .map_err(sql("read versions"))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (n, kcv, set, threshold, count, state, encryptions, record, aad) =
+                row.map_err(sql("read versions"))?;
+            let version = version_of(n)?;
+            out.push(VersionRecord {
+                version,
+                kcv: kcv
+                    .parse()
+                    .map_err(|_| corrupt(format!("kcv of {version}")))?,
+                set: set
+                    .parse()
+                    .map_err(|_| corrupt(format!("set of {version}")))?,
+                threshold,
+                count,
+                state: parse_state(&state)?,
+                encryptions: u64::try_from(encryptions)
+                    .map_err(|_| corrupt(format!("encryption count of {version}")))?,
+                dealt: dealt.remove(&n).unwrap_or_default(),
+                canary: Canary { record, aad },
+            });
+        }
+        out.sort_by_key(|v| v.version);
+        Ok(out)
+    }
+
+    fn apply_now(conn: &mut Connection, t: Transition) -> Result<AuditEntry, StoreError> {
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sql("begin transition"))?;
+        if let Some(new) = &t.new_version {
+            let v = &new.record;
+            let n = i64::from(v.version.number());
+            let exists: bool = tx
+                .query_row(
+                    "SELECT EXISTS (SELECT 1 FROM key_versions WHERE version = ?1)",
+                    [n],
+                    |r| r.get(0),
+                )
+                .map_err(sql("check version"))?;
+            if exists {
+                return Err(StoreError::VersionExists { version: v.version });
+            }
+            tx.execute(
+                "INSERT INTO key_versions (version, kcv, set_id, threshold, count, state, encryptions)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    n,
+                    v.kcv.to_hex(),
+                    v.set.to_hex(),
+                    v.threshold,
+                    v.count,
+                    state_name(v.state),
+                    i64::try_from(v.encryptions).unwrap_or(i64::MAX)
+                ],
+            )
+            .map_err(sql("insert version"))?;
+            for (index, dealt) in &v.dealt {
+                tx.execute(
+                    "INSERT INTO share_fingerprints (version, idx, fingerprint, principal) VALUES (?1, ?2, ?3, ?4)",
+                    params![n, index, dealt.fingerprint.to_hex(), dealt.principal],
+                )
+                .map_err(sql("insert fingerprint"))?;
+            }
+            for envelope in &new.envelopes {
+                tx.execute(
+                    "INSERT INTO share_envelopes (version, principal, idx, age_armored) VALUES (?1, ?2, ?3, ?4)",
+                    params![n, envelope.principal, envelope.index, envelope.age_armored],
+                )
+                .map_err(sql("insert share envelope"))?;
+            }
+            tx.execute(
+                "INSERT INTO canaries (version, record, aad) VALUES (?1, ?2, ?3)",
+                params![n, v.canary.record, v.canary.aad],
+            )
+            .map_err(sql("insert canary"))?;
+        }
+        for (version, state) in &t.version_states {
+            let changed = tx
+                .execute(
+                    "UPDATE key_versions SET state = ?2 WHERE version = ?1",
+                    params![i64::from(version.number()), state_name(*state)],
+                )
+                .map_err(sql("update version state"))?;
+            if changed == 0 {
+                return Err(StoreError::UnknownVersion { version: *version });
+            }
+        }
+        if let Some(rotation) = &t.rotation {
+            tx.execute(
+                "INSERT INTO rotation (id, state) VALUES (1, ?1) ON CONFLICT (id) DO UPDATE SET state = excluded.state",
+                [rotation],
+            )
+            .map_err(sql("save rotation"))?;
+        }
+        let entry = append_audit(&tx, &t.audit)?;
+        tx.commit().map_err(sql("commit transition"))?;
+        Ok(entry)
+    }
+}
+
+fn append_audit(
+    tx: &rusqlite::Transaction<'_>,
+    draft: &AuditDraft,
+) -> Result<AuditEntry, StoreError> {
+    let last: Option<(i64, String)> = tx
+        .query_row(
+            "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()
+        .map_err(sql("read audit tail"))?;
+    let (seq, prev_hash) = match last {
+        Some((seq, hash)) => (
+            u64::try_from(seq).map_err(|_| corrupt("audit sequence"))? + 1,
+            hash,
+        ),
+        None => (1, GENESIS_HASH.to_owned()),
+    };
+    let hash = AuditEntry::compute_hash(
+        seq,
+        &draft.time,
+        &draft.actor,
+        &draft.action,
+        &draft.detail,
+        &prev_hash,
+    );
+    tx.execute(
+        "INSERT INTO audit (seq, time, actor, action, detail, prev_hash, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![seq as i64, draft.time, draft.actor, draft.action, draft.detail, prev_hash, hash],
+    )
+    .map_err(sql("append audit entry"))?;
+    Ok(AuditEntry {
+        seq,
+        time: draft.time.clone(),
+        actor: draft.actor.clone(),
+        action: draft.action.clone(),
+        detail: draft.detail.clone(),
+        prev_hash,
+        hash,
+    })
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let applied: usize = conn
+        .pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0))
+        .map_err(sql("read schema version"))?
+        .try_into()
+        .map_err(|_| corrupt("schema version"))?;
+    if applied > MIGRATIONS.len() {
+        return Err(StoreError::Format {
+            found: format!("schema {applied}"),
+        });
+    }
+    for (number, migration) in MIGRATIONS.iter().enumerate().skip(applied) {
+        let tx = conn.transaction().map_err(sql("begin migration"))?;
+        tx.execute_batch(migration).map_err(sql("migrate schema"))?;
+        tx.pragma_update(None, "user_version", (number + 1) as i64)
+            .map_err(sql("record schema version"))?;
+        tx.commit().map_err(sql("commit migration"))?;
+    }
+    let found: Option<String> = conn
+        .query_row("SELECT format FROM store_format WHERE id = 1", [], |r| {
+            r.get(0)
+        })
+        .optional()
+        .map_err(sql("read store format"))?;
+    let ours = semver::Version::parse(STORE_FORMAT).expect("STORE_FORMAT is semver");
+    match found {
+        None => {
+            conn.execute(
+                "INSERT INTO store_format (id, format) VALUES (1, ?1)",
+                [STORE_FORMAT],
+            )
+            .map_err(sql("record store format"))?;
+        }
+        Some(found) => {
+            let compatible = semver::Version::parse(&found).is_ok_and(|v| v.major == ours.major);
+            if !compatible {
+                return Err(StoreError::Format { found });
+            }
+        }
+    }
+    Ok(())
+}
+
+impl StateStore for SqliteStore {
+    fn sync_principals(&self, principals: &[Principal]) -> StoreFuture<'_, ()> {
+        let result = self.with(|conn| {
+            let tx = conn.transaction().map_err(sql("begin principal sync"))?;
+            tx.execute("DELETE FROM principals", []).map_err(sql("clear principals"))?;
+            for p in principals {
+                tx.execute(
+                    "INSERT INTO principals (name, roles, cert_identity, age_recipient) VALUES (?1, ?2, ?3, ?4)",
+                    params![p.name, p.roles_text(), p.cert_identity, p.age_recipient],
+                )
+                .map_err(sql("insert principal"))?;
+            }
+            tx.commit().map_err(sql("commit principal sync"))
+        });
+        Box::pin(ready(result))
+    }
+
+    fn versions(&self) -> StoreFuture<'_, Vec<VersionRecord>> {
+        Box::pin(ready(self.with(|conn| Self::load_versions(conn))))
+    }
+
+    fn apply(&self, transition: Transition) -> StoreFuture<'_, AuditEntry> {
+        Box::pin(ready(self.with(|conn| Self::apply_now(conn, transition))))
+    }
+
+    fn audit_log(&self) -> StoreFuture<'_, Vec<AuditEntry>> {
+        let result = self.with(|conn| {
+            let mut stmt = conn
+                .prepare("SELECT seq, time, actor, action, detail, prev_hash, hash FROM audit ORDER BY seq")
+                .map_err(sql("read audit log"))?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok(AuditEntry {
+                        seq: r.get::<_, i64>(0)? as u64,
+                        time: r.get(1)?,
+                        actor: r.get(2)?,
+                        action: r.get(3)?,
+                        detail: r.get(4)?,
+                        prev_hash: r.get(5)?,
+                        hash: r.get(6)?,
+                    })
+                })
+                .map_err(sql("read audit log"))?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(sql("read audit log"))
+        });
+        Box::pin(ready(result))
+    }
+
+    fn add_encryptions(&self, version: KeyVersion, n: u64) -> StoreFuture<'_, ()> {
+        let result = self.with(|conn| {
+            let changed = conn
+                .execute(
+                    "UPDATE key_versions SET encryptions = encryptions + ?2 WHERE version = ?1",
+                    params![
+                        i64::from(version.number()),
+                        i64::try_from(n).unwrap_or(i64::MAX)
+                    ],
+                )
+                .map_err(sql("count encryptions"))?;
+            if changed == 0 {
+                return Err(StoreError::UnknownVersion { version });
+            }
+            Ok(())
+        });
+        Box::pin(ready(result))
+    }
+
+    fn share_envelope(
+        &self,
+        version: KeyVersion,
+        principal: &str,
+    ) -> StoreFuture<'_, Option<StoredEnvelope>> {
+        let result = self.with(|conn| {
+            conn.query_row(
+                "SELECT principal, idx, age_armored FROM share_envelopes WHERE version = ?1 AND principal = ?2",
+                params![i64::from(version.number()), principal],
+                |r| {
+                    Ok(StoredEnvelope {
+                        principal: r.get(0)?,
+                        index: r.get(1)?,
+                        age_armored: r.get(2)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(sql("read share envelope"))
+        });
+        Box::pin(ready(result))
+    }
+
+    fn load_rotation(&self) -> StoreFuture<'_, Option<String>> {
+        let result = self.with(|conn| {
+            conn.query_row("SELECT state FROM rotation WHERE id = 1", [], |r| r.get(0))
+                .optional()
+                .map_err(sql("load rotation"))
+        });
+        Box::pin(ready(result))
+    }
+
+    fn checkpoint(&self, target: &str, direction: &str) -> StoreFuture<'_, Option<String>> {
+        let result = self.with(|conn| {
+            conn.query_row(
+                "SELECT state FROM checkpoints WHERE target = ?1 AND direction = ?2",
+                params![target, direction],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(sql("read checkpoint"))
+        });
+        Box::pin(ready(result))
+    }
+
+    fn put_checkpoint(&self, target: &str, direction: &str, json: String) -> StoreFuture<'_, ()> {
+        let result = self.with(|conn| {
+            conn.execute(
+                "INSERT INTO checkpoints (target, direction, state) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (target, direction) DO UPDATE SET state = excluded.state",
+                params![target, direction, json],
+            )
+            .map(drop)
+            .map_err(sql("write checkpoint"))
+        });
+        Box::pin(ready(result))
+    }
+
+    fn record_fetch(
+        &self,
+        principal: &str,
+        versions: &[KeyVersion],
+        time: &str,
+    ) -> StoreFuture<'_, ()> {
+        let result = self.with(|conn| {
+            let tx = conn.transaction().map_err(sql("begin fetch record"))?;
+            for version in versions {
+                tx.execute(
+                    "INSERT INTO consumer_fetches (principal, version, first_fetch, last_fetch) VALUES (?1, ?2, ?3, ?3)
+                     ON CONFLICT (principal, version) DO UPDATE SET last_fetch = excluded.last_fetch",
+                    params![principal, i64::from(version.number()), time],
+                )
+                .map_err(sql("record fetch"))?;
+            }
+            tx.commit().map_err(sql("commit fetch record"))
+        });
+        Box::pin(ready(result))
+    }
+
+    fn fetches(&self) -> StoreFuture<'_, Vec<ConsumerFetch>> {
+        let result = self.with(|conn| {
+            let mut stmt = conn
+                .prepare("SELECT principal, version, first_fetch, last_fetch FROM consumer_fetches ORDER BY principal, version")
+                .map_err(sql("read fetches"))?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?))
+                })
+                .map_err(sql("read fetches"))?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (principal, version, first, last) = row.map_err(sql("read fetches"))?;
+                out.push(ConsumerFetch {
+                    principal,
+                    version: version_of(version)?,
+                    first,
+                    last,
+                });
+            }
+            Ok(out)
+        });
+        Box::pin(ready(result))
+    }
+}
