@@ -226,8 +226,8 @@ ROTATION_START=$SECONDS
 
 step "every keyholder fetches its v10 share (still age-encrypted) and proves they can open it"
 for who in "${KEYHOLDERS[@]}"; do
-    kh "$who" share fetch --version v10 --identity "$PKI/$who.age" --out "$RUN/shares/$who-v10.age"
-    kh "$who" share verify --shares "$RUN/shares/$who-v10.age" --identity "$PKI/$who.age"
+    kh "$who" share fetch --version v10 --identity "$PKI/$who.age" --out "$RUN/shares/$who.v10.age"
+    kh "$who" share verify --shares "$RUN/shares/$who.v10.age" --identity "$PKI/$who.age"
 done
 kh olga rotate status
 
