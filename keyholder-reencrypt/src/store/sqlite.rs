@@ -64,9 +64,20 @@ impl SqliteStore {
                 }
             };
             let writer = connect(&path).map_err(sql("open"))?;
-            writer
-                .pragma_update(None, "journal_mode", "wal")
-                .map_err(sql("enable wal"))?;
+            let mode: String = writer
+                .pragma_query_value(None, "journal_mode", |row| row.get(0))
+                .map_err(sql("read journal mode"))?;
+            if !mode.eq_ignore_ascii_case("wal") {
+                // WAL lets the application read while a batch commits. The
+                // switch needs a moment without other connections; when the
+                // application is busy, go on in its mode rather than fail.
+                if let Err(error) = writer.pragma_update(None, "journal_mode", "wal") {
+                    tracing::warn!(
+                        target = %task_target.name(), %mode, %error,
+                        "could not switch the database to WAL; batches will block readers while they commit"
+                    );
+                }
+            }
             let reader = connect(&path).map_err(sql("open"))?;
             let kind = check_schema(&reader, &task_target)?;
             Ok::<_, Error>((kind, reader, writer))

@@ -90,7 +90,8 @@ impl Db {
                     let mut connection = rusqlite::Connection::open(&path).unwrap();
                     connection
                         .execute_batch(
-                            "CREATE TABLE records (id INTEGER PRIMARY KEY, a TEXT, b TEXT);",
+                            "PRAGMA journal_mode = WAL;
+                             CREATE TABLE records (id INTEGER PRIMARY KEY, a TEXT, b TEXT);",
                         )
                         .unwrap();
                     let transaction = connection.transaction().unwrap();

@@ -87,12 +87,14 @@ pub async fn forward_pass(db: Db) {
 /// An application writes fresh v9 or v10 values into random rows during the
 /// pass. No write is lost, every record ends at v10, conflicts were counted.
 pub async fn concurrent_writer(db: Db) {
-    let rows = 4_000;
+    // Few rows, a page read ahead and a slow rate: many writes land between
+    // a page's read and its write.
+    let rows = 1_000;
     db.seed(rows).await;
     let checkpoints = Arc::new(MemoryCheckpoints::new());
     let control = ControlHandle::new(Throttle {
-        batch_size: 25,
-        rows_per_sec: 8_000,
+        batch_size: 50,
+        rows_per_sec: 600,
         ..Throttle::default()
     })
     .unwrap();
@@ -125,6 +127,12 @@ pub async fn concurrent_writer(db: Db) {
     running.await.unwrap().unwrap();
     let report = drained(run_pass(&db, 10, 9, checkpoints, &control).await.unwrap());
 
+    eprintln!(
+        "application writes: {}, conflicts: {}, sweeps: {}",
+        writes.load(Ordering::SeqCst),
+        report.checkpoint.conflicts,
+        report.checkpoint.sweep
+    );
     assert!(writes.load(Ordering::SeqCst) > 100, "the writer barely ran");
     assert!(report.checkpoint.conflicts > 0, "no conflict observed");
     let ring = keyring(10);
