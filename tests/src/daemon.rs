@@ -1,0 +1,262 @@
+//! A test environment: a temp dir with a PKI, a config, the share files of
+//! `keyholderd init`, and the real daemon as a child process.
+
+use std::fs;
+use std::io::Write as _;
+use std::net::{SocketAddr, TcpListener};
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::client::Client;
+use crate::pki::{ClientFiles, Pki};
+
+/// The keyholders of every environment, in config order (share index 1, 2, 3).
+pub const KEYHOLDERS: [&str; 3] = ["alice", "bob", "carol"];
+/// The operator.
+pub const OPERATOR: &str = "olivia";
+/// The database principal.
+pub const DATABASE: &str = "db1";
+
+/// A `[[targets]]` entry.
+#[derive(Clone, Debug)]
+pub struct TargetSpec {
+    /// Its name.
+    pub name: String,
+    /// The SQLite file.
+    pub db: PathBuf,
+    /// Table, primary key, encrypted column.
+    pub table: String,
+    /// Primary key column.
+    pub primary_key: String,
+    /// Encrypted column.
+    pub column: String,
+}
+
+/// What to put in the config.
+#[derive(Clone, Debug, Default)]
+pub struct EnvOptions {
+    /// Targets.
+    pub targets: Vec<TargetSpec>,
+}
+
+/// One test's world.
+pub struct Env {
+    /// The temp dir (removed on drop).
+    pub tmp: tempfile::TempDir,
+    /// The PKI.
+    pub pki: Pki,
+    /// The config file.
+    pub config: PathBuf,
+    /// The state dir.
+    pub state_dir: PathBuf,
+    /// Where init wrote the share files.
+    pub shares_dir: PathBuf,
+    /// The daemon's stderr log (appended across restarts).
+    pub log: PathBuf,
+    /// The API address.
+    pub addr: SocketAddr,
+}
+
+/// The `keyholderd` binary next to the test executable.
+pub fn keyholderd() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executable lives in target/<profile>/deps");
+    let bin = dir.join("keyholderd");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first with `cargo build -p keyholder-server` (deploy/test.sh does)",
+        bin.display()
+    );
+    bin
+}
+
+/// A free loopback port.
+pub fn free_addr() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap()
+}
+
+impl Env {
+    /// PKI, config and `keyholderd init` (first version v1).
+    pub fn new(options: EnvOptions) -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().to_owned();
+        fs::set_permissions(&root, fs::Permissions::from_mode(0o700)).unwrap();
+        let pki = Pki::generate(&root.join("pki"));
+        let state_dir = root.join("state");
+        fs::create_dir(&state_dir).unwrap();
+        fs::set_permissions(&state_dir, fs::Permissions::from_mode(0o700)).unwrap();
+        let addr = free_addr();
+        let mut config = format!(
+            "keyring = \"orders\"\nstate_dir = \"{}\"\n\n[listen]\naddr = \"{addr}\"\ncert = \"{}\"\nkey = \"{}\"\nclient_ca = \"{}\"\nhandshake_timeout = \"3s\"\n\n[shamir]\nthreshold = 2\n\n[unseal]\nprogress_ttl = \"15m\"\n\n[verify]\nsample_size = 64\n",
+            state_dir.display(),
+            pki.server.cert.display(),
+            pki.server.key.display(),
+            pki.ca_pem.display(),
+        );
+        for name in KEYHOLDERS {
+            pki.client(name);
+            let recipient = pki.age_identity(name);
+            config.push_str(&format!(
+                "\n[[principals]]\nname = \"{name}\"\nroles = [\"keyholder\"]\ncert_identity = \"{name}\"\nage_recipient = \"{recipient}\"\n"
+            ));
+        }
+        for (name, role) in [(OPERATOR, "operator"), (DATABASE, "database")] {
+            pki.client(name);
+            config.push_str(&format!(
+                "\n[[principals]]\nname = \"{name}\"\nroles = [\"{role}\"]\ncert_identity = \"{name}\"\n"
+            ));
+        }
+        for t in &options.targets {
+            config.push_str(&format!(
+                "\n[[targets]]\nname = \"{}\"\nstore = \"sqlite://{}\"\ntable = \"{}\"\nprimary_key = \"{}\"\ncolumns = [\"{}\"]\naad = \"none\"\n",
+                t.name,
+                t.db.display(),
+                t.table,
+                t.primary_key,
+                t.column
+            ));
+        }
+        let config_path = root.join("keyholder.toml");
+        let mut file = fs::File::create(&config_path).unwrap();
+        file.write_all(config.as_bytes()).unwrap();
+        fs::set_permissions(&config_path, fs::Permissions::from_mode(0o600)).unwrap();
+        let env = Self {
+            shares_dir: root.join("shares"),
+            log: root.join("keyholderd.log"),
+            tmp,
+            pki,
+            config: config_path,
+            state_dir,
+            addr,
+        };
+        let init = env.keyholderd(&["init", "--out", &env.shares_dir.display().to_string()]);
+        assert!(
+            init.status.success(),
+            "init failed: {}",
+            String::from_utf8_lossy(&init.stderr)
+        );
+        env
+    }
+
+    /// Runs `keyholderd <args> --config <config>` to completion, logging its
+    /// stderr to the log file too.
+    pub fn keyholderd(&self, args: &[&str]) -> Output {
+        let output = Command::new(keyholderd())
+            .args(args)
+            .arg("--config")
+            .arg(&self.config)
+            .output()
+            .unwrap();
+        let mut log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        log.write_all(&output.stdout).unwrap();
+        log.write_all(&output.stderr).unwrap();
+        output
+    }
+
+    /// The share line of `name` for version `version`, decrypted with their
+    /// age identity.
+    pub fn share_line(&self, name: &str, version: u32) -> String {
+        let armored = fs::read(self.shares_dir.join(format!("{name}.v{version}.age"))).unwrap();
+        let identity = self.pki.load_age_identity(name);
+        let plain = age::decrypt(&identity, &armored).unwrap();
+        String::from_utf8(plain).unwrap().trim().to_owned()
+    }
+
+    /// A client with principal `name`'s certificate.
+    pub fn client(&self, name: &str) -> Client {
+        Client::new(self.addr, &self.pki.ca_pem, Some(&self.pki.client(name)))
+    }
+
+    /// A client with the given certificate files (or none).
+    pub fn client_with(&self, files: Option<&ClientFiles>) -> Client {
+        Client::new(self.addr, &self.pki.ca_pem, files)
+    }
+
+    /// Starts `keyholderd run` and waits until it answers.
+    pub async fn start(&self) -> Daemon {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(keyholderd())
+            .arg("run")
+            .arg("--config")
+            .arg(&self.config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let mut daemon = Daemon { child: Some(child) };
+        let operator = self.client(OPERATOR);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(answer) = operator
+                .send(reqwest::Method::GET, "/v1/health", None)
+                .await
+            {
+                assert_eq!(answer.status, 200, "{}", answer.body);
+                return daemon;
+            }
+            if let Some(status) = daemon.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("keyholderd exited with {status}:\n{}", self.log_text());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "keyholderd did not answer in time:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Everything the daemon logged so far.
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// A running `keyholderd`; stopped with SIGTERM on drop.
+pub struct Daemon {
+    child: Option<Child>,
+}
+
+impl Daemon {
+    /// Sends SIGTERM and waits for the exit; returns whether it exited 0.
+    pub fn stop(&mut self) -> bool {
+        let Some(mut child) = self.child.take() else {
+            return true;
+        };
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status.success();
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
