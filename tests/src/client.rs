@@ -107,6 +107,27 @@ impl Client {
         })
     }
 
+    /// `GET path` without the API version header.
+    pub async fn get_without_version(&self, path: &str) -> Answer {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .expect("request failed");
+        let status = response.status().as_u16();
+        let api_version = response
+            .headers()
+            .get(API_VERSION_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        Answer {
+            status,
+            body: response.text().await.expect("body"),
+            api_version,
+        }
+    }
+
     /// `GET path`, panicking when the connection fails.
     pub async fn get(&self, path: &str) -> Answer {
         self.send(reqwest::Method::GET, path, None)

@@ -409,3 +409,57 @@ async fn the_audit_chain_verifies_and_an_altered_row_is_named() {
         "audit entry 3 was altered (its hash does not match its content)"
     );
 }
+
+#[tokio::test]
+async fn init_runs_once_and_check_config_names_every_problem() {
+    let env = Env::new(EnvOptions::default());
+    let again = env.keyholderd(&[
+        "init",
+        "--out",
+        &env.tmp.path().join("again").display().to_string(),
+    ]);
+    assert!(!again.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&again.stderr).lines().last(),
+        Some(
+            "error: the state store already holds v1; init runs once per keyring (make new versions with a rotation)"
+        )
+    );
+    let ok = env.keyholderd(&["check-config"]);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+
+    let text = std::fs::read_to_string(&env.config)
+        .unwrap()
+        .replace("threshold = 2", "threshold = 4")
+        .replace("name = \"bob\"", "name = \"alice\"");
+    std::fs::write(&env.config, text).unwrap();
+    let bad = env.keyholderd(&["check-config"]);
+    assert!(!bad.status.success());
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(stderr.contains("has 2 problem(s)"), "{stderr}");
+    assert!(
+        stderr.contains("  principals[1].name: duplicate name \"alice\""),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("  shamir.threshold: 4 is more than the 3 keyholder(s) configured; add keyholders or lower it"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn a_request_without_the_api_version_is_refused_naming_it() {
+    let env = Env::new(EnvOptions::default());
+    let _daemon = env.start().await;
+    let answer = env.client(OPERATOR).get_without_version("/v1/status").await;
+    assert_eq!(answer.status, 400);
+    assert_eq!(answer.error().code, "incompatible_api_version");
+    assert_eq!(
+        answer.api_version.as_deref(),
+        Some(keyholder_api::API_VERSION)
+    );
+}

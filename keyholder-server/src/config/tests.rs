@@ -1,0 +1,138 @@
+use std::fs;
+use std::os::unix::fs::PermissionsExt as _;
+
+use super::*;
+
+const RECIPIENT: &str = "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p";
+
+struct Dir(tempfile::TempDir);
+
+impl Dir {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        fs::create_dir(&state).unwrap();
+        fs::set_permissions(&state, fs::Permissions::from_mode(0o700)).unwrap();
+        for file in ["server.pem", "server.key", "ca.pem"] {
+            let path = dir.path().join(file);
+            fs::write(&path, "x").unwrap();
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        Self(dir)
+    }
+
+    fn load(&self, text: &str) -> Result<Config, ConfigError> {
+        let path = self.0.path().join("keyholder.toml");
+        fs::write(&path, text).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+        Config::load(&path)
+    }
+}
+
+fn principal(name: &str, role: &str, identity: &str) -> String {
+    let recipient = if role == "keyholder" {
+        format!("age_recipient = \"{RECIPIENT}\"\n")
+    } else {
+        String::new()
+    };
+    format!(
+        "[[principals]]\nname = \"{name}\"\nroles = [\"{role}\"]\ncert_identity = \"{identity}\"\n{recipient}\n"
+    )
+}
+
+fn base(threshold: i64, principals: &str) -> String {
+    format!(
+        "keyring = \"orders\"\nstate_dir = \"state\"\n[listen]\naddr = \"127.0.0.1:8443\"\ncert = \"server.pem\"\nkey = \"server.key\"\nclient_ca = \"ca.pem\"\n[shamir]\nthreshold = {threshold}\n{principals}"
+    )
+}
+
+fn problems(result: Result<Config, ConfigError>) -> Vec<String> {
+    match result {
+        Err(ConfigError::Invalid { problems, .. }) => {
+            problems.iter().map(ToString::to_string).collect()
+        }
+        Err(other) => panic!("expected problems, got {other}"),
+        Ok(_) => panic!("expected problems, the config loaded"),
+    }
+}
+
+#[test]
+fn a_good_config_loads_with_defaults_and_keyholders_in_order() {
+    let dir = Dir::new();
+    let config = dir
+        .load(&base(
+            2,
+            &[
+                principal("carol", "keyholder", "carol"),
+                principal("alice", "keyholder", "alice"),
+                principal("db1", "database", "db1"),
+            ]
+            .concat(),
+        ))
+        .unwrap();
+    let order: Vec<&str> = config.keyholders().map(|p| p.name.as_str()).collect();
+    assert_eq!(order, ["carol", "alice"]);
+    assert_eq!(config.progress_ttl, DEFAULT_PROGRESS_TTL);
+    assert_eq!(config.sample_size, 64);
+    assert_eq!(config.state_dir, dir.0.path().join("state"));
+}
+
+#[test]
+fn every_problem_is_reported_with_its_field() {
+    let dir = Dir::new();
+    let principals = [
+        principal("alice", "keyholder", "alice"),
+        principal("", "keyholder", "e"),
+        principal("alice", "keyholder", "alice"),
+        principal("ops", "admin", "ops"),
+    ]
+    .concat();
+    let text = format!(
+        "{}[unseal]\nprogress_ttl = \"soon\"\n[verify]\nsample_size = 0\n[[targets]]\nname = \"t\"\nstore = \"sqlite://rel.db\"\ntable = \"Customers; DROP\"\nprimary_key = \"id\"\ncolumns = []\n",
+        base(1, &principals)
+    );
+    let found = problems(dir.load(&text));
+    let expected = [
+        "principals[1].name: \"\" is empty; every name must be set",
+        "principals[2].name: duplicate name \"alice\"",
+        "principals[2].cert_identity: \"alice\" is also the identity of \"alice\"; each certificate identity maps to one principal",
+        "principals[3].roles[0]: \"admin\" is not a role; use keyholder, operator or database",
+        "shamir.threshold: 1 is too low; a key needs at least 2 keyholders to rebuild",
+        "unseal.progress_ttl: \"soon\" is not a duration; write it like \"15m\" or \"250ms\"",
+        "verify.sample_size: 0 is out of range; use 1 to 100000",
+        "targets[0].store: a SQLite store is an absolute path: sqlite:///abs/path.db",
+        "targets[0].table: \"Customers; DROP\" must match ^[a-z_][a-z0-9_]{0,62}$",
+        "targets[0].columns: is empty; name the encrypted columns",
+    ];
+    for e in expected {
+        assert!(found.iter().any(|f| f == e), "missing {e:?} in {found:#?}");
+    }
+    assert_eq!(found.len(), expected.len(), "{found:#?}");
+}
+
+#[test]
+fn threshold_above_keyholders_and_open_modes_are_refused() {
+    let dir = Dir::new();
+    fs::set_permissions(
+        dir.0.path().join("state"),
+        fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    let found = problems(dir.load(&base(3, &principal("alice", "keyholder", "alice"))));
+    assert!(found.contains(&"shamir.threshold: 3 is more than the 1 keyholder(s) configured; add keyholders or lower it".to_owned()), "{found:#?}");
+    assert!(
+        found.iter().any(|f| f.starts_with("state_dir: ")
+            && f.ends_with("is accessible by group or others (mode 755); run chmod 700 on it")),
+        "{found:#?}"
+    );
+}
+
+#[test]
+fn unknown_fields_are_refused_by_name() {
+    let dir = Dir::new();
+    let err = dir
+        .load(&format!("{}\nthresold = 2\n", base(2, "")))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("unknown field `thresold`"), "{err}");
+}

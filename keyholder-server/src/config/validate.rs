@@ -1,0 +1,529 @@
+//! Validation of the raw config: every problem collected, each naming its
+//! field.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crypto_core::KeyringId;
+
+use super::{
+    AadRule, Config, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_PROGRESS_TTL, DEFAULT_SAMPLE_SIZE, Listen,
+    Problem, RawConfig, RawListen, RawPrincipal, RawReencrypt, RawTarget, Reencrypt, TargetConfig,
+};
+use crate::principal::{Principal, Role};
+
+#[derive(Default)]
+pub(super) struct Checker {
+    pub(super) problems: Vec<Problem>,
+}
+
+impl Checker {
+    fn problem(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.problems.push(Problem {
+            field: field.into(),
+            message: message.into(),
+        });
+    }
+
+    fn name(&mut self, value: &str, field: &str) {
+        if let Err(reason) = name_rule(value) {
+            self.problem(field, format!("\"{value}\" {reason}"));
+        }
+    }
+
+    fn duration(
+        &mut self,
+        value: Option<&str>,
+        field: &str,
+        default: Duration,
+        range: (Duration, Duration),
+    ) -> Duration {
+        let Some(text) = value else { return default };
+        match humantime::parse_duration(text) {
+            Ok(d) if d >= range.0 && d <= range.1 => d,
+            Ok(_) => {
+                self.problem(
+                    field,
+                    format!(
+                        "\"{text}\" is out of range; use between {} and {}",
+                        humantime::format_duration(range.0),
+                        humantime::format_duration(range.1)
+                    ),
+                );
+                default
+            }
+            Err(_) => {
+                self.problem(
+                    field,
+                    format!("\"{text}\" is not a duration; write it like \"15m\" or \"250ms\""),
+                );
+                default
+            }
+        }
+    }
+
+    fn number(&mut self, value: Option<i64>, field: &str, default: i64, range: (i64, i64)) -> i64 {
+        match value {
+            None => default,
+            Some(n) if n >= range.0 && n <= range.1 => n,
+            Some(n) => {
+                self.problem(
+                    field,
+                    format!("{n} is out of range; use {} to {}", range.0, range.1),
+                );
+                default
+            }
+        }
+    }
+
+    fn file_readable(&mut self, path: &Path, field: &str) {
+        if let Err(e) = std::fs::File::open(path) {
+            self.problem(field, format!("cannot read {}: {e}", path.display()));
+        }
+    }
+
+    /// A file only its owner may read (config, private key).
+    pub(super) fn file_private(&mut self, path: &Path, field: &str) {
+        if let Ok(meta) = std::fs::metadata(path) {
+            let mode = meta.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                self.problem(
+                    field,
+                    format!(
+                        "{} is accessible by group or others (mode {mode:o}); run chmod 600 on it",
+                        path.display()
+                    ),
+                );
+            }
+        }
+    }
+
+    fn sql_ident(&mut self, value: &str, field: &str) {
+        if let Err(reason) = sql_ident_rule(value) {
+            self.problem(field, format!("\"{value}\" {reason}"));
+        }
+    }
+}
+
+/// `[a-z0-9-]{1,64}`, not starting or ending with `-`: the rule of every name.
+fn name_rule(value: &str) -> Result<(), &'static str> {
+    if value.is_empty() {
+        return Err("is empty; every name must be set");
+    }
+    if value.len() > 64 {
+        return Err("is longer than 64 characters");
+    }
+    if !value
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        return Err("may hold only a-z, 0-9 and -");
+    }
+    if value.starts_with('-') || value.ends_with('-') {
+        return Err("may not start or end with -");
+    }
+    Ok(())
+}
+
+/// `^[a-z_][a-z0-9_]{0,62}$`: safe unquoted in SQL on SQLite and PostgreSQL.
+pub fn sql_ident_rule(value: &str) -> Result<(), &'static str> {
+    let mut bytes = value.bytes();
+    match bytes.next() {
+        None => return Err("is empty"),
+        Some(b) if b == b'_' || b.is_ascii_lowercase() => {}
+        Some(_) => return Err("must match ^[a-z_][a-z0-9_]{0,62}$"),
+    }
+    if value.len() > 63 || !bytes.all(|b| b == b'_' || b.is_ascii_lowercase() || b.is_ascii_digit())
+    {
+        return Err("must match ^[a-z_][a-z0-9_]{0,62}$");
+    }
+    Ok(())
+}
+
+fn resolve(base: &Path, path: &Path) -> PathBuf {
+    if path.is_absolute() {
+        path.to_owned()
+    } else {
+        base.join(path)
+    }
+}
+
+pub(super) fn validate(
+    raw: RawConfig,
+    path: &Path,
+    base: &Path,
+    check: &mut Checker,
+) -> Option<Config> {
+    let keyring = match raw.keyring.parse::<KeyringId>() {
+        Ok(id) => Some(id),
+        Err(e) => {
+            check.problem("keyring", e.to_string());
+            None
+        }
+    };
+
+    let state_dir = match (&raw.state_dir, &raw.state_store) {
+        (Some(dir), None) => {
+            let dir = resolve(base, dir);
+            check_state_dir(&dir, check);
+            Some(dir)
+        }
+        (None, Some(_)) => {
+            check.problem(
+                "state_store",
+                "a PostgreSQL state store is not supported by this build yet; set state_dir instead",
+            );
+            None
+        }
+        (Some(_), Some(_)) => {
+            check.problem(
+                "state_store",
+                "set either state_dir or state_store, not both",
+            );
+            None
+        }
+        (None, None) => {
+            check.problem(
+                "state_dir",
+                "is missing; set the directory (mode 0700) that holds the daemon's state",
+            );
+            None
+        }
+    };
+
+    let listen = validate_listen(&raw.listen, base, check);
+    let principals = validate_principals(&raw.principals, check);
+
+    let keyholders = principals.iter().filter(|p| p.has(Role::Keyholder)).count();
+    if keyholders > 255 {
+        check.problem(
+            "principals",
+            format!("{keyholders} keyholders; at most 255 are possible"),
+        );
+    }
+    let threshold = raw.shamir.threshold;
+    if threshold < 2 {
+        check.problem(
+            "shamir.threshold",
+            format!("{threshold} is too low; a key needs at least 2 keyholders to rebuild"),
+        );
+    } else if threshold > keyholders as i64 {
+        check.problem(
+            "shamir.threshold",
+            format!("{threshold} is more than the {keyholders} keyholder(s) configured; add keyholders or lower it"),
+        );
+    }
+
+    let progress_ttl = check.duration(
+        raw.unseal.progress_ttl.as_deref(),
+        "unseal.progress_ttl",
+        DEFAULT_PROGRESS_TTL,
+        (Duration::from_secs(10), Duration::from_secs(24 * 3600)),
+    );
+    let sample_size = check.number(
+        raw.verify.sample_size,
+        "verify.sample_size",
+        i64::from(DEFAULT_SAMPLE_SIZE),
+        (1, 100_000),
+    ) as u32;
+    let targets = validate_targets(&raw.targets, check);
+    let reencrypt = validate_reencrypt(&raw.reencrypt, &principals, check);
+
+    Some(Config {
+        path: path.to_owned(),
+        keyring: keyring?,
+        state_dir: state_dir?,
+        listen: listen?,
+        threshold: u8::try_from(threshold).ok()?,
+        principals,
+        progress_ttl,
+        sample_size,
+        targets,
+        reencrypt,
+    })
+}
+
+fn check_state_dir(dir: &Path, check: &mut Checker) {
+    match std::fs::metadata(dir) {
+        Err(e) => check.problem(
+            "state_dir",
+            format!(
+                "cannot use {}: {e}; create it with mode 0700",
+                dir.display()
+            ),
+        ),
+        Ok(meta) if !meta.is_dir() => {
+            check.problem("state_dir", format!("{} is not a directory", dir.display()))
+        }
+        Ok(meta) => {
+            let mode = meta.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                check.problem(
+                    "state_dir",
+                    format!(
+                        "{} is accessible by group or others (mode {mode:o}); run chmod 700 on it",
+                        dir.display()
+                    ),
+                );
+            }
+        }
+    }
+}
+
+fn validate_listen(raw: &RawListen, base: &Path, check: &mut Checker) -> Option<Listen> {
+    let addr = match raw.addr.parse::<SocketAddr>() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            check.problem(
+                "listen.addr",
+                format!(
+                    "\"{}\" is not an address; write it like \"127.0.0.1:8443\"",
+                    raw.addr
+                ),
+            );
+            None
+        }
+    };
+    let metrics_addr = match raw.metrics_addr.as_deref().map(str::parse::<SocketAddr>) {
+        None => None,
+        Some(Ok(a)) if a.ip().is_loopback() => Some(a),
+        Some(Ok(a)) => {
+            check.problem(
+                "listen.metrics_addr",
+                format!("{a} is not a loopback address; metrics are plain HTTP and stay on 127.0.0.1 or ::1"),
+            );
+            None
+        }
+        Some(Err(_)) => {
+            check.problem(
+                "listen.metrics_addr",
+                "is not an address; write it like \"127.0.0.1:9464\"",
+            );
+            None
+        }
+    };
+    let handshake_timeout = check.duration(
+        raw.handshake_timeout.as_deref(),
+        "listen.handshake_timeout",
+        DEFAULT_HANDSHAKE_TIMEOUT,
+        (Duration::from_millis(100), Duration::from_secs(120)),
+    );
+    let cert = resolve(base, &raw.cert);
+    let key = resolve(base, &raw.key);
+    let client_ca = resolve(base, &raw.client_ca);
+    let crl = raw.crl.as_deref().map(|p| resolve(base, p));
+    check.file_readable(&cert, "listen.cert");
+    check.file_readable(&key, "listen.key");
+    check.file_private(&key, "listen.key");
+    check.file_readable(&client_ca, "listen.client_ca");
+    if let Some(crl) = &crl {
+        check.file_readable(crl, "listen.crl");
+    }
+    Some(Listen {
+        addr: addr?,
+        cert,
+        key,
+        client_ca,
+        crl,
+        metrics_addr,
+        handshake_timeout,
+    })
+}
+
+fn validate_principals(raw: &[RawPrincipal], check: &mut Checker) -> Vec<Principal> {
+    let mut names = BTreeSet::new();
+    let mut identities: BTreeMap<&str, &str> = BTreeMap::new();
+    let mut principals = Vec::new();
+    if raw.is_empty() {
+        check.problem(
+            "principals",
+            "none configured; add the keyholders, operators and databases",
+        );
+    }
+    for (i, p) in raw.iter().enumerate() {
+        let at = |field: &str| format!("principals[{i}].{field}");
+        check.name(&p.name, &at("name"));
+        if !names.insert(p.name.as_str()) {
+            check.problem(at("name"), format!("duplicate name \"{}\"", p.name));
+        }
+        let mut roles = BTreeSet::new();
+        if p.roles.is_empty() {
+            check.problem(
+                at("roles"),
+                "is empty; give keyholder, operator or database",
+            );
+        }
+        for (j, role) in p.roles.iter().enumerate() {
+            match Role::parse(role) {
+                Some(r) if !roles.insert(r) => check.problem(
+                    format!("principals[{i}].roles[{j}]"),
+                    format!("\"{role}\" is given twice"),
+                ),
+                Some(_) => {}
+                None => check.problem(
+                    format!("principals[{i}].roles[{j}]"),
+                    format!("\"{role}\" is not a role; use keyholder, operator or database"),
+                ),
+            }
+        }
+        if p.cert_identity.trim().is_empty() || p.cert_identity.trim() != p.cert_identity {
+            check.problem(
+                at("cert_identity"),
+                "is empty or has surrounding spaces; set the certificate's CN or DNS SAN",
+            );
+        } else if let Some(other) = identities.insert(&p.cert_identity, &p.name) {
+            check.problem(
+                at("cert_identity"),
+                format!("\"{}\" is also the identity of \"{other}\"; each certificate identity maps to one principal", p.cert_identity),
+            );
+        }
+        match (&p.age_recipient, roles.contains(&Role::Keyholder)) {
+            (Some(r), true) => {
+                if r.parse::<age::x25519::Recipient>().is_err() {
+                    check.problem(
+                        at("age_recipient"),
+                        "is not an age X25519 recipient (age1...)",
+                    );
+                }
+            }
+            (None, true) => check.problem(
+                at("age_recipient"),
+                "is missing; a keyholder's shares are encrypted to their age recipient",
+            ),
+            (Some(_), false) => check.problem(
+                at("age_recipient"),
+                "is set but the principal is not a keyholder; remove it or add the keyholder role",
+            ),
+            (None, false) => {}
+        }
+        principals.push(Principal {
+            name: p.name.clone(),
+            roles,
+            cert_identity: p.cert_identity.clone(),
+            age_recipient: p.age_recipient.clone(),
+        });
+    }
+    principals
+}
+
+fn validate_targets(raw: &[RawTarget], check: &mut Checker) -> Vec<TargetConfig> {
+    let mut names = BTreeSet::new();
+    let mut targets = Vec::new();
+    for (i, t) in raw.iter().enumerate() {
+        let at = |field: &str| format!("targets[{i}].{field}");
+        check.name(&t.name, &at("name"));
+        if !names.insert(t.name.as_str()) {
+            check.problem(at("name"), format!("duplicate name \"{}\"", t.name));
+        }
+        if let Some(path) = t.store.strip_prefix("sqlite://") {
+            if !path.starts_with('/') || path.len() < 2 {
+                check.problem(
+                    at("store"),
+                    "a SQLite store is an absolute path: sqlite:///abs/path.db",
+                );
+            }
+        } else if !(t.store.starts_with("postgres://") || t.store.starts_with("postgresql://")) {
+            check.problem(at("store"), "must start with sqlite:/// or postgres://");
+        }
+        check.sql_ident(&t.table, &at("table"));
+        check.sql_ident(&t.primary_key, &at("primary_key"));
+        if t.columns.is_empty() {
+            check.problem(at("columns"), "is empty; name the encrypted columns");
+        }
+        let mut columns = BTreeSet::new();
+        for (j, c) in t.columns.iter().enumerate() {
+            check.sql_ident(c, &format!("targets[{i}].columns[{j}]"));
+            if !columns.insert(c.as_str()) {
+                check.problem(
+                    format!("targets[{i}].columns[{j}]"),
+                    format!("\"{c}\" is given twice"),
+                );
+            }
+            if c == &t.primary_key {
+                check.problem(
+                    format!("targets[{i}].columns[{j}]"),
+                    "is the primary key; it cannot be encrypted",
+                );
+            }
+        }
+        let aad = match t.aad.as_deref() {
+            None | Some("none") => AadRule::None,
+            Some("row") => AadRule::Row,
+            Some(other) => {
+                check.problem(
+                    at("aad"),
+                    format!("\"{other}\" is not a rule; use \"none\" or \"row\""),
+                );
+                AadRule::None
+            }
+        };
+        targets.push(TargetConfig {
+            name: t.name.clone(),
+            store: t.store.clone(),
+            table: t.table.clone(),
+            primary_key: t.primary_key.clone(),
+            columns: t.columns.clone(),
+            aad,
+        });
+    }
+    targets
+}
+
+fn validate_reencrypt(
+    raw: &RawReencrypt,
+    principals: &[Principal],
+    check: &mut Checker,
+) -> Reencrypt {
+    let batch_size =
+        check.number(raw.batch_size, "reencrypt.batch_size", 1000, (1, 100_000)) as u32;
+    let rows_per_sec = check.number(
+        raw.rows_per_sec,
+        "reencrypt.rows_per_sec",
+        0,
+        (0, 10_000_000),
+    ) as u64;
+    let pause_between_batches = check.duration(
+        raw.pause_between_batches.as_deref(),
+        "reencrypt.pause_between_batches",
+        Duration::ZERO,
+        (Duration::ZERO, Duration::from_secs(3600)),
+    );
+    let max_batch_latency = check.duration(
+        raw.max_batch_latency.as_deref(),
+        "reencrypt.max_batch_latency",
+        Duration::from_millis(250),
+        (Duration::from_millis(1), Duration::from_secs(600)),
+    );
+    let max_replica_lag = check.duration(
+        raw.max_replica_lag.as_deref(),
+        "reencrypt.max_replica_lag",
+        Duration::from_secs(5),
+        (Duration::from_millis(1), Duration::from_secs(3600)),
+    );
+    let mut seen = BTreeSet::new();
+    for (i, name) in raw.consumers.iter().enumerate() {
+        let field = format!("reencrypt.consumers[{i}]");
+        match principals.iter().find(|p| &p.name == name) {
+            None => check.problem(&field, format!("\"{name}\" is not a configured principal")),
+            Some(p) if !p.has(Role::Database) => check.problem(
+                &field,
+                format!("\"{name}\" does not have the database role"),
+            ),
+            Some(_) => {}
+        }
+        if !seen.insert(name) {
+            check.problem(&field, format!("\"{name}\" is given twice"));
+        }
+    }
+    Reencrypt {
+        batch_size,
+        rows_per_sec,
+        pause_between_batches,
+        max_batch_latency,
+        max_replica_lag,
+        consumers: raw.consumers.clone(),
+    }
+}
