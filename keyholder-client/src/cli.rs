@@ -59,9 +59,194 @@ pub enum Output {
 /// The commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Seal state, versions in order, the write version, unseal and rotation progress.
+    Status,
+    /// Submit your shares (every version in the files, any order) to unseal the daemon.
+    Unseal(UnsealArgs),
+    /// Make the daemon forget every key (operator).
+    Seal,
+    /// Fetch or prove your new share during a rotation (keyholder).
+    #[command(subcommand)]
+    Share(ShareCommand),
+    /// Drive a key rotation (operator).
+    #[command(subcommand)]
+    Rotate(RotateCommand),
+    /// Wait for the daemon, then hand the keyring to the database (database role).
+    Hook(HookArgs),
+    /// Print the audit log; --verify checks its hash chain (operator).
+    Audit(AuditArgs),
     /// Development/test PKI: certificates, age identities and a keyholder.toml.
     #[command(subcommand)]
     Pki(PkiCommand),
+    /// Offline break-glass: rebuild one version's key from share files, without the daemon.
+    Recover(RecoverArgs),
+}
+
+/// Parses `v10`, `V10` or `10`.
+pub fn parse_version(text: &str) -> Result<crypto_core::KeyVersion, String> {
+    text.parse().map_err(|e: crypto_core::Error| e.to_string())
+}
+
+/// Parses `30s`, `2m`, `1h30m`.
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(text).map_err(|e| format!("{e} (write it like 30s, 2m or 1h)"))
+}
+
+/// `keyholder unseal`.
+#[derive(Debug, Args)]
+pub struct UnsealArgs {
+    /// Your age-encrypted share files (`-` reads plaintext share lines from stdin).
+    #[arg(
+        long,
+        num_args = 1..,
+        value_name = "FILE",
+        required_unless_present = "reset",
+        conflicts_with = "reset"
+    )]
+    pub shares: Vec<PathBuf>,
+    /// The age identity your share files are encrypted to (mode 0600; may be passphrase-protected).
+    #[arg(long, value_name = "AGE_IDENTITY_FILE", env = "KEYHOLDER_IDENTITY")]
+    pub identity: Vec<PathBuf>,
+    /// Discard the unseal progress gathered so far instead of submitting.
+    #[arg(long)]
+    pub reset: bool,
+}
+
+/// `keyholder share ...`.
+#[derive(Debug, Subcommand)]
+pub enum ShareCommand {
+    /// Fetch your new share; it stays age-encrypted on disk.
+    Fetch(ShareFetchArgs),
+    /// Prove you can decrypt your new share by submitting it back.
+    Verify(ShareVerifyArgs),
+}
+
+/// `keyholder share fetch`.
+#[derive(Debug, Args)]
+pub struct ShareFetchArgs {
+    /// The new version (vN).
+    #[arg(long, value_parser = parse_version, value_name = "VERSION")]
+    pub version: crypto_core::KeyVersion,
+    /// Your age identity (checks the share decrypts before writing it).
+    #[arg(long, value_name = "AGE_IDENTITY_FILE", env = "KEYHOLDER_IDENTITY")]
+    pub identity: PathBuf,
+    /// Where to write the share file (must not exist; written mode 0600).
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+}
+
+/// `keyholder share verify`.
+#[derive(Debug, Args)]
+pub struct ShareVerifyArgs {
+    /// The share file `share fetch` wrote.
+    #[arg(long, num_args = 1.., required = true, value_name = "FILE")]
+    pub shares: Vec<PathBuf>,
+    /// Your age identity.
+    #[arg(long, value_name = "AGE_IDENTITY_FILE", env = "KEYHOLDER_IDENTITY")]
+    pub identity: PathBuf,
+}
+
+/// `keyholder rotate ...`.
+#[derive(Debug, Subcommand)]
+pub enum RotateCommand {
+    /// Make the next version, split it and deal one share per keyholder.
+    Prepare {
+        /// The new version (default: the highest version + 1).
+        #[arg(long, value_parser = parse_version, value_name = "VERSION")]
+        version: Option<crypto_core::KeyVersion>,
+    },
+    /// SharesVerified -> DualRead: consumers read both versions, still write the old one.
+    Activate,
+    /// DualRead -> DualWrite -> Reencrypting: write the new version, start re-encrypting.
+    Switch,
+    /// The rotation's state and progress; --watch follows it with a progress bar.
+    Status {
+        /// Poll until drained, retired or idle (Ctrl-C stops watching).
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Pause the re-encryption worker.
+    Pause,
+    /// Resume the re-encryption worker.
+    Resume,
+    /// Change the re-encryption throttle while it runs.
+    Throttle {
+        /// Target rows per second (0 = unlimited).
+        #[arg(long, value_name = "N")]
+        rows_per_sec: Option<u64>,
+        /// Rows per batch.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100_000))]
+        batch_size: Option<u32>,
+    },
+    /// Retire the old version: prints the plan; --execute records your approval.
+    Retire {
+        /// The one version to retire, by name (v9).
+        #[arg(value_parser = parse_version, value_name = "VERSION")]
+        version: crypto_core::KeyVersion,
+        /// Act instead of printing the plan.
+        #[arg(long)]
+        execute: bool,
+    },
+    /// Roll the rotation back to the old version: prints the plan; --execute starts it.
+    Rollback {
+        /// Act instead of printing the plan.
+        #[arg(long)]
+        execute: bool,
+    },
+}
+
+/// How the hook prints the keyring without `--exec`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum HookFormat {
+    /// The hand-over JSON.
+    Json,
+    /// `KEYHOLDER_KEYRING='<json>'`, for eval.
+    Env,
+}
+
+/// `keyholder hook`.
+#[derive(Debug, Args)]
+pub struct HookArgs {
+    /// How long to wait for the daemon to be reachable and unsealed (30s, 2m).
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub wait: std::time::Duration,
+    /// Output format when printing (default json); not used with --exec.
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub format: Option<HookFormat>,
+    /// Start the command after `--` with the keyring on an inherited pipe (fd in KEYHOLDER_KEYRING_FD).
+    #[arg(long)]
+    pub exec: bool,
+    /// The command and its arguments, after `--`.
+    #[arg(last = true, value_name = "COMMAND")]
+    pub command: Vec<std::ffi::OsString>,
+}
+
+/// `keyholder audit`.
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// Check the hash chain instead of printing the entries.
+    #[arg(long)]
+    pub verify: bool,
+}
+
+/// `keyholder recover`.
+#[derive(Debug, Args)]
+pub struct RecoverArgs {
+    /// Age-encrypted share files of the keyholders present (threshold of them).
+    #[arg(long, num_args = 1.., required = true, value_name = "FILE")]
+    pub shares: Vec<PathBuf>,
+    /// The keyholders' age identities (each share file is opened with the one it was made for).
+    #[arg(long, num_args = 1.., required = true, value_name = "AGE_IDENTITY_FILE")]
+    pub identity: Vec<PathBuf>,
+    /// The key check value of the version to rebuild (32 hex characters).
+    #[arg(long, value_name = "HEX")]
+    pub kcv: String,
+    /// Only rebuild this version (default: every version in the files, keeping the one matching --kcv).
+    #[arg(long, value_parser = parse_version, value_name = "VERSION")]
+    pub version: Option<crypto_core::KeyVersion>,
+    /// Where to write the key (base64, mode 0600; must not exist).
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
 }
 
 /// `keyholder pki ...`.

@@ -1,16 +1,535 @@
-//! Runs a parsed command line: the CLI's side of every command.
+//! Runs a parsed command line: the CLI's side of every command. Local input
+//! (identities, share files, flags) is checked before the daemon is called.
 
-use std::io::Write as _;
+use std::io::{IsTerminal as _, Write as _};
+use std::path::PathBuf;
+use std::time::Duration;
 
-use crate::cli::{Cli, Command, Output, PkiCommand, PkiInitArgs};
+use crypto_core::KeyVersion;
+use keyholder_api::{
+    PrepareRequest, RetireRequest, RollbackRequest, RotationState, ShareLine, ThrottleRequest,
+    UnsealRequest, UnsealResponse,
+};
+use serde::Serialize;
+
+use crate::cli::{
+    AuditArgs, Cli, Command, ConnectArgs, HookArgs, HookFormat, Output, PkiCommand, PkiInitArgs,
+    RecoverArgs, RotateCommand, ShareCommand, ShareFetchArgs, ShareVerifyArgs, UnsealArgs,
+};
+use crate::client::{Client, ConnectOptions};
 use crate::error::CliError;
+use crate::identity::{self, Identities, STDIN, ShareInput};
 use crate::pki::PkiPlan;
+use crate::{files, hook, recover, render};
 
-/// Runs `cli`, printing to stdout; errors go back to `main`.
-pub fn run(cli: Cli) -> Result<(), CliError> {
+/// Runs `cli`; `Ok` carries the exit code (0, or the hook's child's).
+pub fn run(cli: Cli) -> Result<u8, CliError> {
+    let output = cli.output;
     match cli.command {
-        Command::Pki(PkiCommand::Init(args)) => pki_init(args, cli.output),
+        Command::Pki(PkiCommand::Init(args)) => pki_init(args, output).map(|()| 0),
+        Command::Recover(args) => recover_key(args, output).map(|()| 0),
+        command => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(CliError::Runtime)?;
+            runtime.block_on(online(cli.connect, output, command))
+        }
     }
+}
+
+fn print(text: &str) -> Result<(), CliError> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .map_err(CliError::Output)
+}
+
+fn print_json<T: Serialize>(value: &T) -> Result<(), CliError> {
+    let text = serde_json::to_string_pretty(value).expect("API documents always serialise");
+    print(&format!("{text}\n"))
+}
+
+fn show<T: Serialize>(
+    output: Output,
+    value: &T,
+    text: impl FnOnce(&T) -> String,
+) -> Result<(), CliError> {
+    match output {
+        Output::Json => print_json(value),
+        Output::Text => print(&text(value)),
+    }
+}
+
+fn connect(args: &ConnectArgs) -> Result<Client, CliError> {
+    let need = |value: &Option<PathBuf>, flag, env| {
+        value
+            .clone()
+            .ok_or(CliError::MissingConnectionFlag { flag, env })
+    };
+    let options = ConnectOptions {
+        addr: args.addr.clone(),
+        ca: need(&args.ca, "--ca", "KEYHOLDER_CACERT")?,
+        cert: need(&args.cert, "--cert", "KEYHOLDER_CLIENT_CERT")?,
+        key: need(&args.key, "--key", "KEYHOLDER_CLIENT_KEY")?,
+    };
+    Ok(Client::new(options)?)
+}
+
+async fn online(
+    connect_args: ConnectArgs,
+    output: Output,
+    command: Command,
+) -> Result<u8, CliError> {
+    match command {
+        Command::Status => {
+            let client = connect(&connect_args)?;
+            let status = client.status().await?;
+            show(output, &status, render::status)?;
+        }
+        Command::Unseal(args) => return unseal(&connect_args, output, args).await,
+        Command::Seal => {
+            let client = connect(&connect_args)?;
+            let status = client.seal().await?;
+            show(output, &status, |s| {
+                format!("sealed: keyholderd holds no key now\n{}", render::status(s))
+            })?;
+        }
+        Command::Share(ShareCommand::Fetch(args)) => {
+            share_fetch(&connect_args, output, args).await?
+        }
+        Command::Share(ShareCommand::Verify(args)) => {
+            return share_verify(&connect_args, output, args).await;
+        }
+        Command::Rotate(command) => rotate(&connect_args, output, command).await?,
+        Command::Hook(args) => return run_hook(&connect_args, args).await,
+        Command::Audit(args) => audit(&connect_args, output, args).await?,
+        Command::Pki(_) | Command::Recover(_) => {
+            unreachable!("offline commands run without a runtime")
+        }
+    }
+    Ok(0)
+}
+
+/// Reads every input, refusing a version given twice.
+fn read_inputs(
+    paths: &[PathBuf],
+    identities: Option<&Identities>,
+) -> Result<Vec<ShareInput>, CliError> {
+    let mut inputs: Vec<ShareInput> = Vec::new();
+    for path in paths {
+        let input = identity::read_shares(path, identities)?;
+        for share in &input.shares {
+            if let Some(first) = inputs
+                .iter()
+                .find(|i| i.shares.iter().any(|s| s.version() == share.version()))
+            {
+                return Err(CliError::VersionTwice {
+                    version: share.version(),
+                    first: first.name(),
+                    second: input.name(),
+                });
+            }
+        }
+        inputs.push(input);
+    }
+    Ok(inputs)
+}
+
+fn load_identities(paths: &[PathBuf], shares: &[PathBuf]) -> Result<Option<Identities>, CliError> {
+    if paths.is_empty() {
+        return Ok(None);
+    }
+    let stdin_busy = shares.iter().any(|p| p.as_os_str() == STDIN);
+    Identities::load(paths, stdin_busy).map(Some)
+}
+
+/// The request, where each line came from, and each version's threshold.
+struct Submission {
+    request: UnsealRequest,
+    sources: Vec<String>,
+    thresholds: Vec<(KeyVersion, u8)>,
+}
+
+fn submission(inputs: &[ShareInput]) -> Submission {
+    let mut shares = Vec::new();
+    let mut sources = Vec::new();
+    let mut thresholds = Vec::new();
+    for input in inputs {
+        for share in &input.shares {
+            shares.push(ShareLine::new(share.to_line()));
+            sources.push(input.name());
+            thresholds.push((share.version(), share.threshold()));
+        }
+    }
+    Submission {
+        request: UnsealRequest { shares },
+        sources,
+        thresholds,
+    }
+}
+
+fn refused(response: &UnsealResponse) -> Result<(), CliError> {
+    let refused = response.outcomes.iter().filter(|o| !o.accepted).count();
+    if refused == 0 {
+        Ok(())
+    } else {
+        Err(CliError::SharesRefused {
+            refused,
+            total: response.outcomes.len(),
+        })
+    }
+}
+
+async fn unseal(
+    connect_args: &ConnectArgs,
+    output: Output,
+    args: UnsealArgs,
+) -> Result<u8, CliError> {
+    if args.reset {
+        let client = connect(connect_args)?;
+        let response = client.reset_unseal().await?;
+        show(output, &response, |_| {
+            "unseal progress cleared; keyholders submit their shares again\n".to_owned()
+        })?;
+        return Ok(0);
+    }
+    let identities = load_identities(&args.identity, &args.shares)?;
+    let inputs = read_inputs(&args.shares, identities.as_ref())?;
+    let submission = submission(&inputs);
+    let client = connect(connect_args)?;
+    let response = client.unseal(&submission.request).await?;
+    match output {
+        Output::Json => print_json(&response)?,
+        Output::Text => {
+            print(&render::unseal(
+                &response,
+                &submission.sources,
+                &submission.thresholds,
+            ))?;
+            if !response.sealed {
+                match client.status().await {
+                    Ok(status) => print(&render::loaded_keyring(&status))?,
+                    Err(e) => eprintln!("unsealed, but the keyring could not be shown: {e}"),
+                }
+            } else {
+                print("still sealed: waiting for more keyholders\n")?;
+            }
+        }
+    }
+    refused(&response).map(|()| 0)
+}
+
+async fn share_fetch(
+    connect_args: &ConnectArgs,
+    output: Output,
+    args: ShareFetchArgs,
+) -> Result<(), CliError> {
+    files::ensure_absent(&args.out)?;
+    let identities = Identities::load(std::slice::from_ref(&args.identity), false)?;
+    let client = connect(connect_args)?;
+    let envelope = client.rotation_share(args.version).await?;
+    let source = PathBuf::from(format!("the {} share from keyholderd", args.version));
+    let plain = identities.decrypt(&source, envelope.age_armored.as_bytes())?;
+    let shares =
+        crypto_core::parse_share_file(&plain).map_err(|(line, e)| CliError::ShareFile {
+            path: source.clone(),
+            line,
+            source: e,
+        })?;
+    let found: Vec<String> = shares.iter().map(|s| s.version().to_string()).collect();
+    let ours = shares.iter().find(|s| s.version() == args.version);
+    match ours {
+        Some(share) if share.index() == envelope.index && shares.len() == 1 => {}
+        _ => {
+            return Err(CliError::UnexpectedShare {
+                expected: args.version,
+                found: found.join(", "),
+            });
+        }
+    }
+    drop(plain);
+    files::write_private(&args.out, envelope.age_armored.as_bytes())?;
+    let doc = serde_json::json!({
+        "keyring": envelope.keyring,
+        "version": envelope.version,
+        "index": envelope.index,
+        "out": args.out,
+    });
+    show(output, &doc, |_| {
+        format!(
+            "wrote your {} share (index {}) to {}, still age-encrypted (mode 0600); it decrypts with {}\nnext: keyholder share verify --shares {} --identity {}\n",
+            args.version,
+            envelope.index,
+            args.out.display(),
+            args.identity.display(),
+            args.out.display(),
+            args.identity.display()
+        )
+    })
+}
+
+async fn share_verify(
+    connect_args: &ConnectArgs,
+    output: Output,
+    args: ShareVerifyArgs,
+) -> Result<u8, CliError> {
+    let identities = load_identities(std::slice::from_ref(&args.identity), &args.shares)?;
+    let inputs = read_inputs(&args.shares, identities.as_ref())?;
+    let submission = submission(&inputs);
+    let client = connect(connect_args)?;
+    let response = client.rotation_verify(&submission.request).await?;
+    show(output, &response, |r| {
+        let mut text = render::unseal(r, &submission.sources, &[]);
+        if r.all_accepted() {
+            text.push_str("verified: the daemon knows you can rebuild your new share\n");
+        }
+        text
+    })?;
+    refused(&response).map(|()| 0)
+}
+
+async fn rotate(
+    connect_args: &ConnectArgs,
+    output: Output,
+    command: RotateCommand,
+) -> Result<(), CliError> {
+    if let RotateCommand::Throttle {
+        rows_per_sec: None,
+        batch_size: None,
+    } = command
+    {
+        return Err(CliError::ThrottleNothing);
+    }
+    let client = connect(connect_args)?;
+    let rotation = match command {
+        RotateCommand::Prepare { version } => {
+            client.rotation_prepare(&PrepareRequest { version }).await?
+        }
+        RotateCommand::Activate => client.rotation_activate().await?,
+        RotateCommand::Switch => client.rotation_switch().await?,
+        RotateCommand::Pause => client.rotation_pause().await?,
+        RotateCommand::Resume => client.rotation_resume().await?,
+        RotateCommand::Throttle {
+            rows_per_sec,
+            batch_size,
+        } => {
+            client
+                .rotation_throttle(&ThrottleRequest {
+                    rows_per_sec,
+                    batch_size,
+                })
+                .await?
+        }
+        RotateCommand::Status { watch: false } => {
+            let status = client.status().await?;
+            return match output {
+                Output::Json => print_json(&status.rotation),
+                Output::Text => print(
+                    &status
+                        .rotation
+                        .as_ref()
+                        .map(render::rotation)
+                        .unwrap_or_else(|| "rotation: none\n".to_owned()),
+                ),
+            };
+        }
+        RotateCommand::Status { watch: true } => return watch(&client, output).await,
+        RotateCommand::Retire { version, execute } => {
+            let plan = client
+                .rotation_retire(&RetireRequest { version, execute })
+                .await?;
+            return show(output, &plan, |p| {
+                let mut text = render::retire_plan(p);
+                if !execute {
+                    text.push_str(&format!(
+                        "nothing changed; to approve: keyholder rotate retire {version} --execute\n"
+                    ));
+                } else if !p.executed {
+                    text.push_str("your approval is recorded; another operator must approve too\n");
+                }
+                text
+            });
+        }
+        RotateCommand::Rollback { execute } => {
+            let plan = client
+                .rotation_rollback(&RollbackRequest { execute })
+                .await?;
+            return show(output, &plan, |p| {
+                let mut text = render::rollback_plan(p);
+                if !execute {
+                    text.push_str(
+                        "nothing changed; to start it: keyholder rotate rollback --execute\n",
+                    );
+                }
+                text
+            });
+        }
+    };
+    show(output, &rotation, render::rotation)
+}
+
+fn finished(state: RotationState) -> bool {
+    matches!(
+        state,
+        RotationState::Drained | RotationState::Retired | RotationState::Idle
+    )
+}
+
+/// Polls the status every second until the rotation is drained, retired or
+/// idle, or Ctrl-C; a progress bar on a terminal, a line per change otherwise.
+async fn watch(client: &Client, output: Output) -> Result<(), CliError> {
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{prefix} [{bar:40}] {pos}/{len} rows  {msg}")
+            .expect("the template is valid")
+            .progress_chars("=> "),
+    );
+    let tty = std::io::stderr().is_terminal() && output == Output::Text;
+    let mut last_line = String::new();
+    let mut ctrl_c = std::pin::pin!(tokio::signal::ctrl_c());
+    loop {
+        let status = client.status().await?;
+        let Some(r) = status.rotation else {
+            bar.finish_and_clear();
+            return print("rotation: none\n");
+        };
+        if tty {
+            bar.set_length(r.rows_done + r.rows_remaining);
+            bar.set_position(r.rows_done);
+            bar.set_prefix(format!(
+                "{}{}",
+                r.state,
+                if r.paused { " (paused)" } else { "" }
+            ));
+            let eta = r
+                .eta_seconds
+                .map(|s| humantime::format_duration(Duration::from_secs(s)).to_string())
+                .unwrap_or_else(|| "?".to_owned());
+            bar.set_message(format!(
+                "{:.0} rows/s, eta {eta}, {} conflicts",
+                r.rows_per_sec, r.conflicts
+            ));
+        } else {
+            let line = match output {
+                Output::Json => serde_json::to_string(&r).expect("serialises"),
+                Output::Text => render::rotation(&r)
+                    .lines()
+                    .take(2)
+                    .collect::<Vec<_>>()
+                    .join(" |"),
+            };
+            if line != last_line {
+                print(&format!("{line}\n"))?;
+                last_line = line;
+            }
+        }
+        if finished(r.state) {
+            bar.finish_and_clear();
+            return if output == Output::Text {
+                print(&render::rotation(&r))
+            } else {
+                Ok(())
+            };
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = &mut ctrl_c => {
+                bar.abandon();
+                return Ok(());
+            }
+        }
+    }
+}
+
+async fn run_hook(connect_args: &ConnectArgs, args: HookArgs) -> Result<u8, CliError> {
+    match (args.exec, args.command.is_empty(), args.format) {
+        (true, true, _) => {
+            return Err(CliError::ExecUsage(
+                "--exec needs a command after `--`: keyholder hook --wait 30s --exec -- COMMAND ARGS...",
+            ));
+        }
+        (false, false, _) => {
+            return Err(CliError::ExecUsage(
+                "a command after `--` runs only with --exec: keyholder hook --wait 30s --exec -- COMMAND ARGS...",
+            ));
+        }
+        (true, false, Some(_)) => {
+            return Err(CliError::ExecUsage(
+                "--format does not apply with --exec: the child always reads the hand-over JSON from its pipe",
+            ));
+        }
+        _ => {}
+    }
+    let client = connect(connect_args)?;
+    let json = hook::fetch(&client, args.wait).await?;
+    drop(client);
+    if args.exec {
+        return hook::exec(json, &args.command).await;
+    }
+    match args.format.unwrap_or(HookFormat::Json) {
+        HookFormat::Json => {
+            let mut line = json;
+            line.push('\n');
+            print(&line)?;
+        }
+        HookFormat::Env => {
+            let line = hook::env_line(&json).ok_or(CliError::ExecUsage(
+                "the keyring cannot be written as a shell assignment; use --format json",
+            ))?;
+            print(&line)?;
+        }
+    }
+    Ok(0)
+}
+
+async fn audit(
+    connect_args: &ConnectArgs,
+    output: Output,
+    args: AuditArgs,
+) -> Result<(), CliError> {
+    let client = connect(connect_args)?;
+    let log = client.audit().await?;
+    if args.verify {
+        keyholder_api::verify_chain(&log.entries).map_err(CliError::AuditChainBroken)?;
+        let doc = serde_json::json!({"intact": true, "entries": log.entries.len()});
+        return show(output, &doc, |_| {
+            format!("audit chain intact: {} entries\n", log.entries.len())
+        });
+    }
+    show(output, &log, |l| render::audit(&l.entries))
+}
+
+fn recover_key(args: RecoverArgs, output: Output) -> Result<(), CliError> {
+    let kcv = recover::parse_kcv(&args.kcv)?;
+    files::ensure_absent(&args.out)?;
+    let identities = Identities::load(&args.identity, false)?;
+    let mut inputs = Vec::new();
+    for path in &args.shares {
+        inputs.push(identity::read_shares(path, Some(&identities))?);
+    }
+    let recovered = recover::recover(&inputs, &kcv, args.version)?;
+    let mut text = recovered.key.expose_base64_for_handover();
+    text.push('\n');
+    files::write_private(&args.out, text.as_bytes())?;
+    let indices: Vec<String> = recovered.indices.iter().map(ToString::to_string).collect();
+    let doc = serde_json::json!({
+        "keyring": recovered.keyring,
+        "version": recovered.version,
+        "indices": recovered.indices,
+        "kcv": kcv.to_hex(),
+        "out": args.out,
+    });
+    show(output, &doc, |_| {
+        format!(
+            "rebuilt {} of keyring {} from share indices {}; it matches KCV {}\nwrote the key (base64) to {} (mode 0600); keep it offline and destroy it when done\n",
+            recovered.version,
+            recovered.keyring,
+            indices.join(", "),
+            kcv.to_hex(),
+            args.out.display()
+        )
+    })
 }
 
 fn pki_init(args: PkiInitArgs, output: Output) -> Result<(), CliError> {
@@ -27,14 +546,13 @@ fn pki_init(args: PkiInitArgs, output: Output) -> Result<(), CliError> {
         return Err(CliError::NotADirectory { path: args.dir });
     }
     let written = plan.run()?;
-    let mut out = std::io::stdout().lock();
-    let result = match output {
+    match output {
         Output::Json => {
             let files: Vec<_> = written
                 .iter()
                 .map(|w| serde_json::json!({"path": w.path, "what": w.what}))
                 .collect();
-            writeln!(out, "{}", serde_json::json!({ "written": files }))
+            print_json(&serde_json::json!({ "written": files }))
         }
         Output::Text => {
             let dir = args.dir.display();
@@ -48,8 +566,7 @@ fn pki_init(args: PkiInitArgs, output: Output) -> Result<(), CliError> {
                 "next: keyholderd init --config {dir}/keyholder.toml --out {dir}/shares\n\
                  then, as {first}: export KEYHOLDER_CACERT={dir}/ca.pem KEYHOLDER_CLIENT_CERT={dir}/{first}.pem KEYHOLDER_CLIENT_KEY={dir}/{first}.key\n"
             ));
-            out.write_all(text.as_bytes())
+            print(&text)
         }
-    };
-    result.map_err(CliError::Output)
+    }
 }
