@@ -415,8 +415,17 @@ impl Client {
                 return self.classify_tls(tls);
             }
             if let Some(io) = current.downcast_ref::<std::io::Error>() {
-                if let Some(tls) = io.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) {
-                    return self.classify_tls(tls);
+                // io::Error's `source()` skips the error it wraps; hyper-rustls
+                // nests rustls' error two io::Errors deep.
+                let mut inner: &std::io::Error = io;
+                while let Some(wrapped) = inner.get_ref() {
+                    if let Some(tls) = wrapped.downcast_ref::<rustls::Error>() {
+                        return self.classify_tls(tls);
+                    }
+                    match wrapped.downcast_ref::<std::io::Error>() {
+                        Some(next) => inner = next,
+                        None => break,
+                    }
                 }
                 match io.kind() {
                     std::io::ErrorKind::ConnectionRefused

@@ -290,8 +290,9 @@ impl PkiPlan {
             "keyholderd config".into(),
         );
 
-        for file in &pending {
-            files::ensure_absent(&file.path)?;
+        let state = dir.join("state");
+        for path in pending.iter().map(|f| &f.path).chain([&state]) {
+            files::ensure_absent(path)?;
         }
         if !dir.exists() {
             fs::DirBuilder::new()
@@ -303,7 +304,19 @@ impl PkiPlan {
                     source,
                 })?;
         }
-        let mut written = Vec::new();
+        // keyholderd refuses a state directory others can enter.
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&state)
+            .and_then(|()| fs::set_permissions(&state, fs::Permissions::from_mode(0o700)))
+            .map_err(|source| PkiError::CreateDir {
+                dir: state.clone(),
+                source,
+            })?;
+        let mut written = vec![Written {
+            path: state,
+            what: "keyholderd state directory (mode 0700)".into(),
+        }];
         for file in pending {
             files::write_new(&file.path, &file.contents, file.mode)?;
             written.push(Written {
@@ -421,7 +434,8 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("pki");
         let written = plan(&dir).run().unwrap();
-        assert_eq!(written.len(), 2 + 2 + 5 * 2 + 3 + 1);
+        assert_eq!(written.len(), 1 + 2 + 2 + 5 * 2 + 3 + 1);
+        assert!(is_private_mode(&dir.join("state")));
         for name in [
             "ca.key",
             "server.key",

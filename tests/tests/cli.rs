@@ -1,0 +1,407 @@
+//! The `keyholder` CLI end to end, as a new user meets it: `keyholder pki
+//! init` makes the PKI and config, `keyholderd init` the first key, the real
+//! daemon runs, two keyholders unseal with their own share files, the
+//! database host's hook hands the keyring to a child over an inherited pipe
+//! (the child decrypts the canary the daemon stored), and the offline
+//! `recover` rebuilds the key from two share files.
+//!
+//! The binaries are found in `target/<profile>/` next to this test's
+//! directory: `deploy/test.sh` builds them first.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use crypto_core::{Kcv, Key, KeyVersion, Keyring};
+use keyholder_api::Status;
+
+/// A binary next to the test executable's directory.
+fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executable lives in target/<profile>/deps")
+        .join(name);
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first with `cargo build -p keyholder-client -p keyholder-server` (deploy/test.sh does)",
+        bin.display()
+    );
+    bin
+}
+
+/// One test's world: a PKI made by `keyholder pki init` and a daemon.
+struct World {
+    tmp: tempfile::TempDir,
+    addr: String,
+    daemon: Option<Child>,
+}
+
+impl World {
+    fn pki(&self) -> PathBuf {
+        self.tmp.path().join("pki")
+    }
+
+    fn shares(&self) -> PathBuf {
+        self.tmp.path().join("shares")
+    }
+
+    fn config(&self) -> PathBuf {
+        self.pki().join("keyholder.toml")
+    }
+
+    fn new() -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let addr = keyholder_tests::daemon::free_addr().to_string();
+        let world = Self {
+            tmp,
+            addr,
+            daemon: None,
+        };
+        let out = Command::new(binary("keyholder"))
+            .args(["pki", "init", "--dir"])
+            .arg(world.pki())
+            .args([
+                "--keyholders",
+                "alice,bob,carol",
+                "--operators",
+                "olga",
+                "--databases",
+                "db1",
+                "--listen",
+                &world.addr,
+            ])
+            .output()
+            .unwrap();
+        assert_ok(&out, "keyholder pki init");
+        let out = Command::new(binary("keyholderd"))
+            .arg("init")
+            .arg("--config")
+            .arg(world.config())
+            .arg("--out")
+            .arg(world.shares())
+            .output()
+            .unwrap();
+        assert_ok(&out, "keyholderd init");
+        world
+    }
+
+    fn start(&mut self) {
+        let log = fs::File::create(self.tmp.path().join("keyholderd.log")).unwrap();
+        let child = Command::new(binary("keyholderd"))
+            .arg("run")
+            .arg("--config")
+            .arg(self.config())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.daemon = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let out = self.keyholder("olga").arg("status").output().unwrap();
+            if out.status.success() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "keyholderd did not answer: {}\n{}",
+                String::from_utf8_lossy(&out.stderr),
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(self.tmp.path().join("keyholderd.log")).unwrap_or_default()
+    }
+
+    /// `keyholder` as principal `name`, connection from the environment.
+    fn keyholder(&self, name: &str) -> Command {
+        let pki = self.pki();
+        let mut command = Command::new(binary("keyholder"));
+        command
+            .env("KEYHOLDER_ADDR", &self.addr)
+            .env("KEYHOLDER_CACERT", pki.join("ca.pem"))
+            .env("KEYHOLDER_CLIENT_CERT", pki.join(format!("{name}.pem")))
+            .env("KEYHOLDER_CLIENT_KEY", pki.join(format!("{name}.key")))
+            .env_remove("KEYHOLDER_IDENTITY")
+            .stdin(Stdio::null());
+        command
+    }
+
+    fn unseal(&self, name: &str) -> Output {
+        self.keyholder(name)
+            .arg("unseal")
+            .arg("--shares")
+            .arg(self.shares().join(format!("{name}.v1.age")))
+            .arg("--identity")
+            .arg(self.pki().join(format!("{name}.age")))
+            .output()
+            .unwrap()
+    }
+
+    /// The canary the daemon encrypted under `version` when it made the key.
+    fn canary(&self, version: u32) -> (String, String) {
+        let db = rusqlite::Connection::open_with_flags(
+            self.pki().join("state").join("state.db"),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .unwrap();
+        db.query_row(
+            "SELECT record, aad FROM canaries WHERE version = ?1",
+            [version],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .unwrap()
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.daemon.take() {
+            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn assert_ok(out: &Output, what: &str) {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn pki_init_to_unseal_hook_and_recover() {
+    let mut world = World::new();
+    world.start();
+
+    // The hook starts before anyone unseals: it waits, saying why.
+    let waiting_hook = world
+        .keyholder("db1")
+        .args(["hook", "--wait", "60s", "--format", "json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+
+    let alice = world.unseal("alice");
+    assert_ok(&alice, "alice's unseal");
+    let said = text(&alice.stdout);
+    assert!(said.contains("v1 1/2 (alice)"), "{said}");
+    assert!(said.contains("still sealed"), "{said}");
+
+    let bob = world.unseal("bob");
+    assert_ok(&bob, "bob's unseal");
+    let said = text(&bob.stdout);
+    assert!(said.contains("v1 2/2 rebuilt"), "{said}");
+    assert!(
+        said.contains("unsealed: keyring orders holds v1; write version v1"),
+        "{said}"
+    );
+
+    let out = world
+        .keyholder("alice")
+        .args(["--output", "json", "status"])
+        .output()
+        .unwrap();
+    assert_ok(&out, "status");
+    let status: Status = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(!status.sealed);
+    assert_eq!(status.keyring.as_str(), "orders");
+    assert_eq!(status.write_version, KeyVersion::new(1).ok());
+    assert_eq!(status.versions.len(), 1);
+    assert!(status.versions[0].loaded);
+    let kcv_hex = status.versions[0].kcv.clone();
+
+    let hooked = waiting_hook.wait_with_output().unwrap();
+    assert_ok(&hooked, "the waiting hook");
+    assert!(
+        text(&hooked.stderr).contains("keyholderd is sealed"),
+        "{}",
+        text(&hooked.stderr)
+    );
+    let ring = Keyring::from_handover_json(text(&hooked.stdout).trim()).unwrap();
+    assert_eq!(ring.write_version().number(), 1);
+
+    // The hook's child reads the keyring from its pipe and decrypts the
+    // canary; it prints only OK.
+    let (record, aad) = world.canary(1);
+    let out = world
+        .keyholder("db1")
+        .args(["hook", "--wait", "10s", "--exec", "--"])
+        .arg(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "hook_child_decrypts_the_canary",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env("KH_TEST_CANARY_RECORD", &record)
+        .env("KH_TEST_CANARY_AAD", &aad)
+        .output()
+        .unwrap();
+    assert_ok(&out, "hook --exec");
+    assert!(
+        text(&out.stdout).contains("CANARY OK"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    // Offline recovery from alice's and carol's share files.
+    let key_file = world.tmp.path().join("v1.key");
+    let out = Command::new(binary("keyholder"))
+        .arg("recover")
+        .arg("--shares")
+        .arg(world.shares().join("alice.v1.age"))
+        .arg(world.shares().join("carol.v1.age"))
+        .arg("--identity")
+        .arg(world.pki().join("alice.age"))
+        .arg(world.pki().join("carol.age"))
+        .args(["--kcv", &kcv_hex, "--out"])
+        .arg(&key_file)
+        .output()
+        .unwrap();
+    assert_ok(&out, "recover");
+    assert!(
+        text(&out.stdout).contains("rebuilt v1 of keyring orders from share indices 1, 3"),
+        "{}",
+        text(&out.stdout)
+    );
+    let mode = fs::metadata(&key_file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let key = Key::from_base64(fs::read_to_string(&key_file).unwrap().trim()).unwrap();
+    let kcv: Kcv = kcv_hex.parse().unwrap();
+    assert!(kcv.matches(
+        &key,
+        &"orders".parse().unwrap(),
+        KeyVersion::new(1).unwrap()
+    ));
+    let rebuilt = Keyring::new(
+        "orders".parse().unwrap(),
+        KeyVersion::new(1).unwrap(),
+        [(KeyVersion::new(1).unwrap(), key)],
+    )
+    .unwrap();
+    rebuilt.decrypt(&record, aad.as_bytes()).unwrap();
+}
+
+/// Run by the test above as the hook's child: reads the keyring from the fd
+/// in `KEYHOLDER_KEYRING_FD` and decrypts the canary. Ignored on its own.
+#[test]
+#[ignore = "the hook's child in pki_init_to_unseal_hook_and_recover"]
+fn hook_child_decrypts_the_canary() {
+    let fd = std::env::var("KEYHOLDER_KEYRING_FD").expect("started by keyholder hook --exec");
+    // Opening the pipe through /proc reads the inherited descriptor
+    // without unsafe code.
+    let json = zeroize::Zeroizing::new(fs::read_to_string(format!("/proc/self/fd/{fd}")).unwrap());
+    let ring = Keyring::from_handover_json(&json).unwrap();
+    let record = std::env::var("KH_TEST_CANARY_RECORD").unwrap();
+    let aad = std::env::var("KH_TEST_CANARY_AAD").unwrap();
+    ring.decrypt(&record, aad.as_bytes()).unwrap();
+    println!("CANARY OK");
+}
+
+#[test]
+fn tls_failures_name_the_side_that_failed() {
+    let mut world = World::new();
+    world.start();
+    let other = tempfile::tempdir().unwrap();
+    let out = Command::new(binary("keyholder"))
+        .args(["pki", "init", "--dir"])
+        .arg(other.path().join("pki"))
+        .args([
+            "--keyholders",
+            "alice,bob",
+            "--operators",
+            "olga",
+            "--databases",
+            "db1",
+        ])
+        .output()
+        .unwrap();
+    assert_ok(&out, "second pki init");
+    let foreign = other.path().join("pki");
+
+    let out = world
+        .keyholder("alice")
+        .env("KEYHOLDER_CACERT", foreign.join("ca.pem"))
+        .arg("status")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("the daemon's certificate at") && err.contains("is not signed by the CA in"),
+        "{err}"
+    );
+
+    let out = world
+        .keyholder("alice")
+        .env("KEYHOLDER_CLIENT_CERT", foreign.join("alice.pem"))
+        .env("KEYHOLDER_CLIENT_KEY", foreign.join("alice.key"))
+        .arg("status")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("refused our client certificate"), "{err}");
+
+    let out = world.keyholder("alice").arg("seal").output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        text(&out.stderr),
+        "error: keyholderd refused: this needs the operator role; alice has keyholder; run this with the certificate of a principal who has that role\n"
+    );
+}
+
+#[test]
+fn a_share_of_another_keyholder_is_refused_by_index_with_exit_1() {
+    let mut world = World::new();
+    world.start();
+    let out = world
+        .keyholder("alice")
+        .arg("unseal")
+        .arg("--shares")
+        .arg(world.shares().join("bob.v1.age"))
+        .arg("--identity")
+        .arg(world.pki().join("bob.age"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("v1 index 2 from"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert!(
+        text(&out.stdout).contains("REFUSED"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert!(
+        text(&out.stderr).contains("1 of 1 shares were refused"),
+        "{}",
+        text(&out.stderr)
+    );
+}
