@@ -15,6 +15,9 @@ use crate::error::{Error, Result};
 use crate::store::{CellSwap, DataStore, Pk, RowSwap, StoredRow};
 use crate::target::Target;
 
+/// Below this many rows per thread, splitting the crypto costs more than it saves.
+const MIN_ROWS_PER_WORKER: usize = 64;
+
 /// A batch ready to be written.
 #[derive(Debug)]
 pub(crate) struct PreparedBatch {
@@ -29,7 +32,7 @@ pub(crate) struct PreparedBatch {
 }
 
 /// Reads up to `limit` rows after `after` holding records at `from`, then
-/// re-encrypts them on the blocking pool.
+/// re-encrypts them on the blocking pool, split over the available cores.
 pub(crate) async fn prepare(
     store: Arc<dyn DataStore>,
     target: Arc<Target>,
@@ -41,14 +44,37 @@ pub(crate) async fn prepare(
     let rows = store.read_page(from, after.as_ref(), limit).await?;
     let rows_read = rows.len();
     let last_pk = rows.last().map(|row| row.pk.clone());
-    let task_target = target.clone();
-    let swaps =
-        tokio::task::spawn_blocking(move || reencrypt_rows(&task_target, &keyring, from, rows))
-            .await
-            .map_err(|error| Error::Task {
-                target: target.name().to_owned(),
-                reason: error.to_string(),
-            })??;
+    // The crypto is split over the cores so it keeps pace with the store.
+    let workers = std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .min(rows_read.div_ceil(MIN_ROWS_PER_WORKER))
+        .max(1);
+    let chunk = rows_read.div_ceil(workers).max(1);
+    let mut rows = rows.into_iter();
+    let mut tasks = Vec::with_capacity(workers);
+    loop {
+        let part: Vec<StoredRow> = rows.by_ref().take(chunk).collect();
+        if part.is_empty() {
+            break;
+        }
+        let (target, keyring) = (target.clone(), keyring.clone());
+        tasks.push(tokio::task::spawn_blocking(move || {
+            reencrypt_rows(&target, &keyring, from, part)
+        }));
+    }
+    let mut swaps = Vec::with_capacity(rows_read);
+    // Join every task before looking at results, so an error never leaves
+    // a sibling running unobserved; the first error in key order wins.
+    let mut results = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        results.push(task.await.map_err(|error| Error::Task {
+            target: target.name().to_owned(),
+            reason: error.to_string(),
+        }));
+    }
+    for result in results {
+        swaps.extend(result??);
+    }
     let records = swaps
         .iter()
         .map(|swap| swap.cells.iter().flatten().count() as u64)

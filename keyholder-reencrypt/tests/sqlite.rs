@@ -5,9 +5,12 @@ mod fixture;
 #[path = "support/scenarios.rs"]
 mod scenarios;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use fixture::Db;
+use futures::future::BoxFuture;
 use keyholder_reencrypt::*;
 
 fn sqlite() -> (tempfile::TempDir, Db) {
@@ -51,4 +54,163 @@ async fn bad_record_stops_the_pass_cleanly() {
 async fn pause_stops_writes_within_one_batch() {
     let (_dir, db) = sqlite();
     scenarios::pause_and_resume(db).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_primary_keys_with_row_binding() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.db");
+    let old = fixture::keyring(9);
+    let keys: Vec<String> = (0..700).map(|n| format!("user-{n:x}")).collect();
+    {
+        let connection = rusqlite::Connection::open(&path).unwrap();
+        connection
+            .execute_batch("CREATE TABLE accounts (handle TEXT PRIMARY KEY, token TEXT)")
+            .unwrap();
+        for key in &keys {
+            let aad = format!("accounts/token/{key}");
+            let value = old.encrypt(key.as_bytes(), aad.as_bytes()).unwrap();
+            connection
+                .execute("INSERT INTO accounts VALUES (?1, ?2)", [key, &value])
+                .unwrap();
+        }
+    }
+    let target = TargetConfig {
+        name: "accounts".into(),
+        store: format!("sqlite://{}", path.display()),
+        table: "accounts".into(),
+        primary_key: "handle".into(),
+        columns: vec!["token".into()],
+        aad: AadRule::Row,
+    }
+    .validate("targets[0]")
+    .unwrap();
+    let store = open_store(&target).await.unwrap();
+    assert_eq!(store.pk_kind(), PkKind::Text);
+    let samples = store.sample(fixture::v(9), 5).await.unwrap();
+    assert_eq!(samples.len(), 5);
+    assert!(
+        samples
+            .iter()
+            .all(|sample| matches!(sample.pk, Pk::Text(_)))
+    );
+    let control = fixture::throttle(64);
+    let outcome = Reencryptor::new(
+        target,
+        store.clone(),
+        fixture::keyring(10),
+        fixture::v(9),
+        Arc::new(MemoryCheckpoints::new()),
+        &control,
+    )
+    .unwrap()
+    .run()
+    .await
+    .unwrap();
+    let PassOutcome::Drained(report) = outcome else {
+        panic!("aborted")
+    };
+    assert_eq!(report.checkpoint.records_done, 700);
+    assert_eq!(report.after.by_version(), [(fixture::v(10), 700)].into());
+    let ring = fixture::keyring(10);
+    let connection = rusqlite::Connection::open(&path).unwrap();
+    for key in &keys {
+        let value: String = connection
+            .query_row(
+                "SELECT token FROM accounts WHERE handle = ?1",
+                [key],
+                |row| row.get(0),
+            )
+            .unwrap();
+        let aad = format!("accounts/token/{key}");
+        assert_eq!(
+            &*ring.decrypt(&value, aad.as_bytes()).unwrap(),
+            key.as_bytes()
+        );
+    }
+}
+
+/// A real SQLite store that reports a replica lag the test sets.
+struct Lagging {
+    inner: Arc<dyn DataStore>,
+    lag: Arc<std::sync::Mutex<Duration>>,
+}
+
+impl DataStore for Lagging {
+    fn pk_kind(&self) -> PkKind {
+        self.inner.pk_kind()
+    }
+    fn read_page<'a>(
+        &'a self,
+        version: crypto_core::KeyVersion,
+        after: Option<&'a Pk>,
+        limit: u32,
+    ) -> BoxFuture<'a, Result<Vec<StoredRow>>> {
+        self.inner.read_page(version, after, limit)
+    }
+    fn swap_batch(&self, swaps: Vec<RowSwap>) -> BoxFuture<'_, Result<SwapOutcome>> {
+        self.inner.swap_batch(swaps)
+    }
+    fn inventory(&self) -> BoxFuture<'_, Result<Inventory>> {
+        self.inner.inventory()
+    }
+    fn count_records(&self) -> BoxFuture<'_, Result<BTreeMap<SqlIdent, u64>>> {
+        self.inner.count_records()
+    }
+    fn sample(
+        &self,
+        version: crypto_core::KeyVersion,
+        n: u32,
+    ) -> BoxFuture<'_, Result<Vec<SampleRecord>>> {
+        self.inner.sample(version, n)
+    }
+    fn replica_lag(&self) -> BoxFuture<'_, Result<Option<Duration>>> {
+        let lag = *self.lag.lock().unwrap();
+        Box::pin(async move { Ok(Some(lag)) })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_lag_over_the_limit_holds_every_write() {
+    let (_dir, db) = sqlite();
+    db.seed(500).await;
+    let lag = Arc::new(std::sync::Mutex::new(Duration::from_secs(30)));
+    let store: Arc<dyn DataStore> = Arc::new(Lagging {
+        inner: open_store(&db.target()).await.unwrap(),
+        lag: lag.clone(),
+    });
+    let control = ControlHandle::new(Throttle {
+        batch_size: 100,
+        max_replica_lag: Duration::from_millis(200),
+        ..Throttle::default()
+    })
+    .unwrap();
+    let pass = Reencryptor::new(
+        db.target(),
+        store,
+        fixture::keyring(10),
+        fixture::v(9),
+        Arc::new(MemoryCheckpoints::new()),
+        &control,
+    )
+    .unwrap();
+    let mut progress = pass.progress();
+    let running = tokio::spawn(pass.run());
+    progress
+        .wait_for(|progress| progress.waiting_for_replicas)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        progress.borrow().batches,
+        0,
+        "a batch was written while replicas lagged"
+    );
+    assert!(progress.borrow().waiting_for_replicas);
+    *lag.lock().unwrap() = Duration::from_millis(50);
+    let PassOutcome::Drained(report) = running.await.unwrap().unwrap() else {
+        panic!("aborted")
+    };
+    assert_eq!(report.after.at(fixture::v(9)), 0);
+    assert!(!progress.borrow().waiting_for_replicas);
 }

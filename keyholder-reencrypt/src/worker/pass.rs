@@ -1,0 +1,445 @@
+//! The running state of one pass: scans, sweeps, throttling, pause / abort,
+//! checkpoints, invariants and progress.
+//!
+//! Owns the loop of a [`Reencryptor`] once it runs. Reads a page ahead (and
+//! re-encrypts it) while the current batch waits and commits. It must never
+//! write a batch before the operator's control allows it, never advance a
+//! checkpoint past a batch that did not commit, and never log a stored value.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crypto_core::KeyVersion;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use super::{PassOutcome, PassReport, Reencryptor};
+use crate::batch::{self, PreparedBatch};
+use crate::checkpoint::Checkpoint;
+use crate::error::{BoxError, Error, Result};
+use crate::progress::{self, Phase, RateWindow};
+use crate::store::Pk;
+use crate::throttle::{AdaptiveBatch, RunState, TokenBucket};
+
+/// How often replica lag is read while it is below the limit.
+const LAG_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Whether to go on.
+enum Step {
+    Go,
+    Abort,
+}
+
+/// A page being read and re-encrypted in its own task; aborted if dropped.
+struct Prefetch(JoinHandle<Result<PreparedBatch>>, u32);
+
+impl Drop for Prefetch {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The running state of a pass.
+pub(super) struct Pass {
+    worker: Reencryptor,
+    checkpoint: Checkpoint,
+    batch: AdaptiveBatch,
+    bucket: TokenBucket,
+    rate: RateWindow,
+    start_versions: BTreeMap<KeyVersion, u64>,
+    done_at_start: u64,
+    last_lag_check: Option<Instant>,
+    waiting_for_replicas: bool,
+    paused: bool,
+    phase: Phase,
+}
+
+impl Pass {
+    pub(super) fn new(worker: Reencryptor) -> Self {
+        let throttle = worker.control.borrow().throttle.clone();
+        Self {
+            checkpoint: Checkpoint::start(worker.target.name(), worker.from, worker.to()),
+            batch: AdaptiveBatch::new(throttle.batch_size),
+            bucket: TokenBucket::new(throttle.rows_per_sec, Instant::now()),
+            rate: RateWindow::default(),
+            start_versions: BTreeMap::new(),
+            done_at_start: 0,
+            last_lag_check: None,
+            waiting_for_replicas: false,
+            paused: false,
+            phase: Phase::Starting,
+            worker,
+        }
+    }
+
+    /// Runs to the end and publishes the final phase.
+    pub(super) async fn run(mut self) -> Result<PassOutcome> {
+        let result = self.drive().await;
+        self.phase = match &result {
+            Ok(PassOutcome::Drained(_)) => Phase::Drained,
+            Ok(PassOutcome::Aborted(_)) => Phase::Aborted,
+            Err(_) => Phase::Failed,
+        };
+        self.publish();
+        if let Err(error) = &result {
+            tracing::error!(target = %self.worker.target.name(), %error, "re-encryption pass failed");
+        }
+        result
+    }
+
+    async fn drive(&mut self) -> Result<PassOutcome> {
+        let worker = &self.worker;
+        let (name, from, to) = (worker.target.name().to_owned(), worker.from, worker.to());
+        if let Some(saved) = worker
+            .checkpoints
+            .load(&name, from, to)
+            .await
+            .map_err(|source| checkpoint_error(&name, "load", source))?
+        {
+            self.checkpoint = saved;
+        }
+        self.checkpoint.drained = false;
+        let before = self.worker.store.inventory().await?;
+        self.start_versions = before.by_version();
+        self.done_at_start = self.checkpoint.records_done;
+        tracing::info!(
+            target = %name, %from, %to,
+            records_at_from = before.at(from),
+            resumed_at_sweep = self.checkpoint.sweep,
+            records_done = self.checkpoint.records_done,
+            "re-encryption pass starting"
+        );
+        self.publish();
+
+        let after = loop {
+            self.phase = if self.checkpoint.sweep == 0 {
+                Phase::Scanning
+            } else {
+                Phase::Sweeping
+            };
+            self.publish();
+            if let Step::Abort = self.scan().await? {
+                tracing::info!(target = %name, batches = self.checkpoint.batches, "re-encryption pass aborted; checkpoint kept");
+                return Ok(PassOutcome::Aborted(self.checkpoint.clone()));
+            }
+            self.phase = Phase::Verifying;
+            self.publish();
+            let inventory = self.worker.store.inventory().await?;
+            let remaining = inventory.at(from);
+            // The next scan starts over, as a sweep: conflicts and late
+            // writes at `from` are revisited, everything else is skipped.
+            self.checkpoint.sweep += 1;
+            self.checkpoint.last_pk = None;
+            if remaining == 0 {
+                break inventory;
+            }
+            if self.checkpoint.sweep > self.worker.max_sweeps {
+                self.save().await?;
+                return Err(Error::NotDrained {
+                    target: name,
+                    version: from,
+                    remaining,
+                    sweeps: self.worker.max_sweeps,
+                });
+            }
+            self.save().await?;
+            tracing::info!(target = %name, sweep = self.checkpoint.sweep, remaining, "sweeping records still at the old version");
+        };
+
+        let counted = self.worker.store.count_records().await?;
+        if after.per_column() != counted {
+            return Err(Error::Invariant {
+                target: name,
+                detail: format!(
+                    "records per column by version {:?} do not add up to the records per column {:?}",
+                    after.per_column(),
+                    counted
+                ),
+            });
+        }
+        if after.total() != before.total() {
+            tracing::warn!(target = %name, before = before.total(), after = after.total(), "record count changed during the pass (application inserts or deletes)");
+        }
+        self.checkpoint.drained = true;
+        self.save().await?;
+        tracing::info!(
+            target = %name, %from, %to,
+            records_done = self.checkpoint.records_done,
+            conflicts = self.checkpoint.conflicts,
+            batches = self.checkpoint.batches,
+            versions = ?after.by_version(),
+            "re-encryption pass drained"
+        );
+        Ok(PassOutcome::Drained(PassReport {
+            checkpoint: self.checkpoint.clone(),
+            before,
+            after,
+        }))
+    }
+
+    /// One keyset scan from the checkpoint's position to the end of the table.
+    async fn scan(&mut self) -> Result<Step> {
+        let mut prefetch: Option<Prefetch> = None;
+        loop {
+            if let Step::Abort = self.wait_for_go().await {
+                return Ok(Step::Abort);
+            }
+            let (prepared, limit) = match prefetch.take() {
+                Some(mut next) => {
+                    let joined = (&mut next.0).await;
+                    (joined.map_err(|error| self.task_error(error))??, next.1)
+                }
+                None => {
+                    let limit = self.batch.current();
+                    (
+                        self.prepare(self.checkpoint.last_pk.clone(), limit).await?,
+                        limit,
+                    )
+                }
+            };
+            if prepared.rows_read == 0 {
+                return Ok(Step::Go);
+            }
+            let full = prepared.rows_read >= limit as usize;
+            if full {
+                // Overlap: the next page is read and re-encrypted while this
+                // one waits for its turn and commits.
+                let limit = self.batch.current();
+                let next = self.prepare(prepared.last_pk.clone(), limit);
+                prefetch = Some(Prefetch(tokio::spawn(next), limit));
+            }
+            if let Step::Abort = self.write(prepared, full).await? {
+                return Ok(Step::Abort);
+            }
+            if !full {
+                return Ok(Step::Go);
+            }
+        }
+    }
+
+    fn prepare(
+        &self,
+        after: Option<Pk>,
+        limit: u32,
+    ) -> impl Future<Output = Result<PreparedBatch>> + Send + 'static {
+        batch::prepare(
+            self.worker.store.clone(),
+            self.worker.target.clone(),
+            self.worker.keyring.clone(),
+            self.worker.from,
+            after,
+            limit,
+        )
+    }
+
+    /// Throttles, writes one batch, checks it and saves the checkpoint.
+    async fn write(&mut self, prepared: PreparedBatch, full: bool) -> Result<Step> {
+        if let Step::Abort = self.wait_for_replicas().await? {
+            return Ok(Step::Abort);
+        }
+        let wait = self.bucket.reserve(prepared.records, Instant::now());
+        if let Step::Abort = self.sleep(wait).await {
+            return Ok(Step::Abort);
+        }
+        // Pause is honoured here, right before the write: at most the batch
+        // already committing when it came is written after it.
+        if let Step::Abort = self.wait_for_go().await {
+            return Ok(Step::Abort);
+        }
+        let started = Instant::now();
+        let outcome = if prepared.swaps.is_empty() {
+            Default::default()
+        } else {
+            self.worker.store.swap_batch(prepared.swaps).await?
+        };
+        let latency = started.elapsed();
+        let conflicts = outcome.conflicts.len() as u64;
+        if outcome.applied + conflicts != prepared.records {
+            return Err(Error::Invariant {
+                target: self.worker.target.name().to_owned(),
+                detail: format!(
+                    "batch {} sent {} records but {} were written and {} conflicted",
+                    self.checkpoint.batches + 1,
+                    prepared.records,
+                    outcome.applied,
+                    conflicts
+                ),
+            });
+        }
+        self.checkpoint.last_pk = prepared.last_pk;
+        self.checkpoint.records_done += outcome.applied;
+        self.checkpoint.conflicts += conflicts;
+        self.checkpoint.batches += 1;
+        self.save().await?;
+        if full {
+            let target = self.worker.control.borrow().throttle.max_batch_latency;
+            self.batch.observe(latency, target);
+        }
+        tracing::debug!(
+            target = %self.worker.target.name(),
+            batch = self.checkpoint.batches,
+            rows = prepared.rows_read,
+            records = outcome.applied,
+            conflicts,
+            latency_ms = latency.as_millis() as u64,
+            next_batch_size = self.batch.current(),
+            "batch committed"
+        );
+        if conflicts > 0 {
+            tracing::info!(
+                target = %self.worker.target.name(),
+                batch = self.checkpoint.batches,
+                conflicts,
+                first_pk = %outcome.conflicts[0].0,
+                "rows changed by the application during the batch; they are revisited"
+            );
+        }
+        let now = Instant::now();
+        self.rate.record(now, self.checkpoint.records_done);
+        self.publish();
+        let pause = self.worker.control.borrow().throttle.pause_between_batches;
+        Ok(self.sleep(pause).await)
+    }
+
+    /// Returns once running (publishing `paused` meanwhile), or on abort.
+    /// Also applies throttle changes.
+    async fn wait_for_go(&mut self) -> Step {
+        loop {
+            let control = self.worker.control.borrow_and_update().clone();
+            self.batch.set_ceiling(control.throttle.batch_size);
+            self.bucket
+                .set_rate(control.throttle.rows_per_sec, Instant::now());
+            match control.state {
+                RunState::Aborted => return Step::Abort,
+                RunState::Running => {
+                    if self.paused {
+                        self.paused = false;
+                        tracing::info!(target = %self.worker.target.name(), "re-encryption resumed");
+                        self.publish();
+                    }
+                    return Step::Go;
+                }
+                RunState::Paused => {
+                    if !self.paused {
+                        self.paused = true;
+                        tracing::info!(target = %self.worker.target.name(), "re-encryption paused");
+                        self.publish();
+                    }
+                    // A dropped handle can never resume a paused pass: stop.
+                    if self.worker.control.changed().await.is_err() {
+                        return Step::Abort;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sleeps, unless aborted meanwhile.
+    async fn sleep(&mut self, duration: Duration) -> Step {
+        if duration.is_zero() {
+            return Step::Go;
+        }
+        let deadline = Instant::now() + duration;
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep_until(deadline) => return Step::Go,
+                changed = self.worker.control.changed() => {
+                    if changed.is_err() {
+                        tokio::time::sleep_until(deadline).await;
+                        return Step::Go;
+                    }
+                    if self.worker.control.borrow().state == RunState::Aborted {
+                        return Step::Abort;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits while a replica lags more than the limit (PostgreSQL).
+    async fn wait_for_replicas(&mut self) -> Result<Step> {
+        loop {
+            let now = Instant::now();
+            let recent = self
+                .last_lag_check
+                .is_some_and(|checked| now.duration_since(checked) < LAG_CHECK_INTERVAL);
+            if recent && !self.waiting_for_replicas {
+                return Ok(Step::Go);
+            }
+            self.last_lag_check = Some(now);
+            let limit = self.worker.control.borrow().throttle.max_replica_lag;
+            match self.worker.store.replica_lag().await? {
+                Some(lag) if lag > limit => {
+                    if !self.waiting_for_replicas {
+                        self.waiting_for_replicas = true;
+                        tracing::info!(
+                            target = %self.worker.target.name(),
+                            lag_ms = lag.as_millis() as u64,
+                            limit_ms = limit.as_millis() as u64,
+                            "replica lag over the limit; waiting"
+                        );
+                        self.publish();
+                    }
+                    if let Step::Abort = self.sleep(LAG_CHECK_INTERVAL.min(limit)).await {
+                        return Ok(Step::Abort);
+                    }
+                }
+                _ => {
+                    if self.waiting_for_replicas {
+                        self.waiting_for_replicas = false;
+                        self.publish();
+                    }
+                    return Ok(Step::Go);
+                }
+            }
+        }
+    }
+
+    async fn save(&self) -> Result<()> {
+        self.worker
+            .checkpoints
+            .save(self.checkpoint.clone())
+            .await
+            .map_err(|source| checkpoint_error(self.worker.target.name(), "save", source))
+    }
+
+    fn publish(&self) {
+        let moved = self.checkpoint.records_done - self.done_at_start;
+        let (remaining, versions) = progress::estimate(
+            &self.start_versions,
+            self.worker.from,
+            self.worker.to(),
+            moved,
+        );
+        let rate = self.rate.rate();
+        self.worker.progress.send_modify(|progress| {
+            progress.phase = self.phase;
+            progress.records_done = self.checkpoint.records_done;
+            progress.records_remaining = remaining;
+            progress.versions = versions;
+            progress.conflicts = self.checkpoint.conflicts;
+            progress.batches = self.checkpoint.batches;
+            progress.sweep = self.checkpoint.sweep;
+            progress.rows_per_sec = rate;
+            progress.eta_seconds = progress::eta(remaining, rate);
+            progress.paused = self.paused;
+            progress.waiting_for_replicas = self.waiting_for_replicas;
+            progress.batch_size = self.batch.current();
+        });
+    }
+
+    fn task_error(&self, error: tokio::task::JoinError) -> Error {
+        Error::Task {
+            target: self.worker.target.name().to_owned(),
+            reason: error.to_string(),
+        }
+    }
+}
+
+fn checkpoint_error(target: &str, operation: &'static str, source: BoxError) -> Error {
+    Error::Checkpoint {
+        target: target.to_owned(),
+        operation,
+        source,
+    }
+}
