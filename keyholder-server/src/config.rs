@@ -254,6 +254,19 @@ pub struct Reencrypt {
     pub consumers: Vec<String>,
 }
 
+impl Reencrypt {
+    /// The engine's throttle from these settings.
+    pub fn throttle(&self) -> keyholder_reencrypt::Throttle {
+        keyholder_reencrypt::Throttle {
+            rows_per_sec: self.rows_per_sec,
+            batch_size: self.batch_size,
+            pause_between_batches: self.pause_between_batches,
+            max_batch_latency: self.max_batch_latency,
+            max_replica_lag: self.max_replica_lag,
+        }
+    }
+}
+
 impl Config {
     /// Reads and validates `path`, reporting every problem.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {

@@ -53,6 +53,19 @@ pub enum DaemonError {
     Target(String),
 }
 
+/// What the rotation needs to hear from the daemon, and what it adds to the
+/// status document. Implemented by [`crate::rotation::Rotator`].
+pub trait RotationHooks: Send + Sync {
+    /// The rotation part of the status document.
+    fn status(&self) -> Option<keyholder_api::RotationStatus>;
+    /// A database principal fetched the keyring (its acknowledgement).
+    fn keyring_fetched<'a>(&'a self, consumer: &'a str) -> futures::future::BoxFuture<'a, ()>;
+    /// The daemon just unsealed: resume the rotation's work.
+    fn unsealed(self: Arc<Self>);
+    /// The daemon just sealed: stop any work that holds keys.
+    fn sealed(self: Arc<Self>);
+}
+
 /// The running daemon's state.
 pub struct Daemon {
     /// The validated config.
@@ -66,6 +79,7 @@ pub struct Daemon {
     seal: Mutex<SealMachine>,
     plan: RwLock<Option<KeyringPlan>>,
     samplers: Arc<Vec<Box<dyn RecordSampler>>>,
+    rotation: std::sync::OnceLock<std::sync::Weak<dyn RotationHooks>>,
 }
 
 /// The default plan with no rotation under way: the active versions are live
@@ -109,7 +123,21 @@ impl Daemon {
             .collect::<Result<Vec<_>, _>>()
             .map_err(DaemonError::Target)?;
         let versions = store.versions().await?;
-        let plan = default_plan(&versions)?;
+        let plan = match store.load_rotation().await? {
+            // The persisted rotation says which versions are live and which
+            // one writes; never "the highest".
+            Some(text) => {
+                let rotation: crate::rotation::Rotation =
+                    serde_json::from_str(&text).map_err(|e| StoreError::Corrupt {
+                        what: format!("rotation state ({e})"),
+                    })?;
+                Some(KeyringPlan {
+                    live: rotation.live_versions().into_iter().collect(),
+                    write: rotation.write_version(),
+                })
+            }
+            None => default_plan(&versions)?,
+        };
         let seal = Mutex::new(Self::machine(&config, &versions, plan.as_ref()));
         let daemon = Arc::new(Self {
             config: Arc::new(config),
@@ -119,6 +147,7 @@ impl Daemon {
             seal,
             plan: RwLock::new(plan),
             samplers: Arc::new(samplers),
+            rotation: std::sync::OnceLock::new(),
         });
         let versions: Vec<u32> = versions.iter().map(|v| v.version.number()).collect();
         daemon
@@ -146,6 +175,54 @@ impl Daemon {
             })
             .collect();
         SealMachine::new(config.keyring.clone(), facts, config.progress_ttl)
+    }
+
+    /// Hooks the rotation in (once).
+    pub fn set_rotation_hooks(&self, hooks: std::sync::Weak<dyn RotationHooks>) {
+        let _ = self.rotation.set(hooks);
+    }
+
+    fn hooks(&self) -> Option<Arc<dyn RotationHooks>> {
+        self.rotation.get().and_then(std::sync::Weak::upgrade)
+    }
+
+    /// Proves `keys` as unseal does (KCV, canary, sample records of every
+    /// target) without loading them; the rotation calls it before `switch`.
+    pub async fn verify_keys(
+        &self,
+        keys: BTreeMap<KeyVersion, crypto_core::Key>,
+    ) -> Result<BTreeMap<KeyVersion, usize>, DaemonError> {
+        let versions: BTreeMap<KeyVersion, VersionRecord> = self
+            .store
+            .versions()
+            .await?
+            .into_iter()
+            .map(|v| (v.version, v))
+            .collect();
+        let samplers = Arc::clone(&self.samplers);
+        let keyring_id = self.config.keyring.clone();
+        let sample_size = self.config.sample_size;
+        let verdict = tokio::task::spawn_blocking(move || {
+            verify::verify(&keyring_id, &keys, &versions, &samplers, sample_size)
+        })
+        .await
+        .map_err(|e| DaemonError::Plan(format!("verification task failed: {e}")))?;
+        match verdict {
+            Ok(report) => Ok(report.sampled),
+            Err(failures) => {
+                for failure in &failures {
+                    tracing::error!(
+                        version = failure.version.number(),
+                        check = %failure.check,
+                        record_ids = ?failure.record_ids,
+                        "key verification failed; nothing switched"
+                    );
+                }
+                Err(DaemonError::Verification {
+                    failures: failures.iter().map(ToString::to_string).collect(),
+                })
+            }
+        }
     }
 
     /// The keyring plan in force (`None` before init).
@@ -344,6 +421,9 @@ impl Daemon {
                 .await?;
                 response.sealed = false;
                 response.loaded = self.vault.held_versions();
+                if let Some(hooks) = self.hooks() {
+                    hooks.unsealed();
+                }
                 Ok(response)
             }
         }
@@ -389,6 +469,9 @@ impl Daemon {
     /// Drops every key.
     pub async fn seal(&self, actor: &str) -> Result<Status, DaemonError> {
         let was_sealed = self.vault.is_sealed();
+        if let Some(hooks) = self.hooks() {
+            hooks.sealed();
+        }
         self.vault.seal();
         self.lock_seal().reset();
         self.metrics.set_loaded(0);
@@ -433,7 +516,7 @@ impl Daemon {
             } else {
                 Vec::new()
             },
-            rotation: None,
+            rotation: self.hooks().and_then(|h| h.status()),
         })
     }
 
@@ -457,6 +540,9 @@ impl Daemon {
         )
         .await?;
         tracing::info!(principal = %principal.name, write_version = %keyring.write_version(), "keyring handed over");
+        if let Some(hooks) = self.hooks() {
+            hooks.keyring_fetched(&principal.name).await;
+        }
         Ok(keyring.to_handover())
     }
 

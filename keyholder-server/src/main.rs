@@ -76,7 +76,7 @@ async fn dispatch(command: Command) -> Result<(), String> {
     match command {
         Command::Run { config } => {
             let config = Config::load(&config).map_err(|e| e.to_string())?;
-            keyholder_server::run::run(config, axum::Router::new())
+            keyholder_server::run::run(config)
                 .await
                 .map_err(|e| e.to_string())
         }

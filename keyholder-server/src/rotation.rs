@@ -1,7 +1,12 @@
-//! Key rotation: the persisted state machine ([`machine`]) and, around it,
-//! the daemon's driver that performs the checks needing I/O and runs the
-//! re-encryption worker for the current [`Job`].
+//! Key rotation: the persisted state machine ([`machine`]), the driver that
+//! performs each step's I/O around it ([`driver`]), the re-encryption worker
+//! for the current [`Job`] and the `/v1/rotation/*` handlers.
 
+pub mod api;
+mod driver;
 mod machine;
+mod worker;
 
+pub use driver::{RotationError, Rotator};
 pub use machine::{Job, RETIRE_APPROVALS, RetireOutcome, Rotation, TransitionError};
+pub use worker::engine_target;

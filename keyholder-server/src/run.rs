@@ -6,8 +6,6 @@
 
 use std::sync::Arc;
 
-use axum::Router;
-
 use crate::config::Config;
 use crate::daemon::{Daemon, DaemonError};
 use crate::hygiene::{self, HygieneError};
@@ -28,15 +26,20 @@ pub enum RunError {
     /// A listener could not be bound.
     #[error("{0}")]
     Bind(std::io::Error),
+    /// The rotation state could not be loaded.
+    #[error(transparent)]
+    Rotation(#[from] crate::rotation::RotationError),
 }
 
 /// Runs the daemon with `extra` routes (the rotation's) until a shutdown signal.
-pub async fn run(config: Config, extra: Router<Arc<Daemon>>) -> Result<(), RunError> {
+pub async fn run(config: Config) -> Result<(), RunError> {
     hygiene::harden()?;
     let tls = tls::server_config(&config.listen)?;
     let listen = config.listen.clone();
     let principals: Arc<[_]> = config.principals.clone().into();
     let daemon = Daemon::open(config).await?;
+    let rotator = crate::rotation::Rotator::start(Arc::clone(&daemon)).await?;
+    let extra = crate::rotation::api::routes(Arc::clone(&rotator));
     let listener = transport::bind(listen.addr).await.map_err(RunError::Bind)?;
     let bound = listener.local_addr().map_err(RunError::Bind)?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -64,6 +67,7 @@ pub async fn run(config: Config, extra: Router<Arc<Daemon>>) -> Result<(), RunEr
     )
     .await;
     let _ = stop_tx.send(true);
+    rotator.stop_worker().await;
     daemon.vault.seal();
     daemon
         .audit(crate::audit::DAEMON, "stopped", serde_json::json!({}))

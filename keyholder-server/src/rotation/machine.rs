@@ -452,7 +452,6 @@ impl Rotation {
         self.retire_approvals.insert(operator.to_owned());
         if self.retire_approvals.len() >= RETIRE_APPROVALS {
             self.state = RotationState::Retired;
-            self.current = self.next_version();
             return Ok(RetireOutcome::Retired);
         }
         Ok(RetireOutcome::Approved {

@@ -1,0 +1,176 @@
+//! The `/v1/rotation/*` handlers: role check, strict body, one driver call.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use crypto_core::KeyVersion;
+use keyholder_api::{
+    PrepareRequest, RetirePlan, RetireRequest, RollbackPlan, RollbackRequest, RotationStatus,
+    ShareEnvelope, ThrottleRequest, UnsealRequest, UnsealResponse,
+};
+use serde::Deserialize;
+
+use super::driver::{RotationError, Rotator};
+use crate::api::{ApiFailure, AppState, Authenticated, require};
+use crate::principal::Role;
+
+type Rot = Extension<Arc<Rotator>>;
+
+impl From<RotationError> for ApiFailure {
+    fn from(e: RotationError) -> Self {
+        match e {
+            RotationError::Daemon(e) => e.into(),
+            RotationError::Store(e) => crate::daemon::DaemonError::Store(e).into(),
+            RotationError::Transition(e) => {
+                ApiFailure::new(StatusCode::CONFLICT, "wrong_state", e.to_string())
+            }
+            RotationError::Refused(message) => {
+                ApiFailure::new(StatusCode::CONFLICT, "refused", message)
+            }
+            RotationError::Worker(message) => {
+                tracing::error!(error = %message, "rotation step failed");
+                ApiFailure::new(StatusCode::INTERNAL_SERVER_ERROR, "worker", message)
+            }
+        }
+    }
+}
+
+fn body<T: serde::de::DeserializeOwned>(bytes: &Bytes) -> Result<T, ApiFailure> {
+    keyholder_api::from_json(bytes).map_err(ApiFailure::bad_body)
+}
+
+async fn prepare(
+    Extension(rot): Rot,
+    Authenticated(caller): Authenticated,
+    bytes: Bytes,
+) -> Result<Json<RotationStatus>, ApiFailure> {
+    require(&caller, &[Role::Operator])?;
+    let request: PrepareRequest = body(&bytes)?;
+    Ok(Json(rot.prepare(&caller, request.version).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ShareQuery {
+    version: String,
+}
+
+async fn share(
+    Extension(rot): Rot,
+    Authenticated(caller): Authenticated,
+    query: Result<Query<ShareQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<ShareEnvelope>, ApiFailure> {
+    require(&caller, &[Role::Keyholder])?;
+    let Query(query) = query
+        .map_err(|_| ApiFailure::bad_body("the query must be exactly `?version=N`".to_owned()))?;
+    let version: KeyVersion = query
+        .version
+        .parse()
+        .map_err(|e: crypto_core::Error| ApiFailure::bad_body(e.to_string()))?;
+    Ok(Json(rot.share_for(&caller, version).await?))
+}
+
+async fn verify(
+    Extension(rot): Rot,
+    Authenticated(caller): Authenticated,
+    bytes: Bytes,
+) -> Result<Json<UnsealResponse>, ApiFailure> {
+    require(&caller, &[Role::Keyholder])?;
+    let request: UnsealRequest = body(&bytes)?;
+    drop(bytes);
+    Ok(Json(rot.verify_share(&caller, &request.shares).await?))
+}
+
+async fn activate(
+    Extension(rot): Rot,
+    Authenticated(caller): Authenticated,
+) -> Result<Json<RotationStatus>, ApiFailure> {
+    require(&caller, &[Role::Operator])?;
+    Ok(Json(rot.activate(&caller).await?))
+}
+
+async fn switch(
+    Extension(rot): Rot,
+    Authenticated(caller): Authenticated,
+) -> Result<Json<RotationStatus>, ApiFailure> {
+    require(&caller, &[Role::Operator])?;
+    Ok(Json(rot.switch(&caller).await?))
+}
+
+async fn pause(
+    Extension(rot): Rot,
+    Authenticated(caller): Authenticated,
+) -> Result<Json<RotationStatus>, ApiFailure> {
+    require(&caller, &[Role::Operator])?;
+    Ok(Json(rot.set_paused(&caller, true).await?))
+}
+
+async fn resume(
+    Extension(rot): Rot,
+    Authenticated(caller): Authenticated,
+) -> Result<Json<RotationStatus>, ApiFailure> {
+    require(&caller, &[Role::Operator])?;
+    Ok(Json(rot.set_paused(&caller, false).await?))
+}
+
+async fn throttle(
+    Extension(rot): Rot,
+    Authenticated(caller): Authenticated,
+    bytes: Bytes,
+) -> Result<Json<RotationStatus>, ApiFailure> {
+    require(&caller, &[Role::Operator])?;
+    let request: ThrottleRequest = body(&bytes)?;
+    Ok(Json(rot.throttle(&caller, &request).await?))
+}
+
+async fn retire(
+    Extension(rot): Rot,
+    Authenticated(caller): Authenticated,
+    bytes: Bytes,
+) -> Result<Json<RetirePlan>, ApiFailure> {
+    require(&caller, &[Role::Operator])?;
+    let request: RetireRequest = body(&bytes)?;
+    Ok(Json(
+        rot.retire(&caller, request.version, request.execute)
+            .await?,
+    ))
+}
+
+async fn rollback(
+    Extension(rot): Rot,
+    Authenticated(caller): Authenticated,
+    bytes: Bytes,
+) -> Result<Json<RollbackPlan>, ApiFailure> {
+    require(&caller, &[Role::Operator])?;
+    let request: RollbackRequest = body(&bytes)?;
+    Ok(Json(rot.rollback(&caller, request.execute).await?))
+}
+
+async fn status(
+    Extension(rot): Rot,
+    State(_): State<AppState>,
+    Authenticated(_): Authenticated,
+) -> Json<RotationStatus> {
+    Json(rot.status())
+}
+
+/// The rotation routes, with the driver as a request extension.
+pub fn routes(rotator: Arc<Rotator>) -> Router<AppState> {
+    Router::new()
+        .route("/v1/rotation", get(status))
+        .route("/v1/rotation/prepare", post(prepare))
+        .route("/v1/rotation/share", get(share))
+        .route("/v1/rotation/verify", post(verify))
+        .route("/v1/rotation/activate", post(activate))
+        .route("/v1/rotation/switch", post(switch))
+        .route("/v1/rotation/pause", post(pause))
+        .route("/v1/rotation/resume", post(resume))
+        .route("/v1/rotation/throttle", post(throttle))
+        .route("/v1/rotation/retire", post(retire))
+        .route("/v1/rotation/rollback", post(rollback))
+        .layer(Extension(rotator))
+}

@@ -1,0 +1,795 @@
+//! The rotation driver: the [`Rotation`] machine plus the I/O around it.
+//!
+//! Owns the order of every rotation step: check the machine allows it, do
+//! the I/O it depends on (deal the new key, prove keys on sample records,
+//! scan the targets), then persist the new machine state together with its
+//! audit entry and version states in one store transaction, and only then
+//! republish the keyring. A failed step leaves the last good state.
+//!
+//! It runs the re-encryption worker for the machine's current [`Job`] and
+//! resumes it after a restart once the daemon is unsealed. It never holds a
+//! key beyond what the vault holds: the worker gets the vault's keyring, and
+//! sealing aborts it.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, RwLock};
+
+use crypto_core::{Key, KeyVersion, Share};
+use keyholder_api::{
+    RetirePlan, RollbackPlan, RotationState, RotationStatus, ShareEnvelope, ShareLine,
+    ShareOutcome, ThrottleRequest, UnsealResponse, VersionState,
+};
+use keyholder_reencrypt::{ControlHandle, Progress, Throttle};
+use serde_json::json;
+use tokio::sync::watch;
+
+use super::worker;
+use super::{Job, RetireOutcome, Rotation, TransitionError};
+use crate::audit;
+use crate::daemon::{Daemon, DaemonError};
+use crate::principal::Principal;
+use crate::store::{StoreError, Transition};
+use crate::vault::KeyringPlan;
+
+/// Why a rotation step was refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RotationError {
+    /// The machine does not allow the step now.
+    #[error(transparent)]
+    Transition(#[from] TransitionError),
+    /// The daemon failed (sealed, store, verification).
+    #[error(transparent)]
+    Daemon(#[from] DaemonError),
+    /// The state store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Something the operator can fix: a missing key, a share to resubmit.
+    #[error("{0}")]
+    Refused(String),
+    /// A data store or the worker failed.
+    #[error("{0}")]
+    Worker(String),
+}
+
+impl From<crate::init::InitError> for RotationError {
+    fn from(e: crate::init::InitError) -> Self {
+        Self::Refused(e.to_string())
+    }
+}
+
+struct Running {
+    control: ControlHandle,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// The daemon's rotation: one per daemon.
+pub struct Rotator {
+    daemon: Arc<Daemon>,
+    /// Serialises every step; held across the step's I/O.
+    machine: tokio::sync::Mutex<Rotation>,
+    /// A copy for readers that must not wait on a step (status).
+    snapshot: RwLock<Rotation>,
+    throttle: Mutex<Throttle>,
+    running: Mutex<Option<Running>>,
+    progress: Mutex<BTreeMap<String, watch::Receiver<Progress>>>,
+    last_error: Mutex<Option<String>>,
+    /// Verified new shares, kept (in memory only) to rebuild the new key when
+    /// the daemon restarted after `prepare` and lost it.
+    new_shares: Mutex<BTreeMap<u8, Share>>,
+}
+
+/// One persisted step: who, what, and what changes with it.
+struct Step<'a> {
+    actor: &'a str,
+    action: &'static str,
+    detail: serde_json::Value,
+    version_states: Vec<(KeyVersion, VersionState)>,
+    new_version: Option<crate::store::NewVersion>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn plan_of(rotation: &Rotation) -> KeyringPlan {
+    KeyringPlan {
+        live: rotation.live_versions().into_iter().collect(),
+        write: rotation.write_version(),
+    }
+}
+
+impl Rotator {
+    /// Loads the persisted rotation (or starts one at the single active
+    /// version), gives the daemon its keyring plan and hooks itself in.
+    pub async fn start(daemon: Arc<Daemon>) -> Result<Arc<Self>, RotationError> {
+        let rotation = match daemon.store.load_rotation().await? {
+            Some(text) => {
+                serde_json::from_str::<Rotation>(&text).map_err(|e| StoreError::Corrupt {
+                    what: format!("rotation state ({e})"),
+                })?
+            }
+            None => match daemon.plan() {
+                Some(plan) => Rotation::idle(plan.write),
+                // Not initialised: nothing to rotate; `prepare` will say so.
+                None => Rotation::idle(KeyVersion::new(1).expect("1 is a version")),
+            },
+        };
+        if daemon.plan().is_some() || daemon.store.load_rotation().await?.is_some() {
+            daemon.set_plan(plan_of(&rotation)).await?;
+        }
+        let throttle = daemon.config.reencrypt.throttle();
+        let rotator = Arc::new(Self {
+            daemon: Arc::clone(&daemon),
+            snapshot: RwLock::new(rotation.clone()),
+            machine: tokio::sync::Mutex::new(rotation.clone()),
+            throttle: Mutex::new(throttle),
+            running: Mutex::new(None),
+            progress: Mutex::new(BTreeMap::new()),
+            last_error: Mutex::new(None),
+            new_shares: Mutex::new(BTreeMap::new()),
+        });
+        let hooks: Arc<dyn crate::daemon::RotationHooks> = rotator.clone();
+        daemon.set_rotation_hooks(Arc::downgrade(&hooks));
+        tracing::info!(state = %rotation.state(), current = %rotation.current(), next = ?rotation.next().map(|v| v.to_string()), "rotation state loaded");
+        Ok(rotator)
+    }
+
+    /// The rotation as the machine has it now.
+    pub fn rotation(&self) -> Rotation {
+        self.snapshot
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Persists `next` with its audit entry and version states, then
+    /// publishes it (snapshot, keyring plan).
+    async fn commit(
+        &self,
+        machine: &mut Rotation,
+        next: Rotation,
+        step: Step<'_>,
+    ) -> Result<(), RotationError> {
+        let Step {
+            actor,
+            action,
+            detail,
+            version_states,
+            new_version,
+        } = step;
+        let json = serde_json::to_string(&next).expect("the rotation serialises");
+        let mut transition = Transition::audit_only(audit::draft(actor, action, detail));
+        transition.rotation = Some(json);
+        transition.version_states = version_states;
+        transition.new_version = new_version;
+        self.daemon.store.apply(transition).await?;
+        tracing::info!(
+            actor,
+            action,
+            state = %next.state(),
+            current = %next.current(),
+            write_version = %next.write_version(),
+            "rotation transition"
+        );
+        *machine = next.clone();
+        *self.snapshot.write().unwrap_or_else(|p| p.into_inner()) = next.clone();
+        if self.daemon.plan().is_some() {
+            self.daemon.set_plan(plan_of(&next)).await?;
+        }
+        Ok(())
+    }
+
+    fn require_unsealed(&self) -> Result<(), RotationError> {
+        if self.daemon.vault.is_sealed() {
+            return Err(DaemonError::Sealed.into());
+        }
+        Ok(())
+    }
+
+    /// `rotate prepare`: make, split and deal the new key.
+    pub async fn prepare(
+        &self,
+        operator: &Principal,
+        requested: Option<KeyVersion>,
+    ) -> Result<RotationStatus, RotationError> {
+        self.require_unsealed()?;
+        let mut machine = self.machine.lock().await;
+        let mut next = machine.clone();
+        let version = next.prepare(requested)?;
+        let known = self.daemon.store.versions().await?;
+        if let Some(highest) = known.iter().map(|r| r.version).max()
+            && version <= highest
+        {
+            return Err(RotationError::Refused(format!(
+                "{version} was made before (the highest version ever made is {highest}); a version number is never reused, prepare {} or above",
+                highest.next().map(|v| v.to_string()).unwrap_or_default()
+            )));
+        }
+        let config = Arc::clone(&self.daemon.config);
+        let (key, new_version) = tokio::task::spawn_blocking(move || {
+            crate::init::make_version(&config, version, VersionState::Prepared)
+        })
+        .await
+        .map_err(|e| RotationError::Worker(format!("key generation task failed: {e}")))??;
+        let kcv = new_version.record.kcv.prefix();
+        self.commit(&mut machine, next, Step { actor: &operator.name, action: "rotation_prepared", detail: json!({"version": version.number(), "kcv_prefix": kcv,
+                   "shares": new_version.envelopes.iter().map(|e| json!({"index": e.index, "principal": e.principal})).collect::<Vec<_>>()}), version_states: Vec::new(), new_version: Some(new_version) })
+        .await?;
+        self.daemon.vault.hold_pending(version, key);
+        lock(&self.new_shares).clear();
+        Ok(self.status_of(&machine))
+    }
+
+    /// `share fetch`: the caller's own new share, still age-encrypted.
+    pub async fn share_for(
+        &self,
+        keyholder: &Principal,
+        version: KeyVersion,
+    ) -> Result<ShareEnvelope, RotationError> {
+        let envelope = self
+            .daemon
+            .store
+            .share_envelope(version, &keyholder.name)
+            .await?
+            .ok_or_else(|| {
+                RotationError::Refused(format!(
+                    "no share of {version} was dealt to {}; check the version (`keyholder status`)",
+                    keyholder.name
+                ))
+            })?;
+        self.daemon
+            .audit(
+                &keyholder.name,
+                "share_fetched",
+                json!({"version": version.number(), "index": envelope.index}),
+            )
+            .await?;
+        Ok(ShareEnvelope {
+            keyring: self.daemon.config.keyring.clone(),
+            version,
+            index: envelope.index,
+            age_armored: envelope.age_armored,
+        })
+    }
+
+    /// `share verify`: a keyholder proves they can decrypt their new share by
+    /// sending it back. Checked against its fingerprint and recipient.
+    pub async fn verify_share(
+        &self,
+        keyholder: &Principal,
+        lines: &[ShareLine],
+    ) -> Result<UnsealResponse, RotationError> {
+        let mut machine = self.machine.lock().await;
+        let Some(version) = machine.next() else {
+            return Err(TransitionError::WrongState {
+                command: "share verify",
+                needed: "prepared or shares_verified",
+                actual: machine.state(),
+                hint: "; no new version is waiting for its keyholders",
+            }
+            .into());
+        };
+        if !matches!(
+            machine.state(),
+            RotationState::Prepared | RotationState::SharesVerified
+        ) {
+            return Err(TransitionError::WrongState {
+                command: "share verify",
+                needed: "prepared or shares_verified",
+                actual: machine.state(),
+                hint: "; the new version's shares were verified already",
+            }
+            .into());
+        }
+        let record = self
+            .daemon
+            .store
+            .versions()
+            .await?
+            .into_iter()
+            .find(|r| r.version == version)
+            .ok_or(StoreError::UnknownVersion { version })?;
+        let mut outcomes = Vec::new();
+        let mut accepted_any = false;
+        for (position, line) in lines.iter().enumerate() {
+            let outcome = |version, index, reason: Option<String>| ShareOutcome {
+                position: position + 1,
+                version,
+                index,
+                accepted: reason.is_none(),
+                reason,
+            };
+            let share = match Share::parse(line.expose()) {
+                Ok(share) => share,
+                Err(_) => {
+                    outcomes.push(outcome(None, None, Some("the share line does not parse (a copy error?); fetch it again with `keyholder share fetch`".into())));
+                    continue;
+                }
+            };
+            let index = share.index();
+            let refuse = match share.check_belongs_to(
+                &self.daemon.config.keyring,
+                version,
+                record.set,
+            ) {
+                Err(e) => Some(e.to_string()),
+                Ok(()) => match record.dealt.get(&index) {
+                    None => Some(format!("index {index} was never dealt")),
+                    Some(dealt) if dealt.principal != keyholder.name => Some(format!(
+                        "index {index} of {version} was dealt to {}, not to {}",
+                        dealt.principal, keyholder.name
+                    )),
+                    Some(dealt) if !dealt.fingerprint.matches(&share) => Some(format!(
+                        "index {index} of {version} does not match the share that was dealt (corrupted or forged)"
+                    )),
+                    Some(_) => None,
+                },
+            };
+            self.daemon
+                .audit(
+                    &keyholder.name,
+                    if refuse.is_none() {
+                        "share_verified"
+                    } else {
+                        "share_verify_refused"
+                    },
+                    json!({"version": share.version().number(), "index": index, "reason": refuse}),
+                )
+                .await?;
+            if refuse.is_none() {
+                accepted_any = true;
+                lock(&self.new_shares).insert(index, share.clone());
+            }
+            outcomes.push(outcome(Some(share.version()), Some(index), refuse));
+        }
+        if accepted_any {
+            let mut next = machine.clone();
+            let reached = next.share_verified(&keyholder.name, self.daemon.config.threshold)?;
+            self.rebuild_new_key_if_lost(version, &record)?;
+            let states = if reached {
+                vec![(version, VersionState::SharesVerified)]
+            } else {
+                Vec::new()
+            };
+            let step = Step {
+                actor: &keyholder.name,
+                action: if reached {
+                    "rotation_shares_verified"
+                } else {
+                    "rotation_share_proven"
+                },
+                detail: json!({"version": version.number()}),
+                version_states: states,
+                new_version: None,
+            };
+            self.commit(&mut machine, next, step).await?;
+        }
+        Ok(UnsealResponse {
+            sealed: self.daemon.vault.is_sealed(),
+            outcomes,
+            progress: Vec::new(),
+            loaded: self.daemon.vault.held_versions(),
+        })
+    }
+
+    /// After a restart the new key is gone from memory; once `threshold`
+    /// verified shares are in, rebuild it (KCV-checked) and hold it again.
+    fn rebuild_new_key_if_lost(
+        &self,
+        version: KeyVersion,
+        record: &crate::store::VersionRecord,
+    ) -> Result<(), RotationError> {
+        if self.daemon.vault.is_sealed() || self.daemon.vault.key(version).is_some() {
+            return Ok(());
+        }
+        let shares: Vec<Share> = lock(&self.new_shares)
+            .values()
+            .take(usize::from(record.threshold))
+            .cloned()
+            .collect();
+        if shares.len() < usize::from(record.threshold) {
+            return Ok(());
+        }
+        let key = crypto_core::combine(&shares, &record.kcv)
+            .map_err(|e| RotationError::Refused(format!("rebuilding {version}: {e}")))?;
+        self.daemon.vault.hold_pending(version, key);
+        tracing::info!(%version, kcv = %record.kcv.prefix(), "new key rebuilt from verified shares");
+        Ok(())
+    }
+
+    /// `rotate activate`: SharesVerified -> DualRead (consumers get both keys).
+    pub async fn activate(&self, operator: &Principal) -> Result<RotationStatus, RotationError> {
+        self.require_unsealed()?;
+        let mut machine = self.machine.lock().await;
+        let mut next = machine.clone();
+        next.activate()?;
+        let version = next.next().expect("dual read has a next version");
+        if self.daemon.vault.key(version).is_none() {
+            return Err(RotationError::Refused(format!(
+                "{version}'s key is not held (the daemon restarted since prepare); its keyholders must run `keyholder share verify` again"
+            )));
+        }
+        let detail = json!({"versions": next.live_versions().iter().map(|v| v.number()).collect::<Vec<_>>(), "write_version": next.write_version().number(), "new": version.number()});
+        let step = Step {
+            actor: &operator.name,
+            action: "rotation_activated",
+            detail,
+            version_states: vec![(version, VersionState::Active)],
+            new_version: None,
+        };
+        self.commit(&mut machine, next, step).await?;
+        Ok(self.status_of(&machine))
+    }
+
+    /// A consumer fetched the keyring: its acknowledgement in DualRead.
+    pub async fn acknowledge(&self, consumer: &str) -> Result<(), RotationError> {
+        let mut machine = self.machine.lock().await;
+        if machine.state() != RotationState::DualRead
+            || !self
+                .daemon
+                .config
+                .reencrypt
+                .consumers
+                .iter()
+                .any(|c| c == consumer)
+            || machine.acknowledged_by().any(|c| c == consumer)
+        {
+            return Ok(());
+        }
+        let mut next = machine.clone();
+        next.acknowledge(consumer);
+        let detail = json!({"version": next.next().map(|v| v.number())});
+        self.commit(
+            &mut machine,
+            next,
+            Step {
+                actor: consumer,
+                action: "rotation_consumer_acknowledged",
+                detail,
+                version_states: Vec::new(),
+                new_version: None,
+            },
+        )
+        .await
+    }
+
+    /// `rotate switch`: prove both keys on sample records, then write the new
+    /// version and start re-encrypting.
+    pub async fn switch(
+        self: &Arc<Self>,
+        operator: &Principal,
+    ) -> Result<RotationStatus, RotationError> {
+        self.require_unsealed()?;
+        let mut machine = self.machine.lock().await;
+        let consumers = self.daemon.config.reencrypt.consumers.clone();
+        machine.check_switch(&consumers)?;
+        let mut keys = BTreeMap::new();
+        for version in machine.live_versions() {
+            let key: Key = self.daemon.vault.key(version).ok_or_else(|| {
+                RotationError::Refused(format!("{version}'s key is not held; unseal first"))
+            })?;
+            keys.insert(version, key);
+        }
+        let report = self.daemon.verify_keys(keys).await?;
+        let mut next = machine.clone();
+        next.switch(&consumers)?;
+        let job = next.job().expect("reencrypting has a job");
+        worker::reset_checkpoints(&self.daemon, job).await?;
+        self.commit(&mut machine, next, Step { actor: &operator.name, action: "rotation_switched", detail: json!({"write_version": job.to.number(), "from": job.from.number(),
+                   "sampled": report.iter().map(|(v, n)| json!({"version": v.number(), "records": n})).collect::<Vec<_>>()}), version_states: Vec::new(), new_version: None })
+        .await?;
+        drop(machine);
+        self.start_worker();
+        Ok(self.status())
+    }
+
+    /// `rotate pause` / `rotate resume`.
+    pub async fn set_paused(
+        self: &Arc<Self>,
+        operator: &Principal,
+        paused: bool,
+    ) -> Result<RotationStatus, RotationError> {
+        let mut machine = self.machine.lock().await;
+        let mut next = machine.clone();
+        next.set_paused(paused)?;
+        let step = Step {
+            actor: &operator.name,
+            action: if paused {
+                "rotation_paused"
+            } else {
+                "rotation_resumed"
+            },
+            detail: json!({}),
+            version_states: Vec::new(),
+            new_version: None,
+        };
+        self.commit(&mut machine, next, step).await?;
+        drop(machine);
+        if let Some(running) = lock(&self.running).as_ref() {
+            if paused {
+                running.control.pause();
+            } else {
+                running.control.resume();
+            }
+        }
+        if !paused {
+            *lock(&self.last_error) = None;
+            self.start_worker();
+        }
+        Ok(self.status())
+    }
+
+    /// `rotate throttle`: changes apply from the worker's next batch.
+    pub async fn throttle(
+        &self,
+        operator: &Principal,
+        request: &ThrottleRequest,
+    ) -> Result<RotationStatus, RotationError> {
+        let mut throttle = lock(&self.throttle).clone();
+        if let Some(rate) = request.rows_per_sec {
+            throttle.rows_per_sec = rate;
+        }
+        if let Some(size) = request.batch_size {
+            throttle.batch_size = size;
+        }
+        throttle
+            .validate()
+            .map_err(|e| RotationError::Refused(e.to_string()))?;
+        if let Some(running) = lock(&self.running).as_ref() {
+            running
+                .control
+                .set_throttle(throttle.clone())
+                .map_err(|e| RotationError::Refused(e.to_string()))?;
+        }
+        *lock(&self.throttle) = throttle.clone();
+        self.daemon
+            .audit(
+                &operator.name,
+                "rotation_throttled",
+                json!({"rows_per_sec": throttle.rows_per_sec, "batch_size": throttle.batch_size}),
+            )
+            .await?;
+        Ok(self.status())
+    }
+
+    /// `rotate retire VERSION [--execute]`: after a fresh full scan.
+    pub async fn retire(
+        &self,
+        operator: &Principal,
+        version: KeyVersion,
+        execute: bool,
+    ) -> Result<RetirePlan, RotationError> {
+        let mut machine = self.machine.lock().await;
+        let remaining = worker::count_at(&self.daemon, version).await?;
+        let mut next = machine.clone();
+        let outcome = next.retire(version, &operator.name, remaining, execute)?;
+        let steps = vec![
+            format!("a full scan found {remaining} record(s) at {version}"),
+            format!("two distinct operators run `keyholder rotate retire {version} --execute`"),
+            format!(
+                "{version} leaves the keyring handed to consumers; its key is dropped from memory"
+            ),
+            format!("{version}'s KCV, fingerprints and audit history stay in the state store"),
+        ];
+        let executed = outcome == RetireOutcome::Retired;
+        if outcome != RetireOutcome::Planned {
+            let states = if executed {
+                vec![(version, VersionState::Retired)]
+            } else {
+                Vec::new()
+            };
+            let step = Step {
+                actor: &operator.name,
+                action: if executed {
+                    "version_retired"
+                } else {
+                    "retire_approved"
+                },
+                detail: json!({"version": version.number(), "records_remaining": remaining}),
+                version_states: states,
+                new_version: None,
+            };
+            self.commit(&mut machine, next, step).await?;
+            if executed {
+                self.daemon.vault.forget(version);
+            }
+        }
+        Ok(RetirePlan {
+            version,
+            records_remaining: remaining,
+            approvals: machine.retire_approvals().map(str::to_owned).collect(),
+            approvals_needed: super::RETIRE_APPROVALS as u8,
+            executed,
+            steps,
+        })
+    }
+
+    /// `rotate rollback [--execute]`.
+    pub async fn rollback(
+        self: &Arc<Self>,
+        operator: &Principal,
+        execute: bool,
+    ) -> Result<RollbackPlan, RotationError> {
+        let mut machine = self.machine.lock().await;
+        let (from, to) = machine.check_rollback()?;
+        let moves = machine.rollback_moves_records();
+        let records_to_move = if moves {
+            worker::count_at(&self.daemon, from).await?
+        } else {
+            0
+        };
+        let mut steps = vec![format!("{to} writes again")];
+        if moves {
+            steps.push(format!(
+                "the worker moves {records_to_move} record(s) from {from} back to {to}, with the same checks as the forward path"
+            ));
+        }
+        steps.push(format!("{from} leaves the keyring and its key is dropped"));
+        if execute {
+            if moves {
+                self.require_unsealed()?;
+            }
+            self.stop_worker().await;
+            let mut next = machine.clone();
+            next.rollback()?;
+            let states = if next.state() == RotationState::Idle {
+                vec![(from, VersionState::Retired)]
+            } else {
+                Vec::new()
+            };
+            if let Some(job) = next.job() {
+                worker::reset_checkpoints(&self.daemon, job).await?;
+            }
+            self.commit(&mut machine, next, Step { actor: &operator.name, action: "rotation_rolled_back", detail: json!({"from": from.number(), "to": to.number(), "records_to_move": records_to_move}), version_states: states, new_version: None })
+            .await?;
+            if machine.state() == RotationState::Idle {
+                self.daemon.vault.forget(from);
+            }
+            drop(machine);
+            self.start_worker();
+        }
+        Ok(RollbackPlan {
+            from,
+            to,
+            records_to_move,
+            executed: execute,
+            steps,
+        })
+    }
+
+    /// The worker finished a full scan with nothing left at `job.from`.
+    pub(super) async fn job_drained(&self, job: Job) -> Result<(), RotationError> {
+        let mut machine = self.machine.lock().await;
+        if machine.job() != Some(job) {
+            return Ok(());
+        }
+        let mut next = machine.clone();
+        next.drained()?;
+        let rolled_back = next.state() == RotationState::Idle;
+        let states = if rolled_back {
+            vec![(job.from, VersionState::Retired)]
+        } else {
+            Vec::new()
+        };
+        let step = Step {
+            actor: audit::DAEMON,
+            action: if rolled_back {
+                "rollback_drained"
+            } else {
+                "rotation_drained"
+            },
+            detail: json!({"from": job.from.number(), "to": job.to.number()}),
+            version_states: states,
+            new_version: None,
+        };
+        self.commit(&mut machine, next, step).await?;
+        if rolled_back {
+            self.daemon.vault.forget(job.from);
+        }
+        Ok(())
+    }
+
+    /// Starts the worker for the machine's job, unless one runs, the job is
+    /// paused or the daemon is sealed.
+    pub fn start_worker(self: &Arc<Self>) {
+        let rotation = self.rotation();
+        let Some(job) = rotation.job() else { return };
+        if self.daemon.vault.is_sealed() {
+            return;
+        }
+        let mut running = lock(&self.running);
+        if running.as_ref().is_some_and(|r| !r.task.is_finished()) {
+            return;
+        }
+        let throttle = lock(&self.throttle).clone();
+        let control = ControlHandle::new(throttle).expect("the throttle was validated");
+        if rotation.paused() {
+            control.pause();
+        }
+        let task = tokio::spawn(worker::run(Arc::clone(self), job, control.clone()));
+        *running = Some(Running { control, task });
+    }
+
+    /// Stops the worker after its batch in flight; its checkpoint stays.
+    pub async fn stop_worker(&self) {
+        let running = lock(&self.running).take();
+        if let Some(running) = running {
+            running.control.abort();
+            let _ = running.task.await;
+        }
+    }
+
+    pub(super) fn set_progress(&self, target: &str, progress: watch::Receiver<Progress>) {
+        lock(&self.progress).insert(target.to_owned(), progress);
+    }
+
+    pub(super) fn set_error(&self, error: Option<String>) {
+        *lock(&self.last_error) = error;
+    }
+
+    pub(super) fn daemon(&self) -> &Arc<Daemon> {
+        &self.daemon
+    }
+
+    /// The rotation part of the status document.
+    pub fn status(&self) -> RotationStatus {
+        self.status_of(&self.rotation())
+    }
+
+    fn status_of(&self, rotation: &Rotation) -> RotationStatus {
+        let job = rotation.job();
+        let (mut done, mut remaining, mut conflicts, mut rate) = (0, 0, 0, 0.0);
+        if let Some(job) = job {
+            for progress in lock(&self.progress).values() {
+                let p = progress.borrow();
+                if p.from == job.from && p.to == job.to {
+                    done += p.records_done;
+                    remaining += p.records_remaining;
+                    conflicts += p.conflicts;
+                    rate += p.rows_per_sec;
+                }
+            }
+        }
+        let throttle = lock(&self.throttle).clone();
+        RotationStatus {
+            state: rotation.state(),
+            from: (rotation.state() != RotationState::Idle).then(|| rotation.current()),
+            to: rotation.next(),
+            rows_done: done,
+            rows_remaining: remaining,
+            conflicts,
+            rows_per_sec: rate,
+            eta_seconds: (rate > 0.0).then(|| (remaining as f64 / rate).ceil() as u64),
+            paused: rotation.paused(),
+            verified_by: rotation.verified_by().map(str::to_owned).collect(),
+            acknowledged_by: rotation.acknowledged_by().map(str::to_owned).collect(),
+            waiting_for: rotation.waiting_for(&self.daemon.config.reencrypt.consumers),
+            retire_approvals: rotation.retire_approvals().map(str::to_owned).collect(),
+            rows_per_sec_limit: throttle.rows_per_sec,
+            batch_size: throttle.batch_size,
+            last_error: lock(&self.last_error).clone(),
+        }
+    }
+}
+
+impl crate::daemon::RotationHooks for Rotator {
+    fn status(&self) -> Option<RotationStatus> {
+        Some(Rotator::status(self))
+    }
+
+    fn keyring_fetched<'a>(&'a self, consumer: &'a str) -> futures::future::BoxFuture<'a, ()> {
+        Box::pin(async move {
+            if let Err(e) = self.acknowledge(consumer).await {
+                tracing::error!(consumer, error = %e, "recording a consumer's acknowledgement failed");
+            }
+        })
+    }
+
+    fn unsealed(self: Arc<Self>) {
+        self.start_worker();
+    }
+
+    fn sealed(self: Arc<Self>) {
+        tokio::spawn(async move { self.stop_worker().await });
+    }
+}

@@ -1,0 +1,232 @@
+//! The daemon's side of re-encryption: runs the engine
+//! ([`keyholder_reencrypt`]) over every configured target for the rotation's
+//! current [`Job`], keeps its checkpoints in the state store, and reports a
+//! drained job back to the driver only after a fresh full scan of every
+//! target found no record left at the job's source version.
+//!
+//! It holds the vault's keyring only while a pass runs; sealing aborts it.
+
+use std::sync::Arc;
+
+use crypto_core::KeyVersion;
+use futures::FutureExt as _;
+use futures::future::BoxFuture;
+use keyholder_reencrypt::{
+    BoxError, Checkpoint, CheckpointStore, ControlHandle, PassOutcome, Reencryptor, Target,
+};
+use serde_json::json;
+
+use super::Job;
+use super::driver::{RotationError, Rotator};
+use crate::audit;
+use crate::config::{AadRule, TargetConfig};
+use crate::daemon::Daemon;
+use crate::store::StateStore;
+
+/// Checkpoints kept in the daemon's state store, one row per target and
+/// direction (`v9->v10`; a rollback is `v10->v9`).
+struct StateCheckpoints(Arc<dyn StateStore>);
+
+fn direction(from: KeyVersion, to: KeyVersion) -> String {
+    format!("{from}->{to}")
+}
+
+impl CheckpointStore for StateCheckpoints {
+    fn load<'a>(
+        &'a self,
+        target: &'a str,
+        from: KeyVersion,
+        to: KeyVersion,
+    ) -> BoxFuture<'a, Result<Option<Checkpoint>, BoxError>> {
+        async move {
+            match self.0.checkpoint(target, &direction(from, to)).await? {
+                None => Ok(None),
+                Some(text) => Ok(Some(serde_json::from_str(&text)?)),
+            }
+        }
+        .boxed()
+    }
+
+    fn save(&self, checkpoint: Checkpoint) -> BoxFuture<'_, Result<(), BoxError>> {
+        async move {
+            let text = serde_json::to_string(&checkpoint)?;
+            let key = direction(checkpoint.from, checkpoint.to);
+            self.0
+                .put_checkpoint(&checkpoint.target, &key, text)
+                .await?;
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn clear<'a>(
+        &'a self,
+        target: &'a str,
+        from: KeyVersion,
+        to: KeyVersion,
+    ) -> BoxFuture<'a, Result<(), BoxError>> {
+        async move {
+            let fresh = serde_json::to_string(&Checkpoint::start(target, from, to))?;
+            self.0
+                .put_checkpoint(target, &direction(from, to), fresh)
+                .await?;
+            Ok(())
+        }
+        .boxed()
+    }
+}
+
+/// The engine's form of a configured target.
+pub fn engine_target(target: &TargetConfig, prefix: &str) -> Result<Target, String> {
+    keyholder_reencrypt::TargetConfig {
+        name: target.name.clone(),
+        store: target.store.clone(),
+        table: target.table.clone(),
+        primary_key: target.primary_key.clone(),
+        columns: target.columns.clone(),
+        aad: match target.aad {
+            AadRule::None => keyholder_reencrypt::AadRule::None,
+            AadRule::Row => keyholder_reencrypt::AadRule::Row,
+        },
+    }
+    .validate(prefix)
+    .map_err(|e| e.to_string())
+}
+
+fn targets(daemon: &Daemon) -> Result<Vec<Target>, RotationError> {
+    daemon
+        .config
+        .targets
+        .iter()
+        .enumerate()
+        .map(|(i, t)| engine_target(t, &format!("targets[{i}]")))
+        .collect::<Result<_, _>>()
+        .map_err(RotationError::Worker)
+}
+
+/// Records at `version` in every target, by a full scan now.
+pub async fn count_at(daemon: &Daemon, version: KeyVersion) -> Result<u64, RotationError> {
+    let mut total = 0;
+    for target in targets(daemon)? {
+        let store = keyholder_reencrypt::open_store(&target)
+            .await
+            .map_err(|e| RotationError::Worker(e.to_string()))?;
+        let inventory = store
+            .inventory()
+            .await
+            .map_err(|e| RotationError::Worker(e.to_string()))?;
+        total += inventory.at(version);
+    }
+    Ok(total)
+}
+
+/// Starts the job's passes from the beginning (a new switch or rollback, not
+/// a resume after a restart).
+pub async fn reset_checkpoints(daemon: &Daemon, job: Job) -> Result<(), RotationError> {
+    let checkpoints = StateCheckpoints(Arc::clone(&daemon.store));
+    for target in targets(daemon)? {
+        checkpoints
+            .clear(target.name(), job.from, job.to)
+            .await
+            .map_err(|e| RotationError::Worker(e.to_string()))?;
+    }
+    Ok(())
+}
+
+/// Runs the job over every target, then tells the driver it drained.
+pub async fn run(rotator: Arc<Rotator>, job: Job, control: ControlHandle) {
+    let daemon = Arc::clone(rotator.daemon());
+    match passes(&rotator, &daemon, job, &control).await {
+        Ok(true) => {
+            rotator.set_error(None);
+            if let Err(e) = rotator.job_drained(job).await {
+                tracing::error!(error = %e, "recording the drained job failed");
+                rotator.set_error(Some(e.to_string()));
+            }
+        }
+        Ok(false) => {
+            tracing::info!(from = %job.from, to = %job.to, "re-encryption stopped; its checkpoint stays")
+        }
+        Err(e) => {
+            tracing::error!(from = %job.from, to = %job.to, error = %e, "re-encryption stopped on an error; fix it and run `keyholder rotate resume`");
+            let _ = daemon
+                .audit(
+                    audit::DAEMON,
+                    "reencrypt_failed",
+                    json!({"from": job.from.number(), "to": job.to.number(), "error": e.to_string()}),
+                )
+                .await;
+            rotator.set_error(Some(e.to_string()));
+        }
+    }
+}
+
+async fn passes(
+    rotator: &Rotator,
+    daemon: &Arc<Daemon>,
+    job: Job,
+    control: &ControlHandle,
+) -> Result<bool, RotationError> {
+    let keyring = daemon
+        .vault
+        .keyring()
+        .ok_or_else(|| RotationError::Worker("the daemon is sealed".to_owned()))?;
+    if keyring.write_version() != job.to {
+        return Err(RotationError::Worker(format!(
+            "the keyring writes {}, the job moves records to {}",
+            keyring.write_version(),
+            job.to
+        )));
+    }
+    let checkpoints: Arc<dyn CheckpointStore> =
+        Arc::new(StateCheckpoints(Arc::clone(&daemon.store)));
+    for target in targets(daemon)? {
+        let name = target.name().to_owned();
+        let store = keyholder_reencrypt::open_store(&target)
+            .await
+            .map_err(|e| RotationError::Worker(e.to_string()))?;
+        let pass = Reencryptor::new(
+            target,
+            store,
+            Arc::clone(&keyring),
+            job.from,
+            Arc::clone(&checkpoints),
+            control,
+        )
+        .map_err(|e| RotationError::Worker(e.to_string()))?;
+        rotator.set_progress(&name, pass.progress());
+        tracing::info!(target = %name, from = %job.from, to = %job.to, "re-encryption pass starting");
+        match pass
+            .run()
+            .await
+            .map_err(|e| RotationError::Worker(e.to_string()))?
+        {
+            PassOutcome::Aborted(_) => return Ok(false),
+            PassOutcome::Drained(report) => {
+                let moved = report.checkpoint.records_done;
+                let conflicts = report.checkpoint.conflicts;
+                tracing::info!(target = %name, moved, conflicts, "target drained");
+                daemon
+                    .audit(
+                        audit::DAEMON,
+                        "target_drained",
+                        json!({"target": name, "from": job.from.number(), "to": job.to.number(),
+                               "records_moved": moved, "conflicts": conflicts,
+                               "after": report.after.by_version().iter().map(|(v, n)| json!({"version": v.number(), "records": n})).collect::<Vec<_>>()}),
+                    )
+                    .await?;
+                let _ = daemon.store.add_encryptions(job.to, moved).await;
+            }
+        }
+    }
+    // The drained state rests on a fresh full scan of every target, not on
+    // the passes' own bookkeeping.
+    let left = count_at(daemon, job.from).await?;
+    if left > 0 {
+        return Err(RotationError::Worker(format!(
+            "a full scan still found {left} record(s) at {} after every pass; an application is still writing {}; check that every consumer refreshed its keyring, then `keyholder rotate resume`",
+            job.from, job.from
+        )));
+    }
+    Ok(true)
+}
