@@ -105,8 +105,9 @@ pub async fn fetch(client: &Client, wait: Duration) -> Result<Zeroizing<String>,
     }
 }
 
+/// Whole seconds, rounded up: "0s left" would read as "no time left".
 fn round(d: Duration) -> Duration {
-    Duration::from_secs(d.as_secs())
+    Duration::from_secs(d.as_secs() + u64::from(d.subsec_nanos() > 0))
 }
 
 /// Starts `command` with the hand-over on an inherited pipe, forwards SIGTERM
