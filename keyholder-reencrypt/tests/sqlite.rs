@@ -214,3 +214,94 @@ async fn replica_lag_over_the_limit_holds_every_write() {
     assert_eq!(report.after.at(fixture::v(9)), 0);
     assert!(!progress.borrow().waiting_for_replicas);
 }
+
+/// The worker of [`resumes_after_five_sigkills`], run in a child process (this
+/// test binary re-executed); it does nothing unless that test started it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "child process of resumes_after_five_sigkills"]
+async fn sigkill_child_worker() {
+    let (Ok(db), Ok(state)) = (
+        std::env::var("KH_SIGKILL_DB"),
+        std::env::var("KH_SIGKILL_STATE"),
+    ) else {
+        return;
+    };
+    let db = Db::Sqlite(db.into());
+    let checkpoints = Arc::new(SqliteCheckpoints::open(std::path::Path::new(&state)).unwrap());
+    let control = ControlHandle::new(Throttle {
+        batch_size: 100,
+        rows_per_sec: 4_000,
+        ..Throttle::default()
+    })
+    .unwrap();
+    fixture::run_pass(&db, 10, 9, checkpoints, &control)
+        .await
+        .unwrap();
+}
+
+/// The worker process is SIGKILLed five times at random points, restarted
+/// each time, and resumes from its checkpoint: same end state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resumes_after_five_sigkills() {
+    let (dir, db) = sqlite();
+    db.seed(6_000).await;
+    let (digest_before, versions_before) = db.digest().await;
+    let state = dir.path().join("state.db");
+    let checkpoints = Arc::new(SqliteCheckpoints::open(&state).unwrap());
+    let Db::Sqlite(path) = &db else {
+        unreachable!()
+    };
+    let mut last_batches = 0;
+    for round in 0..5 {
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--ignored",
+                "--exact",
+                "sigkill_child_worker",
+                "--nocapture",
+            ])
+            .env("KH_SIGKILL_DB", path)
+            .env("KH_SIGKILL_STATE", &state)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let kill_after = last_batches + rand::random_range(1..6);
+        loop {
+            let batches = checkpoints
+                .load("records", fixture::v(9), fixture::v(10))
+                .await
+                .unwrap()
+                .map_or(0, |checkpoint| checkpoint.batches);
+            if batches >= kill_after {
+                last_batches = batches;
+                break;
+            }
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "round {round}: the worker ended before it was killed"
+            );
+            tokio::time::sleep(Duration::from_millis(rand::random_range(1..15))).await;
+        }
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+    }
+    let control = fixture::throttle(500);
+    let outcome = fixture::run_pass(&db, 10, 9, checkpoints, &control)
+        .await
+        .unwrap();
+    let PassOutcome::Drained(report) = outcome else {
+        panic!("aborted")
+    };
+    assert!(report.checkpoint.batches > last_batches);
+    let (digest_after, versions_after) = db.digest().await;
+    assert_eq!(digest_after, digest_before);
+    assert_eq!(
+        versions_after,
+        [
+            (fixture::v(8), versions_before[&fixture::v(8)]),
+            (fixture::v(10), versions_before[&fixture::v(9)])
+        ]
+        .into()
+    );
+}
