@@ -68,7 +68,7 @@ impl World {
                 "--keyholders",
                 "alice,bob,carol",
                 "--operators",
-                "olga",
+                "olga,oscar",
                 "--databases",
                 "db1",
                 "--listen",
@@ -83,6 +83,7 @@ impl World {
             .arg(world.config())
             .arg("--out")
             .arg(world.shares())
+            .args(["--first-version", "v9"])
             .output()
             .unwrap();
         assert_ok(&out, "keyholderd init");
@@ -135,11 +136,31 @@ impl World {
         command
     }
 
+    fn stop(&mut self) {
+        if let Some(mut child) = self.daemon.take() {
+            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// `keyholder <args>` as `name`, which must succeed; its stdout.
+    fn ok(&self, name: &str, args: &[&str]) -> String {
+        let out = self.keyholder(name).args(args).output().unwrap();
+        assert_ok(&out, &format!("{name}: keyholder {}", args.join(" ")));
+        text(&out.stdout)
+    }
+
     fn unseal(&self, name: &str) -> Output {
         self.keyholder(name)
             .arg("unseal")
             .arg("--shares")
-            .arg(self.shares().join(format!("{name}.v1.age")))
+            .arg(self.shares().join(format!("{name}.v9.age")))
             .arg("--identity")
             .arg(self.pki().join(format!("{name}.age")))
             .output()
@@ -164,16 +185,7 @@ impl World {
 
 impl Drop for World {
     fn drop(&mut self) {
-        if let Some(mut child) = self.daemon.take() {
-            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.stop();
     }
 }
 
@@ -208,15 +220,15 @@ fn pki_init_to_unseal_hook_and_recover() {
     let alice = world.unseal("alice");
     assert_ok(&alice, "alice's unseal");
     let said = text(&alice.stdout);
-    assert!(said.contains("v1 1/2 (alice)"), "{said}");
+    assert!(said.contains("v9 1/2 (alice)"), "{said}");
     assert!(said.contains("still sealed"), "{said}");
 
     let bob = world.unseal("bob");
     assert_ok(&bob, "bob's unseal");
     let said = text(&bob.stdout);
-    assert!(said.contains("v1 2/2 rebuilt"), "{said}");
+    assert!(said.contains("v9 2/2 rebuilt"), "{said}");
     assert!(
-        said.contains("unsealed: keyring orders holds v1; write version v1"),
+        said.contains("unsealed: keyring orders holds v9; write version v9"),
         "{said}"
     );
 
@@ -229,7 +241,7 @@ fn pki_init_to_unseal_hook_and_recover() {
     let status: Status = serde_json::from_slice(&out.stdout).unwrap();
     assert!(!status.sealed);
     assert_eq!(status.keyring.as_str(), "orders");
-    assert_eq!(status.write_version, KeyVersion::new(1).ok());
+    assert_eq!(status.write_version, KeyVersion::new(9).ok());
     assert_eq!(status.versions.len(), 1);
     assert!(status.versions[0].loaded);
     let kcv_hex = status.versions[0].kcv.clone();
@@ -242,11 +254,11 @@ fn pki_init_to_unseal_hook_and_recover() {
         text(&hooked.stderr)
     );
     let ring = Keyring::from_handover_json(text(&hooked.stdout).trim()).unwrap();
-    assert_eq!(ring.write_version().number(), 1);
+    assert_eq!(ring.write_version().number(), 9);
 
     // The hook's child reads the keyring from its pipe and decrypts the
     // canary; it prints only OK.
-    let (record, aad) = world.canary(1);
+    let (record, aad) = world.canary(9);
     let out = world
         .keyholder("db1")
         .args(["hook", "--wait", "10s", "--exec", "--"])
@@ -269,12 +281,12 @@ fn pki_init_to_unseal_hook_and_recover() {
     );
 
     // Offline recovery from alice's and carol's share files.
-    let key_file = world.tmp.path().join("v1.key");
+    let key_file = world.tmp.path().join("v9.key");
     let out = Command::new(binary("keyholder"))
         .arg("recover")
         .arg("--shares")
-        .arg(world.shares().join("alice.v1.age"))
-        .arg(world.shares().join("carol.v1.age"))
+        .arg(world.shares().join("alice.v9.age"))
+        .arg(world.shares().join("carol.v9.age"))
         .arg("--identity")
         .arg(world.pki().join("alice.age"))
         .arg(world.pki().join("carol.age"))
@@ -284,7 +296,7 @@ fn pki_init_to_unseal_hook_and_recover() {
         .unwrap();
     assert_ok(&out, "recover");
     assert!(
-        text(&out.stdout).contains("rebuilt v1 of keyring orders from share indices 1, 3"),
+        text(&out.stdout).contains("rebuilt v9 of keyring orders from share indices 1, 3"),
         "{}",
         text(&out.stdout)
     );
@@ -295,12 +307,12 @@ fn pki_init_to_unseal_hook_and_recover() {
     assert!(kcv.matches(
         &key,
         &"orders".parse().unwrap(),
-        KeyVersion::new(1).unwrap()
+        KeyVersion::new(9).unwrap()
     ));
     let rebuilt = Keyring::new(
         "orders".parse().unwrap(),
-        KeyVersion::new(1).unwrap(),
-        [(KeyVersion::new(1).unwrap(), key)],
+        KeyVersion::new(9).unwrap(),
+        [(KeyVersion::new(9).unwrap(), key)],
     )
     .unwrap();
     rebuilt.decrypt(&record, aad.as_bytes()).unwrap();
@@ -383,14 +395,14 @@ fn a_share_of_another_keyholder_is_refused_by_index_with_exit_1() {
         .keyholder("alice")
         .arg("unseal")
         .arg("--shares")
-        .arg(world.shares().join("bob.v1.age"))
+        .arg(world.shares().join("bob.v9.age"))
         .arg("--identity")
         .arg(world.pki().join("bob.age"))
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
     assert!(
-        text(&out.stdout).contains("v1 index 2 from"),
+        text(&out.stdout).contains("v9 index 2 from"),
         "{}",
         text(&out.stdout)
     );
@@ -404,4 +416,117 @@ fn a_share_of_another_keyholder_is_refused_by_index_with_exit_1() {
         "{}",
         text(&out.stderr)
     );
+
+    // Still sealed: the hook gives up after --wait, saying what to do.
+    let out = world
+        .keyholder("db1")
+        .args(["hook", "--wait", "1s"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("keyholder hook: keyholderd is sealed at"),
+        "{err}"
+    );
+    assert!(
+        err.contains("keyholderd is sealed: ")
+            && err.contains("the keyholders must unseal it first (keyholder unseal); raise --wait"),
+        "{err}"
+    );
+    assert!(out.stdout.is_empty());
+}
+
+/// A whole rotation v9 -> v10 driven only through the CLI, with the
+/// Expensify regression in the middle: after a restart, each keyholder
+/// submits their v10 share file before their v9 one, and the daemon rebuilds
+/// both, in numeric order, writing the version the rotation state says.
+#[test]
+fn a_rotation_through_the_cli_survives_a_restart_with_shares_in_any_order() {
+    let mut world = World::new();
+    world.start();
+    for name in ["alice", "bob"] {
+        assert_ok(&world.unseal(name), "unseal");
+    }
+    let said = world.ok("olga", &["rotate", "prepare"]);
+    assert!(said.starts_with("rotation: prepared v9 -> v10"), "{said}");
+    for name in ["alice", "bob"] {
+        let share = world.shares().join(format!("{name}.v10.age"));
+        let identity = world.pki().join(format!("{name}.age"));
+        let (share, identity) = (share.to_str().unwrap(), identity.to_str().unwrap());
+        world.ok(
+            name,
+            &[
+                "share",
+                "fetch",
+                "--version",
+                "v10",
+                "--identity",
+                identity,
+                "--out",
+                share,
+            ],
+        );
+        let mode = fs::metadata(share).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let said = world.ok(
+            name,
+            &["share", "verify", "--shares", share, "--identity", identity],
+        );
+        assert!(said.contains("v10 index"), "{said}");
+    }
+
+    world.stop();
+    world.start();
+    for name in ["alice", "bob"] {
+        let out = world
+            .keyholder(name)
+            .arg("unseal")
+            .arg("--shares")
+            .arg(world.shares().join(format!("{name}.v10.age")))
+            .arg(world.shares().join(format!("{name}.v9.age")))
+            .arg("--identity")
+            .arg(world.pki().join(format!("{name}.age")))
+            .output()
+            .unwrap();
+        assert_ok(&out, "unseal after restart");
+        if name == "bob" {
+            let said = text(&out.stdout);
+            let v9 = said.find("v9 2/2 rebuilt").expect(&said);
+            let v10 = said.find("v10 2/2 rebuilt").expect(&said);
+            assert!(v9 < v10, "{said}");
+            assert!(
+                said.contains("unsealed: keyring orders holds v9, v10; write version v9"),
+                "{said}"
+            );
+        }
+    }
+
+    world.ok("olga", &["rotate", "activate"]);
+    let out = world
+        .keyholder("olga")
+        .args(["rotate", "switch"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "switch before db1 acknowledged");
+    assert!(text(&out.stderr).contains("db1"), "{}", text(&out.stderr));
+    world.ok("db1", &["hook", "--wait", "10s"]);
+    world.ok("olga", &["rotate", "switch"]);
+    let said = world.ok("olga", &["rotate", "status", "--watch"]);
+    assert!(said.contains("rotation: drained v9 -> v10"), "{said}");
+
+    let plan = world.ok("olga", &["rotate", "retire", "v9"]);
+    assert!(plan.contains("nothing changed"), "{plan}");
+    let once = world.ok("olga", &["rotate", "retire", "v9", "--execute"]);
+    assert!(once.contains("another operator must approve too"), "{once}");
+    let twice = world.ok("oscar", &["rotate", "retire", "v9", "--execute"]);
+    assert!(twice.starts_with("retire v9: done"), "{twice}");
+
+    let status: Status =
+        serde_json::from_str(&world.ok("olga", &["--output", "json", "status"])).unwrap();
+    assert_eq!(status.write_version, KeyVersion::new(10).ok());
+    let ring = world.ok("db1", &["hook", "--wait", "10s"]);
+    let ring = Keyring::from_handover_json(ring.trim()).unwrap();
+    let versions: Vec<u32> = ring.versions().map(KeyVersion::number).collect();
+    assert_eq!(versions, [10]);
 }
