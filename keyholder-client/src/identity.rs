@@ -34,7 +34,8 @@ impl Identities {
         for path in paths {
             let bytes = files::read_private(path)?;
             let text = if is_age_file(&bytes) {
-                decrypt_identity_file(path, &bytes, stdin_busy)?
+                let passphrase = read_passphrase(path, stdin_busy)?;
+                decrypt_identity_file(path, &bytes, passphrase)?
             } else {
                 Zeroizing::new(String::from_utf8(bytes.to_vec()).map_err(|_| {
                     CliError::NotAnIdentity {
@@ -118,10 +119,11 @@ pub fn is_age_file(bytes: &[u8]) -> bool {
     bytes.starts_with(b"age-encryption.org/") || bytes.starts_with(b"-----BEGIN AGE ENCRYPTED FILE")
 }
 
-fn decrypt_identity_file(
+/// Opens a passphrase-protected identity file (as `age -p` writes it).
+pub fn decrypt_identity_file(
     path: &Path,
     bytes: &[u8],
-    stdin_busy: bool,
+    passphrase: SecretString,
 ) -> Result<Zeroizing<String>, CliError> {
     let decryptor = age::Decryptor::new_buffered(ArmoredReader::new(bytes)).map_err(|e| {
         CliError::NotAnIdentity {
@@ -137,7 +139,6 @@ fn decrypt_identity_file(
                     .to_owned(),
         });
     }
-    let passphrase = read_passphrase(path, stdin_busy)?;
     let identity = age::scrypt::Identity::new(passphrase);
     let mut reader = decryptor
         .decrypt(std::iter::once(&identity as &dyn age::Identity))
@@ -301,4 +302,61 @@ pub fn encrypt_with_passphrase(passphrase: &str, plain: &str) -> Option<String> 
     writer.write_all(plain.as_bytes()).ok()?;
     writer.finish().and_then(|armor| armor.finish()).ok()?;
     String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_protected_identity_opens_with_its_passphrase_only() {
+        let identity = age::x25519::Identity::generate();
+        let line = {
+            use age::secrecy::ExposeSecret as _;
+            identity.to_string().expose_secret().to_owned()
+        };
+        let file = encrypt_with_passphrase("correct horse", &format!("# me\n{line}\n")).unwrap();
+        let path = Path::new("me.id");
+        let text = decrypt_identity_file(
+            path,
+            file.as_bytes(),
+            SecretString::from("correct horse".to_owned()),
+        )
+        .unwrap();
+        let found = parse_identities(path, &text).unwrap();
+        assert_eq!(
+            found[0].to_public().to_string(),
+            identity.to_public().to_string()
+        );
+        let err = decrypt_identity_file(
+            path,
+            file.as_bytes(),
+            SecretString::from("battery staple".to_owned()),
+        )
+        .err()
+        .unwrap();
+        assert_eq!(
+            err.to_string(),
+            "the passphrase for me.id is wrong; run the command again and retype it"
+        );
+    }
+
+    #[test]
+    fn a_share_file_for_someone_else_is_named() {
+        let mine = age::x25519::Identity::generate();
+        let theirs = age::x25519::Identity::generate();
+        let file = encrypt_armored(&theirs.to_public().to_string(), "khs1 ...").unwrap();
+        let identities = Identities {
+            files: vec!["alice.age".into()],
+            identities: vec![mine],
+        };
+        let err = identities
+            .decrypt(Path::new("bob.v9.age"), file.as_bytes())
+            .err()
+            .unwrap();
+        assert!(matches!(err, CliError::WrongIdentity { .. }), "{err}");
+        assert!(err.to_string().starts_with(
+            "bob.v9.age was not encrypted to the identity in alice.age — is it your file?"
+        ));
+    }
 }
