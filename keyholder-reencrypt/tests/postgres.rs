@@ -146,3 +146,76 @@ async fn pg_reads_replica_lag_and_refuses_bad_schemas() {
     );
     drop_table(&db).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_text_primary_keys_with_row_binding() {
+    let Some(db) = postgres("textpk").await else {
+        return;
+    };
+    let Db::Postgres { url, table } = &db else {
+        unreachable!()
+    };
+    let client = pg_connect(url).await;
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE {table} (handle VARCHAR(40) PRIMARY KEY, token TEXT)"
+        ))
+        .await
+        .unwrap();
+    let old = fixture::keyring(9);
+    let keys: Vec<String> = (0..700).map(|n| format!("user-{n:x}")).collect();
+    for key in &keys {
+        let aad = format!("{table}/token/{key}");
+        let value = old.encrypt(key.as_bytes(), aad.as_bytes()).unwrap();
+        client
+            .execute(
+                &format!("INSERT INTO {table} VALUES ($1, $2)"),
+                &[key, &value],
+            )
+            .await
+            .unwrap();
+    }
+    let target = TargetConfig {
+        name: "accounts".into(),
+        store: url.clone(),
+        table: table.clone(),
+        primary_key: "handle".into(),
+        columns: vec!["token".into()],
+        aad: AadRule::Row,
+    }
+    .validate("targets[0]")
+    .unwrap();
+    let store = open_store(&target).await.unwrap();
+    assert_eq!(store.pk_kind(), PkKind::Text);
+    let outcome = Reencryptor::new(
+        target,
+        store,
+        fixture::keyring(10),
+        fixture::v(9),
+        Arc::new(MemoryCheckpoints::new()),
+        &fixture::throttle(64),
+    )
+    .unwrap()
+    .run()
+    .await
+    .unwrap();
+    let PassOutcome::Drained(report) = outcome else {
+        panic!("aborted")
+    };
+    assert_eq!(report.checkpoint.records_done, 700);
+    let ring = fixture::keyring(10);
+    for row in client
+        .query(&format!("SELECT handle, token FROM {table}"), &[])
+        .await
+        .unwrap()
+    {
+        let (key, value): (String, String) = (row.get(0), row.get(1));
+        assert!(value.starts_with("V10:"));
+        let aad = format!("{table}/token/{key}");
+        assert_eq!(
+            &*ring.decrypt(&value, aad.as_bytes()).unwrap(),
+            key.as_bytes()
+        );
+    }
+    drop_table(&db).await;
+}

@@ -305,3 +305,48 @@ async fn resumes_after_five_sigkills() {
         .into()
     );
 }
+
+/// Runs a pass over 1000 seeded rows in batches of 50 and returns the
+/// (paused) time it took.
+async fn timed_pass(rows_per_sec: u64, pause: Duration) -> Duration {
+    let (_dir, db) = sqlite();
+    db.seed(1_000).await;
+    let control = ControlHandle::new(Throttle {
+        batch_size: 50,
+        rows_per_sec,
+        pause_between_batches: pause,
+        max_batch_latency: Duration::from_secs(3600),
+        ..Throttle::default()
+    })
+    .unwrap();
+    let started = tokio::time::Instant::now();
+    let outcome = fixture::run_pass(&db, 10, 9, Arc::new(MemoryCheckpoints::new()), &control)
+        .await
+        .unwrap();
+    let elapsed = started.elapsed();
+    let PassOutcome::Drained(report) = outcome else {
+        panic!("aborted")
+    };
+    // a: 900 rows at v9 (every 10th at v8); b: 858 (every 7th NULL); every
+    // one of the 1000 rows holds a v9 record, so 20 batches.
+    assert_eq!(report.checkpoint.records_done, 900 + 858);
+    assert_eq!(report.checkpoint.batches, 20);
+    elapsed
+}
+
+/// The pass holds its records/s and its pause between batches on a real
+/// store, in tokio's paused time: the only time that passes is the throttle's.
+#[tokio::test(start_paused = true)]
+async fn pass_holds_the_configured_rate_in_paused_time() {
+    // One second's burst (500 records) is free, the other 1258 go at 500/s;
+    // the 10 ms pauses overlap the bucket's refill except after the last batch.
+    let elapsed = timed_pass(500, Duration::from_millis(10)).await;
+    let expected = Duration::from_millis(2516 + 10);
+    assert!(
+        elapsed >= expected && elapsed <= expected + Duration::from_millis(5),
+        "{elapsed:?} vs {expected:?}"
+    );
+    // Unthrottled, only the 20 pauses take time.
+    let elapsed = timed_pass(0, Duration::from_millis(10)).await;
+    assert_eq!(elapsed, Duration::from_millis(200));
+}
