@@ -15,6 +15,7 @@ use crypto_core::KeyringId;
 use serde::Deserialize;
 
 use crate::principal::{Principal, Role};
+use crate::store::PgLocation;
 
 #[cfg(test)]
 mod tests;
@@ -174,8 +175,8 @@ pub struct Config {
     pub path: PathBuf,
     /// The keyring this daemon serves.
     pub keyring: KeyringId,
-    /// The state directory (mode 0700), holding the SQLite state store.
-    pub state_dir: PathBuf,
+    /// Where the daemon's state lives (`state_dir` or `state_store`).
+    pub state: StateLocation,
     /// Where the daemon listens.
     pub listen: Listen,
     /// Shares needed to rebuild a key.
@@ -190,6 +191,24 @@ pub struct Config {
     pub targets: Vec<TargetConfig>,
     /// Re-encryption settings (used by the rotation).
     pub reencrypt: Reencrypt,
+}
+
+/// Where the daemon's state store lives: exactly one of `state_dir` and
+/// `state_store` is configured.
+#[derive(Clone, Debug)]
+pub enum StateLocation {
+    /// `state_dir`: a directory (mode 0700) holding the SQLite file
+    /// `state.db`.
+    Dir(PathBuf),
+    /// `state_store = "postgres://..."`: a schema in a PostgreSQL database.
+    Postgres(Box<PgLocation>),
+}
+
+impl StateLocation {
+    /// The SQLite state file inside a state directory.
+    pub fn sqlite_file(dir: &Path) -> PathBuf {
+        dir.join("state.db")
+    }
 }
 
 /// `[listen]`.
@@ -299,10 +318,5 @@ impl Config {
     /// The principal named `name`.
     pub fn principal(&self, name: &str) -> Option<&Principal> {
         self.principals.iter().find(|p| p.name == name)
-    }
-
-    /// The SQLite state store's file.
-    pub fn state_db(&self) -> PathBuf {
-        self.state_dir.join("state.db")
     }
 }

@@ -20,7 +20,7 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::principal::Principal;
 use crate::seal::{SealMachine, VersionFacts};
-use crate::store::{SqliteStore, StateStore, StoreError, VersionRecord};
+use crate::store::{StateStore, StoreError, VersionRecord};
 use crate::vault::{KeyringPlan, Vault, VaultError};
 use crate::verify::{self, RecordSampler};
 
@@ -106,7 +106,7 @@ pub fn default_plan(versions: &[VersionRecord]) -> Result<Option<KeyringPlan>, D
 impl Daemon {
     /// Opens the state store of `config` and starts sealed.
     pub async fn open(config: Config) -> Result<Arc<Self>, DaemonError> {
-        let store: Arc<dyn StateStore> = Arc::new(SqliteStore::open(&config.state_db())?);
+        let store = crate::store::open(&config.state).await?;
         Self::with_store(config, store).await
     }
 

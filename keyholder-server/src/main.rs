@@ -6,7 +6,6 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use crypto_core::KeyVersion;
 use keyholder_server::config::Config;
-use keyholder_server::store::SqliteStore;
 
 /// The sealed key daemon of keyholder.
 #[derive(Parser)]
@@ -103,8 +102,10 @@ async fn dispatch(command: Command) -> Result<(), String> {
             out,
         } => {
             let config = Config::load(&config).map_err(|e| e.to_string())?;
-            let store = SqliteStore::open(&config.state_db()).map_err(|e| e.to_string())?;
-            let report = keyholder_server::init::init(&config, &store, first_version, &out)
+            let store = keyholder_server::store::open(&config.state)
+                .await
+                .map_err(|e| e.to_string())?;
+            let report = keyholder_server::init::init(&config, &*store, first_version, &out)
                 .await
                 .map_err(|e| e.to_string())?;
             println!("made {} (kcv {}); share files:", report.version, report.kcv);

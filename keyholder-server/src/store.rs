@@ -10,19 +10,34 @@
 //! sees is age ciphertext. Every state change is written in one transaction
 //! together with its audit entry ([`Transition`]).
 
+pub mod postgres;
 pub mod sqlite;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use crypto_core::{Kcv, KeyVersion, SetId, ShareFingerprint};
 use futures::future::BoxFuture;
 use keyholder_api::{AuditEntry, VersionState};
 
+pub use postgres::{PgLocation, PostgresStore};
 pub use sqlite::SqliteStore;
 
 /// The format of the state store this build reads and writes (semver: a
 /// store of another major version is refused).
 pub const STORE_FORMAT: &str = "1.0.0";
+
+/// Opens the state store `location` names: the SQLite file in a state
+/// directory, or a PostgreSQL schema (created and migrated when needed).
+pub async fn open(
+    location: &crate::config::StateLocation,
+) -> Result<Arc<dyn StateStore>, StoreError> {
+    use crate::config::StateLocation;
+    Ok(match location {
+        StateLocation::Dir(dir) => Arc::new(SqliteStore::open(&StateLocation::sqlite_file(dir))?),
+        StateLocation::Postgres(at) => Arc::new(PostgresStore::connect(at).await?),
+    })
+}
 
 /// What a store call returns.
 pub type StoreFuture<'a, T> = BoxFuture<'a, Result<T, StoreError>>;
@@ -37,6 +52,14 @@ pub enum StoreError {
         operation: &'static str,
         /// The driver's error.
         source: rusqlite::Error,
+    },
+    /// PostgreSQL failed (connection, query or a refused statement).
+    #[error("state store: {operation} failed: {}", postgres_reason(source))]
+    Postgres {
+        /// What the store was doing.
+        operation: &'static str,
+        /// The driver's error.
+        source: tokio_postgres::Error,
     },
     /// The store was written by an incompatible build.
     #[error(
@@ -67,6 +90,53 @@ pub enum StoreError {
     /// The store's lock was poisoned by a panic.
     #[error("state store lock poisoned by an earlier panic; restart keyholderd")]
     Poisoned,
+}
+
+/// The driver's own message says only "db error"; the server's message and
+/// SQLSTATE are what an operator can act on.
+fn postgres_reason(error: &tokio_postgres::Error) -> String {
+    match (error.as_db_error(), std::error::Error::source(error)) {
+        (Some(db), _) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
+        (None, Some(cause)) => format!("{error}: {cause}"),
+        (None, None) => error.to_string(),
+    }
+}
+
+pub(crate) fn corrupt(what: impl Into<String>) -> StoreError {
+    StoreError::Corrupt { what: what.into() }
+}
+
+/// A lifecycle state as both stores write it.
+pub(crate) fn state_name(state: VersionState) -> &'static str {
+    match state {
+        VersionState::Prepared => "prepared",
+        VersionState::SharesVerified => "shares_verified",
+        VersionState::Active => "active",
+        VersionState::Retired => "retired",
+    }
+}
+
+pub(crate) fn parse_state(text: &str) -> Result<VersionState, StoreError> {
+    Ok(match text {
+        "prepared" => VersionState::Prepared,
+        "shares_verified" => VersionState::SharesVerified,
+        "active" => VersionState::Active,
+        "retired" => VersionState::Retired,
+        other => return Err(corrupt(format!("unknown version state `{other}`"))),
+    })
+}
+
+pub(crate) fn version_of(n: i64) -> Result<KeyVersion, StoreError> {
+    u32::try_from(n)
+        .ok()
+        .and_then(|n| KeyVersion::new(n).ok())
+        .ok_or_else(|| corrupt(format!("version number {n}")))
+}
+
+/// Whether a recorded store format is readable by this build (same major).
+pub(crate) fn format_compatible(found: &str) -> bool {
+    let ours = semver::Version::parse(STORE_FORMAT).expect("STORE_FORMAT is semver");
+    semver::Version::parse(found).is_ok_and(|v| v.major == ours.major)
 }
 
 /// Who received one share index, and its fingerprint.

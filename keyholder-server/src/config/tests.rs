@@ -74,7 +74,86 @@ fn a_good_config_loads_with_defaults_and_keyholders_in_order() {
     assert_eq!(order, ["carol", "alice"]);
     assert_eq!(config.progress_ttl, DEFAULT_PROGRESS_TTL);
     assert_eq!(config.sample_size, 64);
-    assert_eq!(config.state_dir, dir.0.path().join("state"));
+    assert!(
+        matches!(&config.state, StateLocation::Dir(d) if *d == dir.0.path().join("state")),
+        "{:?}",
+        config.state
+    );
+}
+
+#[test]
+fn a_postgres_state_store_replaces_the_state_dir() {
+    let dir = Dir::new();
+    let principals = [
+        principal("alice", "keyholder", "alice"),
+        principal("bob", "keyholder", "bob"),
+    ]
+    .concat();
+    let with_store = |store: &str| {
+        base(2, &principals).replace(
+            "state_dir = \"state\"",
+            &format!("state_store = \"{store}\""),
+        )
+    };
+    let config = dir
+        .load(&with_store(
+            "postgres://kh:pw@db.internal/state?schema=orders_ks",
+        ))
+        .unwrap();
+    match &config.state {
+        StateLocation::Postgres(at) => assert_eq!(at.schema(), "orders_ks"),
+        other => panic!("expected a postgres store, got {other:?}"),
+    }
+    assert!(!format!("{config:?}").contains("pw@"), "{config:?}");
+
+    assert_eq!(
+        problems(dir.load(&with_store("sqlite:///var/lib/state.db"))),
+        ["state_store: must be a URL starting with postgres:// or postgresql://"]
+    );
+    assert_eq!(
+        problems(dir.load(&with_store("postgres://kh@db/state?schema=Orders"))),
+        ["state_store: schema \"Orders\" must match ^[a-z_][a-z0-9_]{0,62}$"]
+    );
+    let both = base(2, &principals).replace(
+        "state_dir = \"state\"",
+        "state_dir = \"state\"\nstate_store = \"postgres://kh@db/state\"",
+    );
+    assert_eq!(
+        problems(dir.load(&both)),
+        [
+            "state_store: is set together with state_dir; keep the one that holds the daemon's state and remove the other"
+        ]
+    );
+    let neither = base(2, &principals).replace("state_dir = \"state\"\n", "");
+    assert_eq!(
+        problems(dir.load(&neither)),
+        [
+            "state_dir: is missing; set the directory (mode 0700) that holds the daemon's state, or state_store = \"postgres://...\""
+        ]
+    );
+}
+
+#[test]
+fn the_state_dir_mode_is_not_checked_for_a_postgres_store() {
+    let dir = Dir::new();
+    fs::set_permissions(
+        dir.0.path().join("state"),
+        fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    let text = base(
+        2,
+        &[
+            principal("alice", "keyholder", "alice"),
+            principal("bob", "keyholder", "bob"),
+        ]
+        .concat(),
+    )
+    .replace(
+        "state_dir = \"state\"",
+        "state_store = \"postgres://kh@db/state\"",
+    );
+    assert!(dir.load(&text).is_ok());
 }
 
 #[test]

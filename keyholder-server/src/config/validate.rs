@@ -11,9 +11,11 @@ use crypto_core::KeyringId;
 
 use super::{
     AadRule, Config, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_PROGRESS_TTL, DEFAULT_SAMPLE_SIZE, Listen,
-    Problem, RawConfig, RawListen, RawPrincipal, RawReencrypt, RawTarget, Reencrypt, TargetConfig,
+    Problem, RawConfig, RawListen, RawPrincipal, RawReencrypt, RawTarget, Reencrypt, StateLocation,
+    TargetConfig,
 };
 use crate::principal::{Principal, Role};
+use crate::store::PgLocation;
 
 #[derive(Default)]
 pub(super) struct Checker {
@@ -165,30 +167,32 @@ pub(super) fn validate(
         }
     };
 
-    let state_dir = match (&raw.state_dir, &raw.state_store) {
+    let state = match (&raw.state_dir, &raw.state_store) {
         (Some(dir), None) => {
             let dir = resolve(base, dir);
+            // Only a directory has permissions to check; a database's access
+            // is its own roles' business.
             check_state_dir(&dir, check);
-            Some(dir)
+            Some(StateLocation::Dir(dir))
         }
-        (None, Some(_)) => {
-            check.problem(
-                "state_store",
-                "a PostgreSQL state store is not supported by this build yet; set state_dir instead",
-            );
-            None
-        }
+        (None, Some(url)) => match PgLocation::parse(url) {
+            Ok(location) => Some(StateLocation::Postgres(Box::new(location))),
+            Err(reason) => {
+                check.problem("state_store", reason);
+                None
+            }
+        },
         (Some(_), Some(_)) => {
             check.problem(
                 "state_store",
-                "set either state_dir or state_store, not both",
+                "is set together with state_dir; keep the one that holds the daemon's state and remove the other",
             );
             None
         }
         (None, None) => {
             check.problem(
                 "state_dir",
-                "is missing; set the directory (mode 0700) that holds the daemon's state",
+                "is missing; set the directory (mode 0700) that holds the daemon's state, or state_store = \"postgres://...\"",
             );
             None
         }
@@ -235,7 +239,7 @@ pub(super) fn validate(
     Some(Config {
         path: path.to_owned(),
         keyring: keyring?,
-        state_dir: state_dir?,
+        state: state?,
         listen: listen?,
         threshold: u8::try_from(threshold).ok()?,
         principals,

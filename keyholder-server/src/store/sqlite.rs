@@ -12,12 +12,13 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use crypto_core::KeyVersion;
-use keyholder_api::{AuditEntry, GENESIS_HASH, VersionState};
+use keyholder_api::{AuditEntry, GENESIS_HASH};
 use rusqlite::{Connection, OptionalExtension as _, TransactionBehavior, params};
 
 use super::{
     AuditDraft, Canary, ConsumerFetch, DealtShare, STORE_FORMAT, StateStore, StoreError,
-    StoreFuture, StoredEnvelope, Transition, VersionRecord,
+    StoreFuture, StoredEnvelope, Transition, VersionRecord, corrupt, format_compatible,
+    parse_state, state_name, version_of,
 };
 use crate::principal::Principal;
 
@@ -100,36 +101,6 @@ pub struct SqliteStore {
 
 fn sql(operation: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
     move |source| StoreError::Sqlite { operation, source }
-}
-
-fn corrupt(what: impl Into<String>) -> StoreError {
-    StoreError::Corrupt { what: what.into() }
-}
-
-fn state_name(state: VersionState) -> &'static str {
-    match state {
-        VersionState::Prepared => "prepared",
-        VersionState::SharesVerified => "shares_verified",
-        VersionState::Active => "active",
-        VersionState::Retired => "retired",
-    }
-}
-
-fn parse_state(text: &str) -> Result<VersionState, StoreError> {
-    Ok(match text {
-        "prepared" => VersionState::Prepared,
-        "shares_verified" => VersionState::SharesVerified,
-        "active" => VersionState::Active,
-        "retired" => VersionState::Retired,
-        other => return Err(corrupt(format!("unknown version state `{other}`"))),
-    })
-}
-
-fn version_of(n: i64) -> Result<KeyVersion, StoreError> {
-    u32::try_from(n)
-        .ok()
-        .and_then(|n| KeyVersion::new(n).ok())
-        .ok_or_else(|| corrupt(format!("version number {n}")))
 }
 
 impl SqliteStore {
@@ -383,7 +354,6 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         })
         .optional()
         .map_err(sql("read store format"))?;
-    let ours = semver::Version::parse(STORE_FORMAT).expect("STORE_FORMAT is semver");
     match found {
         None => {
             conn.execute(
@@ -393,8 +363,7 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
             .map_err(sql("record store format"))?;
         }
         Some(found) => {
-            let compatible = semver::Version::parse(&found).is_ok_and(|v| v.major == ours.major);
-            if !compatible {
+            if !format_compatible(&found) {
                 return Err(StoreError::Format { found });
             }
         }

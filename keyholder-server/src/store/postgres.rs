@@ -1,0 +1,497 @@
+//! The PostgreSQL state store: the daemon's state in one schema of a
+//! PostgreSQL database (`state_store = "postgres://..."`).
+//!
+//! Owns that schema (named by the URL's `schema` parameter, `keyholder` when
+//! absent), its migrations (counted in `store_meta` beside the store format;
+//! a store of another major format is refused) and the audit chain's order:
+//! every transition locks the audit table before it reads the chain's head,
+//! so two daemons sharing the store can never fork the chain. A trigger
+//! refuses UPDATE, DELETE and TRUNCATE on the audit table.
+//!
+//! It must never hold a plaintext key or share, and never print the URL: it
+//! may carry a password.
+
+mod location;
+mod schema;
+
+use std::collections::BTreeMap;
+
+use crypto_core::KeyVersion;
+use keyholder_api::{AuditEntry, GENESIS_HASH};
+use tokio::sync::{Mutex, MutexGuard};
+use tokio_postgres::{Client, GenericClient, NoTls};
+
+pub use location::PgLocation;
+
+use super::{
+    AuditDraft, Canary, ConsumerFetch, DealtShare, StateStore, StoreError, StoreFuture,
+    StoredEnvelope, Transition, VersionRecord, corrupt, parse_state, state_name, version_of,
+};
+use crate::principal::Principal;
+
+/// The state store in one PostgreSQL schema.
+pub struct PostgresStore {
+    location: PgLocation,
+    /// One connection: the daemon's load is a few statements per API call,
+    /// and a transaction needs the connection to itself.
+    client: Mutex<Client>,
+}
+
+fn pg(operation: &'static str) -> impl FnOnce(tokio_postgres::Error) -> StoreError {
+    move |source| StoreError::Postgres { operation, source }
+}
+
+fn small(n: u8) -> i16 {
+    i16::from(n)
+}
+
+fn unsmall(n: i16, what: impl FnOnce() -> String) -> Result<u8, StoreError> {
+    u8::try_from(n).map_err(|_| corrupt(what()))
+}
+
+fn count(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+impl PostgresStore {
+    /// Connects to `location`, creating the schema when missing and
+    /// migrating it forward.
+    pub async fn connect(location: &PgLocation) -> Result<Self, StoreError> {
+        let mut client = open_client(location).await?;
+        schema::migrate(&mut client, location.schema()).await?;
+        tracing::info!(schema = location.schema(), "postgresql state store opened");
+        Ok(Self {
+            location: location.clone(),
+            client: Mutex::new(client),
+        })
+    }
+
+    /// The connection, reopened when the server dropped it (a restart or a
+    /// failover must not need a daemon restart).
+    async fn client(&self) -> Result<MutexGuard<'_, Client>, StoreError> {
+        let mut client = self.client.lock().await;
+        if client.is_closed() {
+            tracing::warn!(
+                schema = self.location.schema(),
+                "postgresql state store connection was closed; reconnecting"
+            );
+            *client = open_client(&self.location).await?;
+        }
+        Ok(client)
+    }
+
+    async fn load_versions(client: &Client) -> Result<Vec<VersionRecord>, StoreError> {
+        let mut dealt: BTreeMap<i64, BTreeMap<u8, DealtShare>> = BTreeMap::new();
+        let rows = client
+            .query(
+                "SELECT version, idx, fingerprint, principal FROM share_fingerprints",
+                &[],
+            )
+            .await
+            .map_err(pg("read fingerprints"))?;
+        for row in rows {
+            let version: i64 = row.get(0);
+            let index = unsmall(row.get(1), || format!("share index of v{version}"))?;
+            let fingerprint: String = row.get(2);
+            let fingerprint = fingerprint
+                .parse()
+                .map_err(|_| corrupt(format!("fingerprint of v{version} index {index}")))?;
+            dealt.entry(version).or_default().insert(
+                index,
+                DealtShare {
+                    fingerprint,
+                    principal: row.get(3),
+                },
+            );
+        }
+        let rows = client
+            .query(
+                "SELECT k.version, k.kcv, k.set_id, k.threshold, k.count, k.state, k.encryptions, c.record, c.aad
+                 FROM key_versions k JOIN canaries c ON c.version = k.version ORDER BY k.version",
+                &[],
+            )
+            .await
+            .map_err(pg("read versions"))?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let n: i64 = row.get(0);
+            let version = version_of(n)?;
+            let kcv: String = row.get(1);
+            let set: String = row.get(2);
+            let state: String = row.get(5);
+            let encryptions: i64 = row.get(6);
+            out.push(VersionRecord {
+                version,
+                kcv: kcv
+                    .parse()
+                    .map_err(|_| corrupt(format!("kcv of {version}")))?,
+                set: set
+                    .parse()
+                    .map_err(|_| corrupt(format!("set of {version}")))?,
+                threshold: unsmall(row.get(3), || format!("threshold of {version}"))?,
+                count: unsmall(row.get(4), || format!("share count of {version}"))?,
+                state: parse_state(&state)?,
+                encryptions: u64::try_from(encryptions)
+                    .map_err(|_| corrupt(format!("encryption count of {version}")))?,
+                dealt: dealt.remove(&n).unwrap_or_default(),
+                canary: Canary {
+                    record: row.get(7),
+                    aad: row.get(8),
+                },
+            });
+        }
+        Ok(out)
+    }
+
+    async fn apply_now(client: &mut Client, t: Transition) -> Result<AuditEntry, StoreError> {
+        let tx = client.transaction().await.map_err(pg("begin transition"))?;
+        // Taken first: transitions of daemons sharing this store are
+        // serialized whole, in audit order. Plain reads still pass.
+        tx.batch_execute("LOCK TABLE audit IN EXCLUSIVE MODE")
+            .await
+            .map_err(pg("lock the audit log"))?;
+        if let Some(new) = &t.new_version {
+            let v = &new.record;
+            let n = i64::from(v.version.number());
+            let inserted = tx
+                .execute(
+                    "INSERT INTO key_versions (version, kcv, set_id, threshold, count, state, encryptions)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (version) DO NOTHING",
+                    &[
+                        &n,
+                        &v.kcv.to_hex(),
+                        &v.set.to_hex(),
+                        &small(v.threshold),
+                        &small(v.count),
+                        &state_name(v.state),
+                        &count(v.encryptions),
+                    ],
+                )
+                .await
+                .map_err(pg("insert version"))?;
+            if inserted == 0 {
+                return Err(StoreError::VersionExists { version: v.version });
+            }
+            for (index, dealt) in &v.dealt {
+                tx.execute(
+                    "INSERT INTO share_fingerprints (version, idx, fingerprint, principal) VALUES ($1, $2, $3, $4)",
+                    &[&n, &small(*index), &dealt.fingerprint.to_hex(), &dealt.principal],
+                )
+                .await
+                .map_err(pg("insert fingerprint"))?;
+            }
+            for envelope in &new.envelopes {
+                tx.execute(
+                    "INSERT INTO share_envelopes (version, principal, idx, age_armored) VALUES ($1, $2, $3, $4)",
+                    &[&n, &envelope.principal, &small(envelope.index), &envelope.age_armored],
+                )
+                .await
+                .map_err(pg("insert share envelope"))?;
+            }
+            tx.execute(
+                "INSERT INTO canaries (version, record, aad) VALUES ($1, $2, $3)",
+                &[&n, &v.canary.record, &v.canary.aad],
+            )
+            .await
+            .map_err(pg("insert canary"))?;
+        }
+        for (version, state) in &t.version_states {
+            let changed = tx
+                .execute(
+                    "UPDATE key_versions SET state = $2 WHERE version = $1",
+                    &[&i64::from(version.number()), &state_name(*state)],
+                )
+                .await
+                .map_err(pg("update version state"))?;
+            if changed == 0 {
+                return Err(StoreError::UnknownVersion { version: *version });
+            }
+        }
+        if let Some(rotation) = &t.rotation {
+            tx.execute(
+                "INSERT INTO rotation (id, state) VALUES (1, $1)
+                 ON CONFLICT (id) DO UPDATE SET state = excluded.state",
+                &[rotation],
+            )
+            .await
+            .map_err(pg("save rotation"))?;
+        }
+        let entry = append_audit(&tx, &t.audit).await?;
+        tx.commit().await.map_err(pg("commit transition"))?;
+        Ok(entry)
+    }
+}
+
+async fn open_client(location: &PgLocation) -> Result<Client, StoreError> {
+    let (client, connection) = location
+        .config()
+        .connect(NoTls)
+        .await
+        .map_err(pg("connect"))?;
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::warn!(%error, "postgresql state store connection failed");
+        }
+    });
+    client
+        .batch_execute(&format!(
+            "SET search_path TO {}",
+            schema::quoted(location.schema())
+        ))
+        .await
+        .map_err(pg("select the schema"))?;
+    Ok(client)
+}
+
+/// Appends `draft` after the chain's head; the caller holds the audit lock.
+async fn append_audit(
+    tx: &impl GenericClient,
+    draft: &AuditDraft,
+) -> Result<AuditEntry, StoreError> {
+    let last = tx
+        .query_opt("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1", &[])
+        .await
+        .map_err(pg("read audit tail"))?;
+    let (seq, prev_hash) = match last {
+        Some(row) => (
+            u64::try_from(row.get::<_, i64>(0)).map_err(|_| corrupt("audit sequence"))? + 1,
+            row.get::<_, String>(1),
+        ),
+        None => (1, GENESIS_HASH.to_owned()),
+    };
+    let hash = AuditEntry::compute_hash(
+        seq,
+        &draft.time,
+        &draft.actor,
+        &draft.action,
+        &draft.detail,
+        &prev_hash,
+    );
+    tx.execute(
+        "INSERT INTO audit (seq, time, actor, action, detail, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        &[&count(seq), &draft.time, &draft.actor, &draft.action, &draft.detail, &prev_hash, &hash],
+    )
+    .await
+    .map_err(pg("append audit entry"))?;
+    Ok(AuditEntry {
+        seq,
+        time: draft.time.clone(),
+        actor: draft.actor.clone(),
+        action: draft.action.clone(),
+        detail: draft.detail.clone(),
+        prev_hash,
+        hash,
+    })
+}
+
+impl StateStore for PostgresStore {
+    fn sync_principals(&self, principals: &[Principal]) -> StoreFuture<'_, ()> {
+        let rows: Vec<(String, String, String, Option<String>)> = principals
+            .iter()
+            .map(|p| {
+                (
+                    p.name.clone(),
+                    p.roles_text(),
+                    p.cert_identity.clone(),
+                    p.age_recipient.clone(),
+                )
+            })
+            .collect();
+        Box::pin(async move {
+            let mut client = self.client().await?;
+            let tx = client
+                .transaction()
+                .await
+                .map_err(pg("begin principal sync"))?;
+            tx.execute("DELETE FROM principals", &[])
+                .await
+                .map_err(pg("clear principals"))?;
+            for (name, roles, identity, recipient) in &rows {
+                tx.execute(
+                    "INSERT INTO principals (name, roles, cert_identity, age_recipient) VALUES ($1, $2, $3, $4)",
+                    &[name, roles, identity, recipient],
+                )
+                .await
+                .map_err(pg("insert principal"))?;
+            }
+            tx.commit().await.map_err(pg("commit principal sync"))
+        })
+    }
+
+    fn versions(&self) -> StoreFuture<'_, Vec<VersionRecord>> {
+        Box::pin(async move {
+            let client = self.client().await?;
+            Self::load_versions(&client).await
+        })
+    }
+
+    fn apply(&self, transition: Transition) -> StoreFuture<'_, AuditEntry> {
+        Box::pin(async move {
+            let mut client = self.client().await?;
+            Self::apply_now(&mut client, transition).await
+        })
+    }
+
+    fn audit_log(&self) -> StoreFuture<'_, Vec<AuditEntry>> {
+        Box::pin(async move {
+            let client = self.client().await?;
+            let rows = client
+                .query(
+                    "SELECT seq, time, actor, action, detail, prev_hash, hash FROM audit ORDER BY seq",
+                    &[],
+                )
+                .await
+                .map_err(pg("read audit log"))?;
+            rows.into_iter()
+                .map(|r| {
+                    Ok(AuditEntry {
+                        seq: u64::try_from(r.get::<_, i64>(0))
+                            .map_err(|_| corrupt("audit sequence"))?,
+                        time: r.get(1),
+                        actor: r.get(2),
+                        action: r.get(3),
+                        detail: r.get(4),
+                        prev_hash: r.get(5),
+                        hash: r.get(6),
+                    })
+                })
+                .collect()
+        })
+    }
+
+    fn add_encryptions(&self, version: KeyVersion, n: u64) -> StoreFuture<'_, ()> {
+        Box::pin(async move {
+            let client = self.client().await?;
+            let changed = client
+                .execute(
+                    "UPDATE key_versions SET encryptions = encryptions + $2 WHERE version = $1",
+                    &[&i64::from(version.number()), &count(n)],
+                )
+                .await
+                .map_err(pg("count encryptions"))?;
+            if changed == 0 {
+                return Err(StoreError::UnknownVersion { version });
+            }
+            Ok(())
+        })
+    }
+
+    fn share_envelope(
+        &self,
+        version: KeyVersion,
+        principal: &str,
+    ) -> StoreFuture<'_, Option<StoredEnvelope>> {
+        let principal = principal.to_owned();
+        Box::pin(async move {
+            let client = self.client().await?;
+            let row = client
+                .query_opt(
+                    "SELECT principal, idx, age_armored FROM share_envelopes WHERE version = $1 AND principal = $2",
+                    &[&i64::from(version.number()), &principal],
+                )
+                .await
+                .map_err(pg("read share envelope"))?;
+            row.map(|r| {
+                Ok(StoredEnvelope {
+                    principal: r.get(0),
+                    index: unsmall(r.get(1), || format!("share index of {version}"))?,
+                    age_armored: r.get(2),
+                })
+            })
+            .transpose()
+        })
+    }
+
+    fn load_rotation(&self) -> StoreFuture<'_, Option<String>> {
+        Box::pin(async move {
+            let client = self.client().await?;
+            let row = client
+                .query_opt("SELECT state FROM rotation WHERE id = 1", &[])
+                .await
+                .map_err(pg("load rotation"))?;
+            Ok(row.map(|r| r.get(0)))
+        })
+    }
+
+    fn checkpoint(&self, target: &str, direction: &str) -> StoreFuture<'_, Option<String>> {
+        let (target, direction) = (target.to_owned(), direction.to_owned());
+        Box::pin(async move {
+            let client = self.client().await?;
+            let row = client
+                .query_opt(
+                    "SELECT state FROM checkpoints WHERE target = $1 AND direction = $2",
+                    &[&target, &direction],
+                )
+                .await
+                .map_err(pg("read checkpoint"))?;
+            Ok(row.map(|r| r.get(0)))
+        })
+    }
+
+    fn put_checkpoint(&self, target: &str, direction: &str, json: String) -> StoreFuture<'_, ()> {
+        let (target, direction) = (target.to_owned(), direction.to_owned());
+        Box::pin(async move {
+            let client = self.client().await?;
+            client
+                .execute(
+                    "INSERT INTO checkpoints (target, direction, state) VALUES ($1, $2, $3)
+                     ON CONFLICT (target, direction) DO UPDATE SET state = excluded.state",
+                    &[&target, &direction, &json],
+                )
+                .await
+                .map(drop)
+                .map_err(pg("write checkpoint"))
+        })
+    }
+
+    fn record_fetch(
+        &self,
+        principal: &str,
+        versions: &[KeyVersion],
+        time: &str,
+    ) -> StoreFuture<'_, ()> {
+        let principal = principal.to_owned();
+        let mut versions: Vec<i64> = versions.iter().map(|v| i64::from(v.number())).collect();
+        // One row may be touched once per statement.
+        versions.sort_unstable();
+        versions.dedup();
+        let time = time.to_owned();
+        Box::pin(async move {
+            let client = self.client().await?;
+            // One statement for all versions: atomic without a transaction.
+            client
+                .execute(
+                    "INSERT INTO consumer_fetches (principal, version, first_fetch, last_fetch)
+                     SELECT $1, v, $3, $3 FROM unnest($2::BIGINT[]) AS v
+                     ON CONFLICT (principal, version) DO UPDATE SET last_fetch = excluded.last_fetch",
+                    &[&principal, &versions, &time],
+                )
+                .await
+                .map(drop)
+                .map_err(pg("record fetch"))
+        })
+    }
+
+    fn fetches(&self) -> StoreFuture<'_, Vec<ConsumerFetch>> {
+        Box::pin(async move {
+            let client = self.client().await?;
+            let rows = client
+                .query(
+                    "SELECT principal, version, first_fetch, last_fetch FROM consumer_fetches ORDER BY principal, version",
+                    &[],
+                )
+                .await
+                .map_err(pg("read fetches"))?;
+            rows.into_iter()
+                .map(|r| {
+                    Ok(ConsumerFetch {
+                        principal: r.get(0),
+                        version: version_of(r.get(1))?,
+                        first: r.get(2),
+                        last: r.get(3),
+                    })
+                })
+                .collect()
+        })
+    }
+}

@@ -1,0 +1,499 @@
+//! The state store's behaviour, written once over `&dyn StateStore` and run
+//! on SQLite and on the real PostgreSQL named by `KEYHOLDER_TEST_PG` (CI sets
+//! it; without it the PostgreSQL half prints why it skipped, and with it set
+//! but the server unreachable it fails). Each PostgreSQL test works in a
+//! schema of its own, dropped at the end, so they run in parallel.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crypto_core::KeyVersion;
+use keyholder_api::{VersionState, verify_chain};
+use keyholder_server::principal::{Principal, Role};
+use keyholder_server::store::{
+    AuditDraft, Canary, ConsumerFetch, DealtShare, NewVersion, PgLocation, PostgresStore,
+    STORE_FORMAT, SqliteStore, StateStore, StoreError, StoredEnvelope, Transition, VersionRecord,
+};
+
+/// One store under test and a way around it to its raw tables.
+struct Backend {
+    store: Arc<dyn StateStore>,
+    kind: Kind,
+}
+
+enum Kind {
+    Sqlite {
+        dir: tempfile::TempDir,
+    },
+    Postgres {
+        location: Box<PgLocation>,
+        admin: tokio_postgres::Client,
+        _schema: DropSchema,
+    },
+}
+
+/// Drops the test's schema when the test ends, passed or failed.
+struct DropSchema {
+    url: String,
+    schema: String,
+}
+
+impl Drop for DropSchema {
+    fn drop(&mut self) {
+        let (url, schema) = (self.url.clone(), self.schema.clone());
+        // Its own thread and runtime: this runs inside the test's runtime,
+        // possibly while unwinding.
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            runtime.block_on(async {
+                let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                    .await
+                    .ok()?;
+                tokio::spawn(connection);
+                client
+                    .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
+                    .await
+                    .ok()
+            })
+        })
+        .join();
+    }
+}
+
+impl Backend {
+    async fn sqlite() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("state.db")).unwrap();
+        Self {
+            store: Arc::new(store),
+            kind: Kind::Sqlite { dir },
+        }
+    }
+
+    /// `None` (after saying so) when `KEYHOLDER_TEST_PG` is not set.
+    async fn postgres(test: &str) -> Option<Self> {
+        let Some(url) = std::env::var("KEYHOLDER_TEST_PG")
+            .ok()
+            .filter(|u| !u.is_empty())
+        else {
+            println!("skipping: KEYHOLDER_TEST_PG not set");
+            return None;
+        };
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let schema = format!(
+            "kh_test_{}_{}_{}",
+            &test[..test.len().min(30)],
+            std::process::id(),
+            nanos % 1_000_000_000
+        );
+        let (admin, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .unwrap_or_else(|e| {
+                panic!("KEYHOLDER_TEST_PG is set but PostgreSQL does not answer: {e:?}")
+            });
+        tokio::spawn(connection);
+        let guard = DropSchema {
+            url: url.clone(),
+            schema: schema.clone(),
+        };
+        let location = PgLocation::parse(&url)
+            .unwrap()
+            .with_schema(&schema)
+            .unwrap();
+        let store = PostgresStore::connect(&location).await.unwrap();
+        admin
+            .batch_execute(&format!("SET search_path TO \"{schema}\""))
+            .await
+            .unwrap();
+        Some(Self {
+            store: Arc::new(store),
+            kind: Kind::Postgres {
+                location: Box::new(location),
+                admin,
+                _schema: guard,
+            },
+        })
+    }
+
+    fn store(&self) -> &dyn StateStore {
+        &*self.store
+    }
+
+    /// A second store on the same data, as a restarted (or a second) daemon
+    /// would open it.
+    async fn reopen(&self) -> Result<Arc<dyn StateStore>, StoreError> {
+        Ok(match &self.kind {
+            Kind::Sqlite { dir } => Arc::new(SqliteStore::open(&dir.path().join("state.db"))?),
+            Kind::Postgres { location, .. } => Arc::new(PostgresStore::connect(location).await?),
+        })
+    }
+
+    /// Runs `sql` on the raw tables, bypassing the store; the database's
+    /// message when it refuses.
+    async fn raw(&self, sql: &str) -> Result<(), String> {
+        match &self.kind {
+            Kind::Sqlite { dir } => rusqlite::Connection::open(dir.path().join("state.db"))
+                .unwrap()
+                .execute_batch(sql)
+                .map_err(|e| e.to_string()),
+            Kind::Postgres { admin, .. } => admin
+                .batch_execute(sql)
+                .await
+                .map_err(|e| e.as_db_error().expect("a refusal").message().to_owned()),
+        }
+    }
+
+    /// The table recording the store format.
+    fn format_table(&self) -> &'static str {
+        match self.kind {
+            Kind::Sqlite { .. } => "store_format",
+            Kind::Postgres { .. } => "store_meta",
+        }
+    }
+}
+
+/// Generates `<behaviour>::sqlite` and `<behaviour>::postgres` for each
+/// `async fn <behaviour>(Backend)`.
+macro_rules! on_both_stores {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name(super::Backend::sqlite().await).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                if let Some(backend) = super::Backend::postgres(stringify!($name)).await {
+                    super::$name(backend).await;
+                }
+            }
+        }
+    )*};
+}
+
+on_both_stores!(
+    a_version_with_its_shares_round_trips,
+    a_failing_transition_leaves_nothing,
+    the_audit_chain_verifies_and_cannot_be_rewritten,
+    two_stores_on_one_database_never_fork_the_chain,
+    rotation_and_checkpoints_round_trip,
+    consumer_fetches_keep_first_and_last,
+    another_major_format_is_refused,
+);
+
+fn v(n: u32) -> KeyVersion {
+    KeyVersion::new(n).unwrap()
+}
+
+fn draft(action: &str) -> AuditDraft {
+    AuditDraft {
+        time: "2025-01-02T03:04:05.678Z".to_owned(),
+        actor: "keyholderd".to_owned(),
+        action: action.to_owned(),
+        detail: format!("{{\"action\":\"{action}\"}}"),
+    }
+}
+
+/// What `keyholderd init` stores for version `n`: three shares dealt to
+/// alice, bob and carol, their age envelopes and the canary.
+fn new_version(n: u32) -> NewVersion {
+    let holders = ["alice", "bob", "carol"];
+    let dealt: BTreeMap<u8, DealtShare> = (1u8..)
+        .zip(holders)
+        .map(|(index, name)| {
+            (
+                index,
+                DealtShare {
+                    fingerprint: format!("{:02x}", index + n as u8)
+                        .repeat(32)
+                        .parse()
+                        .unwrap(),
+                    principal: name.to_owned(),
+                },
+            )
+        })
+        .collect();
+    NewVersion {
+        record: VersionRecord {
+            version: v(n),
+            kcv: format!("{:02x}", n as u8).repeat(16).parse().unwrap(),
+            set: format!("a{:01x}", n as u8 % 16).repeat(16).parse().unwrap(),
+            threshold: 2,
+            count: 3,
+            state: VersionState::Prepared,
+            encryptions: 1,
+            dealt,
+            canary: Canary {
+                record: format!("V{n}:canary-ciphertext"),
+                aad: format!("keyholder canary/orders/v{n}"),
+            },
+        },
+        envelopes: (1u8..)
+            .zip(holders)
+            .map(|(index, name)| StoredEnvelope {
+                principal: name.to_owned(),
+                index,
+                age_armored: format!(
+                    "-----BEGIN AGE ENCRYPTED FILE-----\n{name}{n}\n-----END AGE ENCRYPTED FILE-----\n"
+                ),
+            })
+            .collect(),
+    }
+}
+
+fn inserting(n: u32) -> Transition {
+    let mut t = Transition::audit_only(draft("version_made"));
+    t.new_version = Some(new_version(n));
+    t
+}
+
+async fn a_version_with_its_shares_round_trips(b: Backend) {
+    let store = b.store();
+    store
+        .sync_principals(&[Principal {
+            name: "alice".to_owned(),
+            roles: BTreeSet::from([Role::Keyholder]),
+            cert_identity: "alice".to_owned(),
+            age_recipient: Some("age1example".to_owned()),
+        }])
+        .await
+        .unwrap();
+    for n in [10, 2, 1] {
+        store.apply(inserting(n)).await.unwrap();
+    }
+    let versions = store.versions().await.unwrap();
+    let numbers: Vec<u32> = versions.iter().map(|r| r.version.number()).collect();
+    assert_eq!(
+        numbers,
+        [1, 2, 10],
+        "numeric order, not insertion or text order"
+    );
+    assert_eq!(versions[0], new_version(1).record);
+    assert_eq!(versions[2], new_version(10).record);
+
+    assert_eq!(
+        store.share_envelope(v(2), "bob").await.unwrap(),
+        Some(new_version(2).envelopes[1].clone())
+    );
+    assert_eq!(store.share_envelope(v(2), "mallory").await.unwrap(), None);
+    assert_eq!(store.share_envelope(v(3), "bob").await.unwrap(), None);
+
+    store.add_encryptions(v(1), 41).await.unwrap();
+    let mut activate = Transition::audit_only(draft("version_activated"));
+    activate.version_states = vec![(v(1), VersionState::Active)];
+    store.apply(activate).await.unwrap();
+    let reopened = b.reopen().await.unwrap();
+    let first = &reopened.versions().await.unwrap()[0];
+    assert_eq!(
+        (first.encryptions, first.state),
+        (42, VersionState::Active),
+        "persisted across a reopen"
+    );
+    assert!(matches!(
+        store.add_encryptions(v(7), 1).await,
+        Err(StoreError::UnknownVersion { version }) if version == v(7)
+    ));
+}
+
+async fn a_failing_transition_leaves_nothing(b: Backend) {
+    let store = b.store();
+    store.apply(inserting(1)).await.unwrap();
+    let before = (
+        store.versions().await.unwrap(),
+        store.audit_log().await.unwrap(),
+    );
+
+    // Everything in it would succeed except the repeated version.
+    let mut again = inserting(1);
+    again.rotation = Some("{\"phase\":\"dual_read\"}".to_owned());
+    again.version_states = vec![(v(1), VersionState::Active)];
+    let err = store.apply(again).await.unwrap_err();
+    assert!(
+        matches!(err, StoreError::VersionExists { version } if version == v(1)),
+        "{err}"
+    );
+    assert_eq!(
+        err.to_string(),
+        "v1 already exists in the state store; a version is made once"
+    );
+
+    // A new version written, then a state change of an unknown one.
+    let mut half = inserting(2);
+    half.rotation = Some("{\"phase\":\"prepared\"}".to_owned());
+    half.version_states = vec![(v(9), VersionState::Active)];
+    let err = store.apply(half).await.unwrap_err();
+    assert!(
+        matches!(err, StoreError::UnknownVersion { version } if version == v(9)),
+        "{err}"
+    );
+
+    let after = (
+        store.versions().await.unwrap(),
+        store.audit_log().await.unwrap(),
+    );
+    assert_eq!(after, before, "no version, state or audit entry was left");
+    assert_eq!(store.load_rotation().await.unwrap(), None);
+    assert_eq!(store.share_envelope(v(2), "alice").await.unwrap(), None);
+    // The store still works after the rollbacks.
+    store.apply(inserting(2)).await.unwrap();
+}
+
+async fn the_audit_chain_verifies_and_cannot_be_rewritten(b: Backend) {
+    let store = b.store();
+    let mut returned = vec![store.append_audit(draft("started")).await.unwrap()];
+    returned.push(store.apply(inserting(1)).await.unwrap());
+    returned.push(
+        store
+            .save_rotation("{}".to_owned(), draft("rotation_prepared"))
+            .await
+            .unwrap(),
+    );
+    returned.push(store.append_audit(draft("sealed")).await.unwrap());
+    let log = store.audit_log().await.unwrap();
+    assert_eq!(log, returned, "each call returns the entry as stored");
+    assert_eq!(log.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2, 3, 4]);
+    verify_chain(&log).unwrap();
+
+    for sql in [
+        "UPDATE audit SET actor = 'mallory' WHERE seq = 2",
+        "DELETE FROM audit WHERE seq = 4",
+    ] {
+        let refused = b.raw(sql).await.unwrap_err();
+        assert!(
+            refused.contains("the audit log is append-only"),
+            "{sql}: {refused}"
+        );
+    }
+    assert_eq!(store.audit_log().await.unwrap(), log);
+}
+
+async fn two_stores_on_one_database_never_fork_the_chain(b: Backend) {
+    let second = b.reopen().await.unwrap();
+    let writers = [Arc::clone(&b.store), second].map(|store| {
+        tokio::spawn(async move {
+            for i in 0..25 {
+                store
+                    .append_audit(draft(&format!("entry_{i}")))
+                    .await
+                    .unwrap();
+            }
+        })
+    });
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let log = b.store().audit_log().await.unwrap();
+    assert_eq!(log.len(), 50);
+    verify_chain(&log).unwrap();
+}
+
+async fn rotation_and_checkpoints_round_trip(b: Backend) {
+    let store = b.store();
+    assert_eq!(store.load_rotation().await.unwrap(), None);
+    for blob in ["{\"phase\":\"prepared\"}", "{\"phase\":\"dual_read\"}"] {
+        store
+            .save_rotation(blob.to_owned(), draft("rotation"))
+            .await
+            .unwrap();
+        assert_eq!(store.load_rotation().await.unwrap().as_deref(), Some(blob));
+    }
+
+    assert_eq!(store.checkpoint("orders", "forward").await.unwrap(), None);
+    store
+        .put_checkpoint("orders", "forward", "{\"last\":10}".to_owned())
+        .await
+        .unwrap();
+    store
+        .put_checkpoint("orders", "forward", "{\"last\":20}".to_owned())
+        .await
+        .unwrap();
+    store
+        .put_checkpoint("orders", "backward", "{\"last\":5}".to_owned())
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .checkpoint("orders", "forward")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("{\"last\":20}")
+    );
+    assert_eq!(
+        store
+            .checkpoint("orders", "backward")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("{\"last\":5}")
+    );
+    assert_eq!(store.checkpoint("users", "forward").await.unwrap(), None);
+}
+
+async fn consumer_fetches_keep_first_and_last(b: Backend) {
+    let store = b.store();
+    assert_eq!(store.fetches().await.unwrap(), []);
+    store
+        .record_fetch("db1", &[v(1), v(2)], "2025-01-01T00:00:00Z")
+        .await
+        .unwrap();
+    store
+        .record_fetch("db1", &[v(2), v(2)], "2025-01-02T00:00:00Z")
+        .await
+        .unwrap();
+    store
+        .record_fetch("app", &[v(2)], "2025-01-03T00:00:00Z")
+        .await
+        .unwrap();
+    let fetch = |principal: &str, n, first: &str, last: &str| ConsumerFetch {
+        principal: principal.to_owned(),
+        version: v(n),
+        first: first.to_owned(),
+        last: last.to_owned(),
+    };
+    assert_eq!(
+        store.fetches().await.unwrap(),
+        [
+            fetch("app", 2, "2025-01-03T00:00:00Z", "2025-01-03T00:00:00Z"),
+            fetch("db1", 1, "2025-01-01T00:00:00Z", "2025-01-01T00:00:00Z"),
+            fetch("db1", 2, "2025-01-01T00:00:00Z", "2025-01-02T00:00:00Z"),
+        ]
+    );
+}
+
+async fn another_major_format_is_refused(b: Backend) {
+    b.store().apply(inserting(1)).await.unwrap();
+    let table = b.format_table();
+    b.raw(&format!("UPDATE {table} SET format = '1.7.0'"))
+        .await
+        .unwrap();
+    let minor = b.reopen().await.unwrap();
+    assert_eq!(
+        minor.versions().await.unwrap().len(),
+        1,
+        "a newer minor opens"
+    );
+
+    b.raw(&format!("UPDATE {table} SET format = '2.0.0'"))
+        .await
+        .unwrap();
+    let err = b.reopen().await.err().expect("format 2.0.0 refused");
+    assert!(
+        matches!(&err, StoreError::Format { found } if found == "2.0.0"),
+        "{err}"
+    );
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "state store format 2.0.0 is not readable by this build (it reads {STORE_FORMAT}); run the keyholderd that wrote it"
+        )
+    );
+}
