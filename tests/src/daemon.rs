@@ -39,6 +39,9 @@ pub struct TargetSpec {
 pub struct EnvOptions {
     /// Targets.
     pub targets: Vec<TargetSpec>,
+    /// `state_store` (a `postgres://` URL) in place of `state_dir`; the
+    /// state dir is made either way.
+    pub state_store: Option<String>,
 }
 
 /// One test's world.
@@ -92,9 +95,12 @@ impl Env {
         fs::create_dir(&state_dir).unwrap();
         fs::set_permissions(&state_dir, fs::Permissions::from_mode(0o700)).unwrap();
         let addr = free_addr();
+        let state = match &options.state_store {
+            Some(url) => format!("state_store = \"{url}\""),
+            None => format!("state_dir = \"{}\"", state_dir.display()),
+        };
         let mut config = format!(
-            "keyring = \"orders\"\nstate_dir = \"{}\"\n\n[listen]\naddr = \"{addr}\"\ncert = \"{}\"\nkey = \"{}\"\nclient_ca = \"{}\"\nhandshake_timeout = \"3s\"\n\n[shamir]\nthreshold = 2\n\n[unseal]\nprogress_ttl = \"15m\"\n\n[verify]\nsample_size = 64\n",
-            state_dir.display(),
+            "keyring = \"orders\"\n{state}\n\n[listen]\naddr = \"{addr}\"\ncert = \"{}\"\nkey = \"{}\"\nclient_ca = \"{}\"\nhandshake_timeout = \"3s\"\n\n[shamir]\nthreshold = 2\n\n[unseal]\nprogress_ttl = \"15m\"\n\n[verify]\nsample_size = 64\n",
             pki.server.cert.display(),
             pki.server.key.display(),
             pki.ca_pem.display(),

@@ -201,6 +201,7 @@ async fn a_target_encrypted_under_another_key_keeps_the_daemon_sealed_naming_ver
     let target = write_target(&dir.path().join("app.db"), &Key::generate(), 3);
     let env = Env::new(EnvOptions {
         targets: vec![target],
+        ..EnvOptions::default()
     });
     let _daemon = env.start().await;
     env.client("alice")
@@ -277,6 +278,7 @@ async fn a_session_leaves_no_key_or_share_bytes_and_the_daemon_restarts_sealed()
     };
     let env = Env::new(EnvOptions {
         targets: vec![target],
+        ..EnvOptions::default()
     });
     let lines: Vec<String> = ["alice", "bob", "carol"]
         .iter()
