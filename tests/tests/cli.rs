@@ -512,6 +512,14 @@ fn a_rotation_through_the_cli_survives_a_restart_with_shares_in_any_order() {
     assert!(text(&out.stderr).contains("db1"), "{}", text(&out.stderr));
     world.ok("db1", &["hook", "--wait", "10s"]);
     world.ok("olga", &["rotate", "switch"]);
+    // Not drained until db1 holds the keyring that writes v10: before that
+    // it may still write v9 records behind the worker.
+    let status: Status =
+        serde_json::from_str(&world.ok("olga", &["--output", "json", "status"])).unwrap();
+    let rotation = status.rotation.expect("a rotation is under way");
+    assert_ne!(rotation.state, keyholder_api::RotationState::Drained);
+    assert_eq!(rotation.waiting_for, ["db1"]);
+    world.ok("db1", &["hook", "--wait", "10s"]);
     let said = world.ok("olga", &["rotate", "status", "--watch"]);
     assert!(said.contains("rotation: drained v9 -> v10"), "{said}");
 

@@ -424,16 +424,8 @@ impl Rotator {
     /// A consumer fetched the keyring: its acknowledgement in DualRead.
     pub async fn acknowledge(&self, consumer: &str) -> Result<(), RotationError> {
         let mut machine = self.machine.lock().await;
-        if machine.state() != RotationState::DualRead
-            || !self
-                .daemon
-                .config
-                .reencrypt
-                .consumers
-                .iter()
-                .any(|c| c == consumer)
-            || machine.acknowledged_by().any(|c| c == consumer)
-        {
+        let consumers = &self.daemon.config.reencrypt.consumers;
+        if !machine.waiting_for(consumers).iter().any(|c| c == consumer) {
             return Ok(());
         }
         let mut next = machine.clone();
@@ -664,7 +656,7 @@ impl Rotator {
             return Ok(());
         }
         let mut next = machine.clone();
-        next.drained()?;
+        next.drained(&self.daemon.config.reencrypt.consumers)?;
         let rolled_back = next.state() == RotationState::Idle;
         let states = if rolled_back {
             vec![(job.from, VersionState::Retired)]

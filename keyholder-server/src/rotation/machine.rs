@@ -29,6 +29,11 @@ pub struct Rotation {
     next: Option<KeyVersion>,
     verified_by: BTreeSet<String>,
     acknowledged_by: BTreeSet<String>,
+    /// Consumers that fetched the keyring writing the job's target version
+    /// since the job started: until every one has, one of them may still be
+    /// writing records at the version being drained.
+    #[serde(default)]
+    writers_switched: BTreeSet<String>,
     retire_approvals: BTreeSet<String>,
     paused: bool,
 }
@@ -72,6 +77,16 @@ pub enum TransitionError {
         .waiting.join(", ")
     )]
     ConsumersWaiting {
+        /// Who has not fetched it.
+        waiting: Vec<String>,
+    },
+    /// Consumers may still write the version being drained.
+    #[error(
+        "not drained yet: {} must fetch the keyring that writes the new version first (their `keyholder hook` does), or it may still write the old one; waiting for: {}",
+        if .waiting.len() == 1 { "a consumer" } else { "consumers" },
+        .waiting.join(", ")
+    )]
+    WritersWaiting {
         /// Who has not fetched it.
         waiting: Vec<String>,
     },
@@ -144,6 +159,7 @@ impl Rotation {
             next: None,
             verified_by: BTreeSet::new(),
             acknowledged_by: BTreeSet::new(),
+            writers_switched: BTreeSet::new(),
             retire_approvals: BTreeSet::new(),
             paused: false,
         }
@@ -314,25 +330,34 @@ impl Rotation {
         }
     }
 
-    /// A consumer fetched the keyring; counts as its acknowledgement of the
-    /// dual-read keyring. Returns whether it was new.
+    /// A consumer fetched the keyring of the current state: in DualRead its
+    /// acknowledgement of both versions; while a job runs, proof that it now
+    /// writes the job's target version. Returns whether it was new.
     pub fn acknowledge(&mut self, consumer: &str) -> bool {
-        if self.state == RotationState::DualRead {
-            return self.acknowledged_by.insert(consumer.to_owned());
+        match self.state {
+            RotationState::DualRead => self.acknowledged_by.insert(consumer.to_owned()),
+            RotationState::Reencrypting | RotationState::RollingBack => {
+                self.writers_switched.insert(consumer.to_owned())
+            }
+            _ => false,
         }
-        false
     }
 
-    /// The consumers that have not acknowledged yet, in the given order.
+    /// The consumers that have not fetched the keyring this state needs
+    /// them to have, in the given order: in DualRead the one with both
+    /// versions (before `switch`), while a job runs the one writing its
+    /// target version (before the job may be declared drained).
     pub fn waiting_for(&self, consumers: &[String]) -> Vec<String> {
-        match self.state {
-            RotationState::DualRead => consumers
-                .iter()
-                .filter(|c| !self.acknowledged_by.contains(*c))
-                .cloned()
-                .collect(),
-            _ => Vec::new(),
-        }
+        let have = match self.state {
+            RotationState::DualRead => &self.acknowledged_by,
+            RotationState::Reencrypting | RotationState::RollingBack => &self.writers_switched,
+            _ => return Vec::new(),
+        };
+        consumers
+            .iter()
+            .filter(|c| !have.contains(*c))
+            .cloned()
+            .collect()
     }
 
     /// Whether `switch` may start: DualRead and every consumer acknowledged.
@@ -361,12 +386,18 @@ impl Rotation {
         self.state = RotationState::DualWrite;
         self.state = RotationState::Reencrypting;
         self.paused = false;
+        self.writers_switched.clear();
         Ok(())
     }
 
-    /// A full scan found no record at the job's `from` version.
+    /// A full scan found no record at the job's `from` version, after every
+    /// consumer fetched the keyring writing the job's `to` version.
     /// Reencrypting -> Drained; RollingBack -> Idle on the old version.
-    pub fn drained(&mut self) -> Result<(), TransitionError> {
+    pub fn drained(&mut self, consumers: &[String]) -> Result<(), TransitionError> {
+        let waiting = self.waiting_for(consumers);
+        if !waiting.is_empty() {
+            return Err(TransitionError::WritersWaiting { waiting });
+        }
         match self.state {
             RotationState::Reencrypting => {
                 self.state = RotationState::Drained;
@@ -492,6 +523,7 @@ impl Rotation {
             self.state = RotationState::RollingBack;
             self.paused = false;
             self.retire_approvals.clear();
+            self.writers_switched.clear();
         } else {
             *self = Self::idle(self.current);
         }
@@ -557,7 +589,8 @@ mod tests {
                 to: v(10)
             })
         );
-        r.drained().unwrap();
+        r.acknowledge("db1");
+        r.drained(&consumers()).unwrap();
         assert_eq!(r.job(), None);
         assert_eq!(
             r.retire(v(9), "olga", 0, false).unwrap(),
@@ -602,7 +635,8 @@ mod tests {
                 ..
             }
         ));
-        r.drained().unwrap();
+        r.acknowledge("db1");
+        r.drained(&consumers()).unwrap();
         assert_eq!(
             r.retire(v(9), "olga", 3, true).unwrap_err().to_string(),
             "v9 still encrypts 3 record(s); it cannot be retired until a full scan finds none"
@@ -647,7 +681,8 @@ mod tests {
                 to: v(9)
             })
         );
-        r.drained().unwrap();
+        r.acknowledge("db1");
+        r.drained(&consumers()).unwrap();
         assert_eq!(r, Rotation::idle(v(9)));
         assert!(Rotation::idle(v(9)).rollback().is_err());
     }
@@ -655,7 +690,8 @@ mod tests {
     #[test]
     fn a_retired_version_cannot_be_rolled_back_to() {
         let mut r = at_reencrypting();
-        r.drained().unwrap();
+        r.acknowledge("db1");
+        r.drained(&consumers()).unwrap();
         r.retire(v(9), "olga", 0, true).unwrap();
         r.retire(v(9), "omar", 0, true).unwrap();
         assert!(matches!(

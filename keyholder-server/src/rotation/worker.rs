@@ -161,7 +161,54 @@ pub async fn run(rotator: Arc<Rotator>, job: Job, control: ControlHandle) {
     }
 }
 
+/// How many times the job scans again when records were written at its
+/// source version while it ran (a consumer that had not refreshed yet).
+const ROUNDS: u32 = 3;
+
 async fn passes(
+    rotator: &Rotator,
+    daemon: &Arc<Daemon>,
+    job: Job,
+    control: &ControlHandle,
+) -> Result<bool, RotationError> {
+    for round in 0..ROUNDS {
+        if round > 0 {
+            reset_checkpoints(daemon, job).await?;
+        }
+        if !run_targets(rotator, daemon, job, control).await? {
+            return Ok(false);
+        }
+        // Until every consumer has the keyring that writes `job.to`, one of
+        // them may still write `job.from`: a scan before that proves nothing.
+        loop {
+            let waiting = rotator
+                .rotation()
+                .waiting_for(&daemon.config.reencrypt.consumers);
+            if waiting.is_empty() {
+                break;
+            }
+            if control.current().state == keyholder_reencrypt::RunState::Aborted {
+                return Ok(false);
+            }
+            tracing::info!(?waiting, to = %job.to, "re-encryption waits for consumers to fetch the keyring writing the new version");
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
+        // The drained state rests on a fresh full scan of every target, not
+        // on the passes' own bookkeeping.
+        let left = count_at(daemon, job.from).await?;
+        if left == 0 {
+            return Ok(true);
+        }
+        tracing::info!(left, from = %job.from, "records were written at the old version meanwhile; scanning again");
+    }
+    let left = count_at(daemon, job.from).await?;
+    Err(RotationError::Worker(format!(
+        "a full scan still found {left} record(s) at {} after {ROUNDS} rounds; an application is still writing {}; check that every consumer refreshed its keyring, then `keyholder rotate resume`",
+        job.from, job.from
+    )))
+}
+
+async fn run_targets(
     rotator: &Rotator,
     daemon: &Arc<Daemon>,
     job: Job,
@@ -218,15 +265,6 @@ async fn passes(
                 let _ = daemon.store.add_encryptions(job.to, moved).await;
             }
         }
-    }
-    // The drained state rests on a fresh full scan of every target, not on
-    // the passes' own bookkeeping.
-    let left = count_at(daemon, job.from).await?;
-    if left > 0 {
-        return Err(RotationError::Worker(format!(
-            "a full scan still found {left} record(s) at {} after every pass; an application is still writing {}; check that every consumer refreshed its keyring, then `keyholder rotate resume`",
-            job.from, job.from
-        )));
     }
     Ok(true)
 }
