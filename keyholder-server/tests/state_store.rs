@@ -497,3 +497,50 @@ async fn another_major_format_is_refused(b: Backend) {
         )
     );
 }
+
+#[tokio::test]
+async fn the_postgres_store_reconnects_after_the_server_drops_it() {
+    let Some(b) = Backend::postgres("reconnects").await else {
+        return;
+    };
+    let Kind::Postgres {
+        admin, location, ..
+    } = &b.kind
+    else {
+        unreachable!("a postgres backend")
+    };
+    // A store whose connection is named, so only it is cut.
+    let name = format!("kh_{}", location.schema());
+    let url = std::env::var("KEYHOLDER_TEST_PG").unwrap();
+    let separator = if url.contains('?') { '&' } else { '?' };
+    let named = PgLocation::parse(&format!("{url}{separator}application_name={name}"))
+        .unwrap()
+        .with_schema(location.schema())
+        .unwrap();
+    let store = PostgresStore::connect(&named).await.unwrap();
+    store.apply(inserting(1)).await.unwrap();
+
+    let cut = admin
+        .query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+            &[&name],
+        )
+        .await
+        .unwrap();
+    assert_eq!(cut.len(), 1, "one connection cut");
+
+    // The call that meets the dead connection may fail; the store must not
+    // stay broken after it.
+    let mut outcomes = Vec::new();
+    for _ in 0..3 {
+        outcomes.push(store.versions().await.map(|v| v.len()));
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(matches!(outcomes.last(), Some(Ok(1))), "{outcomes:?}");
+    assert!(
+        outcomes.iter().filter(|o| o.is_err()).count() <= 1,
+        "{outcomes:?}"
+    );
+    store.append_audit(draft("after_reconnect")).await.unwrap();
+    verify_chain(&store.audit_log().await.unwrap()).unwrap();
+}
