@@ -107,8 +107,10 @@ stop_leftovers() {
 json_flat() { tr -d '\n'; }
 # The rotation part of a status document (or the whole of a rotation status).
 rotation_part() { json_flat | sed 's/.*"rotation" *: *//'; }
-json_str() { grep -o "\"$1\" *: *\"[^\"]*\"" | head -1 | sed 's/.*: *"\(.*\)"$/\1/'; }
-json_num() { grep -o "\"$1\" *: *[0-9.]*" | head -1 | sed 's/.*: *//'; }
+# A field that is absent or null prints nothing (and is not an error under
+# `set -e -o pipefail`).
+json_str() { { grep -o "\"$1\" *: *\"[^\"]*\"" || true; } | head -1 | sed 's/.*: *"\(.*\)"$/\1/'; }
+json_num() { { grep -o "\"$1\" *: *[0-9.]*" || true; } | head -1 | sed 's/.*: *//'; }
 json_empty_list() { grep -q "\"$1\" *: *\[ *\]"; }
 
 # ---------------------------------------------------------------- build ----

@@ -729,7 +729,16 @@ impl Rotator {
     }
 
     fn status_of(&self, rotation: &Rotation) -> RotationStatus {
-        let job = rotation.job();
+        // After the drain the last pass's figures stay on show.
+        let job = rotation
+            .job()
+            .or(match (rotation.state(), rotation.next()) {
+                (RotationState::Drained | RotationState::Retired, Some(to)) => Some(Job {
+                    from: rotation.current(),
+                    to,
+                }),
+                _ => None,
+            });
         let (mut done, mut remaining, mut conflicts, mut rate) = (0, 0, 0, 0.0);
         if let Some(job) = job {
             for progress in lock(&self.progress).values() {
@@ -750,8 +759,9 @@ impl Rotator {
             rows_done: done,
             rows_remaining: remaining,
             conflicts,
-            rows_per_sec: rate,
-            eta_seconds: (rate > 0.0).then(|| (remaining as f64 / rate).ceil() as u64),
+            rows_per_sec: if rotation.job().is_some() { rate } else { 0.0 },
+            eta_seconds: (rotation.job().is_some() && rate > 0.0)
+                .then(|| (remaining as f64 / rate).ceil() as u64),
             paused: rotation.paused(),
             verified_by: rotation.verified_by().map(str::to_owned).collect(),
             acknowledged_by: rotation.acknowledged_by().map(str::to_owned).collect(),
