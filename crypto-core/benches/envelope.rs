@@ -56,7 +56,13 @@ fn against_bare_aes_gcm(c: &mut Criterion) {
             rand::fill(&mut nonce);
             let nonce = Nonce::from_slice(&nonce);
             let sealed = bare
-                .encrypt(nonce, Payload { msg: &plaintext, aad })
+                .encrypt(
+                    nonce,
+                    Payload {
+                        msg: &plaintext,
+                        aad,
+                    },
+                )
                 .unwrap();
             bare.decrypt(nonce, Payload { msg: &sealed, aad }).unwrap()
         })

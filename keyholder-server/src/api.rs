@@ -189,6 +189,11 @@ pub fn metrics_app(daemon: AppState) -> Router {
 }
 
 async fn metrics(State(daemon): State<AppState>) -> impl IntoResponse {
+    if let Ok(status) = daemon.status().await
+        && let Some(rotation) = &status.rotation
+    {
+        daemon.metrics.set_rotation(rotation);
+    }
     (
         [(
             axum::http::header::CONTENT_TYPE,

@@ -1,9 +1,9 @@
 //! Prometheus metrics: seal state, loaded versions, unseal submissions,
-//! keyring fetches. Served on the optional loopback plain port.
+//! keyring fetches, and the rotation's state and re-encryption progress.
+//! Served on the optional loopback plain port.
 //!
 //! Owns the registry. Metrics carry counts and version numbers only, never a
-//! key, a share or a record. The rotation adds its own (rows, conflicts) by
-//! registering them in [`Metrics::registry`] at start.
+//! key, a share or a record.
 
 use std::sync::Mutex;
 
@@ -12,6 +12,30 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+
+/// The label of the rotation state gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabel {
+    /// The snake_case rotation state.
+    pub state: &'static str,
+}
+
+/// The re-encryption progress gauges.
+#[derive(Default)]
+pub struct RotationGauges {
+    /// 1 for the state the rotation is in, 0 for the others.
+    pub state: Family<StateLabel, Gauge>,
+    /// Records moved in the current direction.
+    pub rows_done: Gauge,
+    /// Records still at the version being moved away from.
+    pub rows_remaining: Gauge,
+    /// Compare-and-swap conflicts with application writes.
+    pub conflicts: Gauge,
+    /// The recent rate, records per second.
+    pub rows_per_sec: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// 1 while an operator paused the worker.
+    pub paused: Gauge,
+}
 
 /// The label of an unseal submission counter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -30,6 +54,8 @@ pub struct Metrics {
     pub unseal_shares: Family<OutcomeLabel, Counter>,
     /// Keyring fetches by database principals.
     pub keyring_fetches: Counter,
+    /// Rotation and re-encryption progress, refreshed at each scrape.
+    pub rotation: RotationGauges,
     /// The registry; add more metrics before serving.
     pub registry: Mutex<Registry>,
 }
@@ -57,8 +83,40 @@ impl Default for Metrics {
             "Keyring fetches by database principals",
             keyring_fetches.clone(),
         );
+        let rotation = RotationGauges::default();
+        registry.register(
+            "rotation_state",
+            "1 for the rotation state the keyring is in",
+            rotation.state.clone(),
+        );
+        registry.register(
+            "reencrypt_rows_done",
+            "Records re-encrypted in the current direction",
+            rotation.rows_done.clone(),
+        );
+        registry.register(
+            "reencrypt_rows_remaining",
+            "Records still at the version being moved away from",
+            rotation.rows_remaining.clone(),
+        );
+        registry.register(
+            "reencrypt_conflicts",
+            "Compare-and-swap conflicts with application writes (rows revisited)",
+            rotation.conflicts.clone(),
+        );
+        registry.register(
+            "reencrypt_rows_per_second",
+            "Recent re-encryption rate",
+            rotation.rows_per_sec.clone(),
+        );
+        registry.register(
+            "reencrypt_paused",
+            "1 while an operator paused the re-encryption worker",
+            rotation.paused.clone(),
+        );
         sealed.set(1);
         Self {
+            rotation,
             sealed,
             versions_loaded,
             unseal_shares,
@@ -83,6 +141,37 @@ impl Metrics {
         self.versions_loaded.set(versions as i64);
     }
 
+    /// Publishes the rotation part of the status document.
+    pub fn set_rotation(&self, status: &keyholder_api::RotationStatus) {
+        use keyholder_api::RotationState::*;
+        for state in [
+            Idle,
+            Prepared,
+            SharesVerified,
+            DualRead,
+            DualWrite,
+            Reencrypting,
+            Drained,
+            Retired,
+            RollingBack,
+        ] {
+            self.rotation
+                .state
+                .get_or_create(&StateLabel {
+                    state: state.as_str(),
+                })
+                .set(i64::from(state == status.state));
+        }
+        let clamp = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        self.rotation.rows_done.set(clamp(status.rows_done));
+        self.rotation
+            .rows_remaining
+            .set(clamp(status.rows_remaining));
+        self.rotation.conflicts.set(clamp(status.conflicts));
+        self.rotation.rows_per_sec.set(status.rows_per_sec);
+        self.rotation.paused.set(i64::from(status.paused));
+    }
+
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -90,5 +179,46 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut out, &registry)
             .expect("writing to a String cannot fail");
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keyholder_api::{RotationState, RotationStatus};
+
+    #[test]
+    fn the_rotation_is_exported_with_its_state_and_progress() {
+        let metrics = Metrics::default();
+        metrics.set_rotation(&RotationStatus {
+            state: RotationState::Reencrypting,
+            from: crypto_core::KeyVersion::new(9).ok(),
+            to: crypto_core::KeyVersion::new(10).ok(),
+            rows_done: 120_000,
+            rows_remaining: 880_000,
+            conflicts: 3,
+            rows_per_sec: 41_000.5,
+            eta_seconds: Some(21),
+            paused: false,
+            verified_by: vec![],
+            acknowledged_by: vec![],
+            waiting_for: vec![],
+            retire_approvals: vec![],
+            rows_per_sec_limit: 0,
+            batch_size: 1000,
+            last_error: None,
+        });
+        let text = metrics.render();
+        for line in [
+            "keyholder_rotation_state{state=\"reencrypting\"} 1",
+            "keyholder_rotation_state{state=\"drained\"} 0",
+            "keyholder_reencrypt_rows_done 120000",
+            "keyholder_reencrypt_rows_remaining 880000",
+            "keyholder_reencrypt_conflicts 3",
+            "keyholder_reencrypt_rows_per_second 41000.5",
+            "keyholder_reencrypt_paused 0",
+        ] {
+            assert!(text.contains(line), "{line} missing from:\n{text}");
+        }
     }
 }

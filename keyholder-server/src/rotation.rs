@@ -1,5 +1,5 @@
-//! Key rotation: the persisted state machine ([`machine`]), the driver that
-//! performs each step's I/O around it ([`driver`]), the re-encryption worker
+//! Key rotation: the persisted state machine (`machine`), the driver that
+//! performs each step's I/O around it ([`Rotator`]), the re-encryption worker
 //! for the current [`Job`] and the `/v1/rotation/*` handlers.
 
 pub mod api;
