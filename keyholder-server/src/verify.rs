@@ -3,11 +3,11 @@
 //!
 //! Owns the decision "these keys may be loaded". A failure names the version,
 //! the target and the record ids that did not decrypt; it never carries a
-//! record's content or a key. Sampling goes through [`RecordSampler`], so a
-//! target kind (SQLite here, the re-encryption engine's stores later) plugs in
-//! without touching this logic.
+//! record's content or a key. Sampling goes through [`RecordSampler`]
+//! (the re-encryption engine's stores, SQLite and PostgreSQL), so this logic
+//! never touches a database itself.
 
-pub mod sqlite;
+pub mod engine;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -35,16 +35,10 @@ pub trait RecordSampler: Send + Sync {
     fn sample(&self, version: KeyVersion, n: u32) -> Result<Vec<SampledRecord>, String>;
 }
 
-/// Builds the sampler of a configured target.
+/// Builds the sampler of a configured target (SQLite or PostgreSQL).
 pub fn sampler_for(target: &TargetConfig) -> Result<Box<dyn RecordSampler>, String> {
-    if target.store.starts_with("sqlite://") {
-        Ok(Box::new(sqlite::SqliteSampler::new(target.clone())))
-    } else {
-        Err(format!(
-            "target {}: sampling PostgreSQL targets is not supported by this build yet; remove the target or use a SQLite store",
-            target.name
-        ))
-    }
+    let engine = crate::rotation::engine_target(target, &format!("targets.{}", target.name))?;
+    Ok(Box::new(engine::EngineSampler::new(engine)))
 }
 
 /// One check that failed.
