@@ -231,13 +231,22 @@ impl Daemon {
     }
 
     /// Sets which versions are live and which writes (the rotation drives
-    /// this), re-reads the stored versions and, when unsealed, republishes
-    /// the keyring. While sealed, partial unseal progress is dropped.
+    /// this), re-reads the stored versions and, when unsealed and the plan
+    /// changed, republishes the keyring. While sealed, partial unseal
+    /// progress is dropped.
     pub async fn set_plan(&self, plan: KeyringPlan) -> Result<(), DaemonError> {
         let versions = self.store.versions().await?;
-        *self.plan.write().unwrap_or_else(|p| p.into_inner()) = Some(plan.clone());
+        let previous = self
+            .plan
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .replace(plan.clone());
         *self.lock_seal() = Self::machine(&self.config, &versions, Some(&plan));
-        if let Some(keyring) = self.vault.republish(&plan)? {
+        // Every rotation step sets the plan; only a changed one makes a new
+        // keyring, so "keyring loaded" is logged once per real change.
+        if previous.as_ref() != Some(&plan)
+            && let Some(keyring) = self.vault.republish(&plan)?
+        {
             self.log_keyring(&keyring);
         }
         Ok(())

@@ -31,6 +31,9 @@ impl From<RotationError> for ApiFailure {
             RotationError::Refused(message) => {
                 ApiFailure::new(StatusCode::CONFLICT, "refused", message)
             }
+            e @ RotationError::RecordsRemain { .. } => {
+                ApiFailure::new(StatusCode::CONFLICT, "records_remain", e.to_string())
+            }
             RotationError::Worker(message) => {
                 tracing::error!(error = %message, "rotation step failed");
                 ApiFailure::new(StatusCode::INTERNAL_SERVER_ERROR, "worker", message)

@@ -49,6 +49,19 @@ pub enum RotationError {
     /// A data store or the worker failed.
     #[error("{0}")]
     Worker(String),
+    /// Records still need the version to retire; says where.
+    #[error(
+        "{version} still encrypts {remaining} record(s) ({}); it cannot be retired until a full scan finds none",
+        .targets.iter().map(|(t, n)| format!("target {t}: {n}")).collect::<Vec<_>>().join(", ")
+    )]
+    RecordsRemain {
+        /// The version.
+        version: KeyVersion,
+        /// Records at it in all targets.
+        remaining: u64,
+        /// The targets holding some, with their counts.
+        targets: Vec<(String, u64)>,
+    },
 }
 
 impl From<crate::init::InitError> for RotationError {
@@ -552,11 +565,30 @@ impl Rotator {
         execute: bool,
     ) -> Result<RetirePlan, RotationError> {
         let mut machine = self.machine.lock().await;
-        let remaining = worker::count_at(&self.daemon, version).await?;
+        let per_target = worker::counts_at(&self.daemon, version).await?;
+        let remaining = per_target.iter().map(|(_, n)| n).sum();
         let mut next = machine.clone();
-        let outcome = next.retire(version, &operator.name, remaining, execute)?;
+        let outcome = next
+            .retire(version, &operator.name, remaining, execute)
+            .map_err(|e| match e {
+                TransitionError::RecordsRemain { version, remaining } => {
+                    RotationError::RecordsRemain {
+                        version,
+                        remaining,
+                        targets: per_target.iter().filter(|(_, n)| *n > 0).cloned().collect(),
+                    }
+                }
+                e => e.into(),
+            })?;
+        let scanned: Vec<String> = per_target
+            .iter()
+            .map(|(t, n)| format!("target {t}: {n}"))
+            .collect();
         let steps = vec![
-            format!("a full scan found {remaining} record(s) at {version}"),
+            format!(
+                "a full scan found {remaining} record(s) at {version} ({})",
+                scanned.join(", ")
+            ),
             format!("two distinct operators run `keyholder rotate retire {version} --execute`"),
             format!(
                 "{version} leaves the keyring handed to consumers; its key is dropped from memory"

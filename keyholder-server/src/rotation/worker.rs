@@ -106,7 +106,20 @@ fn targets(daemon: &Daemon) -> Result<Vec<Target>, RotationError> {
 
 /// Records at `version` in every target, by a full scan now.
 pub async fn count_at(daemon: &Daemon, version: KeyVersion) -> Result<u64, RotationError> {
-    let mut total = 0;
+    Ok(counts_at(daemon, version)
+        .await?
+        .iter()
+        .map(|(_, n)| n)
+        .sum())
+}
+
+/// Records at `version` per target (by name, in config order), by a full
+/// scan now.
+pub async fn counts_at(
+    daemon: &Daemon,
+    version: KeyVersion,
+) -> Result<Vec<(String, u64)>, RotationError> {
+    let mut counts = Vec::new();
     for target in targets(daemon)? {
         let store = keyholder_reencrypt::open_store(&target)
             .await
@@ -115,9 +128,9 @@ pub async fn count_at(daemon: &Daemon, version: KeyVersion) -> Result<u64, Rotat
             .inventory()
             .await
             .map_err(|e| RotationError::Worker(e.to_string()))?;
-        total += inventory.at(version);
+        counts.push((target.name().to_owned(), inventory.at(version)));
     }
-    Ok(total)
+    Ok(counts)
 }
 
 /// Starts the job's passes from the beginning (a new switch or rollback, not
