@@ -16,6 +16,8 @@ use crate::pki::{ClientFiles, Pki};
 pub const KEYHOLDERS: [&str; 3] = ["alice", "bob", "carol"];
 /// The operator.
 pub const OPERATOR: &str = "olivia";
+/// A second operator, for what needs two (retiring a version).
+pub const SECOND_OPERATOR: &str = "oscar";
 /// The database principal.
 pub const DATABASE: &str = "db1";
 
@@ -34,7 +36,7 @@ pub struct TargetSpec {
     pub column: String,
 }
 
-/// What to put in the config.
+/// What to put in the config and give `keyholderd init`.
 #[derive(Clone, Debug, Default)]
 pub struct EnvOptions {
     /// Targets.
@@ -42,6 +44,14 @@ pub struct EnvOptions {
     /// `state_store` (a `postgres://` URL) in place of `state_dir`; the
     /// state dir is made either way.
     pub state_store: Option<String>,
+    /// The version `init` makes (`--first-version`); v1 when `None`.
+    pub first_version: Option<u32>,
+    /// `reencrypt.consumers`.
+    pub consumers: Vec<String>,
+    /// `reencrypt.batch_size`.
+    pub batch_size: Option<u32>,
+    /// `reencrypt.rows_per_sec`.
+    pub rows_per_sec: Option<u64>,
 }
 
 /// One test's world.
@@ -60,6 +70,8 @@ pub struct Env {
     pub log: PathBuf,
     /// The API address.
     pub addr: SocketAddr,
+    /// The version `init` made.
+    pub first_version: u32,
 }
 
 /// The `keyholderd` binary next to the test executable.
@@ -85,7 +97,8 @@ pub fn free_addr() -> SocketAddr {
 }
 
 impl Env {
-    /// PKI, config and `keyholderd init` (first version v1).
+    /// PKI, config and `keyholderd init` (first version v1 unless the
+    /// options say otherwise).
     pub fn new(options: EnvOptions) -> Self {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().to_owned();
@@ -112,7 +125,11 @@ impl Env {
                 "\n[[principals]]\nname = \"{name}\"\nroles = [\"keyholder\"]\ncert_identity = \"{name}\"\nage_recipient = \"{recipient}\"\n"
             ));
         }
-        for (name, role) in [(OPERATOR, "operator"), (DATABASE, "database")] {
+        for (name, role) in [
+            (OPERATOR, "operator"),
+            (SECOND_OPERATOR, "operator"),
+            (DATABASE, "database"),
+        ] {
             pki.client(name);
             config.push_str(&format!(
                 "\n[[principals]]\nname = \"{name}\"\nroles = [\"{role}\"]\ncert_identity = \"{name}\"\n"
@@ -128,6 +145,24 @@ impl Env {
                 t.column
             ));
         }
+        let mut reencrypt = String::new();
+        if let Some(size) = options.batch_size {
+            reencrypt.push_str(&format!("batch_size = {size}\n"));
+        }
+        if let Some(rate) = options.rows_per_sec {
+            reencrypt.push_str(&format!("rows_per_sec = {rate}\n"));
+        }
+        if !options.consumers.is_empty() {
+            let names: Vec<String> = options
+                .consumers
+                .iter()
+                .map(|c| format!("\"{c}\""))
+                .collect();
+            reencrypt.push_str(&format!("consumers = [{}]\n", names.join(", ")));
+        }
+        if !reencrypt.is_empty() {
+            config.push_str(&format!("\n[reencrypt]\n{reencrypt}"));
+        }
         let config_path = root.join("keyholder.toml");
         let mut file = fs::File::create(&config_path).unwrap();
         file.write_all(config.as_bytes()).unwrap();
@@ -140,8 +175,11 @@ impl Env {
             config: config_path,
             state_dir,
             addr,
+            first_version: options.first_version.unwrap_or(1),
         };
-        let init = env.keyholderd(&["init", "--out", &env.shares_dir.display().to_string()]);
+        let out = env.shares_dir.display().to_string();
+        let first = format!("v{}", env.first_version);
+        let init = env.keyholderd(&["init", "--out", &out, "--first-version", &first]);
         assert!(
             init.status.success(),
             "init failed: {}",
@@ -227,10 +265,29 @@ impl Env {
         }
     }
 
-    /// Everything the daemon logged so far.
+    /// Everything the daemon logged so far, without the terminal colour
+    /// codes it writes even to a file, so fields read `name=value`.
     pub fn log_text(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
+        strip_ansi(&fs::read_to_string(&self.log).unwrap_or_default())
     }
+}
+
+/// `text` without ANSI escape sequences (`ESC [ ... letter`).
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// A running `keyholderd`; stopped with SIGTERM on drop.
@@ -239,6 +296,16 @@ pub struct Daemon {
 }
 
 impl Daemon {
+    /// Kills it with SIGKILL (no drain, no cleanup: a crash) and reaps it.
+    pub fn kill(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).expect("SIGKILL");
+        child.wait().expect("reaping the killed daemon");
+    }
+
     /// Sends SIGTERM and waits for the exit; returns whether it exited 0.
     pub fn stop(&mut self) -> bool {
         let Some(mut child) = self.child.take() else {

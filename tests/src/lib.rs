@@ -10,7 +10,10 @@
 pub mod client;
 pub mod daemon;
 pub mod pki;
+pub mod records;
+pub mod rotation;
 
 pub use client::Client;
 pub use daemon::{Daemon, Env, EnvOptions, TargetSpec};
 pub use pki::Pki;
+pub use records::Table;
