@@ -538,3 +538,34 @@ fn a_rotation_through_the_cli_survives_a_restart_with_shares_in_any_order() {
     let versions: Vec<u32> = ring.versions().map(KeyVersion::number).collect();
     assert_eq!(versions, [10]);
 }
+
+#[test]
+fn audit_verify_passes_and_names_the_entry_after_a_row_is_altered() {
+    let mut world = World::new();
+    world.start();
+    assert_ok(&world.unseal("alice"), "alice unseals");
+    assert_ok(&world.unseal("bob"), "bob unseals");
+    let said = world.ok("olga", &["audit", "--verify"]);
+    assert!(said.starts_with("audit chain intact: "), "{said}");
+
+    // Someone with write access to the state file drops the append-only
+    // trigger and rewrites history: the chain is what catches it.
+    let db = rusqlite::Connection::open(world.pki().join("state").join("state.db")).unwrap();
+    db.execute_batch(
+        "DROP TRIGGER audit_append_only_update;
+         UPDATE audit SET actor = 'mallory' WHERE seq = 2;",
+    )
+    .unwrap();
+    drop(db);
+    let out = world
+        .keyholder("olga")
+        .args(["audit", "--verify"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("audit entry 2 was altered (its hash does not match its content)"),
+        "{err}"
+    );
+}
