@@ -207,10 +207,14 @@ impl Rotator {
     ) -> Result<RotationStatus, RotationError> {
         self.require_unsealed()?;
         let mut machine = self.machine.lock().await;
+        let known = self.daemon.store.versions().await?;
+        let highest = known.iter().map(|r| r.version).max();
+        // The default is the highest version ever made + 1, not the live
+        // one + 1: a rolled-back version's number is taken for good.
+        let requested = requested.or_else(|| highest.and_then(|h| h.next().ok()));
         let mut next = machine.clone();
         let version = next.prepare(requested)?;
-        let known = self.daemon.store.versions().await?;
-        if let Some(highest) = known.iter().map(|r| r.version).max()
+        if let Some(highest) = highest
             && version <= highest
         {
             return Err(RotationError::Refused(format!(
