@@ -221,7 +221,7 @@ fn in_order(all: &[&str], wanted: &[&str]) -> bool {
 
 #[tokio::test]
 async fn a_whole_rotation_moves_50000_records_to_v10_unchanged_and_two_operators_retire_v9() {
-    let w = world(50_000, |_| {}).await;
+    let mut w = world(50_000, |_| {}).await;
     let new = w.prepare_and_verify().await;
     w.activate().await;
     w.db1_gets(&[9, 10], 9).await;
@@ -305,6 +305,28 @@ async fn a_whole_rotation_moves_50000_records_to_v10_unchanged_and_two_operators
     assert_eq!(status.write_version, Some(v(10)));
     assert_eq!(World::rotation_of(&status).state, RotationState::Retired);
     w.assert_all_at(10, &new.key);
+
+    // After a restart v10 alone unseals; a v9 share is refused by name.
+    assert!(w.daemon.stop());
+    w.daemon = w.env.start().await;
+    let alice = w
+        .env
+        .client("alice")
+        .unseal(&[&w.v9_lines[0], &new.lines[0]])
+        .await;
+    assert_eq!(alice.status, 200, "{}", alice.body);
+    let alice: UnsealResponse = alice.json();
+    assert_eq!(
+        alice.outcomes[0].reason.as_deref(),
+        Some("v9 is retired; its shares are no longer used")
+    );
+    assert!(!alice.outcomes[0].accepted && alice.outcomes[1].accepted);
+    let bob = w
+        .env
+        .unseal_with(&[("bob", vec![new.lines[1].clone()])])
+        .await;
+    assert_eq!((bob.sealed, bob.loaded.as_slice()), (false, &[v(10)][..]));
+    w.db1_gets(&[10], 10).await;
 
     let log = w.audit().await;
     assert!(
@@ -442,6 +464,21 @@ async fn rollback_from_reencrypting_halfway_puts_every_record_back_at_v9_and_dro
         assert!(std::time::Instant::now() < deadline, "{}", w.env.log_text());
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let paused: RotationStatus = w.env.operate("/v1/rotation/pause", json!({})).await.json();
+    assert!(paused.paused);
+    // Pausing stops the writes within one batch.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let at_pause = w.table.count_at(10);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(w.table.count_at(10), at_pause, "no batch while paused");
+    let rotation = w.rotation().await;
+    assert!(rotation.paused);
+    assert!(
+        rotation.rows_done > 0 && rotation.rows_remaining > 0,
+        "{rotation:?}"
+    );
+    let resumed: RotationStatus = w.env.operate("/v1/rotation/resume", json!({})).await.json();
+    assert!(!resumed.paused);
     let slow: RotationStatus = w
         .env
         .operate("/v1/rotation/throttle", json!({"rows_per_sec": 20}))
@@ -493,12 +530,26 @@ async fn rollback_from_reencrypting_halfway_puts_every_record_back_at_v9_and_dro
     );
     w.db1_gets(&[9], 9).await;
     w.assert_all_at(9, &new.key);
+
+    // The next rotation never reuses v10: by default it prepares v11.
+    let again: RotationStatus = w
+        .env
+        .operate("/v1/rotation/prepare", json!({}))
+        .await
+        .json();
+    assert_eq!(
+        (again.state, again.from, again.to),
+        (RotationState::Prepared, Some(v(9)), Some(v(11)))
+    );
+
     let log = w.audit().await;
     assert!(
         in_order(
             &actions(&log),
             &[
                 "rotation_switched",
+                "rotation_paused",
+                "rotation_resumed",
                 "rotation_throttled",
                 "rotation_rolled_back",
                 "target_drained",
