@@ -793,7 +793,13 @@ impl Rotator {
             from: (rotation.state() != RotationState::Idle).then(|| rotation.current()),
             to: rotation.next(),
             rows_done: done,
-            rows_remaining: remaining,
+            // Outside a job the drained state rests on a full scan that
+            // found none; the pass's estimate would only mislead.
+            rows_remaining: if rotation.job().is_some() {
+                remaining
+            } else {
+                0
+            },
             conflicts,
             rows_per_sec: if rotation.job().is_some() { rate } else { 0.0 },
             eta_seconds: (rotation.job().is_some() && rate > 0.0)
