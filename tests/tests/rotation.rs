@@ -794,6 +794,16 @@ async fn sigkill_after_every_transition_and_five_times_while_reencrypting_resume
         w.db1_gets(&[9, 10], 10).await;
     }
     assert!(last_checkpoint > 0, "checkpoints were written");
+
+    // Sealing stops the worker (after its batch in flight); unsealing
+    // resumes it.
+    let sealed = w.env.client(OPERATOR).post("/v1/seal", &json!({})).await;
+    assert_eq!(sealed.status, 200, "{}", sealed.body);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let at_seal = w.table.counts();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(w.table.counts(), at_seal, "no batch while sealed");
+    w.unseal(Some(&new)).await;
     w.env.wait_rotation(RotationState::Drained, DRAIN).await;
     w.assert_all_at(10, &new.key);
 
