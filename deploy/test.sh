@@ -12,4 +12,4 @@ cargo nextest run --workspace --no-fail-fast "$@"
 # nextest does not run doc tests.
 cargo test --workspace --doc --quiet
 # A longer property run than the default, as a smoke of the parsers.
-PROPTEST_CASES=2000 cargo nextest run -p crypto-core --test properties --no-fail-fast
+PROPTEST_CASES=2000 cargo nextest run --workspace --no-fail-fast -E 'package(crypto-core) and binary(properties)'
