@@ -296,4 +296,11 @@ pub trait StateStore: Send + Sync {
     ) -> StoreFuture<'_, ()>;
     /// Every recorded consumer fetch.
     fn fetches(&self) -> StoreFuture<'_, Vec<ConsumerFetch>>;
+    /// Copies the whole store aside before a destructive transition
+    /// (`label` says which), returning where; `None` where the store leaves
+    /// snapshots to its own backups (PostgreSQL: PITR or pg_dump).
+    fn snapshot(&self, label: &str) -> StoreFuture<'_, Option<String>> {
+        let _ = label;
+        Box::pin(futures::future::ready(Ok(None)))
+    }
 }

@@ -51,7 +51,7 @@ pub enum RotationError {
     Worker(String),
     /// Records still need the version to retire; says where.
     #[error(
-        "{version} still encrypts {remaining} record(s) ({}); it cannot be retired until a full scan finds none",
+        "{version} still encrypts {remaining} record(s) ({}); it cannot be retired until a full scan finds none (`keyholder rotate resume` scans and moves them again)",
         .targets.iter().map(|(t, n)| format!("target {t}: {n}")).collect::<Vec<_>>().join(", ")
     )]
     RecordsRemain {
@@ -500,7 +500,12 @@ impl Rotator {
     ) -> Result<RotationStatus, RotationError> {
         let mut machine = self.machine.lock().await;
         let mut next = machine.clone();
+        let rescan = machine.state() == RotationState::Drained;
         next.set_paused(paused)?;
+        if rescan && let Some(job) = next.job() {
+            // A record written late at the old version: scan again.
+            worker::reset_checkpoints(&self.daemon, job).await?;
+        }
         let step = Step {
             actor: &operator.name,
             action: if paused {
@@ -598,8 +603,13 @@ impl Rotator {
                 "{version} leaves the keyring handed to consumers; its key is dropped from memory"
             ),
             format!("{version}'s KCV, fingerprints and audit history stay in the state store"),
+            "the state store is copied aside before the version is retired (SQLite: state_dir/snapshots)".to_owned(),
         ];
         let executed = outcome == RetireOutcome::Retired;
+        let mut detail = json!({"version": version.number(), "records_remaining": remaining});
+        if executed {
+            detail["snapshot"] = json!(self.snapshot(&format!("retire-{version}")).await?);
+        }
         if outcome != RetireOutcome::Planned {
             let states = if executed {
                 vec![(version, VersionState::Retired)]
@@ -613,7 +623,7 @@ impl Rotator {
                 } else {
                     "retire_approved"
                 },
-                detail: json!({"version": version.number(), "records_remaining": remaining}),
+                detail,
                 version_states: states,
                 new_version: None,
             };
@@ -646,7 +656,10 @@ impl Rotator {
         } else {
             0
         };
-        let mut steps = vec![format!("{to} writes again")];
+        let mut steps = vec![
+            "the state store is copied aside first (SQLite: state_dir/snapshots)".to_owned(),
+            format!("{to} writes again"),
+        ];
         if moves {
             steps.push(format!(
                 "the worker moves {records_to_move} record(s) from {from} back to {to}, with the same checks as the forward path"
@@ -657,9 +670,10 @@ impl Rotator {
             if moves {
                 self.require_unsealed()?;
             }
-            self.stop_worker().await;
             let mut next = machine.clone();
             next.rollback()?;
+            let snapshot = self.snapshot(&format!("rollback-{from}")).await?;
+            self.stop_worker().await;
             let states = if next.state() == RotationState::Idle {
                 vec![(from, VersionState::Retired)]
             } else {
@@ -668,7 +682,7 @@ impl Rotator {
             if let Some(job) = next.job() {
                 worker::reset_checkpoints(&self.daemon, job).await?;
             }
-            self.commit(&mut machine, next, Step { actor: &operator.name, action: "rotation_rolled_back", detail: json!({"from": from.number(), "to": to.number(), "records_to_move": records_to_move}), version_states: states, new_version: None })
+            self.commit(&mut machine, next, Step { actor: &operator.name, action: "rotation_rolled_back", detail: json!({"from": from.number(), "to": to.number(), "records_to_move": records_to_move, "snapshot": snapshot}), version_states: states, new_version: None })
             .await?;
             if machine.state() == RotationState::Idle {
                 self.daemon.vault.forget(from);
@@ -683,6 +697,16 @@ impl Rotator {
             executed: execute,
             steps,
         })
+    }
+
+    /// Copies the state store aside before a destructive step (the
+    /// Scalingo lesson): the copy holds what the store holds, no key.
+    async fn snapshot(&self, label: &str) -> Result<Option<String>, RotationError> {
+        let path = self.daemon.store.snapshot(label).await?;
+        if let Some(path) = &path {
+            tracing::info!(snapshot = %path, label, "state store snapshot taken");
+        }
+        Ok(path)
     }
 
     /// The worker finished a full scan with nothing left at `job.from`.
@@ -834,6 +858,14 @@ impl crate::daemon::RotationHooks for Rotator {
     }
 
     fn sealed(self: Arc<Self>) {
-        tokio::spawn(async move { self.stop_worker().await });
+        // Abort now, before the vault drops its keys, so a worker started by
+        // a quick re-unseal is never the one stopped; wait for it elsewhere.
+        let running = lock(&self.running).take();
+        if let Some(running) = running {
+            running.control.abort();
+            tokio::spawn(async move {
+                let _ = running.task.await;
+            });
+        }
     }
 }

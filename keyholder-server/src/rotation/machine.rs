@@ -412,11 +412,18 @@ impl Rotation {
         }
     }
 
-    /// `rotate pause` / `rotate resume`.
+    /// `rotate pause` / `rotate resume`. `resume` in Drained goes back to
+    /// Reencrypting for another scan: the way out when a record was written
+    /// at the old version after the drain and blocks `retire`.
     pub fn set_paused(&mut self, paused: bool) -> Result<(), TransitionError> {
         match self.state {
             RotationState::Reencrypting | RotationState::RollingBack => {
                 self.paused = paused;
+                Ok(())
+            }
+            RotationState::Drained if !paused => {
+                self.state = RotationState::Reencrypting;
+                self.retire_approvals.clear();
                 Ok(())
             }
             actual => Err(wrong(
@@ -685,6 +692,25 @@ mod tests {
         r.drained(&consumers()).unwrap();
         assert_eq!(r, Rotation::idle(v(9)));
         assert!(Rotation::idle(v(9)).rollback().is_err());
+    }
+
+    #[test]
+    fn resume_after_the_drain_scans_again_and_forgets_approvals() {
+        let mut r = at_reencrypting();
+        r.acknowledge("db1");
+        r.drained(&consumers()).unwrap();
+        r.retire(v(9), "olga", 0, true).unwrap();
+        assert!(r.set_paused(true).is_err(), "nothing to pause once drained");
+        r.set_paused(false).unwrap();
+        assert_eq!(r.state(), Reencrypting);
+        assert_eq!(
+            r.job(),
+            Some(Job {
+                from: v(9),
+                to: v(10)
+            })
+        );
+        assert_eq!(r.retire_approvals().count(), 0);
     }
 
     #[test]

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::future::ready;
-use std::os::unix::fs::OpenOptionsExt as _;
+use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -97,6 +97,7 @@ CREATE TABLE consumer_fetches (
 /// The state store in one SQLite file.
 pub struct SqliteStore {
     conn: Mutex<Connection>,
+    path: std::path::PathBuf,
 }
 
 fn sql(operation: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
@@ -126,6 +127,7 @@ impl SqliteStore {
         migrate(&mut conn)?;
         Ok(Self {
             conn: Mutex::new(conn),
+            path: path.to_owned(),
         })
     }
 
@@ -513,6 +515,31 @@ impl StateStore for SqliteStore {
                 .map_err(sql("record fetch"))?;
             }
             tx.commit().map_err(sql("commit fetch record"))
+        });
+        Box::pin(ready(result))
+    }
+
+    fn snapshot(&self, label: &str) -> StoreFuture<'_, Option<String>> {
+        let dir = self
+            .path
+            .parent()
+            .unwrap_or(Path::new("."))
+            .join("snapshots");
+        let stamp = crate::audit::now_rfc3339().replace(':', "");
+        let file = dir.join(format!("state-{stamp}-before-{label}.db"));
+        let result = self.with(|conn| {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&dir)
+                .map_err(|e| corrupt(format!("cannot create {}: {e}", dir.display())))?;
+            // VACUUM INTO writes a consistent copy of the whole store in one
+            // statement; it holds what the store holds, never a plaintext key.
+            conn.execute("VACUUM INTO ?1", [file.display().to_string()])
+                .map_err(sql("snapshot the state store"))?;
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| corrupt(format!("cannot restrict {}: {e}", file.display())))?;
+            Ok(Some(file.display().to_string()))
         });
         Box::pin(ready(result))
     }
