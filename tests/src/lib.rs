@@ -12,6 +12,7 @@ pub mod daemon;
 pub mod pki;
 pub mod records;
 pub mod rotation;
+pub mod secrets;
 
 pub use client::Client;
 pub use daemon::{Daemon, Env, EnvOptions, TargetSpec};

@@ -18,6 +18,7 @@ use keyholder_api::{
 use keyholder_tests::daemon::{DATABASE, OPERATOR, SECOND_OPERATOR};
 use keyholder_tests::records::Table;
 use keyholder_tests::rotation::v;
+use keyholder_tests::secrets::{assert_absent, encodings, files_under, key_bytes, share_data};
 use keyholder_tests::{Daemon, Env, EnvOptions};
 use rand::RngExt as _;
 use serde_json::json;
@@ -290,6 +291,16 @@ async fn a_whole_rotation_moves_50000_records_to_v10_unchanged_and_two_operators
         (second.approvals.as_slice(), second.executed),
         (&[OPERATOR.to_owned(), SECOND_OPERATOR.to_owned()][..], true)
     );
+    // The state was copied aside before the destructive step, and only then.
+    let snapshots: Vec<String> = std::fs::read_dir(w.env.state_dir.join("snapshots"))
+        .expect("a snapshot directory")
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(snapshots.len(), 1, "{snapshots:?}");
+    assert!(
+        snapshots[0].ends_with("-before-retire-v9.db"),
+        "{snapshots:?}"
+    );
 
     w.db1_gets(&[10], 10).await;
     let status = w.env.status().await;
@@ -305,6 +316,32 @@ async fn a_whole_rotation_moves_50000_records_to_v10_unchanged_and_two_operators
     assert_eq!(status.write_version, Some(v(10)));
     assert_eq!(World::rotation_of(&status).state, RotationState::Retired);
     w.assert_all_at(10, &new.key);
+
+    // Neither key nor any share of the rotation reached the state directory
+    // (store, WAL, snapshot), the daemon's log or the audit log.
+    let mut secrets: Vec<(String, Vec<u8>)> = Vec::new();
+    for (what, key) in [("v9 key", &w.v9), ("v10 key", &new.key)] {
+        secrets.extend(
+            encodings(&key_bytes(key))
+                .into_iter()
+                .map(|e| (what.to_owned(), e)),
+        );
+    }
+    for line in &new.lines {
+        secrets.extend(
+            encodings(&share_data(line))
+                .into_iter()
+                .map(|e| ("v10 share".to_owned(), e)),
+        );
+    }
+    let mut places: Vec<(String, Vec<u8>)> = files_under(&w.env.state_dir)
+        .into_iter()
+        .map(|p| (p.display().to_string(), std::fs::read(&p).unwrap()))
+        .collect();
+    places.push(("log".into(), w.env.log_text().into_bytes()));
+    let audit = serde_json::to_vec(&w.audit().await).unwrap();
+    places.push(("audit log".into(), audit));
+    assert_absent(&places, &secrets);
 
     // After a restart v10 alone unseals; a v9 share is refused by name.
     assert!(w.daemon.stop());

@@ -8,6 +8,7 @@ use base64::Engine as _;
 use crypto_core::{Key, KeyVersion, Keyring};
 use keyholder_api::{AuditLog, Status, UnsealResponse};
 use keyholder_tests::daemon::{DATABASE, OPERATOR};
+use keyholder_tests::secrets::{assert_absent, encodings, files_under, share_data};
 use keyholder_tests::{Env, EnvOptions, TargetSpec};
 use sha2::Digest as _;
 
@@ -229,37 +230,6 @@ async fn a_target_encrypted_under_another_key_keeps_the_daemon_sealed_naming_ver
     assert!(status.versions.iter().all(|v| !v.loaded));
 }
 
-/// Every encoding of `bytes` a leak could take.
-fn encodings(bytes: &[u8]) -> Vec<Vec<u8>> {
-    vec![
-        bytes.to_vec(),
-        hex::encode(bytes).into_bytes(),
-        hex::encode_upper(bytes).into_bytes(),
-        base64::engine::general_purpose::STANDARD
-            .encode(bytes)
-            .into_bytes(),
-        base64::engine::general_purpose::STANDARD_NO_PAD
-            .encode(bytes)
-            .into_bytes(),
-        base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .encode(bytes)
-            .into_bytes(),
-    ]
-}
-
-fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            out.extend(files_under(&path));
-        } else {
-            out.push(path);
-        }
-    }
-    out
-}
-
 #[tokio::test]
 async fn a_session_leaves_no_key_or_share_bytes_and_the_daemon_restarts_sealed() {
     let dir = tempfile::tempdir().unwrap();
@@ -329,16 +299,7 @@ async fn a_session_leaves_no_key_or_share_bytes_and_the_daemon_restarts_sealed()
         .map(|e| ("key".to_owned(), e))
         .collect();
     for line in &lines {
-        let data = line
-            .split(" data=")
-            .nth(1)
-            .unwrap()
-            .split(' ')
-            .next()
-            .unwrap();
-        let data = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(data)
-            .unwrap();
+        let data = share_data(line);
         secrets.extend(
             encodings(&data)
                 .into_iter()
@@ -353,16 +314,7 @@ async fn a_session_leaves_no_key_or_share_bytes_and_the_daemon_restarts_sealed()
     places.push(("log".into(), std::fs::read(&env.log).unwrap()));
     places.push(("audit log".into(), audit.into_bytes()));
     assert!(places.len() >= 3);
-    for (place, content) in &places {
-        for (what, needle) in &secrets {
-            assert!(
-                !content
-                    .windows(needle.len())
-                    .any(|w| w == needle.as_slice()),
-                "{what} bytes found in {place}"
-            );
-        }
-    }
+    assert_absent(&places, &secrets);
 }
 
 #[tokio::test]

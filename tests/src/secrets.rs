@@ -1,0 +1,67 @@
+//! Searching files for secrets: every encoding a leaked key or share could
+//! take, looked for byte by byte.
+
+use std::path::{Path, PathBuf};
+
+use base64::Engine as _;
+use crypto_core::Key;
+
+/// Every encoding of `bytes` a leak could take.
+pub fn encodings(bytes: &[u8]) -> Vec<Vec<u8>> {
+    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE_NO_PAD};
+    vec![
+        bytes.to_vec(),
+        hex::encode(bytes).into_bytes(),
+        hex::encode_upper(bytes).into_bytes(),
+        STANDARD.encode(bytes).into_bytes(),
+        STANDARD_NO_PAD.encode(bytes).into_bytes(),
+        URL_SAFE_NO_PAD.encode(bytes).into_bytes(),
+    ]
+}
+
+/// A key's raw bytes (through the one door crypto-core opens for them).
+pub fn key_bytes(key: &Key) -> Vec<u8> {
+    base64::engine::general_purpose::STANDARD
+        .decode(key.expose_base64_for_handover().as_bytes())
+        .unwrap()
+}
+
+/// The raw Shamir data of a share line.
+pub fn share_data(line: &str) -> Vec<u8> {
+    let data = line
+        .split(" data=")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .expect("a share line has data=");
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(data)
+        .unwrap()
+}
+
+/// Every file under `dir`, recursively.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(files_under(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+/// Panics naming the secret and the place if any secret occurs in any place.
+pub fn assert_absent(places: &[(String, Vec<u8>)], secrets: &[(String, Vec<u8>)]) {
+    for (place, content) in places {
+        for (what, needle) in secrets {
+            assert!(
+                !content
+                    .windows(needle.len())
+                    .any(|w| w == needle.as_slice()),
+                "{what} bytes found in {place}"
+            );
+        }
+    }
+}
