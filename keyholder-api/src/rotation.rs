@@ -28,6 +28,19 @@ pub enum RotationState {
 }
 
 impl RotationState {
+    /// Every state, in the order of the forward path (rolling back last).
+    pub const ALL: [RotationState; 9] = [
+        Self::Idle,
+        Self::Prepared,
+        Self::SharesVerified,
+        Self::DualRead,
+        Self::DualWrite,
+        Self::Reencrypting,
+        Self::Drained,
+        Self::Retired,
+        Self::RollingBack,
+    ];
+
     /// The snake_case name, as in JSON.
     pub fn as_str(self) -> &'static str {
         match self {

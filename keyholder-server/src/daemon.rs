@@ -192,21 +192,7 @@ impl Daemon {
         &self,
         keys: BTreeMap<KeyVersion, crypto_core::Key>,
     ) -> Result<BTreeMap<KeyVersion, usize>, DaemonError> {
-        let versions: BTreeMap<KeyVersion, VersionRecord> = self
-            .store
-            .versions()
-            .await?
-            .into_iter()
-            .map(|v| (v.version, v))
-            .collect();
-        let samplers = Arc::clone(&self.samplers);
-        let keyring_id = self.config.keyring.clone();
-        let sample_size = self.config.sample_size;
-        let verdict = tokio::task::spawn_blocking(move || {
-            verify::verify(&keyring_id, &keys, &versions, &samplers, sample_size)
-        })
-        .await
-        .map_err(|e| DaemonError::Plan(format!("verification task failed: {e}")))?;
+        let (_, verdict) = self.prove(keys).await?;
         match verdict {
             Ok(report) => Ok(report.sampled),
             Err(failures) => {
@@ -223,6 +209,37 @@ impl Daemon {
                 })
             }
         }
+    }
+
+    /// Checks `keys` (KCV, canary, sample records of every target) on a
+    /// blocking thread, since it reads stores and does crypto; hands the keys
+    /// back with the verdict.
+    async fn prove(
+        &self,
+        keys: BTreeMap<KeyVersion, crypto_core::Key>,
+    ) -> Result<
+        (
+            BTreeMap<KeyVersion, crypto_core::Key>,
+            Result<verify::Report, Vec<verify::Failure>>,
+        ),
+        DaemonError,
+    > {
+        let versions: BTreeMap<KeyVersion, VersionRecord> = self
+            .store
+            .versions()
+            .await?
+            .into_iter()
+            .map(|v| (v.version, v))
+            .collect();
+        let samplers = Arc::clone(&self.samplers);
+        let keyring_id = self.config.keyring.clone();
+        let sample_size = self.config.sample_size;
+        tokio::task::spawn_blocking(move || {
+            let verdict = verify::verify(&keyring_id, &keys, &versions, &samplers, sample_size);
+            (keys, verdict)
+        })
+        .await
+        .map_err(|e| DaemonError::Plan(format!("verification task failed: {e}")))
     }
 
     /// The keyring plan in force (`None` before init).
@@ -360,31 +377,10 @@ impl Daemon {
             response.progress = self.lock_seal().progress();
             return Ok(response);
         };
-        let versions: BTreeMap<KeyVersion, VersionRecord> = self
-            .store
-            .versions()
-            .await?
-            .into_iter()
-            .map(|v| (v.version, v))
-            .collect();
-        let samplers = Arc::clone(&self.samplers);
-        let keyring_id = self.config.keyring.clone();
-        let sample_size = self.config.sample_size;
-        let (rebuilt, verdict) = tokio::task::spawn_blocking(move || {
-            let verdict = verify::verify(
-                &keyring_id,
-                &rebuilt.keys,
-                &versions,
-                &samplers,
-                sample_size,
-            );
-            (rebuilt, verdict)
-        })
-        .await
-        .map_err(|e| DaemonError::Plan(format!("verification task failed: {e}")))?;
+        let (keys, verdict) = self.prove(rebuilt.keys).await?;
         match verdict {
             Err(failures) => {
-                drop(rebuilt);
+                drop(keys);
                 let messages: Vec<String> = failures.iter().map(ToString::to_string).collect();
                 for failure in &failures {
                     tracing::error!(
@@ -408,7 +404,7 @@ impl Daemon {
                 Err(DaemonError::Verification { failures: messages })
             }
             Ok(report) => {
-                let keyring = self.vault.load(&self.config.keyring, rebuilt.keys, &plan)?;
+                let keyring = self.vault.load(&self.config.keyring, keys, &plan)?;
                 let counts = self.store.versions().await?;
                 for record in counts.iter().filter(|r| keyring.contains(r.version)) {
                     keyring

@@ -143,18 +143,7 @@ impl Metrics {
 
     /// Publishes the rotation part of the status document.
     pub fn set_rotation(&self, status: &keyholder_api::RotationStatus) {
-        use keyholder_api::RotationState::*;
-        for state in [
-            Idle,
-            Prepared,
-            SharesVerified,
-            DualRead,
-            DualWrite,
-            Reencrypting,
-            Drained,
-            Retired,
-            RollingBack,
-        ] {
+        for state in keyholder_api::RotationState::ALL {
             self.rotation
                 .state
                 .get_or_create(&StateLabel {
