@@ -70,9 +70,7 @@ impl From<DaemonError> for ApiFailure {
                 (StatusCode::UNPROCESSABLE_ENTITY, "verification_failed")
             }
             DaemonError::Plan(_) | DaemonError::Vault(_) => (StatusCode::CONFLICT, "keyring_plan"),
-            DaemonError::Store(_) | DaemonError::Target(_) => {
-                (StatusCode::INTERNAL_SERVER_ERROR, "internal")
-            }
+            DaemonError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };
         if status == StatusCode::INTERNAL_SERVER_ERROR {
             tracing::error!(error = %e, "request failed");

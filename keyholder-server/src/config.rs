@@ -100,7 +100,7 @@ struct RawConfig {
     #[serde(default)]
     verify: RawVerify,
     #[serde(default)]
-    targets: Vec<RawTarget>,
+    targets: Vec<keyholder_reencrypt::TargetConfig>,
     #[serde(default)]
     reencrypt: RawReencrypt,
 }
@@ -144,18 +144,6 @@ struct RawVerify {
     sample_size: Option<i64>,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawTarget {
-    name: String,
-    store: String,
-    table: String,
-    primary_key: String,
-    columns: Vec<String>,
-    #[serde(default)]
-    aad: Option<String>,
-}
-
 #[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawReencrypt {
@@ -188,7 +176,7 @@ pub struct Config {
     /// Records test-decrypted per version per target before unsealing.
     pub sample_size: u32,
     /// The tables whose records the keys protect.
-    pub targets: Vec<TargetConfig>,
+    pub targets: Vec<keyholder_reencrypt::Target>,
     /// Re-encryption settings (used by the rotation).
     pub reencrypt: Reencrypt,
 }
@@ -228,32 +216,6 @@ pub struct Listen {
     pub metrics_addr: Option<SocketAddr>,
     /// How long a client has to finish its handshake.
     pub handshake_timeout: Duration,
-}
-
-/// How a target binds records to their row.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AadRule {
-    /// No associated data.
-    None,
-    /// `<table>/<column>/<pk>`.
-    Row,
-}
-
-/// One `[[targets]]` entry: a table whose columns hold keyholder records.
-#[derive(Clone, Debug)]
-pub struct TargetConfig {
-    /// Its unique name.
-    pub name: String,
-    /// `sqlite:///abs/path.db` or a `postgres://` URL.
-    pub store: String,
-    /// The table (a checked SQL identifier).
-    pub table: String,
-    /// Its primary key column (a checked SQL identifier).
-    pub primary_key: String,
-    /// The encrypted columns (checked SQL identifiers).
-    pub columns: Vec<String>,
-    /// The associated-data rule.
-    pub aad: AadRule,
 }
 
 /// `[reencrypt]`.

@@ -48,9 +48,6 @@ pub enum DaemonError {
     /// The state store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// A target's sampler could not be built.
-    #[error("{0}")]
-    Target(String),
 }
 
 /// What the rotation needs to hear from the daemon, and what it adds to the
@@ -120,8 +117,7 @@ impl Daemon {
             .targets
             .iter()
             .map(verify::sampler_for)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(DaemonError::Target)?;
+            .collect::<Vec<_>>();
         let versions = store.versions().await?;
         let plan = match store.load_rotation().await? {
             // The persisted rotation says which versions are live and which

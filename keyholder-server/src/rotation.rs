@@ -9,4 +9,3 @@ mod worker;
 
 pub use driver::{RotationError, Rotator};
 pub use machine::{Job, RETIRE_APPROVALS, RetireOutcome, Rotation, TransitionError};
-pub use worker::engine_target;

@@ -14,7 +14,6 @@ use std::fmt;
 
 use crypto_core::{Key, KeyVersion, KeyringId};
 
-use crate::config::TargetConfig;
 use crate::store::VersionRecord;
 
 /// One sampled record: where it is and what to decrypt.
@@ -36,9 +35,8 @@ pub trait RecordSampler: Send + Sync {
 }
 
 /// Builds the sampler of a configured target (SQLite or PostgreSQL).
-pub fn sampler_for(target: &TargetConfig) -> Result<Box<dyn RecordSampler>, String> {
-    let engine = crate::rotation::engine_target(target, &format!("targets.{}", target.name))?;
-    Ok(Box::new(engine::EngineSampler::new(engine)))
+pub fn sampler_for(target: &keyholder_reencrypt::Target) -> Box<dyn RecordSampler> {
+    Box::new(engine::EngineSampler::new(target.clone()))
 }
 
 /// One check that failed.

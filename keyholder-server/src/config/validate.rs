@@ -10,9 +10,8 @@ use std::time::Duration;
 use crypto_core::KeyringId;
 
 use super::{
-    AadRule, Config, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_PROGRESS_TTL, DEFAULT_SAMPLE_SIZE, Listen,
-    Problem, RawConfig, RawListen, RawPrincipal, RawReencrypt, RawTarget, Reencrypt, StateLocation,
-    TargetConfig,
+    Config, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_PROGRESS_TTL, DEFAULT_SAMPLE_SIZE, Listen, Problem,
+    RawConfig, RawListen, RawPrincipal, RawReencrypt, Reencrypt, StateLocation,
 };
 use crate::principal::{Principal, Role};
 use crate::store::PgLocation;
@@ -413,11 +412,15 @@ fn validate_principals(raw: &[RawPrincipal], check: &mut Checker) -> Vec<Princip
     principals
 }
 
-fn validate_targets(raw: &[RawTarget], check: &mut Checker) -> Vec<TargetConfig> {
+fn validate_targets(
+    raw: &[keyholder_reencrypt::TargetConfig],
+    check: &mut Checker,
+) -> Vec<keyholder_reencrypt::Target> {
     let mut names = BTreeSet::new();
     let mut targets = Vec::new();
     for (i, t) in raw.iter().enumerate() {
         let at = |field: &str| format!("targets[{i}].{field}");
+        let problems_before = check.problems.len();
         check.name(&t.name, &at("name"));
         if !names.insert(t.name.as_str()) {
             check.problem(at("name"), format!("duplicate name \"{}\"", t.name));
@@ -453,25 +456,15 @@ fn validate_targets(raw: &[RawTarget], check: &mut Checker) -> Vec<TargetConfig>
                 );
             }
         }
-        let aad = match t.aad.as_deref() {
-            None | Some("none") => AadRule::None,
-            Some("row") => AadRule::Row,
-            Some(other) => {
-                check.problem(
-                    at("aad"),
-                    format!("\"{other}\" is not a rule; use \"none\" or \"row\""),
-                );
-                AadRule::None
-            }
-        };
-        targets.push(TargetConfig {
-            name: t.name.clone(),
-            store: t.store.clone(),
-            table: t.table.clone(),
-            primary_key: t.primary_key.clone(),
-            columns: t.columns.clone(),
-            aad,
-        });
+        // The checks above name every problem; the engine's own
+        // validation then builds the target (and would catch what they miss).
+        if check.problems.len() > problems_before {
+            continue;
+        }
+        match t.validate(&format!("targets[{i}]")) {
+            Ok(target) => targets.push(target),
+            Err(e) => check.problem(format!("targets[{i}]"), e.to_string()),
+        }
     }
     targets
 }

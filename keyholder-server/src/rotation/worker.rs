@@ -19,7 +19,6 @@ use serde_json::json;
 use super::Job;
 use super::driver::{RotationError, Rotator};
 use crate::audit;
-use crate::config::{AadRule, TargetConfig};
 use crate::daemon::Daemon;
 use crate::store::StateStore;
 
@@ -76,32 +75,8 @@ impl CheckpointStore for StateCheckpoints {
     }
 }
 
-/// The engine's form of a configured target.
-pub fn engine_target(target: &TargetConfig, prefix: &str) -> Result<Target, String> {
-    keyholder_reencrypt::TargetConfig {
-        name: target.name.clone(),
-        store: target.store.clone(),
-        table: target.table.clone(),
-        primary_key: target.primary_key.clone(),
-        columns: target.columns.clone(),
-        aad: match target.aad {
-            AadRule::None => keyholder_reencrypt::AadRule::None,
-            AadRule::Row => keyholder_reencrypt::AadRule::Row,
-        },
-    }
-    .validate(prefix)
-    .map_err(|e| e.to_string())
-}
-
 fn targets(daemon: &Daemon) -> Result<Vec<Target>, RotationError> {
-    daemon
-        .config
-        .targets
-        .iter()
-        .enumerate()
-        .map(|(i, t)| engine_target(t, &format!("targets[{i}]")))
-        .collect::<Result<_, _>>()
-        .map_err(RotationError::Worker)
+    Ok(daemon.config.targets.clone())
 }
 
 /// Records at `version` in every target, by a full scan now.
