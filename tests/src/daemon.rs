@@ -52,6 +52,9 @@ pub struct EnvOptions {
     pub batch_size: Option<u32>,
     /// `reencrypt.rows_per_sec`.
     pub rows_per_sec: Option<u64>,
+    /// More TOML, appended verbatim after the targets (e.g. a PostgreSQL
+    /// `[[targets]]` entry).
+    pub extra_toml: String,
 }
 
 /// One test's world.
@@ -145,6 +148,7 @@ impl Env {
                 t.column
             ));
         }
+        config.push_str(&options.extra_toml);
         let mut reencrypt = String::new();
         if let Some(size) = options.batch_size {
             reencrypt.push_str(&format!("batch_size = {size}\n"));
