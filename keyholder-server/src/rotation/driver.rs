@@ -435,6 +435,8 @@ impl Rotator {
             new_version: None,
         };
         self.commit(&mut machine, next, step).await?;
+        // The new key is live now; the shares that proved it are not needed.
+        lock(&self.new_shares).clear();
         Ok(self.status_of(&machine))
     }
 
@@ -685,6 +687,7 @@ impl Rotator {
             self.commit(&mut machine, next, Step { actor: &operator.name, action: "rotation_rolled_back", detail: json!({"from": from.number(), "to": to.number(), "records_to_move": records_to_move, "snapshot": snapshot}), version_states: states, new_version: None })
             .await?;
             if machine.state() == RotationState::Idle {
+                lock(&self.new_shares).clear();
                 self.daemon.vault.forget(from);
             }
             drop(machine);
@@ -858,6 +861,8 @@ impl crate::daemon::RotationHooks for Rotator {
     }
 
     fn sealed(self: Arc<Self>) {
+        // Verified new shares could rebuild the new key: they go with the keys.
+        lock(&self.new_shares).clear();
         // Abort now, before the vault drops its keys, so a worker started by
         // a quick re-unseal is never the one stopped; wait for it elsewhere.
         let running = lock(&self.running).take();
