@@ -11,13 +11,15 @@
 //! key beyond what the vault holds: the worker gets the vault's keyring, and
 //! sealing aborts it.
 
+mod shares;
+mod status;
+
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock};
 
 use crypto_core::{Key, KeyVersion, Share};
 use keyholder_api::{
-    RetirePlan, RollbackPlan, RotationState, RotationStatus, ShareEnvelope, ShareLine,
-    ShareOutcome, ThrottleRequest, UnsealResponse, VersionState,
+    RetirePlan, RollbackPlan, RotationState, RotationStatus, ThrottleRequest, VersionState,
 };
 use keyholder_reencrypt::{ControlHandle, Progress, Throttle};
 use serde_json::json;
@@ -235,183 +237,6 @@ impl Rotator {
         self.daemon.vault.hold_pending(version, key);
         lock(&self.new_shares).clear();
         Ok(self.status_of(&machine))
-    }
-
-    /// `share fetch`: the caller's own new share, still age-encrypted.
-    pub async fn share_for(
-        &self,
-        keyholder: &Principal,
-        version: KeyVersion,
-    ) -> Result<ShareEnvelope, RotationError> {
-        let envelope = self
-            .daemon
-            .store
-            .share_envelope(version, &keyholder.name)
-            .await?
-            .ok_or_else(|| {
-                RotationError::Refused(format!(
-                    "no share of {version} was dealt to {}; check the version (`keyholder status`)",
-                    keyholder.name
-                ))
-            })?;
-        self.daemon
-            .audit(
-                &keyholder.name,
-                "share_fetched",
-                json!({"version": version.number(), "index": envelope.index}),
-            )
-            .await?;
-        Ok(ShareEnvelope {
-            keyring: self.daemon.config.keyring.clone(),
-            version,
-            index: envelope.index,
-            age_armored: envelope.age_armored,
-        })
-    }
-
-    /// `share verify`: a keyholder proves they can decrypt their new share by
-    /// sending it back. Checked against its fingerprint and recipient.
-    pub async fn verify_share(
-        &self,
-        keyholder: &Principal,
-        lines: &[ShareLine],
-    ) -> Result<UnsealResponse, RotationError> {
-        let mut machine = self.machine.lock().await;
-        let Some(version) = machine.next() else {
-            return Err(TransitionError::WrongState {
-                command: "share verify",
-                needed: "prepared or shares_verified",
-                actual: machine.state(),
-                hint: "; no new version is waiting for its keyholders",
-            }
-            .into());
-        };
-        if !matches!(
-            machine.state(),
-            RotationState::Prepared | RotationState::SharesVerified
-        ) {
-            return Err(TransitionError::WrongState {
-                command: "share verify",
-                needed: "prepared or shares_verified",
-                actual: machine.state(),
-                hint: "; the new version's shares were verified already",
-            }
-            .into());
-        }
-        let record = self
-            .daemon
-            .store
-            .versions()
-            .await?
-            .into_iter()
-            .find(|r| r.version == version)
-            .ok_or(StoreError::UnknownVersion { version })?;
-        let mut outcomes = Vec::new();
-        let mut accepted_any = false;
-        for (position, line) in lines.iter().enumerate() {
-            let outcome = |version, index, reason: Option<String>| ShareOutcome {
-                position: position + 1,
-                version,
-                index,
-                accepted: reason.is_none(),
-                reason,
-            };
-            let share = match Share::parse(line.expose()) {
-                Ok(share) => share,
-                Err(_) => {
-                    outcomes.push(outcome(None, None, Some("the share line does not parse (a copy error?); fetch it again with `keyholder share fetch`".into())));
-                    continue;
-                }
-            };
-            let index = share.index();
-            let refuse = match share.check_belongs_to(
-                &self.daemon.config.keyring,
-                version,
-                record.set,
-            ) {
-                Err(e) => Some(e.to_string()),
-                Ok(()) => match record.dealt.get(&index) {
-                    None => Some(format!("index {index} was never dealt")),
-                    Some(dealt) if dealt.principal != keyholder.name => Some(format!(
-                        "index {index} of {version} was dealt to {}, not to {}",
-                        dealt.principal, keyholder.name
-                    )),
-                    Some(dealt) if !dealt.fingerprint.matches(&share) => Some(format!(
-                        "index {index} of {version} does not match the share that was dealt (corrupted or forged)"
-                    )),
-                    Some(_) => None,
-                },
-            };
-            self.daemon
-                .audit(
-                    &keyholder.name,
-                    if refuse.is_none() {
-                        "share_verified"
-                    } else {
-                        "share_verify_refused"
-                    },
-                    json!({"version": share.version().number(), "index": index, "reason": refuse}),
-                )
-                .await?;
-            if refuse.is_none() {
-                accepted_any = true;
-                lock(&self.new_shares).insert(index, share.clone());
-            }
-            outcomes.push(outcome(Some(share.version()), Some(index), refuse));
-        }
-        if accepted_any {
-            let mut next = machine.clone();
-            let reached = next.share_verified(&keyholder.name, self.daemon.config.threshold)?;
-            self.rebuild_new_key_if_lost(version, &record)?;
-            let states = if reached {
-                vec![(version, VersionState::SharesVerified)]
-            } else {
-                Vec::new()
-            };
-            let step = Step {
-                actor: &keyholder.name,
-                action: if reached {
-                    "rotation_shares_verified"
-                } else {
-                    "rotation_share_proven"
-                },
-                detail: json!({"version": version.number()}),
-                version_states: states,
-                new_version: None,
-            };
-            self.commit(&mut machine, next, step).await?;
-        }
-        Ok(UnsealResponse {
-            sealed: self.daemon.vault.is_sealed(),
-            outcomes,
-            progress: Vec::new(),
-            loaded: self.daemon.vault.held_versions(),
-        })
-    }
-
-    /// After a restart the new key is gone from memory; once `threshold`
-    /// verified shares are in, rebuild it (KCV-checked) and hold it again.
-    fn rebuild_new_key_if_lost(
-        &self,
-        version: KeyVersion,
-        record: &crate::store::VersionRecord,
-    ) -> Result<(), RotationError> {
-        if self.daemon.vault.is_sealed() || self.daemon.vault.key(version).is_some() {
-            return Ok(());
-        }
-        let shares: Vec<Share> = lock(&self.new_shares)
-            .values()
-            .take(usize::from(record.threshold))
-            .cloned()
-            .collect();
-        if shares.len() < usize::from(record.threshold) {
-            return Ok(());
-        }
-        let key = crypto_core::combine(&shares, &record.kcv)
-            .map_err(|e| RotationError::Refused(format!("rebuilding {version}: {e}")))?;
-        self.daemon.vault.hold_pending(version, key);
-        tracing::info!(%version, kcv = %record.kcv.prefix(), "new key rebuilt from verified shares");
-        Ok(())
     }
 
     /// `rotate activate`: SharesVerified -> DualRead (consumers get both keys).
@@ -784,62 +609,6 @@ impl Rotator {
 
     pub(super) fn daemon(&self) -> &Arc<Daemon> {
         &self.daemon
-    }
-
-    /// The rotation part of the status document.
-    pub fn status(&self) -> RotationStatus {
-        self.status_of(&self.rotation())
-    }
-
-    fn status_of(&self, rotation: &Rotation) -> RotationStatus {
-        // After the drain the last pass's figures stay on show.
-        let job = rotation
-            .job()
-            .or(match (rotation.state(), rotation.next()) {
-                (RotationState::Drained | RotationState::Retired, Some(to)) => Some(Job {
-                    from: rotation.current(),
-                    to,
-                }),
-                _ => None,
-            });
-        let (mut done, mut remaining, mut conflicts, mut rate) = (0, 0, 0, 0.0);
-        if let Some(job) = job {
-            for progress in lock(&self.progress).values() {
-                let p = progress.borrow();
-                if p.from == job.from && p.to == job.to {
-                    done += p.records_done;
-                    remaining += p.records_remaining;
-                    conflicts += p.conflicts;
-                    rate += p.rows_per_sec;
-                }
-            }
-        }
-        let throttle = lock(&self.throttle).clone();
-        RotationStatus {
-            state: rotation.state(),
-            from: (rotation.state() != RotationState::Idle).then(|| rotation.current()),
-            to: rotation.next(),
-            rows_done: done,
-            // Outside a job the drained state rests on a full scan that
-            // found none; the pass's estimate would only mislead.
-            rows_remaining: if rotation.job().is_some() {
-                remaining
-            } else {
-                0
-            },
-            conflicts,
-            rows_per_sec: if rotation.job().is_some() { rate } else { 0.0 },
-            eta_seconds: (rotation.job().is_some() && rate > 0.0)
-                .then(|| (remaining as f64 / rate).ceil() as u64),
-            paused: rotation.paused(),
-            verified_by: rotation.verified_by().map(str::to_owned).collect(),
-            acknowledged_by: rotation.acknowledged_by().map(str::to_owned).collect(),
-            waiting_for: rotation.waiting_for(&self.daemon.config.reencrypt.consumers),
-            retire_approvals: rotation.retire_approvals().map(str::to_owned).collect(),
-            rows_per_sec_limit: throttle.rows_per_sec,
-            batch_size: throttle.batch_size,
-            last_error: lock(&self.last_error).clone(),
-        }
     }
 }
 

@@ -1,0 +1,215 @@
+//! The rotation machine, path by path.
+
+use super::*;
+use RotationState::*;
+
+fn v(n: u32) -> KeyVersion {
+    KeyVersion::new(n).unwrap()
+}
+
+fn consumers() -> Vec<String> {
+    vec!["db1".to_owned()]
+}
+
+fn at_reencrypting() -> Rotation {
+    let mut r = Rotation::idle(v(9));
+    r.prepare(None).unwrap();
+    r.share_verified("alice", 2).unwrap();
+    r.share_verified("bob", 2).unwrap();
+    r.activate().unwrap();
+    r.acknowledge("db1");
+    r.switch(&consumers()).unwrap();
+    r
+}
+
+#[test]
+fn the_forward_path_sets_versions_explicitly() {
+    let mut r = Rotation::idle(v(9));
+    assert_eq!(r.live_versions(), vec![v(9)]);
+    assert_eq!(r.prepare(None).unwrap(), v(10));
+    assert_eq!((r.state(), r.write_version()), (Prepared, v(9)));
+    assert_eq!(r.optional_version(), Some(v(10)));
+    assert!(!r.share_verified("alice", 2).unwrap());
+    assert!(
+        !r.share_verified("alice", 2).unwrap(),
+        "one keyholder counts once"
+    );
+    assert!(r.share_verified("bob", 2).unwrap());
+    r.activate().unwrap();
+    assert_eq!(r.live_versions(), vec![v(9), v(10)]);
+    assert_eq!(
+        r.write_version(),
+        v(9),
+        "dual read writes the lower version"
+    );
+    assert_eq!(
+        r.check_switch(&consumers()).unwrap_err().to_string(),
+        "a consumer must fetch the keyring with both versions before the switch (their `keyholder hook` acknowledges it); waiting for: db1"
+    );
+    assert!(r.acknowledge("db1"));
+    r.switch(&consumers()).unwrap();
+    assert_eq!((r.state(), r.write_version()), (Reencrypting, v(10)));
+    assert_eq!(
+        r.job(),
+        Some(Job {
+            from: v(9),
+            to: v(10)
+        })
+    );
+    r.acknowledge("db1");
+    r.drained(&consumers()).unwrap();
+    assert_eq!(r.job(), None);
+    assert_eq!(
+        r.retire(v(9), "olga", 0, false).unwrap(),
+        RetireOutcome::Planned
+    );
+    assert_eq!(
+        r.retire(v(9), "olga", 0, true).unwrap(),
+        RetireOutcome::Approved { approvals: 1 }
+    );
+    assert_eq!(
+        r.retire(v(9), "olga", 0, true).unwrap_err().to_string(),
+        "olga already approved retiring v9; a second, different operator must run the same command"
+    );
+    assert_eq!(
+        r.retire(v(9), "omar", 0, true).unwrap(),
+        RetireOutcome::Retired
+    );
+    assert_eq!(r.live_versions(), vec![v(10)]);
+    assert_eq!(r.write_version(), v(10));
+    assert_eq!(r.prepare(None).unwrap(), v(11));
+}
+
+#[test]
+fn v10_stays_above_v9_whatever_the_spelling() {
+    let mut r = Rotation::idle("v9".parse().unwrap());
+    r.prepare(Some("10".parse().unwrap())).unwrap();
+    assert_eq!(r.next(), Some(v(10)));
+    let mut r = Rotation::idle(v(10));
+    assert_eq!(
+        r.prepare(Some(v(9))).unwrap_err().to_string(),
+        "the new version must be above v10; v9 is not"
+    );
+}
+
+#[test]
+fn retire_refuses_records_another_version_and_early_states() {
+    let mut r = at_reencrypting();
+    assert!(matches!(
+        r.retire(v(9), "olga", 0, true).unwrap_err(),
+        TransitionError::WrongState {
+            actual: Reencrypting,
+            ..
+        }
+    ));
+    r.acknowledge("db1");
+    r.drained(&consumers()).unwrap();
+    assert_eq!(
+        r.retire(v(9), "olga", 3, true).unwrap_err().to_string(),
+        "v9 still encrypts 3 record(s); it cannot be retired until a full scan finds none"
+    );
+    assert_eq!(
+        r.retire(v(10), "olga", 0, true).unwrap_err().to_string(),
+        "only v9 can be retired now (it is the version this rotation replaced); v10 is not"
+    );
+    assert_eq!(r.state(), Drained, "refusals change nothing");
+}
+
+#[test]
+fn rollback_before_dual_write_drops_the_new_version_at_once() {
+    for steps in 1..=3 {
+        let mut r = Rotation::idle(v(9));
+        r.prepare(None).unwrap();
+        if steps >= 2 {
+            r.share_verified("alice", 2).unwrap();
+            r.share_verified("bob", 2).unwrap();
+        }
+        if steps >= 3 {
+            r.activate().unwrap();
+        }
+        assert_eq!(r.rollback().unwrap(), v(10));
+        assert_eq!(r, Rotation::idle(v(9)));
+    }
+}
+
+#[test]
+fn rollback_after_the_switch_moves_records_back_first() {
+    let mut r = at_reencrypting();
+    r.set_paused(true).unwrap();
+    assert_eq!(r.rollback().unwrap(), v(10));
+    assert_eq!(r.state(), RollingBack);
+    assert!(!r.paused());
+    assert_eq!(r.write_version(), v(9));
+    assert_eq!(r.live_versions(), vec![v(9), v(10)]);
+    assert_eq!(
+        r.job(),
+        Some(Job {
+            from: v(10),
+            to: v(9)
+        })
+    );
+    r.acknowledge("db1");
+    r.drained(&consumers()).unwrap();
+    assert_eq!(r, Rotation::idle(v(9)));
+    assert!(Rotation::idle(v(9)).rollback().is_err());
+}
+
+#[test]
+fn resume_after_the_drain_scans_again_and_forgets_approvals() {
+    let mut r = at_reencrypting();
+    r.acknowledge("db1");
+    r.drained(&consumers()).unwrap();
+    r.retire(v(9), "olga", 0, true).unwrap();
+    assert!(r.set_paused(true).is_err(), "nothing to pause once drained");
+    r.set_paused(false).unwrap();
+    assert_eq!(r.state(), Reencrypting);
+    assert_eq!(
+        r.job(),
+        Some(Job {
+            from: v(9),
+            to: v(10)
+        })
+    );
+    assert_eq!(r.retire_approvals().count(), 0);
+}
+
+#[test]
+fn a_retired_version_cannot_be_rolled_back_to() {
+    let mut r = at_reencrypting();
+    r.acknowledge("db1");
+    r.drained(&consumers()).unwrap();
+    r.retire(v(9), "olga", 0, true).unwrap();
+    r.retire(v(9), "omar", 0, true).unwrap();
+    assert!(matches!(
+        r.rollback().unwrap_err(),
+        TransitionError::WrongState {
+            actual: Retired,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn every_state_round_trips_through_json() {
+    let mut r = at_reencrypting();
+    r.set_paused(true).unwrap();
+    let text = serde_json::to_string(&r).unwrap();
+    assert!(text.contains("\"state\":\"reencrypting\""));
+    assert_eq!(serde_json::from_str::<Rotation>(&text).unwrap(), r);
+    assert!(serde_json::from_str::<Rotation>(&text.replace("paused", "pawsed")).is_err());
+}
+
+#[test]
+fn out_of_order_commands_say_what_to_do() {
+    let mut r = Rotation::idle(v(9));
+    assert_eq!(
+        r.activate().unwrap_err().to_string(),
+        "`activate` needs the rotation in shares_verified; it is in idle; at least `threshold` keyholders must run `keyholder share verify` first"
+    );
+    r.prepare(None).unwrap();
+    assert_eq!(
+        r.prepare(None).unwrap_err().to_string(),
+        "`prepare` needs the rotation in idle or retired; it is in prepared; finish or roll back the rotation under way first"
+    );
+    assert!(r.set_paused(true).is_err());
+}
