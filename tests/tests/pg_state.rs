@@ -5,11 +5,10 @@
 //!
 //! Build the daemon first: `cargo build -p keyholder-server`.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use crypto_core::KeyVersion;
 use keyholder_api::{AuditLog, Status, UnsealResponse};
 use keyholder_tests::daemon::OPERATOR;
+use keyholder_tests::pg;
 use keyholder_tests::{Env, EnvOptions};
 
 /// A schema of this test's own, dropped when the test ends.
@@ -20,18 +19,10 @@ struct Schema {
 
 impl Schema {
     async fn new(url: &str) -> Self {
-        let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-            .await
-            .unwrap_or_else(|e| {
-                panic!("KEYHOLDER_TEST_PG is set but PostgreSQL does not answer: {e:?}")
-            });
-        tokio::spawn(connection);
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        let name = format!("kh_e2e_{}_{}", std::process::id(), nanos % 1_000_000_000);
-        Self { client, name }
+        Self {
+            client: pg::connect(url).await,
+            name: pg::unique_name("kh_e2e"),
+        }
     }
 
     async fn drop_it(self) {
@@ -44,13 +35,7 @@ impl Schema {
 
 #[tokio::test]
 async fn the_daemon_keeps_its_state_in_postgres_and_restarts_sealed() {
-    let Some(url) = std::env::var("KEYHOLDER_TEST_PG")
-        .ok()
-        .filter(|u| !u.is_empty())
-    else {
-        println!("skipping: KEYHOLDER_TEST_PG not set");
-        return;
-    };
+    let Some(url) = pg::url() else { return };
     let schema = Schema::new(&url).await;
     let separator = if url.contains('?') { '&' } else { '?' };
     let env = Env::new(EnvOptions {

@@ -5,10 +5,11 @@
 //! Needs `KEYHOLDER_TEST_PG` (skipped, saying so, when it is not set; a
 //! failure when it is set and the server does not answer).
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use crypto_core::{Key, envelope};
 use keyholder_api::{RotationState, UnsealResponse};
+use keyholder_tests::pg;
 use keyholder_tests::records::plaintext;
 use keyholder_tests::rotation::v;
 use keyholder_tests::{Env, EnvOptions};
@@ -18,24 +19,9 @@ const ROWS: i64 = 3000;
 
 #[tokio::test]
 async fn a_postgres_target_is_proven_at_unseal_and_rotated_from_v9_to_v10() {
-    let Some(url) = std::env::var("KEYHOLDER_TEST_PG")
-        .ok()
-        .filter(|u| !u.is_empty())
-    else {
-        println!("skipping: KEYHOLDER_TEST_PG not set");
-        return;
-    };
-    let (db, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap_or_else(|e| {
-            panic!("KEYHOLDER_TEST_PG is set but PostgreSQL does not answer: {e:?}")
-        });
-    tokio::spawn(connection);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let table = format!("kh_target_{}_{}", std::process::id(), nanos % 1_000_000_000);
+    let Some(url) = pg::url() else { return };
+    let db = pg::connect(&url).await;
+    let table = pg::unique_name("kh_target");
     db.batch_execute(&format!(
         "CREATE TABLE {table} (id BIGINT PRIMARY KEY, ssn TEXT NOT NULL)"
     ))
