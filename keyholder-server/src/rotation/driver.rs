@@ -230,10 +230,23 @@ impl Rotator {
         })
         .await
         .map_err(|e| RotationError::Worker(format!("key generation task failed: {e}")))??;
-        let kcv = new_version.record.kcv.prefix();
-        self.commit(&mut machine, next, Step { actor: &operator.name, action: "rotation_prepared", detail: json!({"version": version.number(), "kcv_prefix": kcv,
-                   "shares": new_version.envelopes.iter().map(|e| json!({"index": e.index, "principal": e.principal})).collect::<Vec<_>>()}), version_states: Vec::new(), new_version: Some(new_version) })
-        .await?;
+        let dealt: Vec<_> = new_version
+            .envelopes
+            .iter()
+            .map(|e| json!({"index": e.index, "principal": e.principal}))
+            .collect();
+        let step = Step {
+            actor: &operator.name,
+            action: "rotation_prepared",
+            detail: json!({
+                "version": version.number(),
+                "kcv_prefix": new_version.record.kcv.prefix(),
+                "shares": dealt,
+            }),
+            version_states: Vec::new(),
+            new_version: Some(new_version),
+        };
+        self.commit(&mut machine, next, step).await?;
         self.daemon.vault.hold_pending(version, key);
         lock(&self.new_shares).clear();
         Ok(self.status_of(&machine))
@@ -265,7 +278,9 @@ impl Rotator {
         Ok(self.status_of(&machine))
     }
 
-    /// A consumer fetched the keyring: its acknowledgement in DualRead.
+    /// A consumer fetched the keyring: its acknowledgement of both versions
+    /// in DualRead, or proof that it writes the job's version while a job
+    /// runs. Other fetches change nothing.
     pub async fn acknowledge(&self, consumer: &str) -> Result<(), RotationError> {
         let mut machine = self.machine.lock().await;
         let consumers = &self.daemon.config.reencrypt.consumers;
@@ -311,9 +326,22 @@ impl Rotator {
         next.switch(&consumers)?;
         let job = next.job().expect("reencrypting has a job");
         worker::reset_checkpoints(&self.daemon, job).await?;
-        self.commit(&mut machine, next, Step { actor: &operator.name, action: "rotation_switched", detail: json!({"write_version": job.to.number(), "from": job.from.number(),
-                   "sampled": report.iter().map(|(v, n)| json!({"version": v.number(), "records": n})).collect::<Vec<_>>()}), version_states: Vec::new(), new_version: None })
-        .await?;
+        let sampled: Vec<_> = report
+            .iter()
+            .map(|(v, n)| json!({"version": v.number(), "records": n}))
+            .collect();
+        let step = Step {
+            actor: &operator.name,
+            action: "rotation_switched",
+            detail: json!({
+                "write_version": job.to.number(),
+                "from": job.from.number(),
+                "sampled": sampled,
+            }),
+            version_states: Vec::new(),
+            new_version: None,
+        };
+        self.commit(&mut machine, next, step).await?;
         drop(machine);
         self.start_worker();
         Ok(self.status())
@@ -509,8 +537,19 @@ impl Rotator {
             if let Some(job) = next.job() {
                 worker::reset_checkpoints(&self.daemon, job).await?;
             }
-            self.commit(&mut machine, next, Step { actor: &operator.name, action: "rotation_rolled_back", detail: json!({"from": from.number(), "to": to.number(), "records_to_move": records_to_move, "snapshot": snapshot}), version_states: states, new_version: None })
-            .await?;
+            let step = Step {
+                actor: &operator.name,
+                action: "rotation_rolled_back",
+                detail: json!({
+                    "from": from.number(),
+                    "to": to.number(),
+                    "records_to_move": records_to_move,
+                    "snapshot": snapshot,
+                }),
+                version_states: states,
+                new_version: None,
+            };
+            self.commit(&mut machine, next, step).await?;
             if machine.state() == RotationState::Idle {
                 lock(&self.new_shares).clear();
                 self.daemon.vault.forget(from);
