@@ -52,6 +52,9 @@ pub struct EnvOptions {
     pub batch_size: Option<u32>,
     /// `reencrypt.rows_per_sec`.
     pub rows_per_sec: Option<u64>,
+    /// A principal whose second certificate (`<name>-revoked.pem`) the CA
+    /// revokes; the daemon is configured with that CRL (`listen.crl`).
+    pub revoked: Option<String>,
     /// More TOML, appended verbatim after the targets (e.g. a PostgreSQL
     /// `[[targets]]` entry).
     pub extra_toml: String,
@@ -115,8 +118,12 @@ impl Env {
             Some(url) => format!("state_store = \"{url}\""),
             None => format!("state_dir = \"{}\"", state_dir.display()),
         };
+        let crl = match &options.revoked {
+            Some(name) => format!("crl = \"{}\"\n", pki.revoked(name).1.display()),
+            None => String::new(),
+        };
         let mut config = format!(
-            "keyring = \"orders\"\n{state}\n\n[listen]\naddr = \"{addr}\"\ncert = \"{}\"\nkey = \"{}\"\nclient_ca = \"{}\"\nhandshake_timeout = \"3s\"\n\n[shamir]\nthreshold = 2\n\n[unseal]\nprogress_ttl = \"15m\"\n\n[verify]\nsample_size = 64\n",
+            "keyring = \"orders\"\n{state}\n\n[listen]\naddr = \"{addr}\"\ncert = \"{}\"\nkey = \"{}\"\nclient_ca = \"{}\"\nhandshake_timeout = \"3s\"\n{crl}\n[shamir]\nthreshold = 2\n\n[unseal]\nprogress_ttl = \"15m\"\n\n[verify]\nsample_size = 64\n",
             pki.server.cert.display(),
             pki.server.key.display(),
             pki.ca_pem.display(),

@@ -7,9 +7,13 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName,
+    DnType, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose, RevocationReason,
+    RevokedCertParams, SerialNumber,
 };
+
+/// The serial number of the certificate [`Pki::revoked`] issues and revokes.
+const REVOKED_SERIAL: u64 = 0x4b1d;
 
 /// A client identity on disk.
 #[derive(Clone, Debug)]
@@ -70,7 +74,31 @@ impl Pki {
 
     /// Issues a certificate with CN `name` (and `sans`), expired when asked.
     pub fn issue(&self, name: &str, sans: &[&str], expired: bool) -> ClientFiles {
-        issue_with(&self.ca, &self.dir, name, sans, expired)
+        issue_with(&self.ca, &self.dir, name, sans, expired, None)
+    }
+
+    /// A certificate for `name` (otherwise valid) and a CRL of the CA that
+    /// revokes it: `(<name>-revoked.pem/.key, ca.crl)`.
+    pub fn revoked(&self, name: &str) -> (ClientFiles, PathBuf) {
+        let files = issue_with(&self.ca, &self.dir, name, &[], false, Some(REVOKED_SERIAL));
+        let crl = CertificateRevocationListParams {
+            this_update: rcgen::date_time_ymd(2024, 1, 1),
+            next_update: rcgen::date_time_ymd(2099, 1, 1),
+            crl_number: SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs: vec![RevokedCertParams {
+                serial_number: SerialNumber::from(REVOKED_SERIAL),
+                revocation_time: rcgen::date_time_ymd(2024, 6, 1),
+                reason_code: Some(RevocationReason::KeyCompromise),
+                invalidity_date: None,
+            }],
+            key_identifier_method: KeyIdMethod::Sha256,
+        }
+        .signed_by(&self.ca)
+        .unwrap();
+        let path = self.dir.join("ca.crl");
+        fs::write(&path, crl.pem().unwrap()).unwrap();
+        (files, path)
     }
 
     /// A client certificate for principal `name` (CN = name).
@@ -92,7 +120,7 @@ impl Pki {
         let key = KeyPair::generate().unwrap();
         let params = ca_params("some other ca");
         let issuer = Issuer::new(params, key);
-        issue_with(&issuer, &dir, name, &[], false)
+        issue_with(&issuer, &dir, name, &[], false, None)
     }
 
     /// An age identity for keyholder `name`, written to `<name>.age`; returns
@@ -123,6 +151,7 @@ fn issue_with(
     name: &str,
     sans: &[&str],
     expired: bool,
+    serial: Option<u64>,
 ) -> ClientFiles {
     let sans: Vec<String> = sans.iter().map(|s| (*s).to_owned()).collect();
     let mut params = CertificateParams::new(sans).unwrap();
@@ -133,9 +162,14 @@ fn issue_with(
         params.not_before = rcgen::date_time_ymd(2020, 1, 1);
         params.not_after = rcgen::date_time_ymd(2021, 1, 1);
     }
+    params.serial_number = serial.map(SerialNumber::from);
     let key = KeyPair::generate().unwrap();
     let cert = params.signed_by(&key, issuer).unwrap();
-    let suffix = if expired { "-expired" } else { "" };
+    let suffix = match (expired, serial) {
+        (true, _) => "-expired",
+        (false, Some(_)) => "-revoked",
+        (false, None) => "",
+    };
     let files = ClientFiles {
         cert: dir.join(format!("{name}{suffix}.pem")),
         key: dir.join(format!("{name}{suffix}.key")),

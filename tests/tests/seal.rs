@@ -8,6 +8,7 @@ use base64::Engine as _;
 use crypto_core::{Key, KeyVersion, Keyring};
 use keyholder_api::{AuditLog, Status, UnsealResponse};
 use keyholder_tests::daemon::{DATABASE, OPERATOR};
+use keyholder_tests::pki::ClientFiles;
 use keyholder_tests::secrets::{assert_absent, encodings, files_under, share_data};
 use keyholder_tests::{Env, EnvOptions, TargetSpec};
 use sha2::Digest as _;
@@ -415,5 +416,30 @@ async fn a_request_without_the_api_version_is_refused_naming_it() {
     assert_eq!(
         answer.api_version.as_deref(),
         Some(keyholder_api::API_VERSION)
+    );
+}
+
+#[tokio::test]
+async fn a_revoked_certificate_is_refused_at_the_handshake() {
+    let env = Env::new(EnvOptions {
+        revoked: Some("alice".to_owned()),
+        ..EnvOptions::default()
+    });
+    let _daemon = env.start().await;
+    let good = env.client("alice").get("/v1/health").await;
+    assert_eq!(good.status, 200, "{}", good.body);
+    let revoked = ClientFiles {
+        cert: env.pki.dir.join("alice-revoked.pem"),
+        key: env.pki.dir.join("alice-revoked.key"),
+    };
+    let result = env
+        .client_with(Some(&revoked))
+        .send(reqwest::Method::GET, "/v1/health", None)
+        .await;
+    assert!(result.is_err(), "the handshake must fail, got {result:?}");
+    assert!(
+        env.log_text().contains("tls handshake refused"),
+        "{}",
+        env.log_text()
     );
 }
