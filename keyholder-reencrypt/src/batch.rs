@@ -3,7 +3,9 @@
 //! Owns the crypto of a batch, run on tokio's blocking pool so it overlaps the
 //! store's I/O: decrypt each record at `from` with the associated-data rule,
 //! encrypt it with the write version, and prove the new ciphertext decrypts to
-//! the same plaintext before it may be written. Plaintexts live only inside
+//! the same plaintext before it may be written. A record that does not decrypt
+//! is left out of the batch and named by column and key, so the rest of the
+//! batch still moves. Plaintexts live only inside
 //! [`reencrypt_rows`], in zeroizing buffers; this module must never return,
 //! log or put into an error a plaintext or a stored value.
 
@@ -13,7 +15,7 @@ use crypto_core::{KeyVersion, Keyring, envelope};
 
 use crate::error::{Error, Result};
 use crate::store::{CellSwap, DataStore, Pk, RowSwap, StoredRow};
-use crate::target::Target;
+use crate::target::{SqlIdent, Target};
 
 /// Below this many rows per thread, splitting the crypto costs more than it saves.
 const MIN_ROWS_PER_WORKER: usize = 64;
@@ -29,6 +31,23 @@ pub(crate) struct PreparedBatch {
     pub(crate) swaps: Vec<RowSwap>,
     /// Records in `swaps`.
     pub(crate) records: u64,
+    /// Records at `from` that did not decrypt, in key order: left out of
+    /// `swaps`, so never written.
+    pub(crate) undecryptable: Vec<(SqlIdent, Pk)>,
+    /// Records at `from` in the page, counted apart from the two above so
+    /// the worker can check that every one was written, conflicted or left.
+    pub(crate) at_from: u64,
+}
+
+/// The crypto's result for some rows.
+#[derive(Debug, Default)]
+pub(crate) struct Reencrypted {
+    /// The swaps of the rows with at least one record that decrypted.
+    pub(crate) swaps: Vec<RowSwap>,
+    /// Records at `from` that did not decrypt (column, key).
+    pub(crate) undecryptable: Vec<(SqlIdent, Pk)>,
+    /// Records at `from` seen.
+    pub(crate) at_from: u64,
 }
 
 /// Reads up to `limit` rows after `after` holding records at `from`, then
@@ -62,7 +81,10 @@ pub(crate) async fn prepare(
             reencrypt_rows(&target, &keyring, from, part)
         }));
     }
-    let mut swaps = Vec::with_capacity(rows_read);
+    let mut done = Reencrypted {
+        swaps: Vec::with_capacity(rows_read),
+        ..Reencrypted::default()
+    };
     // Join every task before looking at results, so an error never leaves
     // a sibling running unobserved; the first error in key order wins.
     let mut results = Vec::with_capacity(tasks.len());
@@ -73,30 +95,43 @@ pub(crate) async fn prepare(
         }));
     }
     for result in results {
-        swaps.extend(result??);
+        let part = result??;
+        done.swaps.extend(part.swaps);
+        done.undecryptable.extend(part.undecryptable);
+        done.at_from += part.at_from;
     }
-    let records = swaps
+    let records = done
+        .swaps
         .iter()
         .map(|swap| swap.cells.iter().flatten().count() as u64)
         .sum();
     Ok(PreparedBatch {
         rows_read,
         last_pk,
-        swaps,
+        swaps: done.swaps,
         records,
+        undecryptable: done.undecryptable,
+        at_from: done.at_from,
     })
 }
 
 /// Re-encrypts every record at `from` in `rows` with the keyring's write
-/// version. Any failure fails the whole batch, so nothing of it is written.
+/// version. A record that does not decrypt (wrong key, altered value, a value
+/// copied from another row under the `row` rule, or a body that is not an
+/// envelope) is only named in the result; the other records still move. A
+/// failure to encrypt, or a new record that does not prove itself, fails the
+/// whole batch, so nothing of it is written.
 pub(crate) fn reencrypt_rows(
     target: &Target,
     keyring: &Keyring,
     from: KeyVersion,
     rows: Vec<StoredRow>,
-) -> Result<Vec<RowSwap>> {
+) -> Result<Reencrypted> {
     let to = keyring.write_version();
-    let mut swaps = Vec::with_capacity(rows.len());
+    let mut done = Reencrypted {
+        swaps: Vec::with_capacity(rows.len()),
+        ..Reencrypted::default()
+    };
     for row in rows {
         let mut cells = Vec::with_capacity(row.values.len());
         let mut any = false;
@@ -111,6 +146,7 @@ pub(crate) fn reencrypt_rows(
                 cells.push(None);
                 continue;
             }
+            done.at_from += 1;
             let names = || {
                 (
                     target.table().to_string(),
@@ -119,15 +155,11 @@ pub(crate) fn reencrypt_rows(
                 )
             };
             let aad = target.aad_for(column, &row.pk);
-            let plaintext = keyring.decrypt(&old, &aad).map_err(|_| {
-                let (table, column, pk) = names();
-                Error::Undecryptable {
-                    table,
-                    column,
-                    pk,
-                    version: from,
-                }
-            })?;
+            let Ok(plaintext) = keyring.decrypt(&old, &aad) else {
+                done.undecryptable.push((column.clone(), row.pk.clone()));
+                cells.push(None);
+                continue;
+            };
             let new = keyring.encrypt(&plaintext, &aad).map_err(|source| {
                 let (table, column, pk) = names();
                 Error::Encrypt {
@@ -155,8 +187,8 @@ pub(crate) fn reencrypt_rows(
             any = true;
         }
         if any {
-            swaps.push(RowSwap { pk: row.pk, cells });
+            done.swaps.push(RowSwap { pk: row.pk, cells });
         }
     }
-    Ok(swaps)
+    Ok(done)
 }

@@ -4,7 +4,19 @@
 //! message names the target, table, column and primary key involved, and what
 //! to do; it must never carry a plaintext, a key, or a stored ciphertext.
 
+use std::fmt::Write as _;
+
 use crypto_core::KeyVersion;
+
+use crate::store::Pk;
+use crate::target::SqlIdent;
+
+/// How many undecryptable records a pass remembers by column and key (it
+/// counts them all).
+pub const UNDECRYPTABLE_REMEMBERED: usize = 1000;
+
+/// How many of them an error message names.
+const UNDECRYPTABLE_LISTED: usize = 20;
 
 /// An error boxed by a [`crate::CheckpointStore`] implementation (the daemon's
 /// state store wraps its own errors in this).
@@ -79,20 +91,26 @@ pub enum Error {
         pk: String,
     },
 
-    /// A stored record did not decrypt (wrong key, altered value, or a value
-    /// copied from another row under the `row` associated-data rule).
+    /// Records at the source version did not decrypt (wrong key, altered
+    /// value, a value copied from another row under the `row` associated-data
+    /// rule, or a body that is not an envelope). The pass moved every other
+    /// record and left these untouched; it is not drained while one remains.
     #[error(
-        "{table}.{column} at primary key {pk} (encrypted with {version}) does not decrypt; the pass stopped before writing its batch and left the record untouched"
+        "target `{target}`: {total} record(s) of {table} at {version} do not decrypt and were left untouched: {list}; every other record was moved; restore or clear those values, then run the pass again",
+        list = listed(.records, *.total)
     )]
-    Undecryptable {
+    UndecryptableRecords {
+        /// The target's name.
+        target: String,
         /// The table.
         table: String,
-        /// The column.
-        column: String,
-        /// The row's primary key.
-        pk: String,
-        /// The version its prefix names.
+        /// The version their prefix names.
         version: KeyVersion,
+        /// Their column and primary key, in key order (the first
+        /// [`UNDECRYPTABLE_REMEMBERED`] of them).
+        records: Vec<(SqlIdent, Pk)>,
+        /// How many there are.
+        total: u64,
     },
 
     /// Encrypting with the write version was refused (nonce limit).
@@ -172,3 +190,49 @@ pub enum Error {
 
 /// The crate's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// `a pk=7, b pk=9 and 3 more`: ids only, never a value.
+fn listed(records: &[(SqlIdent, Pk)], total: u64) -> String {
+    let mut text = String::new();
+    for (index, (column, pk)) in records.iter().take(UNDECRYPTABLE_LISTED).enumerate() {
+        if index > 0 {
+            text.push_str(", ");
+        }
+        let _ = write!(text, "{column} pk={pk}");
+    }
+    let named = records.len().min(UNDECRYPTABLE_LISTED) as u64;
+    if total > named {
+        let _ = write!(text, " and {} more", total - named);
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn undecryptable_records_are_named_by_id_up_to_twenty() {
+        let column = SqlIdent::parse("secret", "column").unwrap();
+        let records: Vec<_> = (1..=UNDECRYPTABLE_LISTED as i64 + 5)
+            .map(|id| (column.clone(), Pk::Int(id)))
+            .collect();
+        let error = Error::UndecryptableRecords {
+            target: "orders".to_owned(),
+            table: "orders".to_owned(),
+            version: KeyVersion::new(9).unwrap(),
+            records,
+            total: 1234,
+        };
+        let ids = (1..=20)
+            .map(|id| format!("secret pk={id}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        assert_eq!(
+            error.to_string(),
+            format!(
+                "target `orders`: 1234 record(s) of orders at v9 do not decrypt and were left untouched: {ids} and 1214 more; every other record was moved; restore or clear those values, then run the pass again"
+            )
+        );
+    }
+}

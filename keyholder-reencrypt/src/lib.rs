@@ -12,9 +12,13 @@
 //!   harmless;
 //! - throttling, pause, resume and abort through a [`ControlHandle`];
 //! - [`Progress`] snapshots on a watch channel;
+//! - a record that does not decrypt is left untouched and named by column and
+//!   primary key; the pass moves every other record, then fails with
+//!   [`Error::UndecryptableRecords`] instead of reaching Drained;
 //! - invariants after each batch (every new record decrypts to the old
-//!   plaintext; written + conflicts = sent) and at the end (no record left at
-//!   the old version in a full scan; counts per version add up per column).
+//!   plaintext; written + conflicts + left undecryptable = read) and at the
+//!   end (no record left at the old version in a full scan but the
+//!   undecryptable ones; counts per version add up per column).
 //!
 //! Rollback is the same pass with a keyring whose write version is the older
 //! version.
@@ -55,7 +59,7 @@ mod throttle;
 mod worker;
 
 pub use checkpoint::{Checkpoint, CheckpointStore, MemoryCheckpoints, SqliteCheckpoints};
-pub use error::{BoxError, Error, Result};
+pub use error::{BoxError, Error, Result, UNDECRYPTABLE_REMEMBERED};
 pub use inventory::Inventory;
 pub use progress::{Phase, Progress, VersionCount};
 pub use store::postgres::PostgresStore;

@@ -59,6 +59,9 @@ pub struct Progress {
     pub versions: Vec<VersionCount>,
     /// Compare-and-swap conflicts so far.
     pub conflicts: u64,
+    /// Records at `from` that do not decrypt, left untouched (found by the
+    /// latest full scan, or by the running one when it has found more).
+    pub undecryptable: u64,
     /// Batches committed so far.
     pub batches: u64,
     /// 0 during the main scan, then the sweep number.
@@ -87,6 +90,7 @@ impl Progress {
             records_remaining: 0,
             versions: Vec::new(),
             conflicts: 0,
+            undecryptable: 0,
             batches: 0,
             sweep: 0,
             rows_per_sec: 0.0,

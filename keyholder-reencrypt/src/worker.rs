@@ -5,8 +5,10 @@
 //! source version, throttling, pause / abort, checkpoints after each committed
 //! batch, the invariants after each batch and at the end, and the progress
 //! snapshots. The same code serves rollback (a keyring whose write version is
-//! the older one). It must never log a stored value, a plaintext or a key, and
-//! never write a batch whose every record was not proven to decrypt.
+//! the older one). It must never log a stored value, a plaintext or a key,
+//! never write a record that was not proven to decrypt, and never report a
+//! pass drained while a record it could not decrypt is left at the source
+//! version.
 
 use std::sync::Arc;
 
@@ -32,7 +34,9 @@ pub const DEFAULT_MAX_SWEEPS: u32 = 20;
 /// How a pass ended.
 #[derive(Debug)]
 pub enum PassOutcome {
-    /// No record is left at `from`; the end invariants held.
+    /// No record is left at `from`; the end invariants held. A pass that
+    /// left undecryptable records fails with [`Error::UndecryptableRecords`]
+    /// instead.
     Drained(PassReport),
     /// The operator aborted; run the pass again to resume from this checkpoint.
     Aborted(Checkpoint),

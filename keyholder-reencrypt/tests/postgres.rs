@@ -84,11 +84,11 @@ async fn pg_rollback_moves_records_back() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pg_bad_record_stops_the_pass_cleanly() {
+async fn pg_undecryptable_records_are_left_and_reported() {
     let Some(db) = postgres("bad").await else {
         return;
     };
-    scenarios::bad_ciphertext(db.clone()).await;
+    scenarios::undecryptable_records(db.clone()).await;
     drop_table(&db).await;
 }
 

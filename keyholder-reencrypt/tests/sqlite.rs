@@ -45,9 +45,9 @@ async fn rollback_moves_records_back() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_record_stops_the_pass_cleanly() {
+async fn undecryptable_records_are_left_and_reported() {
     let (_dir, db) = sqlite();
-    scenarios::bad_ciphertext(db).await;
+    scenarios::undecryptable_records(db).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,7 +4,8 @@
 //! Owns the loop of a [`Reencryptor`] once it runs. Reads a page ahead (and
 //! re-encrypts it) while the current batch waits and commits. It must never
 //! write a batch before the operator's control allows it, never advance a
-//! checkpoint past a batch that did not commit, and never log a stored value.
+//! checkpoint past a batch that did not commit, never log a stored value, and
+//! never call a pass drained while a record it could not decrypt is left.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -16,9 +17,10 @@ use tokio::time::Instant;
 use super::{PassOutcome, PassReport, Reencryptor};
 use crate::batch::{self, PreparedBatch};
 use crate::checkpoint::Checkpoint;
-use crate::error::{BoxError, Error, Result};
+use crate::error::{BoxError, Error, Result, UNDECRYPTABLE_REMEMBERED};
 use crate::progress::{self, Phase, RateWindow};
 use crate::store::Pk;
+use crate::target::SqlIdent;
 use crate::throttle::{AdaptiveBatch, RunState, TokenBucket};
 
 /// How often replica lag is read while it is below the limit.
@@ -52,6 +54,12 @@ pub(super) struct Pass {
     waiting_for_replicas: bool,
     paused: bool,
     phase: Phase,
+    /// Records the running scan could not decrypt: the first ones by column
+    /// and key, and how many. A scan visits each row once, so no set is needed.
+    undecryptable: Vec<(SqlIdent, Pk)>,
+    undecryptable_total: u64,
+    /// How many the latest complete scan found.
+    undecryptable_known: u64,
 }
 
 impl Pass {
@@ -68,6 +76,9 @@ impl Pass {
             waiting_for_replicas: false,
             paused: false,
             phase: Phase::Starting,
+            undecryptable: Vec::new(),
+            undecryptable_total: 0,
+            undecryptable_known: 0,
             worker,
         }
     }
@@ -117,6 +128,9 @@ impl Pass {
             } else {
                 Phase::Sweeping
             };
+            self.undecryptable.clear();
+            self.undecryptable_total = 0;
+            let whole_table = self.checkpoint.last_pk.is_none();
             self.publish();
             if let Step::Abort = self.scan().await? {
                 tracing::info!(target = %name, batches = self.checkpoint.batches, "re-encryption pass aborted; checkpoint kept");
@@ -126,11 +140,17 @@ impl Pass {
             self.publish();
             let inventory = self.worker.store.inventory().await?;
             let remaining = inventory.at(from);
+            self.undecryptable_known = self.undecryptable_total;
             // The next scan starts over, as a sweep: conflicts and late
             // writes at `from` are revisited, everything else is skipped.
             self.checkpoint.sweep += 1;
             self.checkpoint.last_pk = None;
-            if remaining == 0 {
+            // Records that do not decrypt stay at `from` whatever a sweep
+            // does: the moving is over when a scan of the whole table found
+            // exactly the records left. A scan that resumed mid-table has not
+            // seen the rows before its checkpoint, so a sweep names them.
+            let only_undecryptable = whole_table && remaining == self.undecryptable_total;
+            if remaining == 0 || only_undecryptable {
                 break inventory;
             }
             if self.checkpoint.sweep > self.worker.max_sweeps {
@@ -159,6 +179,18 @@ impl Pass {
         }
         if after.total() != before.total() {
             tracing::warn!(target = %name, before = before.total(), after = after.total(), "record count changed during the pass (application inserts or deletes)");
+        }
+        if self.undecryptable_total > 0 {
+            // Not drained: the next run sweeps from the start and retries
+            // them once they are restored or cleared.
+            self.save().await?;
+            return Err(Error::UndecryptableRecords {
+                target: name,
+                table: self.worker.target.table().to_string(),
+                version: from,
+                records: self.undecryptable.clone(),
+                total: self.undecryptable_total,
+            });
         }
         self.checkpoint.drained = true;
         self.save().await?;
@@ -254,18 +286,38 @@ impl Pass {
         };
         let latency = started.elapsed();
         let conflicts = outcome.conflicts.len() as u64;
-        if outcome.applied + conflicts != prepared.records {
+        let undecryptable = prepared.undecryptable.len() as u64;
+        if outcome.applied + conflicts != prepared.records
+            || outcome.applied + conflicts + undecryptable != prepared.at_from
+        {
             return Err(Error::Invariant {
                 target: self.worker.target.name().to_owned(),
                 detail: format!(
-                    "batch {} sent {} records but {} were written and {} conflicted",
+                    "batch {} read {} records at {} and sent {} but {} were written, {} conflicted and {} were left undecryptable",
                     self.checkpoint.batches + 1,
+                    prepared.at_from,
+                    self.worker.from,
                     prepared.records,
                     outcome.applied,
-                    conflicts
+                    conflicts,
+                    undecryptable
                 ),
             });
         }
+        if let Some((column, pk)) = prepared.undecryptable.first() {
+            tracing::warn!(
+                target = %self.worker.target.name(),
+                table = %self.worker.target.table(),
+                records = undecryptable,
+                first_column = %column,
+                first_pk = %pk,
+                "records that do not decrypt were left untouched"
+            );
+        }
+        let room = UNDECRYPTABLE_REMEMBERED.saturating_sub(self.undecryptable.len());
+        self.undecryptable
+            .extend(prepared.undecryptable.into_iter().take(room));
+        self.undecryptable_total += undecryptable;
         self.checkpoint.last_pk = prepared.last_pk;
         self.checkpoint.records_done += outcome.applied;
         self.checkpoint.conflicts += conflicts;
@@ -418,6 +470,7 @@ impl Pass {
             progress.records_remaining = remaining;
             progress.versions = versions;
             progress.conflicts = self.checkpoint.conflicts;
+            progress.undecryptable = self.undecryptable_known.max(self.undecryptable_total);
             progress.batches = self.checkpoint.batches;
             progress.sweep = self.checkpoint.sweep;
             progress.rows_per_sec = rate;

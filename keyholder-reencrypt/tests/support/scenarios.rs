@@ -247,50 +247,146 @@ pub async fn rollback(db: Db) {
     assert_eq!(report.checkpoint.records_done, versions_before[&v(9)]);
 }
 
-/// A stored record that does not decrypt stops the pass with an error naming
-/// table, column and key; its batch is not written at all.
-pub async fn bad_ciphertext(db: Db) {
-    let rows = 3_000;
+/// Records at v9 that do not decrypt (another key, a value copied from
+/// another row, a body that is not an envelope) are left byte-identical and
+/// named by column and key, never by value; every other record moves, the
+/// pass fails instead of draining, and drains once they are restored.
+pub async fn undecryptable_records(db: Db) {
+    let rows = 2_000;
     db.seed(rows).await;
-    // A record of row 1500 copied into row 1501: valid, but bound to row 1500.
-    let copied = db.rows().await[1499].2.clone().unwrap();
-    db.set(1501, "b", &copied).await;
+    let table = db.table().to_owned();
+    let foreign = foreign_v9();
+    let planted = [
+        // Row 500: `b` under another key; its `a` still moves.
+        (
+            "b",
+            500,
+            foreign.encrypt(b"secret-500-b", &db.aad("b", 500)).unwrap(),
+        ),
+        // Row 1200: a v9 prefix on a body that is not an envelope.
+        ("b", 1200, "V9:not-an-envelope".to_owned()),
+        // Row 1501: the valid record of row 1500, bound to row 1500.
+        ("b", 1501, db.rows().await[1499].2.clone().unwrap()),
+        // Row 1999: `a` under another key, in the same batch as movable rows.
+        (
+            "a",
+            1999,
+            foreign
+                .encrypt(b"secret-1999-a", &db.aad("a", 1999))
+                .unwrap(),
+        ),
+    ];
+    for (column, id, value) in &planted {
+        db.set(*id, column, value).await;
+    }
+    let bad: Vec<(&str, i64)> = planted
+        .iter()
+        .map(|(column, id, _)| (*column, *id))
+        .collect();
+    let before = db.rows().await;
+    let (digest_before, versions_before) = db.digest_except(&bad).await;
+    let at_v9 = versions_before[&v(9)];
+
     let checkpoints: Arc<dyn CheckpointStore> = Arc::new(MemoryCheckpoints::new());
-    let error = run_pass(&db, 10, 9, checkpoints.clone(), &throttle(100))
-        .await
-        .unwrap_err();
-    assert_eq!(
-        error.to_string(),
-        format!(
-            "{}.b at primary key 1501 (encrypted with v9) does not decrypt; the pass stopped before writing its batch and left the record untouched",
-            db.table()
-        )
+    let control = throttle(100);
+    let target = db.target();
+    let store = open_store(&target).await.unwrap();
+    let pass = Reencryptor::new(
+        target,
+        store,
+        keyring(10),
+        v(9),
+        checkpoints.clone(),
+        &control,
+    )
+    .unwrap();
+    let progress = pass.progress();
+    let error = pass.run().await.unwrap_err();
+
+    let message = format!(
+        "target `records`: 4 record(s) of {table} at v9 do not decrypt and were left untouched: b pk=500, b pk=1200, b pk=1501, a pk=1999; every other record was moved; restore or clear those values, then run the pass again"
     );
-    assert!(!error.to_string().contains(&copied[4..20]));
+    assert_eq!(error.to_string(), message);
+    let Error::UndecryptableRecords { records, total, .. } = &error else {
+        panic!("expected UndecryptableRecords, got {error:?}")
+    };
+    let listed: Vec<(&str, Pk)> = records
+        .iter()
+        .map(|(column, pk)| (column.as_str(), pk.clone()))
+        .collect();
+    let expected: Vec<(&str, Pk)> = bad
+        .iter()
+        .map(|(column, id)| (*column, Pk::Int(*id)))
+        .collect();
+    assert_eq!(listed, expected);
+    assert_eq!(*total, 4);
+    for (_, _, value) in &planted {
+        assert!(!message.contains(&value[3..15]), "a stored value leaked");
+    }
+
+    // The bad records are byte-identical; every other v9 record is at v10
+    // with its plaintext unchanged; v8 and NULL are untouched.
+    let after = db.rows().await;
+    assert_eq!(after.len(), before.len());
+    for ((id, a0, b0), (_, a1, b1)) in before.iter().zip(&after) {
+        for (column, old, new) in [("a", a0, a1), ("b", b0, b1)] {
+            if bad.contains(&(column, *id))
+                || old.as_ref().is_none_or(|old| !old.starts_with("V9:"))
+            {
+                assert_eq!(old, new, "{column} of row {id} changed");
+            } else {
+                assert!(
+                    new.as_ref().is_some_and(|new| new.starts_with("V10:")),
+                    "{column} of row {id} was not moved"
+                );
+            }
+        }
+    }
+    let (digest_after, versions_after) = db.digest_except(&bad).await;
+    assert_eq!(digest_after, digest_before, "plaintexts changed");
+    assert_eq!(
+        versions_after,
+        [(v(8), versions_before[&v(8)]), (v(10), at_v9)].into()
+    );
+
+    let snapshot = progress.borrow().clone();
+    assert_eq!(snapshot.phase, Phase::Failed);
+    assert_eq!(snapshot.undecryptable, 4);
+    assert_eq!(snapshot.records_done, at_v9);
     let checkpoint = checkpoints
         .load("records", v(9), v(10))
         .await
         .unwrap()
         .unwrap();
-    let Some(Pk::Int(last)) = checkpoint.last_pk else {
-        panic!("no batch committed")
-    };
-    assert!((1300..1501).contains(&last), "checkpoint at {last}");
-    for (id, a, b) in db.rows().await {
-        let moved = [a, b]
-            .into_iter()
-            .flatten()
-            .filter(|value| value.starts_with("V10:"))
-            .count();
-        if id <= last {
-            assert!(id % 70 == 0 || moved > 0, "row {id} was not moved");
-        } else {
-            assert_eq!(
-                moved, 0,
-                "row {id} after the last committed batch was written"
-            );
-        }
+    assert!(!checkpoint.drained);
+    assert_eq!(checkpoint.records_done, at_v9);
+
+    // Run again: the same records, the same error, nothing written.
+    let again = run_pass(&db, 10, 9, checkpoints.clone(), &control)
+        .await
+        .unwrap_err();
+    assert_eq!(again.to_string(), message);
+    assert_eq!(db.rows().await, after);
+
+    // Restored (rewritten with the right key and row), they move and the pass drains.
+    let ring = keyring(9);
+    for (column, id) in &bad {
+        let value = ring
+            .encrypt(
+                format!("restored-{id}-{column}").as_bytes(),
+                &db.aad(column, *id),
+            )
+            .unwrap();
+        db.set(*id, column, &value).await;
     }
+    let report = drained(
+        run_pass(&db, 10, 9, checkpoints.clone(), &control)
+            .await
+            .unwrap(),
+    );
+    assert_eq!(report.after.at(v(9)), 0);
+    assert_eq!(report.checkpoint.records_done, at_v9 + 4);
+    assert_eq!(db.digest().await.1[&v(10)], at_v9 + 4);
 
     db.set(1501, "b", "not a record").await;
     let store = open_store(&db.target()).await.unwrap();
@@ -298,8 +394,7 @@ pub async fn bad_ciphertext(db: Db) {
     assert_eq!(
         error.to_string(),
         format!(
-            "{}.b at primary key 1501 is not a keyholder record; fix or clear that value, the pass stopped before writing its batch",
-            db.table()
+            "{table}.b at primary key 1501 is not a keyholder record; fix or clear that value, the pass stopped before writing its batch"
         )
     );
 }
