@@ -281,6 +281,22 @@ impl Env {
     pub fn log_text(&self) -> String {
         strip_ansi(&fs::read_to_string(&self.log).unwrap_or_default())
     }
+
+    /// Waits (up to 10 s) until the daemon's log contains `needle`: the
+    /// daemon logs after the client already saw the effect (a refused
+    /// handshake), so a log line is awaited, never assumed.
+    pub async fn log_contains(&self, needle: &str) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if self.log_text().contains(needle) {
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }
 
 /// `text` without ANSI escape sequences (`ESC [ ... letter`).

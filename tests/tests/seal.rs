@@ -146,7 +146,7 @@ async fn bad_certificates_fail_the_handshake_and_a_missing_role_is_named() {
         );
     }
     assert!(
-        env.log_text().contains("tls handshake refused"),
+        env.log_contains("tls handshake refused").await,
         "{}",
         env.log_text()
     );
@@ -438,7 +438,7 @@ async fn a_revoked_certificate_is_refused_at_the_handshake() {
         .await;
     assert!(result.is_err(), "the handshake must fail, got {result:?}");
     assert!(
-        env.log_text().contains("tls handshake refused"),
+        env.log_contains("tls handshake refused").await,
         "{}",
         env.log_text()
     );
