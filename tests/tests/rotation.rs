@@ -792,10 +792,13 @@ async fn sigkill_after_every_transition_and_five_times_while_reencrypting_resume
     w.switch().await;
 
     // Reencrypting: five crashes at random points, each checked while the
-    // daemon is down.
+    // daemon is down. The last point leaves 40% of the records: after each
+    // restart the worker moves a burst and keeps going while the test
+    // unseals and fetches, and on a loaded machine those requests are slow;
+    // the crash must still land before the end.
     let mut rng = rand::rng();
     let mut points: Vec<u64> = (0..5)
-        .map(|_| rng.random_range(RECORDS as u64 / 10..RECORDS as u64 * 17 / 20))
+        .map(|_| rng.random_range(RECORDS as u64 / 10..RECORDS as u64 * 3 / 5))
         .collect();
     points.sort_unstable();
     let mut last_checkpoint = 0;
@@ -838,9 +841,16 @@ async fn sigkill_after_every_transition_and_five_times_while_reencrypting_resume
 
     // Sealing stops the worker (after its batch in flight); unsealing
     // resumes it.
+    const STOPPED: &str = "re-encryption stopped; its checkpoint stays";
+    let stops_before = w.env.log_text().matches(STOPPED).count();
     let sealed = w.env.client(OPERATOR).post("/v1/seal", &json!({})).await;
     assert_eq!(sealed.status, 200, "{}", sealed.body);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let deadline = std::time::Instant::now() + DRAIN;
+    // (On a slow machine the pass may have ended before the seal.)
+    while w.env.log_text().matches(STOPPED).count() == stops_before && w.table.count_at(9) > 0 {
+        assert!(std::time::Instant::now() < deadline, "{}", w.env.log_text());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let at_seal = w.table.counts();
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(w.table.counts(), at_seal, "no batch while sealed");
