@@ -26,6 +26,9 @@ use serde_json::json;
 /// Generous: a debug build on two shared cores.
 const DRAIN: Duration = Duration::from_secs(150);
 
+/// The daemon's log line once a pass has parked on a pause.
+const PAUSED: &str = "re-encryption paused";
+
 /// An environment at v9 with one SQLite target of `records` records, `db1`
 /// as the consumer that must acknowledge, the daemon running and unsealed.
 struct World {
@@ -505,10 +508,15 @@ async fn rollback_from_reencrypting_halfway_puts_every_record_back_at_v9_and_dro
         assert!(std::time::Instant::now() < deadline, "{}", w.env.log_text());
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let pauses_before = w.env.log_text().matches(PAUSED).count();
     let paused: RotationStatus = w.env.operate("/v1/rotation/pause", json!({})).await.json();
     assert!(paused.paused);
-    // Pausing stops the writes within one batch.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Pausing stops the writes after the batch in flight.
+    let deadline = std::time::Instant::now() + DRAIN;
+    while w.env.log_text().matches(PAUSED).count() == pauses_before {
+        assert!(std::time::Instant::now() < deadline, "{}", w.env.log_text());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let at_pause = w.table.count_at(10);
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(w.table.count_at(10), at_pause, "no batch while paused");
