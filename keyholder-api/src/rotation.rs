@@ -73,7 +73,8 @@ pub struct RotationStatus {
     pub from: Option<KeyVersion>,
     /// The version replacing it.
     pub to: Option<KeyVersion>,
-    /// Records moved so far (in the current direction).
+    /// Records moved so far in the current direction, over every full scan
+    /// of the job.
     pub rows_done: u64,
     /// Records still at the version being moved away from.
     pub rows_remaining: u64,

@@ -34,7 +34,8 @@ pub struct Checkpoint {
     /// The last primary key of the last committed batch of the current scan;
     /// `None` at the start of a scan.
     pub last_pk: Option<Pk>,
-    /// Records moved to `to` so far, over all runs of this pass.
+    /// Records moved to `to` so far, over all runs of this pass and the
+    /// full scans before it (see [`Checkpoint::rescan`]).
     pub records_done: u64,
     /// Compare-and-swap conflicts so far (records changed by the application
     /// between read and write; each is revisited).
@@ -43,6 +44,20 @@ pub struct Checkpoint {
     pub batches: u64,
     /// The final check found no record at `from`.
     pub drained: bool,
+    /// `records_done` and `conflicts` when this full scan began: what
+    /// earlier scans of the same job did. 0 in a checkpoint written before
+    /// rescans kept their totals.
+    #[serde(default)]
+    pub before_scan: ScanTotals,
+}
+
+/// Records moved and conflicts met, as counted in a [`Checkpoint`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScanTotals {
+    /// Records moved to `to`.
+    pub records_done: u64,
+    /// Compare-and-swap conflicts.
+    pub conflicts: u64,
 }
 
 impl Checkpoint {
@@ -58,6 +73,32 @@ impl Checkpoint {
             conflicts: 0,
             batches: 0,
             drained: false,
+            before_scan: ScanTotals::default(),
+        }
+    }
+
+    /// A new full scan of the same job from the first row, keeping the
+    /// job's totals (for a record written at `from` after a scan passed it).
+    pub fn rescan(&self) -> Self {
+        Self {
+            sweep: 0,
+            last_pk: None,
+            drained: false,
+            before_scan: ScanTotals {
+                records_done: self.records_done,
+                conflicts: self.conflicts,
+            },
+            ..self.clone()
+        }
+    }
+
+    /// What this full scan alone did, without the scans before it.
+    pub fn this_scan(&self) -> ScanTotals {
+        ScanTotals {
+            records_done: self
+                .records_done
+                .saturating_sub(self.before_scan.records_done),
+            conflicts: self.conflicts.saturating_sub(self.before_scan.conflicts),
         }
     }
 }
@@ -237,6 +278,47 @@ impl CheckpointStore for SqliteCheckpoints {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rescan_starts_from_the_first_row_and_keeps_the_jobs_totals() {
+        let (v9, v10) = (KeyVersion::new(9).unwrap(), KeyVersion::new(10).unwrap());
+        let mut first = Checkpoint::start("t", v9, v10);
+        first.sweep = 2;
+        first.last_pk = Some(Pk::Int(300));
+        first.records_done = 300;
+        first.conflicts = 4;
+        first.batches = 3;
+        first.drained = true;
+        let mut second = first.rescan();
+        assert_eq!(
+            (second.sweep, second.last_pk.clone(), second.drained),
+            (0, None, false)
+        );
+        assert_eq!(second.this_scan(), ScanTotals::default());
+        second.records_done += 1;
+        assert_eq!(
+            second.this_scan(),
+            ScanTotals {
+                records_done: 1,
+                conflicts: 0
+            }
+        );
+        assert_eq!((second.records_done, second.conflicts), (301, 4));
+    }
+
+    #[test]
+    fn a_checkpoint_saved_before_scan_totals_existed_still_loads() {
+        let mut saved = serde_json::to_value(Checkpoint::start(
+            "t",
+            KeyVersion::new(9).unwrap(),
+            KeyVersion::new(10).unwrap(),
+        ))
+        .unwrap();
+        saved["records_done"] = 7.into();
+        saved.as_object_mut().unwrap().remove("before_scan");
+        let loaded: Checkpoint = serde_json::from_value(saved).unwrap();
+        assert_eq!(loaded.this_scan().records_done, 7);
+    }
 
     #[tokio::test]
     async fn sqlite_checkpoints_round_trip() {

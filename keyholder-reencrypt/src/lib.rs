@@ -58,7 +58,9 @@ mod target;
 mod throttle;
 mod worker;
 
-pub use checkpoint::{Checkpoint, CheckpointStore, MemoryCheckpoints, SqliteCheckpoints};
+pub use checkpoint::{
+    Checkpoint, CheckpointStore, MemoryCheckpoints, ScanTotals, SqliteCheckpoints,
+};
 pub use error::{BoxError, Error, Result, UNDECRYPTABLE_REMEMBERED};
 pub use inventory::Inventory;
 pub use progress::{Phase, Progress, VersionCount};

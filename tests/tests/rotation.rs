@@ -455,6 +455,21 @@ async fn switch_waits_for_db1_and_retire_is_refused_while_a_record_is_at_v9_nami
         .await;
     w.env.wait_rotation(RotationState::Drained, DRAIN).await;
     assert_eq!(w.table.counts(), BTreeMap::from([(10, 301)]));
+    // The status counts the whole job; the audit counts each scan once.
+    assert_eq!(w.rotation().await.rows_done, 301);
+    let moved: Vec<u64> = w
+        .audit()
+        .await
+        .entries
+        .iter()
+        .filter(|e| e.action == "target_drained")
+        .map(|e| {
+            serde_json::from_str::<serde_json::Value>(&e.detail).unwrap()["records_moved"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(moved, [300, 1]);
     let plan: RetirePlan = w
         .env
         .operate("/v1/rotation/retire", retire(9, false))

@@ -359,7 +359,7 @@ impl Rotator {
         next.set_paused(paused)?;
         if rescan && let Some(job) = next.job() {
             // A record written late at the old version: scan again.
-            worker::reset_checkpoints(&self.daemon, job).await?;
+            worker::rescan_checkpoints(&self.daemon, job).await?;
         }
         let step = Step {
             actor: &operator.name,

@@ -12,7 +12,8 @@ use crypto_core::KeyVersion;
 use futures::FutureExt as _;
 use futures::future::BoxFuture;
 use keyholder_reencrypt::{
-    BoxError, Checkpoint, CheckpointStore, ControlHandle, PassOutcome, Reencryptor, Target,
+    BoxError, Checkpoint, CheckpointStore, ControlHandle, PassOutcome, Reencryptor, ScanTotals,
+    Target,
 };
 use serde_json::json;
 
@@ -121,6 +122,25 @@ pub async fn reset_checkpoints(daemon: &Daemon, job: Job) -> Result<(), Rotation
     Ok(())
 }
 
+/// Starts a new full scan of every target for the same job, keeping what
+/// the job moved so far, so the status counts the whole job.
+pub async fn rescan_checkpoints(daemon: &Daemon, job: Job) -> Result<(), RotationError> {
+    let checkpoints = StateCheckpoints(Arc::clone(&daemon.store));
+    let failed = |e: BoxError| RotationError::Worker(e.to_string());
+    for target in targets(daemon)? {
+        let next = match checkpoints
+            .load(target.name(), job.from, job.to)
+            .await
+            .map_err(failed)?
+        {
+            Some(saved) => saved.rescan(),
+            None => Checkpoint::start(target.name(), job.from, job.to),
+        };
+        checkpoints.save(next).await.map_err(failed)?;
+    }
+    Ok(())
+}
+
 /// Runs the job over every target, then tells the driver it drained.
 pub async fn run(rotator: Arc<Rotator>, job: Job, control: ControlHandle) {
     let daemon = Arc::clone(rotator.daemon());
@@ -161,7 +181,7 @@ async fn passes(
 ) -> Result<bool, RotationError> {
     for round in 0..ROUNDS {
         if round > 0 {
-            reset_checkpoints(daemon, job).await?;
+            rescan_checkpoints(daemon, job).await?;
         }
         if !run_targets(rotator, daemon, job, control).await? {
             return Ok(false);
@@ -238,8 +258,12 @@ async fn run_targets(
         {
             PassOutcome::Aborted(_) => return Ok(false),
             PassOutcome::Drained(report) => {
-                let moved = report.checkpoint.records_done;
-                let conflicts = report.checkpoint.conflicts;
+                // This scan's figures: earlier scans of the job were
+                // audited (and their encryptions counted) when they drained.
+                let ScanTotals {
+                    records_done: moved,
+                    conflicts,
+                } = report.checkpoint.this_scan();
                 tracing::info!(target = %name, moved, conflicts, "target drained");
                 daemon
                     .audit(
