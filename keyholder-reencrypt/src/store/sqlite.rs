@@ -14,7 +14,7 @@ use crypto_core::KeyVersion;
 use futures::FutureExt as _;
 use futures::future::BoxFuture;
 use rusqlite::types::{ToSqlOutput, Value};
-use rusqlite::{Connection, OpenFlags, OptionalExtension as _, TransactionBehavior, params};
+use rusqlite::{Connection, OpenFlags, TransactionBehavior, params};
 
 use super::{DataStore, Pk, PkKind, RowSwap, SampleRecord, StoredRow, SwapOutcome, version_prefix};
 use crate::error::{Error, Result};
@@ -189,12 +189,32 @@ fn check_schema(connection: &Connection, target: &Target) -> Result<PkKind> {
     }
 }
 
-/// `substr(col, 1, instr(col, ':'))` when the prefix is short enough to be a
-/// version, else `''`: the group key of the inventory.
-fn prefix_expr(column: &SqlIdent) -> String {
-    format!(
-        "CASE WHEN instr({column}, ':') BETWEEN 2 AND 12 THEN substr({column}, 1, instr({column}, ':')) ELSE '' END"
-    )
+/// Characters of a value the inventory reads: a version prefix (`V<n>:`, at
+/// most 12 characters) is within them.
+const PREFIX_CHARS: usize = 12;
+
+/// The inventory's group key of a value's first [`PREFIX_CHARS`] characters:
+/// up to and including the first `:` when it is the 2nd to 12th character,
+/// else `""` (never a version); `None` for NULL, which is no record.
+fn group_key(value: rusqlite::types::ValueRef<'_>) -> Option<&str> {
+    use rusqlite::types::ValueRef;
+    let bytes = match value {
+        ValueRef::Null => return None,
+        ValueRef::Text(bytes) | ValueRef::Blob(bytes) => bytes,
+        ValueRef::Integer(_) | ValueRef::Real(_) => return Some(""),
+    };
+    // Not UTF-8 (a blob, say) is not a record whatever its prefix.
+    let Ok(text) = std::str::from_utf8(bytes) else {
+        return Some("\u{fffd}");
+    };
+    let key = text
+        .char_indices()
+        .take(PREFIX_CHARS)
+        .enumerate()
+        .find(|(_, (_, c))| *c == ':')
+        .filter(|(position, _)| *position >= 1)
+        .map_or("", |(_, (at, _))| &text[..=at]);
+    Some(key)
 }
 
 fn read_pk(row: &rusqlite::Row<'_>, kind: PkKind) -> rusqlite::Result<Pk> {
@@ -302,48 +322,53 @@ impl DataStore for SqliteStore {
         let kind = self.kind;
         self.with(&self.reader, move |connection, target| {
             let table = target.table();
-            let sql = target
+            // One scan, tallied here: SQLite's GROUP BY on the prefix sorts
+            // every row, and took most of a pass's time on a large table.
+            let list = target
                 .columns()
                 .iter()
-                .enumerate()
-                .map(|(index, column)| {
-                    format!(
-                        "SELECT {index}, {prefix}, count(*) FROM {table} WHERE {column} IS NOT NULL GROUP BY 2",
-                        prefix = prefix_expr(column)
-                    )
-                })
-                .collect::<Vec<_>>()
-                .join(" UNION ALL ");
-            let groups = connection
+                .map(|column| format!(", substr({column}, 1, {PREFIX_CHARS})"))
+                .collect::<String>();
+            let sql = format!("SELECT {pk}{list} FROM {table}", pk = target.primary_key());
+            // (column index, group key, count) and the first row seen in it.
+            let mut groups: Vec<(usize, String, u64)> = Vec::new();
+            let mut first_rows: Vec<Pk> = Vec::new();
+            connection
                 .prepare_cached(&sql)
                 .and_then(|mut statement| {
-                    statement
-                        .query_map([], |row| {
-                            Ok((row.get::<_, i64>(0)? as usize, row.get(1)?, row.get::<_, i64>(2)? as u64))
-                        })?
-                        .collect::<rusqlite::Result<Vec<_>>>()
+                    let mut rows = statement.query([])?;
+                    while let Some(row) = rows.next()? {
+                        for index in 0..target.columns().len() {
+                            let Some(key) = group_key(row.get_ref(index + 1)?) else {
+                                continue;
+                            };
+                            match groups
+                                .iter_mut()
+                                .find(|(column, known, _)| *column == index && known == key)
+                            {
+                                Some(group) => group.2 += 1,
+                                None => {
+                                    groups.push((index, key.to_owned(), 1));
+                                    first_rows.push(read_pk(row, kind)?);
+                                }
+                            }
+                        }
+                    }
+                    Ok(())
                 })
                 .map_err(sqlite_error(target, "inventory"))?;
-            match inventory::tally(target.columns(), groups) {
-                Ok(inventory) => Ok(inventory),
-                Err(bad) => {
-                    let column = &target.columns()[bad.column];
-                    let sql = format!(
-                        "SELECT {pk} FROM {table} WHERE {column} IS NOT NULL AND {prefix} = ?1 ORDER BY {pk} LIMIT 1",
-                        pk = target.primary_key(),
-                        prefix = prefix_expr(column)
-                    );
-                    let pk = connection
-                        .query_row(&sql, [&bad.prefix], |row| read_pk(row, kind))
-                        .optional()
-                        .map_err(sqlite_error(target, "inventory"))?;
-                    Err(Error::MalformedRecord {
-                        table: table.to_string(),
-                        column: column.to_string(),
-                        pk: pk.map_or_else(|| "?".to_owned(), |pk| pk.to_string()),
-                    })
+            let named = groups.clone();
+            inventory::tally(target.columns(), groups).map_err(|bad| {
+                let row = named
+                    .iter()
+                    .position(|(column, key, _)| *column == bad.column && *key == bad.prefix)
+                    .map_or_else(|| "?".to_owned(), |at| first_rows[at].to_string());
+                Error::MalformedRecord {
+                    table: table.to_string(),
+                    column: target.columns()[bad.column].to_string(),
+                    pk: row,
                 }
-            }
+            })
         })
     }
 
@@ -403,5 +428,36 @@ impl DataStore for SqliteStore {
 
     fn replica_lag(&self) -> BoxFuture<'_, Result<Option<Duration>>> {
         futures::future::ready(Ok(None)).boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rusqlite::types::ValueRef;
+
+    use super::group_key;
+
+    #[test]
+    fn group_keys_are_the_prefix_up_to_an_early_colon() {
+        let text = |s: &'static str| group_key(ValueRef::Text(s.as_bytes()));
+        assert_eq!(text("V9:AAAA"), Some("V9:"));
+        assert_eq!(text("V10:AAAA"), Some("V10:"));
+        assert_eq!(
+            text("X:AAAA"),
+            Some("X:"),
+            "tallied, then refused as no version"
+        );
+        assert_eq!(text("V1234567890:"), Some("V1234567890:"), "colon 12th");
+        assert_eq!(text("V12345678901:"), Some(""), "colon 13th");
+        assert_eq!(text(":V9:"), Some(""), "colon first");
+        assert_eq!(text("no colon"), Some(""));
+        assert_eq!(text("é:"), Some("é:"), "characters, not bytes");
+        assert_eq!(group_key(ValueRef::Integer(9)), Some(""));
+        assert_eq!(group_key(ValueRef::Null), None);
+        assert_eq!(
+            group_key(ValueRef::Blob(&[0xff, b':'])),
+            Some("\u{fffd}"),
+            "not UTF-8"
+        );
     }
 }
