@@ -188,6 +188,21 @@ impl World {
         answer
     }
 
+    /// `records_moved` of every `target_drained` audit entry, in order.
+    async fn drained_moves(&self) -> Vec<u64> {
+        self.audit()
+            .await
+            .entries
+            .iter()
+            .filter(|e| e.action == "target_drained")
+            .map(|e| {
+                serde_json::from_str::<serde_json::Value>(&e.detail).unwrap()["records_moved"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect()
+    }
+
     async fn audit(&self) -> AuditLog {
         let answer = self.env.client(OPERATOR).get("/v1/audit").await;
         assert_eq!(answer.status, 200, "{}", answer.body);
@@ -457,19 +472,7 @@ async fn switch_waits_for_db1_and_retire_is_refused_while_a_record_is_at_v9_nami
     assert_eq!(w.table.counts(), BTreeMap::from([(10, 301)]));
     // The status counts the whole job; the audit counts each scan once.
     assert_eq!(w.rotation().await.rows_done, 301);
-    let moved: Vec<u64> = w
-        .audit()
-        .await
-        .entries
-        .iter()
-        .filter(|e| e.action == "target_drained")
-        .map(|e| {
-            serde_json::from_str::<serde_json::Value>(&e.detail).unwrap()["records_moved"]
-                .as_u64()
-                .unwrap()
-        })
-        .collect();
-    assert_eq!(moved, [300, 1]);
+    assert_eq!(w.drained_moves().await, [300, 1]);
     let plan: RetirePlan = w
         .env
         .operate("/v1/rotation/retire", retire(9, false))
@@ -527,11 +530,7 @@ async fn rollback_from_reencrypting_halfway_puts_every_record_back_at_v9_and_dro
     let paused: RotationStatus = w.env.operate("/v1/rotation/pause", json!({})).await.json();
     assert!(paused.paused);
     // Pausing stops the writes after the batch in flight.
-    let deadline = std::time::Instant::now() + DRAIN;
-    while w.env.log_text().matches(PAUSED).count() == pauses_before {
-        assert!(std::time::Instant::now() < deadline, "{}", w.env.log_text());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    await_line_after(&w.env, PAUSED, pauses_before, || false).await;
     let at_pause = w.table.count_at(10);
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(w.table.count_at(10), at_pause, "no batch while paused");
@@ -740,6 +739,16 @@ async fn before_activate_a_restart_unseals_with_v9_alone_and_takes_v10_shares_wh
 
 /// The worker's checkpoint of the forward job, read from the state store
 /// while the daemon is down: records done so far.
+/// Waits until the daemon's log holds more than `before` copies of `line`,
+/// or `done()`.
+async fn await_line_after(env: &Env, line: &str, before: usize, done: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + DRAIN;
+    while env.log_text().matches(line).count() == before && !done() {
+        assert!(std::time::Instant::now() < deadline, "{}", env.log_text());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn checkpoint_done(env: &Env) -> u64 {
     let conn = rusqlite::Connection::open_with_flags(
         env.state_dir.join("state.db"),
@@ -868,12 +877,8 @@ async fn sigkill_after_every_transition_and_five_times_while_reencrypting_resume
     let stops_before = w.env.log_text().matches(STOPPED).count();
     let sealed = w.env.client(OPERATOR).post("/v1/seal", &json!({})).await;
     assert_eq!(sealed.status, 200, "{}", sealed.body);
-    let deadline = std::time::Instant::now() + DRAIN;
     // (On a slow machine the pass may have ended before the seal.)
-    while w.env.log_text().matches(STOPPED).count() == stops_before && w.table.count_at(9) > 0 {
-        assert!(std::time::Instant::now() < deadline, "{}", w.env.log_text());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    await_line_after(&w.env, STOPPED, stops_before, || w.table.count_at(9) == 0).await;
     let at_seal = w.table.counts();
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(w.table.counts(), at_seal, "no batch while sealed");
@@ -886,17 +891,7 @@ async fn sigkill_after_every_transition_and_five_times_while_reencrypting_resume
     w.unseal(Some(&new)).await;
     assert_eq!(w.rotation().await.state, RotationState::Drained);
     w.assert_all_at(10, &new.key);
-    let log = w.audit().await;
-    let moved: u64 = log
-        .entries
-        .iter()
-        .filter(|e| e.action == "target_drained")
-        .map(|e| {
-            serde_json::from_str::<serde_json::Value>(&e.detail).unwrap()["records_moved"]
-                .as_u64()
-                .unwrap()
-        })
-        .sum();
+    let moved: u64 = w.drained_moves().await.iter().sum();
     // A crash between a batch's commit and its checkpoint leaves that batch
     // to be found already moved, so it is not counted twice: at most one
     // batch per crash is missing from the total. Passes that started over
