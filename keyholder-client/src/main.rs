@@ -4,6 +4,12 @@ use std::process::ExitCode;
 
 use clap::Parser as _;
 
+// Shares, identities and recovered keys pass through buffers this crate
+// does not own; every heap block is zeroed when freed.
+#[global_allocator]
+static ALLOCATOR: zeroizing_alloc::ZeroAlloc<std::alloc::System> =
+    zeroizing_alloc::ZeroAlloc(std::alloc::System);
+
 fn main() -> ExitCode {
     let cli = keyholder_client::cli::Cli::parse();
     match keyholder_client::run::run(cli) {

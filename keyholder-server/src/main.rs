@@ -7,6 +7,13 @@ use clap::{Parser, Subcommand};
 use crypto_core::KeyVersion;
 use keyholder_server::config::Config;
 
+// Every heap block is zeroed when it is freed, so the copies of keys and
+// shares that escape the zeroizing types (hyper's and rustls's buffers, JSON
+// serialization, intermediate Vecs) leave memory with the block.
+#[global_allocator]
+static ALLOCATOR: zeroizing_alloc::ZeroAlloc<std::alloc::System> =
+    zeroizing_alloc::ZeroAlloc(std::alloc::System);
+
 /// The sealed key daemon of keyholder.
 #[derive(Parser)]
 #[command(name = "keyholderd", version)]
@@ -56,6 +63,11 @@ fn main() -> ExitCode {
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        // Threads scrub their stacks of key copies when they idle or exit
+        // after keys left the vault; blocking threads exit soon after use.
+        .on_thread_park(keyholder_server::hygiene::on_idle)
+        .on_thread_stop(keyholder_server::hygiene::on_idle)
+        .thread_keep_alive(std::time::Duration::from_secs(1))
         .build()
     {
         Ok(rt) => rt,

@@ -159,14 +159,20 @@ impl Vault {
 
     /// Drops a pending key (a retired or rolled-back version).
     pub fn forget(&self, version: KeyVersion) {
-        if let Some(loaded) = self.write().as_mut() {
-            loaded.pending.remove(&version);
+        if let Some(loaded) = self.write().as_mut()
+            && loaded.pending.remove(&version).is_some()
+        {
+            crate::hygiene::keys_left();
         }
     }
 
     /// Drops every key.
     pub fn seal(&self) {
-        *self.write() = None;
+        let held = self.write().take();
+        if held.is_some() {
+            drop(held);
+            crate::hygiene::keys_left();
+        }
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Option<Loaded>> {

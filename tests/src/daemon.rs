@@ -323,6 +323,11 @@ pub struct Daemon {
 }
 
 impl Daemon {
+    /// Its process id (while it runs).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Kills it with SIGKILL (no drain, no cleanup: a crash) and reaps it.
     pub fn kill(&mut self) {
         let Some(mut child) = self.child.take() else {

@@ -65,3 +65,37 @@ pub fn assert_absent(places: &[(String, Vec<u8>)], secrets: &[(String, Vec<u8>)]
         }
     }
 }
+
+/// Every readable mapping of process `pid`'s memory, named by its line in
+/// `/proc/<pid>/maps`, read through `/proc/<pid>/mem` (needs root or
+/// CAP_SYS_PTRACE: keyholderd makes itself non-dumpable). Mappings that
+/// cannot be read (`[vvar]`, guard pages) are skipped; the count of bytes
+/// read is in the result so a caller can check the scan saw something.
+pub fn process_memory(pid: u32) -> std::io::Result<Vec<(String, Vec<u8>)>> {
+    use std::io::{Read as _, Seek as _, SeekFrom};
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))?;
+    let mut mem = std::fs::File::open(format!("/proc/{pid}/mem"))?;
+    let mut regions = Vec::new();
+    for line in maps.lines() {
+        let mut fields = line.split_whitespace();
+        let (Some(range), Some(perms)) = (fields.next(), fields.next()) else {
+            continue;
+        };
+        if !perms.starts_with('r') || line.ends_with("[vvar]") || line.ends_with("[vsyscall]") {
+            continue;
+        }
+        let Some((start, end)) = range.split_once('-') else {
+            continue;
+        };
+        let (Ok(start), Ok(end)) = (u64::from_str_radix(start, 16), u64::from_str_radix(end, 16))
+        else {
+            continue;
+        };
+        let mut buf = vec![0u8; (end - start) as usize];
+        if mem.seek(SeekFrom::Start(start)).is_err() || mem.read_exact(&mut buf).is_err() {
+            continue;
+        }
+        regions.push((format!("memory {line}"), buf));
+    }
+    Ok(regions)
+}
