@@ -11,6 +11,7 @@ use base64::Engine as _;
 use rand::Rng as _;
 use zeroize::Zeroizing;
 
+use crate::locked::Locked;
 use crate::{Error, Key, KeyVersion};
 
 /// Bytes of the random nonce.
@@ -69,11 +70,13 @@ pub fn peek_version(text: &str) -> Result<KeyVersion, Error> {
 }
 
 /// The AES-256-GCM cipher of one key, built once and reused.
-pub(crate) struct Cipher(Aes256Gcm);
+/// The AES-GCM state of one key; its round keys are key material, so it
+/// lives on locked pages like the key.
+pub(crate) struct Cipher(Locked<Aes256Gcm>);
 
 impl Cipher {
     pub(crate) fn new(key: &Key) -> Self {
-        Self(Aes256Gcm::new(key.expose().into()))
+        Self(Locked::new(Aes256Gcm::new(key.expose().into())))
     }
 
     pub(crate) fn seal(&self, version: KeyVersion, plaintext: &[u8], aad: &[u8]) -> String {

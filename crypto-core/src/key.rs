@@ -4,30 +4,39 @@ use core::fmt;
 
 use base64::Engine as _;
 use rand::Rng as _;
-use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
+use zeroize::Zeroizing;
 
 use crate::Error;
+use crate::locked::Locked;
 
-/// One 256-bit AES key. Zeroized on drop; its `Debug` never shows the bytes.
-#[derive(Clone, Zeroize, ZeroizeOnDrop)]
-pub struct Key([u8; 32]);
+/// One 256-bit AES key, on its own heap cell whose page is locked in RAM.
+/// Zeroized on drop; moving it moves a pointer, not the bytes; its `Debug`
+/// never shows them.
+pub struct Key(Locked<Zeroizing<[u8; 32]>>);
 
 impl Key {
+    /// A zeroed cell, filled in place so the bytes never sit on the stack.
+    fn empty() -> Self {
+        Self(Locked::new(Zeroizing::new([0u8; 32])))
+    }
+
     /// A fresh random key from the thread's CSPRNG (seeded by the OS).
     pub fn generate() -> Self {
-        let mut bytes = [0u8; 32];
-        rand::rng().fill_bytes(&mut bytes);
-        let key = Self(bytes);
-        bytes.zeroize();
+        let mut key = Self::empty();
+        rand::rng().fill_bytes(&mut key.0[..]);
         key
     }
 
     /// Takes exactly 32 bytes.
     pub fn from_slice(bytes: &[u8]) -> Result<Self, Error> {
-        let array: [u8; 32] = bytes.try_into().map_err(|_| Error::InvalidKey {
-            reason: "must be exactly 32 bytes",
-        })?;
-        Ok(Self(array))
+        if bytes.len() != 32 {
+            return Err(Error::InvalidKey {
+                reason: "must be exactly 32 bytes",
+            });
+        }
+        let mut key = Self::empty();
+        key.0.copy_from_slice(bytes);
+        Ok(key)
     }
 
     /// Decodes standard base64 of exactly 32 bytes.
@@ -45,12 +54,20 @@ impl Key {
     /// The key as standard base64, for the one place a key crosses a
     /// boundary: the hook hand-over.
     pub fn expose_base64_for_handover(&self) -> Zeroizing<String> {
-        Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(self.0))
+        Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(&self.0[..]))
     }
 
     /// The raw bytes, for the crypto of this crate only.
     pub(crate) fn expose(&self) -> &[u8; 32] {
         &self.0
+    }
+}
+
+impl Clone for Key {
+    fn clone(&self) -> Self {
+        let mut copy = Self::empty();
+        copy.0.copy_from_slice(&self.0[..]);
+        copy
     }
 }
 

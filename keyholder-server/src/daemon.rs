@@ -448,6 +448,14 @@ impl Daemon {
             write_version = %keyring.write_version(),
             "keyring loaded"
         );
+        let locks = crypto_core::memory_lock_report();
+        if locks.refused > 0 {
+            tracing::warn!(
+                refused = locks.refused,
+                locked_pages = locks.locked_pages,
+                "the system refused to lock some key pages in RAM; they may be swapped out (raise LimitMEMLOCK or use encrypted swap)"
+            );
+        }
     }
 
     /// Drops partial unseal progress.

@@ -10,12 +10,7 @@ use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use nix::sys::mman::{MlockAllFlags, mlockall};
-use nix::sys::resource::{RLIM_INFINITY, Resource, getrlimit, setrlimit};
-
-/// Below this memlock limit `mlockall(MCL_FUTURE)` would make later
-/// allocations (thread stacks, buffers) fail, so locking is skipped.
-const MIN_MEMLOCK: u64 = 512 * 1024 * 1024;
+use nix::sys::resource::{Resource, getrlimit, setrlimit};
 
 /// Why hardening failed.
 #[derive(Debug, thiserror::Error)]
@@ -28,25 +23,18 @@ pub enum HygieneError {
     CoreLimit(nix::Error),
 }
 
-/// Disables core dumps and ptrace attach (required), then locks memory when
-/// allowed (best effort, with a warning when not).
+/// Disables core dumps and ptrace attach (required). Keys are locked in RAM
+/// page by page where they are allocated (crypto-core), so the process does
+/// not need `mlockall` or a high `RLIMIT_MEMLOCK`; the limit is logged.
 pub fn harden() -> Result<(), HygieneError> {
     nix::sys::prctl::set_dumpable(false).map_err(HygieneError::Dumpable)?;
     setrlimit(Resource::RLIMIT_CORE, 0, 0).map_err(HygieneError::CoreLimit)?;
     match getrlimit(Resource::RLIMIT_MEMLOCK) {
-        Ok((soft, _)) if soft == RLIM_INFINITY || soft >= MIN_MEMLOCK => {
-            match mlockall(MlockAllFlags::MCL_CURRENT | MlockAllFlags::MCL_FUTURE) {
-                Ok(()) => tracing::info!("memory locked: keys are never swapped out"),
-                Err(e) => {
-                    tracing::warn!(error = %e, "mlockall failed; keys may be swapped out (use encrypted swap or raise LimitMEMLOCK)")
-                }
-            }
-        }
-        Ok((soft, _)) => tracing::warn!(
+        Ok((soft, _)) => tracing::info!(
             memlock_limit = soft,
-            "RLIMIT_MEMLOCK is too low to lock memory; keys may be swapped out (set LimitMEMLOCK=infinity or use encrypted swap)"
+            "core dumps off; key pages are locked in RAM as they are allocated"
         ),
-        Err(e) => tracing::warn!(error = %e, "cannot read RLIMIT_MEMLOCK; memory not locked"),
+        Err(e) => tracing::warn!(error = %e, "cannot read RLIMIT_MEMLOCK"),
     }
     Ok(())
 }

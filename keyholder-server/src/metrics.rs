@@ -56,6 +56,10 @@ pub struct Metrics {
     pub keyring_fetches: Counter,
     /// Rotation and re-encryption progress, refreshed at each scrape.
     pub rotation: RotationGauges,
+    /// Pages holding keys that are locked in RAM now.
+    pub key_pages_locked: Gauge,
+    /// Key page locks the system refused.
+    pub key_page_locks_refused: Gauge,
     /// The registry; add more metrics before serving.
     pub registry: Mutex<Registry>,
 }
@@ -114,8 +118,22 @@ impl Default for Metrics {
             "1 while an operator paused the re-encryption worker",
             rotation.paused.clone(),
         );
+        let key_pages_locked = Gauge::default();
+        let key_page_locks_refused = Gauge::default();
+        registry.register(
+            "key_pages_locked",
+            "Memory pages holding keys that are locked in RAM (mlock)",
+            key_pages_locked.clone(),
+        );
+        registry.register(
+            "key_page_locks_refused",
+            "Key page locks the system refused since start (raise LimitMEMLOCK)",
+            key_page_locks_refused.clone(),
+        );
         sealed.set(1);
         Self {
+            key_pages_locked,
+            key_page_locks_refused,
             rotation,
             sealed,
             versions_loaded,
@@ -163,6 +181,11 @@ impl Metrics {
 
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
+        let locks = crypto_core::memory_lock_report();
+        self.key_pages_locked
+            .set(i64::try_from(locks.locked_pages).unwrap_or(i64::MAX));
+        self.key_page_locks_refused
+            .set(i64::try_from(locks.refused).unwrap_or(i64::MAX));
         let mut out = String::new();
         let registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
         prometheus_client::encoding::text::encode(&mut out, &registry)

@@ -19,6 +19,16 @@ fn found_in(regions: &[(String, Vec<u8>)], needle: &[u8]) -> Vec<String> {
         .collect()
 }
 
+/// `VmLck` of process `pid`: the memory it holds locked in RAM, in KiB.
+fn locked_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmLck:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmLck in /proc/<pid>/status")
+}
+
 /// Every secret still in the daemon's memory: `(what, region)`.
 fn leaks(pid: u32, secrets: &[(String, Vec<u8>)]) -> Vec<(String, String)> {
     let regions = process_memory(pid).expect("reading the daemon's memory");
@@ -100,6 +110,12 @@ async fn after_seal_no_key_or_share_bytes_remain_in_the_daemons_memory() {
     // The scan sees a key where one is: unsealed, the raw key is in memory.
     let raw = found_in(&process_memory(pid).unwrap(), &key);
     assert!(!raw.is_empty(), "an unsealed daemon holds its key");
+    // Its key pages, and only those, are locked in RAM (no mlockall).
+    let locked = locked_kib(pid);
+    assert!(
+        locked > 0 && locked < 1024,
+        "unsealed, {locked} KiB are locked"
+    );
 
     env.client(OPERATOR)
         .post("/v1/seal", &serde_json::json!({}))
@@ -125,6 +141,7 @@ async fn after_seal_no_key_or_share_bytes_remain_in_the_daemons_memory() {
             break;
         }
     }
+    assert_eq!(locked_kib(pid), 0, "sealed, no key page stays locked");
     assert!(
         found.is_empty(),
         "secrets left in the sealed daemon's memory:\n{}",
