@@ -20,6 +20,31 @@ use rcgen::{
 
 use crate::files::{self, FileError};
 
+/// How long a principal's (and the server's) certificate is valid: a dev
+/// PKI is re-made, never kept for years.
+const LEAF_VALIDITY: time::Duration = time::Duration::days(365);
+/// How long the dev CA is valid: long enough to outlive the certificates it
+/// issues and one re-issue of them.
+const CA_VALIDITY: time::Duration = time::Duration::days(3 * 365);
+/// Backdating, for clocks slightly behind the one that issued.
+const CLOCK_SKEW: time::Duration = time::Duration::hours(1);
+
+/// The validity window starting now, as rcgen wants it.
+fn validity(params: &mut CertificateParams, now: time::OffsetDateTime, length: time::Duration) {
+    params.not_before = now - CLOCK_SKEW;
+    params.not_after = now + length;
+}
+
+/// A date for the listing: `2027-12-01`.
+fn day(at: time::OffsetDateTime) -> String {
+    format!(
+        "{:04}-{:02}-{:02}",
+        at.year(),
+        u8::from(at.month()),
+        at.day()
+    )
+}
+
 /// What `pki init` makes.
 #[derive(Debug, Clone)]
 pub struct PkiPlan {
@@ -196,8 +221,12 @@ impl PkiPlan {
             });
         };
 
+        let now = time::OffsetDateTime::now_utc();
+        let ca_until = day(now + CA_VALIDITY);
+        let leaf_until = day(now + LEAF_VALIDITY);
         let ca_key = KeyPair::generate()?;
         let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+        validity(&mut ca_params, now, CA_VALIDITY);
         ca_params.distinguished_name = dn(&format!("keyholder {} dev CA", self.keyring));
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         ca_params.key_usages = vec![
@@ -211,7 +240,7 @@ impl PkiPlan {
             "ca.pem",
             ca_cert.pem().into_bytes(),
             0o644,
-            "CA certificate (--ca)".into(),
+            format!("CA certificate (--ca), valid until {ca_until}"),
         );
         add(
             "ca.key",
@@ -224,6 +253,7 @@ impl PkiPlan {
         sans.extend(self.server_name.iter().cloned());
         let server_key = KeyPair::generate()?;
         let mut server = CertificateParams::new(sans)?;
+        validity(&mut server, now, LEAF_VALIDITY);
         server.distinguished_name = dn(self.server_name.as_deref().unwrap_or("localhost"));
         server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         server.key_usages = vec![KeyUsagePurpose::DigitalSignature];
@@ -232,7 +262,7 @@ impl PkiPlan {
             "server.pem",
             server_cert.pem().into_bytes(),
             0o644,
-            "keyholderd server certificate".into(),
+            format!("keyholderd server certificate, valid until {leaf_until}"),
         );
         add(
             "server.key",
@@ -251,6 +281,7 @@ impl PkiPlan {
         for (name, role) in principals {
             let key = KeyPair::generate()?;
             let mut params = CertificateParams::new(vec![name.clone()])?;
+            validity(&mut params, now, LEAF_VALIDITY);
             params.distinguished_name = dn(name);
             params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
             params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
@@ -259,7 +290,7 @@ impl PkiPlan {
                 &format!("{name}.pem"),
                 cert.pem().into_bytes(),
                 0o644,
-                format!("{name}: client certificate ({role})"),
+                format!("{name}: client certificate ({role}), valid until {leaf_until}"),
             );
             add(
                 &format!("{name}.key"),

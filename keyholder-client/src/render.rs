@@ -296,6 +296,13 @@ pub fn rollback_plan(plan: &RollbackPlan) -> String {
         "  records at {} to move back to {}: {}",
         plan.from, plan.to, plan.records_to_move
     );
+    let _ = writeln!(
+        out,
+        "  approvals: {} ({} of {} distinct operators)",
+        names(&plan.approvals),
+        plan.approvals.len(),
+        plan.approvals_needed
+    );
     steps(&mut out, &plan.steps);
     out
 }

@@ -26,7 +26,7 @@ use serde_json::json;
 use tokio::sync::watch;
 
 use super::worker;
-use super::{Job, RetireOutcome, Rotation, TransitionError};
+use super::{APPROVALS_NEEDED, Job, Outcome, Rotation, TransitionError, VerifyQuorum};
 use crate::audit;
 use crate::daemon::{Daemon, DaemonError};
 use crate::principal::Principal;
@@ -194,6 +194,19 @@ impl Rotator {
         Ok(())
     }
 
+    /// Who may verify a new share, and how many must before `retire`.
+    fn quorum(&self) -> VerifyQuorum {
+        VerifyQuorum {
+            min_verified: usize::from(self.daemon.config.rotation.min_verified),
+            keyholders: self
+                .daemon
+                .config
+                .keyholders()
+                .map(|p| p.name.clone())
+                .collect(),
+        }
+    }
+
     fn require_unsealed(&self) -> Result<(), RotationError> {
         if self.daemon.vault.is_sealed() {
             return Err(DaemonError::Sealed.into());
@@ -249,6 +262,9 @@ impl Rotator {
         self.commit(&mut machine, next, step).await?;
         self.daemon.vault.hold_pending(version, key);
         lock(&self.new_shares).clear();
+        // A throttle set during an earlier (perhaps rolled-back) rotation was
+        // for that job's load; each rotation starts at the configured one.
+        *lock(&self.throttle) = self.daemon.config.reencrypt.throttle();
         Ok(self.status_of(&machine))
     }
 
@@ -431,9 +447,10 @@ impl Rotator {
         let mut machine = self.machine.lock().await;
         let per_target = worker::counts_at(&self.daemon, version).await?;
         let remaining = per_target.iter().map(|(_, n)| n).sum();
+        let quorum = self.quorum();
         let mut next = machine.clone();
         let outcome = next
-            .retire(version, &operator.name, remaining, execute)
+            .retire(version, &operator.name, remaining, execute, &quorum)
             .map_err(|e| match e {
                 TransitionError::RecordsRemain { version, remaining } => {
                     RotationError::RecordsRemain {
@@ -453,6 +470,13 @@ impl Rotator {
                 "a full scan found {remaining} record(s) at {version} ({})",
                 scanned.join(", ")
             ),
+            format!(
+                "{} of {} keyholder(s) verified their share of {} ({} needed, rotation.min_verified)",
+                machine.verified_by().count(),
+                quorum.keyholders.len(),
+                machine.next().map(|v| v.to_string()).unwrap_or_default(),
+                quorum.min_verified
+            ),
             format!("two distinct operators run `keyholder rotate retire {version} --execute`"),
             format!(
                 "{version} leaves the keyring handed to consumers; its key is dropped from memory"
@@ -460,12 +484,12 @@ impl Rotator {
             format!("{version}'s KCV, fingerprints and audit history stay in the state store"),
             "the state store is copied aside before the version is retired (SQLite: state_dir/snapshots)".to_owned(),
         ];
-        let executed = outcome == RetireOutcome::Retired;
+        let executed = outcome == Outcome::Executed;
         let mut detail = json!({"version": version.number(), "records_remaining": remaining});
         if executed {
             detail["snapshot"] = json!(self.snapshot(&format!("retire-{version}")).await?);
         }
-        if outcome != RetireOutcome::Planned {
+        if outcome != Outcome::Planned {
             let states = if executed {
                 vec![(version, VersionState::Retired)]
             } else {
@@ -491,13 +515,15 @@ impl Rotator {
             version,
             records_remaining: remaining,
             approvals: machine.retire_approvals().map(str::to_owned).collect(),
-            approvals_needed: super::RETIRE_APPROVALS as u8,
+            approvals_needed: APPROVALS_NEEDED as u8,
             executed,
             steps,
         })
     }
 
-    /// `rotate rollback [--execute]`.
+    /// `rotate rollback [--execute]`: the plan, one operator's approval, or
+    /// (the second distinct operator's) the start of the rollback. A pause
+    /// stays in force through it.
     pub async fn rollback(
         self: &Arc<Self>,
         operator: &Principal,
@@ -512,6 +538,7 @@ impl Rotator {
             0
         };
         let mut steps = vec![
+            "two distinct operators run `keyholder rotate rollback --execute`".to_owned(),
             "the state store is copied aside first (SQLite: state_dir/snapshots)".to_owned(),
             format!("{to} writes again"),
         ];
@@ -520,48 +547,76 @@ impl Rotator {
                 "the worker moves {records_to_move} record(s) from {from} back to {to}, with the same checks as the forward path"
             ));
         }
+        if machine.paused() {
+            steps.push(
+                "the rotation is paused: the worker stays paused until `keyholder rotate resume`"
+                    .to_owned(),
+            );
+        }
         steps.push(format!("{from} leaves the keyring and its key is dropped"));
-        if execute {
-            if moves {
-                self.require_unsealed()?;
+        let mut approvals: std::collections::BTreeSet<String> =
+            machine.rollback_approvals().map(str::to_owned).collect();
+        let mut next = machine.clone();
+        let outcome = next.rollback(&operator.name, execute)?;
+        if outcome != Outcome::Planned {
+            approvals.insert(operator.name.clone());
+        }
+        let executed = outcome == Outcome::Executed;
+        match outcome {
+            Outcome::Planned => {}
+            Outcome::Approved { .. } => {
+                let step = Step {
+                    actor: &operator.name,
+                    action: "rollback_approved",
+                    detail: json!({"from": from.number(), "to": to.number()}),
+                    version_states: Vec::new(),
+                    new_version: None,
+                };
+                self.commit(&mut machine, next, step).await?;
             }
-            let mut next = machine.clone();
-            next.rollback()?;
-            let snapshot = self.snapshot(&format!("rollback-{from}")).await?;
-            self.stop_worker().await;
-            let states = if next.state() == RotationState::Idle {
-                vec![(from, VersionState::Retired)]
-            } else {
-                Vec::new()
-            };
-            if let Some(job) = next.job() {
-                worker::reset_checkpoints(&self.daemon, job).await?;
+            Outcome::Executed => {
+                if moves {
+                    self.require_unsealed()?;
+                }
+                let snapshot = self.snapshot(&format!("rollback-{from}")).await?;
+                self.stop_worker().await;
+                let states = if next.state() == RotationState::Idle {
+                    vec![(from, VersionState::Retired)]
+                } else {
+                    Vec::new()
+                };
+                if let Some(job) = next.job() {
+                    worker::reset_checkpoints(&self.daemon, job).await?;
+                }
+                let step = Step {
+                    actor: &operator.name,
+                    action: "rotation_rolled_back",
+                    detail: json!({
+                        "from": from.number(),
+                        "to": to.number(),
+                        "records_to_move": records_to_move,
+                        "approvals": approvals,
+                        "snapshot": snapshot,
+                    }),
+                    version_states: states,
+                    new_version: None,
+                };
+                self.commit(&mut machine, next, step).await?;
+                if machine.state() == RotationState::Idle {
+                    lock(&self.new_shares).clear();
+                    self.daemon.vault.forget(from);
+                }
+                drop(machine);
+                self.start_worker();
             }
-            let step = Step {
-                actor: &operator.name,
-                action: "rotation_rolled_back",
-                detail: json!({
-                    "from": from.number(),
-                    "to": to.number(),
-                    "records_to_move": records_to_move,
-                    "snapshot": snapshot,
-                }),
-                version_states: states,
-                new_version: None,
-            };
-            self.commit(&mut machine, next, step).await?;
-            if machine.state() == RotationState::Idle {
-                lock(&self.new_shares).clear();
-                self.daemon.vault.forget(from);
-            }
-            drop(machine);
-            self.start_worker();
         }
         Ok(RollbackPlan {
             from,
             to,
             records_to_move,
-            executed: execute,
+            approvals: approvals.into_iter().collect(),
+            approvals_needed: APPROVALS_NEEDED as u8,
+            executed,
             steps,
         })
     }
@@ -569,7 +624,8 @@ impl Rotator {
     /// Copies the state store aside before a destructive step (the
     /// Scalingo lesson): the copy holds what the store holds, no key.
     async fn snapshot(&self, label: &str) -> Result<Option<String>, RotationError> {
-        let path = self.daemon.store.snapshot(label).await?;
+        let keep = self.daemon.config.rotation.keep_snapshots;
+        let path = self.daemon.store.snapshot(label, keep).await?;
         if let Some(path) = &path {
             tracing::info!(snapshot = %path, label, "state store snapshot taken");
         }
