@@ -450,7 +450,8 @@ fn a_rotation_through_the_cli_survives_a_restart_with_shares_in_any_order() {
     }
     let said = world.ok("olga", &["rotate", "prepare"]);
     assert!(said.starts_with("rotation: prepared v9 -> v10"), "{said}");
-    for name in ["alice", "bob"] {
+    // All three: retiring v9 needs rotation.min_verified = threshold + 1.
+    for name in ["alice", "bob", "carol"] {
         let share = world.shares().join(format!("{name}.v10.age"));
         let identity = world.pki().join(format!("{name}.age"));
         let (share, identity) = (share.to_str().unwrap(), identity.to_str().unwrap());
