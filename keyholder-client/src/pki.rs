@@ -506,6 +506,74 @@ mod tests {
         );
     }
 
+    /// (not before, not after) of a PEM certificate, in Unix seconds.
+    fn validity_of(path: &Path) -> (i64, i64) {
+        use x509_parser::prelude::{FromDer as _, X509Certificate};
+        let pem = fs::read(path).unwrap();
+        let der = rustls_pemfile::certs(&mut pem.as_slice())
+            .next()
+            .unwrap()
+            .unwrap();
+        let (_, cert) = X509Certificate::from_der(der.as_ref()).unwrap();
+        let v = cert.validity();
+        (v.not_before.timestamp(), v.not_after.timestamp())
+    }
+
+    #[test]
+    fn certificates_are_valid_from_an_hour_ago_for_a_year_and_the_ca_for_three() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("pki");
+        let written = plan(&dir).run().unwrap();
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let day = 24 * 3600;
+        for (name, days) in [
+            ("alice.pem", 365),
+            ("db1.pem", 365),
+            ("server.pem", 365),
+            ("ca.pem", 3 * 365),
+        ] {
+            let (from, until) = validity_of(&dir.join(name));
+            assert!(
+                (now - 3600 - 60..=now - 3600 + 60).contains(&from),
+                "{name}: from {from}, now {now}"
+            );
+            assert!(
+                (now + days * day - 60..=now + days * day + 60).contains(&until),
+                "{name}: until {until}"
+            );
+        }
+        let alice = written
+            .iter()
+            .find(|w| w.path.ends_with("alice.pem"))
+            .unwrap();
+        let expected = super::day(time::OffsetDateTime::now_utc() + LEAF_VALIDITY);
+        assert_eq!(
+            alice.what,
+            format!("alice: client certificate (keyholder), valid until {expected}")
+        );
+    }
+
+    #[test]
+    fn every_keyholder_gets_an_age_recipient_of_their_own() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("pki");
+        plan(&dir).run().unwrap();
+        let config: toml::Table = fs::read_to_string(dir.join("keyholder.toml"))
+            .unwrap()
+            .parse()
+            .unwrap();
+        let mut recipients: Vec<&str> = config["principals"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|p| p.get("age_recipient").and_then(|r| r.as_str()))
+            .collect();
+        assert_eq!(recipients.len(), 3);
+        recipients.sort_unstable();
+        recipients.dedup();
+        assert_eq!(recipients.len(), 3, "one recipient per keyholder");
+    }
+
     #[test]
     fn refuses_to_overwrite_and_writes_nothing() {
         let tmp = tempfile::tempdir().unwrap();
