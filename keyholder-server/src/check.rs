@@ -1,8 +1,10 @@
 //! `keyholderd check-config`'s live checks: the config parsed and validated,
-//! this proves that the stores it names answer, by connecting to each one
-//! (the PostgreSQL state store; every target, whose table and columns are
-//! checked as the re-encryption engine would). It reads and never writes:
-//! no schema is created, no migration run.
+//! this proves that the PostgreSQL stores it names answer, by connecting to
+//! each one (the state store; every PostgreSQL target, whose table and
+//! columns are checked as the re-encryption engine would). It only reads: no
+//! schema is created, no migration run. SQLite targets are not opened here
+//! (opening one may switch its journal mode); the config check already
+//! refuses a missing file.
 
 use std::time::Duration;
 
@@ -41,6 +43,12 @@ pub async fn stores(config: &Config) -> Vec<Problem> {
         }
     }
     for (i, target) in config.targets.iter().enumerate() {
+        if !matches!(
+            target.store(),
+            keyholder_reencrypt::StoreLocation::Postgres(_)
+        ) {
+            continue;
+        }
         let failed =
             match tokio::time::timeout(CONNECT_TIMEOUT, keyholder_reencrypt::open_store(target))
                 .await
