@@ -181,6 +181,10 @@ pub struct RollbackPlan {
     pub to: KeyVersion,
     /// Records at `from` that will be moved back.
     pub records_to_move: u64,
+    /// Operators who approved so far (both, once it started).
+    pub approvals: Vec<String>,
+    /// Distinct operators needed.
+    pub approvals_needed: u8,
     /// Whether the rollback started.
     pub executed: bool,
     /// What executing does, step by step.

@@ -187,7 +187,7 @@ pub enum RotateCommand {
         #[arg(long)]
         execute: bool,
     },
-    /// Roll the rotation back to the old version: prints the plan; --execute starts it.
+    /// Roll the rotation back to the old version: prints the plan; --execute records your approval (the second operator's starts it).
     Rollback {
         /// Act instead of printing the plan.
         #[arg(long)]

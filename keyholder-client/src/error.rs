@@ -100,6 +100,21 @@ pub enum CliError {
         /// The identity files tried.
         identity: String,
     },
+    /// Two share files open with one identity: one person holds two shares.
+    #[error(
+        "{} and {} both decrypt with the identity in {} — one person must not hold two shares; each keyholder opens their own file with their own identity (if the config gave two keyholders one age_recipient, fix it and deal new shares)",
+        first.display(),
+        second.display(),
+        identity.display()
+    )]
+    OneIdentityForTwoFiles {
+        /// The identity file.
+        identity: PathBuf,
+        /// The first share file it opened.
+        first: PathBuf,
+        /// The second.
+        second: PathBuf,
+    },
     /// A file is not age-encrypted (or is damaged).
     #[error("{} is not a readable age-encrypted share file: {reason}", path.display())]
     NotAgeFile {

@@ -24,6 +24,8 @@ pub const STDIN: &str = "-";
 pub struct Identities {
     files: Vec<PathBuf>,
     identities: Vec<age::x25519::Identity>,
+    /// For each identity, the index in `files` it was read from.
+    origin: Vec<usize>,
 }
 
 impl Identities {
@@ -31,7 +33,8 @@ impl Identities {
     /// that stdin carries shares, so it cannot also carry a passphrase.
     pub fn load(paths: &[PathBuf], stdin_busy: bool) -> Result<Self, CliError> {
         let mut identities = Vec::new();
-        for path in paths {
+        let mut origin = Vec::new();
+        for (index, path) in paths.iter().enumerate() {
             let bytes = files::read_private(path)?;
             let text = if is_age_file(&bytes) {
                 let passphrase = read_passphrase(path, stdin_busy)?;
@@ -44,11 +47,14 @@ impl Identities {
                     }
                 })?)
             };
-            identities.extend(parse_identities(path, &text)?);
+            let found = parse_identities(path, &text)?;
+            origin.extend(std::iter::repeat_n(index, found.len()));
+            identities.extend(found);
         }
         Ok(Self {
             files: paths.to_vec(),
             identities,
+            origin,
         })
     }
 
@@ -56,6 +62,21 @@ impl Identities {
     pub fn describe(&self) -> String {
         let names: Vec<String> = self.files.iter().map(|p| p.display().to_string()).collect();
         names.join(", ")
+    }
+
+    /// The identity file whose identity opens the age file `bytes`, if one
+    /// does (each identity is tried alone, so the answer names one file).
+    pub fn opened_by(&self, bytes: &[u8]) -> Option<&Path> {
+        for (identity, &file) in self.identities.iter().zip(&self.origin) {
+            let decryptor = age::Decryptor::new_buffered(ArmoredReader::new(bytes)).ok()?;
+            if decryptor
+                .decrypt(std::iter::once(identity as &dyn age::Identity))
+                .is_ok()
+            {
+                return Some(&self.files[file]);
+            }
+        }
+        None
     }
 
     /// Decrypts an age file (armored or binary) held in memory.
@@ -349,6 +370,7 @@ mod tests {
         let identities = Identities {
             files: vec!["alice.age".into()],
             identities: vec![mine],
+            origin: vec![0],
         };
         let err = identities
             .decrypt(Path::new("bob.v9.age"), file.as_bytes())
@@ -358,5 +380,29 @@ mod tests {
         assert!(err.to_string().starts_with(
             "bob.v9.age was not encrypted to the identity in alice.age — is it your file?"
         ));
+    }
+
+    #[test]
+    fn the_identity_file_that_opens_a_share_file_is_named() {
+        let alice = age::x25519::Identity::generate();
+        let bob = age::x25519::Identity::generate();
+        let to = |i: &age::x25519::Identity| {
+            encrypt_armored(&i.to_public().to_string(), "khs1 ...").unwrap()
+        };
+        let identities = Identities {
+            files: vec!["alice.id".into(), "bob.id".into()],
+            identities: vec![alice.clone(), bob.clone()],
+            origin: vec![0, 1],
+        };
+        assert_eq!(
+            identities.opened_by(to(&bob).as_bytes()),
+            Some(Path::new("bob.id"))
+        );
+        assert_eq!(
+            identities.opened_by(to(&alice).as_bytes()),
+            Some(Path::new("alice.id"))
+        );
+        let stranger = age::x25519::Identity::generate();
+        assert_eq!(identities.opened_by(to(&stranger).as_bytes()), None);
     }
 }

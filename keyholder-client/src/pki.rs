@@ -20,6 +20,31 @@ use rcgen::{
 
 use crate::files::{self, FileError};
 
+/// How long a principal's (and the server's) certificate is valid: a dev
+/// PKI is re-made, never kept for years.
+const LEAF_VALIDITY: time::Duration = time::Duration::days(365);
+/// How long the dev CA is valid: long enough to outlive the certificates it
+/// issues and one re-issue of them.
+const CA_VALIDITY: time::Duration = time::Duration::days(3 * 365);
+/// Backdating, for clocks slightly behind the one that issued.
+const CLOCK_SKEW: time::Duration = time::Duration::hours(1);
+
+/// The validity window starting now, as rcgen wants it.
+fn validity(params: &mut CertificateParams, now: time::OffsetDateTime, length: time::Duration) {
+    params.not_before = now - CLOCK_SKEW;
+    params.not_after = now + length;
+}
+
+/// A date for the listing: `2027-12-01`.
+fn day(at: time::OffsetDateTime) -> String {
+    format!(
+        "{:04}-{:02}-{:02}",
+        at.year(),
+        u8::from(at.month()),
+        at.day()
+    )
+}
+
 /// What `pki init` makes.
 #[derive(Debug, Clone)]
 pub struct PkiPlan {
@@ -196,8 +221,12 @@ impl PkiPlan {
             });
         };
 
+        let now = time::OffsetDateTime::now_utc();
+        let ca_until = day(now + CA_VALIDITY);
+        let leaf_until = day(now + LEAF_VALIDITY);
         let ca_key = KeyPair::generate()?;
         let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+        validity(&mut ca_params, now, CA_VALIDITY);
         ca_params.distinguished_name = dn(&format!("keyholder {} dev CA", self.keyring));
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         ca_params.key_usages = vec![
@@ -211,7 +240,7 @@ impl PkiPlan {
             "ca.pem",
             ca_cert.pem().into_bytes(),
             0o644,
-            "CA certificate (--ca)".into(),
+            format!("CA certificate (--ca), valid until {ca_until}"),
         );
         add(
             "ca.key",
@@ -224,6 +253,7 @@ impl PkiPlan {
         sans.extend(self.server_name.iter().cloned());
         let server_key = KeyPair::generate()?;
         let mut server = CertificateParams::new(sans)?;
+        validity(&mut server, now, LEAF_VALIDITY);
         server.distinguished_name = dn(self.server_name.as_deref().unwrap_or("localhost"));
         server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         server.key_usages = vec![KeyUsagePurpose::DigitalSignature];
@@ -232,7 +262,7 @@ impl PkiPlan {
             "server.pem",
             server_cert.pem().into_bytes(),
             0o644,
-            "keyholderd server certificate".into(),
+            format!("keyholderd server certificate, valid until {leaf_until}"),
         );
         add(
             "server.key",
@@ -251,6 +281,7 @@ impl PkiPlan {
         for (name, role) in principals {
             let key = KeyPair::generate()?;
             let mut params = CertificateParams::new(vec![name.clone()])?;
+            validity(&mut params, now, LEAF_VALIDITY);
             params.distinguished_name = dn(name);
             params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
             params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
@@ -259,7 +290,7 @@ impl PkiPlan {
                 &format!("{name}.pem"),
                 cert.pem().into_bytes(),
                 0o644,
-                format!("{name}: client certificate ({role})"),
+                format!("{name}: client certificate ({role}), valid until {leaf_until}"),
             );
             add(
                 &format!("{name}.key"),
@@ -473,6 +504,74 @@ mod tests {
             identity.to_public().to_string(),
             principals[1]["age_recipient"].as_str().unwrap()
         );
+    }
+
+    /// (not before, not after) of a PEM certificate, in Unix seconds.
+    fn validity_of(path: &Path) -> (i64, i64) {
+        use x509_parser::prelude::{FromDer as _, X509Certificate};
+        let pem = fs::read(path).unwrap();
+        let der = rustls_pemfile::certs(&mut pem.as_slice())
+            .next()
+            .unwrap()
+            .unwrap();
+        let (_, cert) = X509Certificate::from_der(der.as_ref()).unwrap();
+        let v = cert.validity();
+        (v.not_before.timestamp(), v.not_after.timestamp())
+    }
+
+    #[test]
+    fn certificates_are_valid_from_an_hour_ago_for_a_year_and_the_ca_for_three() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("pki");
+        let written = plan(&dir).run().unwrap();
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let day = 24 * 3600;
+        for (name, days) in [
+            ("alice.pem", 365),
+            ("db1.pem", 365),
+            ("server.pem", 365),
+            ("ca.pem", 3 * 365),
+        ] {
+            let (from, until) = validity_of(&dir.join(name));
+            assert!(
+                (now - 3600 - 60..=now - 3600 + 60).contains(&from),
+                "{name}: from {from}, now {now}"
+            );
+            assert!(
+                (now + days * day - 60..=now + days * day + 60).contains(&until),
+                "{name}: until {until}"
+            );
+        }
+        let alice = written
+            .iter()
+            .find(|w| w.path.ends_with("alice.pem"))
+            .unwrap();
+        let expected = super::day(time::OffsetDateTime::now_utc() + LEAF_VALIDITY);
+        assert_eq!(
+            alice.what,
+            format!("alice: client certificate (keyholder), valid until {expected}")
+        );
+    }
+
+    #[test]
+    fn every_keyholder_gets_an_age_recipient_of_their_own() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("pki");
+        plan(&dir).run().unwrap();
+        let config: toml::Table = fs::read_to_string(dir.join("keyholder.toml"))
+            .unwrap()
+            .parse()
+            .unwrap();
+        let mut recipients: Vec<&str> = config["principals"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|p| p.get("age_recipient").and_then(|r| r.as_str()))
+            .collect();
+        assert_eq!(recipients.len(), 3);
+        recipients.sort_unstable();
+        recipients.dedup();
+        assert_eq!(recipients.len(), 3, "one recipient per keyholder");
     }
 
     #[test]

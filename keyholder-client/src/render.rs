@@ -124,7 +124,15 @@ pub fn rotation(r: &RotationStatus) -> String {
         r.state,
         RotationState::Reencrypting | RotationState::RollingBack | RotationState::Drained
     );
-    if moving || r.rows_done > 0 || r.rows_remaining > 0 {
+    let job_running = matches!(
+        r.state,
+        RotationState::Reencrypting | RotationState::RollingBack
+    );
+    if job_running && r.rows_done == 0 && r.rows_remaining == 0 {
+        // The worker has not counted the records yet (right after `switch`
+        // or a rollback): "0 remaining (100%)" would claim it is done.
+        let _ = writeln!(out, "  rows: counting...");
+    } else if moving || r.rows_done > 0 || r.rows_remaining > 0 {
         let total = r.rows_done + r.rows_remaining;
         let percent = if total == 0 {
             100.0
@@ -296,6 +304,13 @@ pub fn rollback_plan(plan: &RollbackPlan) -> String {
         "  records at {} to move back to {}: {}",
         plan.from, plan.to, plan.records_to_move
     );
+    let _ = writeln!(
+        out,
+        "  approvals: {} ({} of {} distinct operators)",
+        names(&plan.approvals),
+        plan.approvals.len(),
+        plan.approvals_needed
+    );
     steps(&mut out, &plan.steps);
     out
 }
@@ -444,6 +459,36 @@ mod tests {
              \x20 throttle: unlimited rows/s, batch size 1000\n\
              \x20 shares verified by: alice, bob\n\
              \x20 consumers acknowledged: db1; waiting for: nobody\n"
+        );
+    }
+
+    #[test]
+    fn a_job_not_counted_yet_says_so_instead_of_100_percent() {
+        let mut r = RotationStatus {
+            state: RotationState::Reencrypting,
+            from: Some(v(9)),
+            to: Some(v(10)),
+            rows_done: 0,
+            rows_remaining: 0,
+            conflicts: 0,
+            rows_per_sec: 0.0,
+            eta_seconds: None,
+            paused: false,
+            verified_by: vec!["alice".into(), "bob".into()],
+            acknowledged_by: vec!["db1".into()],
+            waiting_for: vec![],
+            retire_approvals: vec![],
+            rows_per_sec_limit: 0,
+            batch_size: 1000,
+            last_error: None,
+        };
+        let text = rotation(&r);
+        assert!(text.contains("\n  rows: counting...\n"), "{text}");
+        assert!(!text.contains("100.0%"), "{text}");
+        r.state = RotationState::Drained;
+        assert!(
+            rotation(&r).contains("rows: 0 done, 0 remaining (100.0%)"),
+            "drained really is done"
         );
     }
 }

@@ -359,8 +359,10 @@ async fn rotate(
                 let mut text = render::rollback_plan(p);
                 if !execute {
                     text.push_str(
-                        "nothing changed; to start it: keyholder rotate rollback --execute\n",
+                        "nothing changed; to approve: keyholder rotate rollback --execute\n",
                     );
+                } else if !p.executed {
+                    text.push_str("your approval is recorded; another operator must approve too\n");
                 }
                 text
             });
@@ -505,8 +507,25 @@ fn recover_key(args: RecoverArgs, output: Output) -> Result<(), CliError> {
     files::ensure_absent(&args.out)?;
     let identities = Identities::load(&args.identity, false)?;
     let mut inputs = Vec::new();
+    // The two-person rule offline: each identity opens at most one file.
+    let mut opened: Vec<(PathBuf, PathBuf)> = Vec::new();
     for path in &args.shares {
         inputs.push(identity::read_shares(path, Some(&identities))?);
+        if path.as_os_str() == STDIN {
+            continue;
+        }
+        let bytes = files::read_input(path)?;
+        let Some(by) = identities.opened_by(&bytes) else {
+            continue;
+        };
+        if let Some((_, first)) = opened.iter().find(|(identity, _)| identity == by) {
+            return Err(CliError::OneIdentityForTwoFiles {
+                identity: by.to_owned(),
+                first: first.clone(),
+                second: path.clone(),
+            });
+        }
+        opened.push((by.to_owned(), path.clone()));
     }
     let recovered = recover::recover(&inputs, &kcv, args.version)?;
     let mut text = recovered.key.expose_base64_for_handover();

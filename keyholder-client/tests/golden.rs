@@ -117,6 +117,17 @@ fn regenerate_fixtures() {
         )
         .unwrap();
     }
+    // bob's shares encrypted to alice's recipient: what a config giving two
+    // keyholders one age_recipient makes; `recover` must refuse it.
+    fs::write(
+        dir.join("bob-to-alice.shares.age"),
+        encrypt_armored(
+            &recipient_of(&identity_line("alice")).unwrap(),
+            &format!("# bob\n{}\n", lines[1].join("\n")),
+        )
+        .unwrap(),
+    )
+    .unwrap();
     fs::write(dir.join("plain.shares"), format!("{}\n", lines[0][0])).unwrap();
     fs::write(dir.join("existing.key"), "not a key\n").unwrap();
     fix_modes();

@@ -16,6 +16,7 @@ use serde::Deserialize;
 
 use crate::principal::{Principal, Role};
 use crate::store::PgLocation;
+use crate::transport::identity::IdentityField;
 
 #[cfg(test)]
 mod tests;
@@ -30,6 +31,8 @@ const DEFAULT_PROGRESS_TTL: Duration = Duration::from_secs(15 * 60);
 const DEFAULT_SAMPLE_SIZE: u32 = 64;
 /// Default time a client has to finish its TLS handshake.
 const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default number of state store snapshots kept in `state_dir/snapshots`.
+const DEFAULT_KEEP_SNAPSHOTS: u32 = 5;
 
 /// Why the config could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -103,6 +106,8 @@ struct RawConfig {
     targets: Vec<keyholder_reencrypt::TargetConfig>,
     #[serde(default)]
     reencrypt: RawReencrypt,
+    #[serde(default)]
+    rotation: RawRotation,
 }
 
 #[derive(Deserialize)]
@@ -115,6 +120,7 @@ struct RawListen {
     crl: Option<PathBuf>,
     metrics_addr: Option<String>,
     handshake_timeout: Option<String>,
+    identity_field: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -142,6 +148,13 @@ struct RawUnseal {
 #[serde(deny_unknown_fields)]
 struct RawVerify {
     sample_size: Option<i64>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRotation {
+    min_verified: Option<i64>,
+    keep_snapshots: Option<i64>,
 }
 
 #[derive(Default, Deserialize)]
@@ -179,6 +192,20 @@ pub struct Config {
     pub targets: Vec<keyholder_reencrypt::Target>,
     /// Re-encryption settings (used by the rotation).
     pub reencrypt: Reencrypt,
+    /// `[rotation]`: the rules a rotation must keep.
+    pub rotation: RotationRules,
+}
+
+/// `[rotation]`.
+#[derive(Clone, Debug)]
+pub struct RotationRules {
+    /// Distinct keyholders who must have verified their share of the new
+    /// version before the old one may be retired (>= threshold, <= the
+    /// number of keyholders; default threshold + 1, capped at that number).
+    pub min_verified: u8,
+    /// State store snapshots kept in `state_dir/snapshots`: the oldest go
+    /// once a new one is taken.
+    pub keep_snapshots: u32,
 }
 
 /// Where the daemon's state store lives: exactly one of `state_dir` and
@@ -216,6 +243,8 @@ pub struct Listen {
     pub metrics_addr: Option<SocketAddr>,
     /// How long a client has to finish its handshake.
     pub handshake_timeout: Duration,
+    /// The client certificate field a `cert_identity` is compared with.
+    pub identity_field: IdentityField,
 }
 
 /// `[reencrypt]`.

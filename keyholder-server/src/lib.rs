@@ -8,6 +8,7 @@
 
 pub mod api;
 pub mod audit;
+pub mod check;
 pub mod config;
 pub mod daemon;
 pub mod hygiene;

@@ -97,6 +97,16 @@ async fn dispatch(command: Command) -> Result<(), String> {
             let config = Config::load(&config).map_err(|e| e.to_string())?;
             keyholder_server::transport::tls::server_config(&config.listen)
                 .map_err(|e| e.to_string())?;
+            let unreachable = keyholder_server::check::stores(&config).await;
+            if !unreachable.is_empty() {
+                let lines: Vec<String> = unreachable.iter().map(|p| format!("  {p}")).collect();
+                return Err(format!(
+                    "config {} is valid but {} store(s) cannot be used; fix each of them:\n{}",
+                    config.path.display(),
+                    unreachable.len(),
+                    lines.join("\n")
+                ));
+            }
             println!(
                 "config {} is valid: keyring {}, {} keyholder(s), threshold {}, {} target(s)",
                 config.path.display(),

@@ -8,4 +8,6 @@ mod machine;
 mod worker;
 
 pub use driver::{RotationError, Rotator};
-pub use machine::{Job, RETIRE_APPROVALS, RetireOutcome, Rotation, TransitionError};
+pub use machine::{
+    APPROVALS_NEEDED, Destructive, Job, Outcome, Rotation, TransitionError, VerifyQuorum,
+};

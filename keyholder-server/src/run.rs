@@ -36,7 +36,10 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     hygiene::harden()?;
     let tls = tls::server_config(&config.listen)?;
     let listen = config.listen.clone();
-    let principals: Arc<[_]> = config.principals.clone().into();
+    let principals = Arc::new(transport::identity::Directory {
+        field: config.listen.identity_field,
+        principals: config.principals.clone().into(),
+    });
     let daemon = Daemon::open(config).await?;
     let rotator = crate::rotation::Rotator::start(Arc::clone(&daemon)).await?;
     let extra = crate::rotation::api::routes(Arc::clone(&rotator));

@@ -297,10 +297,11 @@ pub trait StateStore: Send + Sync {
     /// Every recorded consumer fetch.
     fn fetches(&self) -> StoreFuture<'_, Vec<ConsumerFetch>>;
     /// Copies the whole store aside before a destructive transition
-    /// (`label` says which), returning where; `None` where the store leaves
-    /// snapshots to its own backups (PostgreSQL: PITR or pg_dump).
-    fn snapshot(&self, label: &str) -> StoreFuture<'_, Option<String>> {
-        let _ = label;
+    /// (`label` says which), keeping only the newest `keep` copies, and
+    /// returns where; `None` where the store leaves snapshots to its own
+    /// backups (PostgreSQL: PITR or pg_dump).
+    fn snapshot(&self, label: &str, keep: u32) -> StoreFuture<'_, Option<String>> {
+        let _ = (label, keep);
         Box::pin(futures::future::ready(Ok(None)))
     }
 }

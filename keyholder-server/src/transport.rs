@@ -41,7 +41,7 @@ pub async fn serve_tls(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     router: Router,
-    principals: Arc<[Principal]>,
+    principals: Arc<identity::Directory>,
     handshake_timeout: Duration,
     shutdown: impl Future<Output = ()>,
 ) {

@@ -544,3 +544,36 @@ async fn the_postgres_store_reconnects_after_the_server_drops_it() {
     store.append_audit(draft("after_reconnect")).await.unwrap();
     verify_chain(&store.audit_log().await.unwrap()).unwrap();
 }
+
+#[tokio::test]
+async fn sqlite_snapshots_keep_only_the_newest() {
+    let b = Backend::sqlite().await;
+    let Kind::Sqlite { dir } = &b.kind else {
+        unreachable!("a sqlite backend")
+    };
+    b.store().apply(inserting(1)).await.unwrap();
+    let snapshots = dir.path().join("snapshots");
+    std::fs::create_dir(&snapshots).unwrap();
+    // Not a snapshot: an operator's own file stays.
+    std::fs::write(snapshots.join("notes.txt"), "mine").unwrap();
+    let mut taken = Vec::new();
+    for n in 0..5 {
+        let path = b
+            .store()
+            .snapshot(&format!("retire-v{n}"), 3)
+            .await
+            .unwrap();
+        taken.push(path.expect("sqlite snapshots"));
+        // Names carry the time in milliseconds.
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let mut left: Vec<String> = std::fs::read_dir(&snapshots)
+        .unwrap()
+        .map(|e| e.unwrap().path().display().to_string())
+        .collect();
+    left.sort();
+    let mut expected = taken[2..].to_vec();
+    expected.push(snapshots.join("notes.txt").display().to_string());
+    expected.sort();
+    assert_eq!(left, expected);
+}

@@ -74,13 +74,28 @@ impl Pki {
 
     /// Issues a certificate with CN `name` (and `sans`), expired when asked.
     pub fn issue(&self, name: &str, sans: &[&str], expired: bool) -> ClientFiles {
-        issue_with(&self.ca, &self.dir, name, sans, expired, None)
+        issue_with(&self.ca, &self.dir, &[name], sans, expired, None)
+    }
+
+    /// A certificate whose subject holds two CNs, `first` then `second`
+    /// (rcgen keeps one value per attribute type, so the second is written
+    /// under the CN's OID): what a forger would ask a lax CA for. Written to
+    /// `<first>+<second>.pem/.key`.
+    pub fn two_cns(&self, first: &str, second: &str) -> ClientFiles {
+        issue_with(&self.ca, &self.dir, &[first, second], &[], false, None)
     }
 
     /// A certificate for `name` (otherwise valid) and a CRL of the CA that
     /// revokes it: `(<name>-revoked.pem/.key, ca.crl)`.
     pub fn revoked(&self, name: &str) -> (ClientFiles, PathBuf) {
-        let files = issue_with(&self.ca, &self.dir, name, &[], false, Some(REVOKED_SERIAL));
+        let files = issue_with(
+            &self.ca,
+            &self.dir,
+            &[name],
+            &[],
+            false,
+            Some(REVOKED_SERIAL),
+        );
         let crl = CertificateRevocationListParams {
             this_update: rcgen::date_time_ymd(2024, 1, 1),
             next_update: rcgen::date_time_ymd(2099, 1, 1),
@@ -120,7 +135,7 @@ impl Pki {
         let key = KeyPair::generate().unwrap();
         let params = ca_params("some other ca");
         let issuer = Issuer::new(params, key);
-        issue_with(&issuer, &dir, name, &[], false, None)
+        issue_with(&issuer, &dir, &[name], &[], false, None)
     }
 
     /// An age identity for keyholder `name`, written to `<name>.age`; returns
@@ -148,7 +163,7 @@ impl Pki {
 fn issue_with(
     issuer: &Issuer<'_, KeyPair>,
     dir: &Path,
-    name: &str,
+    cns: &[&str],
     sans: &[&str],
     expired: bool,
     serial: Option<u64>,
@@ -156,8 +171,15 @@ fn issue_with(
     let sans: Vec<String> = sans.iter().map(|s| (*s).to_owned()).collect();
     let mut params = CertificateParams::new(sans).unwrap();
     let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, name);
+    for (i, cn) in cns.iter().enumerate() {
+        let kind = match i {
+            0 => DnType::CommonName,
+            _ => DnType::CustomDnType(vec![2, 5, 4, 3]),
+        };
+        dn.push(kind, *cn);
+    }
     params.distinguished_name = dn;
+    let name = cns.join("+");
     if expired {
         params.not_before = rcgen::date_time_ymd(2020, 1, 1);
         params.not_after = rcgen::date_time_ymd(2021, 1, 1);

@@ -450,7 +450,8 @@ fn a_rotation_through_the_cli_survives_a_restart_with_shares_in_any_order() {
     }
     let said = world.ok("olga", &["rotate", "prepare"]);
     assert!(said.starts_with("rotation: prepared v9 -> v10"), "{said}");
-    for name in ["alice", "bob"] {
+    // All three: retiring v9 needs rotation.min_verified = threshold + 1.
+    for name in ["alice", "bob", "carol"] {
         let share = world.shares().join(format!("{name}.v10.age"));
         let identity = world.pki().join(format!("{name}.age"));
         let (share, identity) = (share.to_str().unwrap(), identity.to_str().unwrap());
@@ -537,6 +538,52 @@ fn a_rotation_through_the_cli_survives_a_restart_with_shares_in_any_order() {
     let ring = Keyring::from_handover_json(ring.trim()).unwrap();
     let versions: Vec<u32> = ring.versions().map(KeyVersion::number).collect();
     assert_eq!(versions, [10]);
+}
+
+/// `rotate rollback` through the CLI: the plan, one operator's approval,
+/// the same operator refused, the second operator's start.
+#[test]
+fn a_rollback_through_the_cli_takes_two_operators() {
+    let mut world = World::new();
+    world.start();
+    for name in ["alice", "bob"] {
+        assert_ok(&world.unseal(name), "unseal");
+    }
+    world.ok("olga", &["rotate", "prepare"]);
+    let plan = world.ok("olga", &["rotate", "rollback"]);
+    assert!(
+        plan.starts_with("rollback v10 -> v9: plan\n")
+            && plan.contains("  approvals: nobody yet (0 of 2 distinct operators)\n")
+            && plan.ends_with("nothing changed; to approve: keyholder rotate rollback --execute\n"),
+        "{plan}"
+    );
+    let once = world.ok("olga", &["rotate", "rollback", "--execute"]);
+    assert!(
+        once.contains("  approvals: olga (1 of 2 distinct operators)\n")
+            && once.ends_with("your approval is recorded; another operator must approve too\n"),
+        "{once}"
+    );
+    let again = world
+        .keyholder("olga")
+        .args(["rotate", "rollback", "--execute"])
+        .output()
+        .unwrap();
+    assert_eq!(again.status.code(), Some(1));
+    assert!(
+        text(&again.stderr).contains(
+            "olga already approved rolling back v10; a second, different operator must run the same command"
+        ),
+        "{}",
+        text(&again.stderr)
+    );
+    let done = world.ok("oscar", &["rotate", "rollback", "--execute"]);
+    assert!(
+        done.starts_with("rollback v10 -> v9: started\n")
+            && done.contains("  approvals: olga, oscar (2 of 2 distinct operators)\n"),
+        "{done}"
+    );
+    let status = world.ok("olga", &["rotate", "status"]);
+    assert!(status.starts_with("rotation: idle"), "{status}");
 }
 
 #[test]

@@ -50,6 +50,9 @@ async fn world(records: i64, tune: impl FnOnce(&mut EnvOptions)) -> World {
         targets: vec![table.spec.clone()],
         first_version: Some(9),
         consumers: vec![DATABASE.to_owned()],
+        // alice and bob verify their new shares in these tests; the default
+        // (threshold + 1, all three) is what `retire_waits_for_...` checks.
+        extra_toml: "\n[rotation]\nmin_verified = 2\n".to_owned(),
         ..EnvOptions::default()
     };
     tune(&mut options);
@@ -563,12 +566,27 @@ async fn rollback_from_reencrypting_halfway_puts_every_record_back_at_v9_and_dro
     );
     assert_eq!(w.rotation().await.state, RotationState::Reencrypting);
 
-    let started: RollbackPlan = w
+    let approved: RollbackPlan = w
         .env
         .operate("/v1/rotation/rollback", json!({"execute": true}))
         .await
         .json();
+    assert_eq!(
+        (approved.approvals.as_slice(), approved.executed),
+        (&[OPERATOR.to_owned()][..], false)
+    );
+    assert_eq!(w.rotation().await.state, RotationState::Reencrypting);
+    let started: RollbackPlan = w
+        .env
+        .post_as(
+            SECOND_OPERATOR,
+            "/v1/rotation/rollback",
+            json!({"execute": true}),
+        )
+        .await
+        .json();
     assert!(started.executed);
+    assert_eq!(started.approvals, [OPERATOR, SECOND_OPERATOR]);
     let counts = w.table.counts();
     assert!(counts[&9] > 0 && counts[&10] > 0, "halfway: {counts:?}");
     // The hook of a consumer picks up the keyring that writes v9 again.
@@ -604,6 +622,10 @@ async fn rollback_from_reencrypting_halfway_puts_every_record_back_at_v9_and_dro
         (again.state, again.from, again.to),
         (RotationState::Prepared, Some(v(9)), Some(v(11)))
     );
+    assert_eq!(
+        again.rows_per_sec_limit, 400,
+        "the next rotation starts at the configured throttle, not the last one's"
+    );
 
     let log = w.audit().await;
     assert!(
@@ -614,6 +636,7 @@ async fn rollback_from_reencrypting_halfway_puts_every_record_back_at_v9_and_dro
                 "rotation_paused",
                 "rotation_resumed",
                 "rotation_throttled",
+                "rollback_approved",
                 "rotation_rolled_back",
                 "target_drained",
                 "rollback_drained"
@@ -622,6 +645,182 @@ async fn rollback_from_reencrypting_halfway_puts_every_record_back_at_v9_and_dro
         "{:?}",
         actions(&log)
     );
+}
+
+#[tokio::test]
+async fn a_rollback_needs_two_operators_and_a_paused_rotation_stays_paused_through_it() {
+    let w = world(1000, |o| {
+        o.batch_size = Some(50);
+        o.rows_per_sec = Some(400);
+    })
+    .await;
+    let new = w.prepare_and_verify().await;
+    w.activate().await;
+    w.db1_gets(&[9, 10], 9).await;
+    w.switch().await;
+    let deadline = std::time::Instant::now() + DRAIN;
+    while w.table.count_at(10) < 100 {
+        assert!(std::time::Instant::now() < deadline, "{}", w.env.log_text());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let pauses_before = w.env.log_text().matches(PAUSED).count();
+    w.env.operate("/v1/rotation/pause", json!({})).await;
+    await_line_after(&w.env, PAUSED, pauses_before, || false).await;
+
+    let plan: RollbackPlan = w
+        .env
+        .operate("/v1/rotation/rollback", json!({"execute": false}))
+        .await
+        .json();
+    assert_eq!(
+        (plan.approvals.len(), plan.approvals_needed, plan.executed),
+        (0, 2, false)
+    );
+    assert!(
+        plan.steps
+            .iter()
+            .any(|s| s.contains("two distinct operators"))
+            && plan
+                .steps
+                .iter()
+                .any(|s| s.contains("stays paused until `keyholder rotate resume`")),
+        "{plan:?}"
+    );
+    let one: RollbackPlan = w
+        .env
+        .operate("/v1/rotation/rollback", json!({"execute": true}))
+        .await
+        .json();
+    assert_eq!(
+        (one.approvals.as_slice(), one.executed),
+        (&[OPERATOR.to_owned()][..], false)
+    );
+    let again = w
+        .env
+        .post_as(OPERATOR, "/v1/rotation/rollback", json!({"execute": true}))
+        .await;
+    assert_eq!(again.status, 409, "{}", again.body);
+    assert_eq!(
+        again.error().error,
+        "olivia already approved rolling back v10; a second, different operator must run the same command"
+    );
+    let rotation = w.rotation().await;
+    assert_eq!(
+        (rotation.state, rotation.paused),
+        (RotationState::Reencrypting, true)
+    );
+    w.db1_gets(&[9, 10], 10).await;
+
+    let started: RollbackPlan = w
+        .env
+        .post_as(
+            SECOND_OPERATOR,
+            "/v1/rotation/rollback",
+            json!({"execute": true}),
+        )
+        .await
+        .json();
+    assert!(started.executed, "{started:?}");
+    let rotation = w.rotation().await;
+    assert_eq!(
+        (rotation.state, rotation.paused),
+        (RotationState::RollingBack, true),
+        "the pause stays in force through the rollback"
+    );
+    w.db1_gets(&[9, 10], 9).await;
+    let at_v9 = w.table.count_at(9);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        w.table.count_at(9),
+        at_v9,
+        "no record moves back while paused"
+    );
+    assert!(at_v9 < w.records as u64, "some records were at v10");
+
+    w.env.operate("/v1/rotation/resume", json!({})).await;
+    w.env.wait_rotation(RotationState::Idle, DRAIN).await;
+    w.assert_all_at(9, &new.key);
+    let log = w.audit().await;
+    assert!(
+        in_order(
+            &actions(&log),
+            &[
+                "rotation_paused",
+                "rollback_approved",
+                "rotation_rolled_back",
+                "rotation_resumed",
+                "rollback_drained"
+            ]
+        ),
+        "{:?}",
+        actions(&log)
+    );
+}
+
+#[tokio::test]
+async fn retire_waits_for_a_third_verified_keyholder_and_a_retired_versions_share_is_refused() {
+    // The default rotation.min_verified: threshold + 1 = all three.
+    let w = world(50, |o| o.extra_toml.clear()).await;
+    let new = w.prepare_and_verify().await;
+    w.activate().await;
+    w.db1_gets(&[9, 10], 9).await;
+    w.switch().await;
+    w.env.wait_rotation(RotationState::Drained, DRAIN).await;
+    w.assert_all_at(10, &new.key);
+
+    for execute in [false, true] {
+        let refused = w
+            .env
+            .post_as(OPERATOR, "/v1/rotation/retire", retire(9, execute))
+            .await;
+        assert_eq!(refused.status, 409, "{}", refused.body);
+        assert_eq!(
+            refused.error().error,
+            "2 keyholder(s) verified their share of v10 (alice, bob); retiring v9 needs 3 (rotation.min_verified), so that one absent keyholder cannot stop an unseal; waiting for: carol (`keyholder share verify`)"
+        );
+    }
+    assert!(w.rotation().await.retire_approvals.is_empty());
+
+    // carol, back from leave, can still prove her share after the drain.
+    let line = w.env.fetch_new_share("carol", 10).await;
+    w.env.verify_new_share("carol", &line).await;
+    assert_eq!(w.rotation().await.verified_by, ["alice", "bob", "carol"]);
+    let plan: RetirePlan = w
+        .env
+        .operate("/v1/rotation/retire", retire(9, false))
+        .await
+        .json();
+    assert!(
+        plan.steps.iter().any(|s| s
+            == "3 of 3 keyholder(s) verified their share of v10 (3 needed, rotation.min_verified)"),
+        "{plan:?}"
+    );
+    w.env.operate("/v1/rotation/retire", retire(9, true)).await;
+    let done: RetirePlan = w
+        .env
+        .post_as(SECOND_OPERATOR, "/v1/rotation/retire", retire(9, true))
+        .await
+        .json();
+    assert!(done.executed);
+
+    let audit_before = w.audit().await.entries.len();
+    let fetch = w
+        .env
+        .client("alice")
+        .get("/v1/rotation/share?version=9")
+        .await;
+    assert_eq!(fetch.status, 409, "{}", fetch.body);
+    assert_eq!(
+        fetch.error().error,
+        "v9 is retired; its shares are no longer handed out (`keyholder status` shows the live versions)"
+    );
+    assert_eq!(
+        w.audit().await.entries.len(),
+        audit_before,
+        "nothing was handed out"
+    );
+    // The live version's share still is.
+    w.env.fetch_new_share("alice", 10).await;
 }
 
 /// The "keyring loaded" lines of the log since byte `from`.

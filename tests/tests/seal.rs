@@ -175,6 +175,31 @@ async fn bad_certificates_fail_the_handshake_and_a_missing_role_is_named() {
     );
 }
 
+#[tokio::test]
+async fn a_certificate_naming_two_cns_is_nobody_even_when_one_is_alice() {
+    let env = Env::new(EnvOptions::default());
+    let _daemon = env.start().await;
+    let forged = env.client_with(Some(&env.pki.two_cns("mallory", "alice")));
+    let refused = forged.unseal(&[&env.share_line("alice", 1)]).await;
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    assert_eq!(
+        refused.error().error,
+        "the client certificate has 2 values in its common name (CN) (mallory, alice); an identity must be exactly one, issue it with one"
+    );
+    let status: Status = env.client(OPERATOR).get("/v1/status").await.json();
+    assert!(
+        status.sealed,
+        "nothing was taken from the forged certificate"
+    );
+    // alice's own certificate still is alice.
+    let own: UnsealResponse = env
+        .client("alice")
+        .unseal(&[&env.share_line("alice", 1)])
+        .await
+        .json();
+    assert!(own.outcomes[0].accepted, "{own:?}");
+}
+
 /// A SQLite target with `rows` records sealed under `key` as v1.
 fn write_target(path: &Path, key: &Key, rows: u32) -> TargetSpec {
     let conn = rusqlite::Connection::open(path).unwrap();

@@ -3,8 +3,6 @@ use std::os::unix::fs::PermissionsExt as _;
 
 use super::*;
 
-const RECIPIENT: &str = "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p";
-
 struct Dir(tempfile::TempDir);
 
 impl Dir {
@@ -31,7 +29,7 @@ impl Dir {
 
 fn principal(name: &str, role: &str, identity: &str) -> String {
     let recipient = if role == "keyholder" {
-        format!("age_recipient = \"{RECIPIENT}\"\n")
+        format!("age_recipient = \"{}\"\n", fresh_recipient())
     } else {
         String::new()
     };
@@ -214,4 +212,213 @@ fn unknown_fields_are_refused_by_name() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("unknown field `thresold`"), "{err}");
+}
+
+/// A keyholder with the given age recipient.
+fn keyholder_with(name: &str, recipient: &str) -> String {
+    format!(
+        "[[principals]]\nname = \"{name}\"\nroles = [\"keyholder\"]\ncert_identity = \"{name}\"\nage_recipient = \"{recipient}\"\n\n"
+    )
+}
+
+fn fresh_recipient() -> String {
+    age::x25519::Identity::generate().to_public().to_string()
+}
+
+#[test]
+fn two_keyholders_with_one_age_recipient_are_refused() {
+    let dir = Dir::new();
+    let shared = fresh_recipient();
+    let found = problems(
+        dir.load(&base(
+            2,
+            &[
+                keyholder_with("alice", &shared),
+                keyholder_with("bob", &shared.to_uppercase()),
+                keyholder_with("carol", &fresh_recipient()),
+            ]
+            .concat(),
+        )),
+    );
+    assert_eq!(
+        found,
+        [
+            "principals[1].age_recipient: is also the age recipient of \"alice\"; one identity would decrypt both shares and break the two-person rule, give each keyholder their own"
+        ]
+    );
+}
+
+#[test]
+fn identities_are_unique_across_every_principal() {
+    let dir = Dir::new();
+    let found = problems(
+        dir.load(&base(
+            2,
+            &[
+                keyholder_with("alice", &fresh_recipient()),
+                keyholder_with("bob", &fresh_recipient()),
+                principal("ops", "operator", "alice"),
+            ]
+            .concat(),
+        )),
+    );
+    assert_eq!(
+        found,
+        [
+            "principals[2].cert_identity: \"alice\" is also the identity of \"alice\"; each certificate identity maps to one principal"
+        ]
+    );
+}
+
+fn two_keyholders() -> String {
+    [
+        keyholder_with("alice", &fresh_recipient()),
+        keyholder_with("bob", &fresh_recipient()),
+    ]
+    .concat()
+}
+
+#[test]
+fn empty_and_parent_paths_are_refused_by_name() {
+    let dir = Dir::new();
+    let text = base(2, &two_keyholders())
+        .replace("state_dir = \"state\"", "state_dir = \"\"")
+        .replace("key = \"server.key\"", "key = \"../x/server.key\"")
+        .replace("client_ca = \"ca.pem\"", "client_ca = \"\"");
+    assert_eq!(
+        problems(dir.load(&text)),
+        [
+            "state_dir: is empty; set the path",
+            "listen.key: \"../x/server.key\" contains \"..\"; write the path without it",
+            "listen.client_ca: is empty; set the path",
+        ]
+    );
+}
+
+#[test]
+fn files_of_another_user_are_refused_by_name() {
+    let dir = Dir::new();
+    let nobody = 65534;
+    let key = dir.0.path().join("server.key");
+    std::os::unix::fs::chown(&key, Some(nobody), None).unwrap();
+    let text = base(2, &two_keyholders());
+    let found = problems(dir.load(&text));
+    let euid = nix::unistd::geteuid().as_raw();
+    assert_eq!(
+        found,
+        [format!(
+            "listen.key: {} is owned by uid {nobody}, not by the daemon's user (uid {euid}); chown it to that user",
+            key.display()
+        )]
+    );
+    std::os::unix::fs::chown(&key, Some(euid), None).unwrap();
+    let config = dir.0.path().join("keyholder.toml");
+    fs::write(&config, &text).unwrap();
+    fs::set_permissions(&config, fs::Permissions::from_mode(0o600)).unwrap();
+    std::os::unix::fs::chown(&config, Some(nobody), None).unwrap();
+    assert_eq!(
+        problems(Config::load(&config)),
+        [format!(
+            "(config file): {} is owned by uid {nobody}, not by the daemon's user (uid {euid}); chown it to that user",
+            config.display()
+        )]
+    );
+}
+
+#[test]
+fn a_sqlite_target_must_exist() {
+    let dir = Dir::new();
+    let missing = dir.0.path().join("app.db");
+    let target = |path: &str| {
+        format!(
+            "{}[[targets]]\nname = \"t\"\nstore = \"sqlite://{path}\"\ntable = \"customers\"\nprimary_key = \"id\"\ncolumns = [\"ssn\"]\n",
+            base(2, &two_keyholders())
+        )
+    };
+    assert_eq!(
+        problems(dir.load(&target(&missing.display().to_string()))),
+        [format!(
+            "targets[0].store: {} does not exist or is not a file; point it at the application's database",
+            missing.display()
+        )]
+    );
+    assert_eq!(
+        problems(dir.load(&target("/var/../etc/app.db"))),
+        ["targets[0].store: \"/var/../etc/app.db\" contains \"..\"; write the path without it"]
+    );
+    fs::write(&missing, "").unwrap();
+    assert_eq!(
+        dir.load(&target(&missing.display().to_string()))
+            .unwrap()
+            .targets
+            .len(),
+        1
+    );
+}
+
+#[test]
+fn the_identity_field_is_chosen_in_the_config_and_defaults_to_the_cn() {
+    use crate::transport::identity::IdentityField;
+    let dir = Dir::new();
+    let text = base(2, &two_keyholders());
+    assert_eq!(
+        dir.load(&text).unwrap().listen.identity_field,
+        IdentityField::Cn
+    );
+    let with = |value: &str| {
+        text.replace(
+            "client_ca = \"ca.pem\"",
+            &format!("client_ca = \"ca.pem\"\nidentity_field = \"{value}\""),
+        )
+    };
+    assert_eq!(
+        dir.load(&with("dns_san")).unwrap().listen.identity_field,
+        IdentityField::DnsSan
+    );
+    assert_eq!(
+        problems(dir.load(&with("any"))),
+        ["listen.identity_field: \"any\" is not a certificate field; use \"cn\" or \"dns_san\""]
+    );
+}
+
+#[test]
+fn min_verified_defaults_to_one_above_the_threshold_within_the_keyholders() {
+    let dir = Dir::new();
+    let three = [
+        two_keyholders(),
+        keyholder_with("carol", &fresh_recipient()),
+    ]
+    .concat();
+    let config = dir.load(&base(2, &three)).unwrap();
+    assert_eq!(config.rotation.min_verified, 3);
+    assert_eq!(config.rotation.keep_snapshots, 5);
+    // Two of two: there is no spare keyholder, so all of them.
+    assert_eq!(
+        dir.load(&base(2, &two_keyholders()))
+            .unwrap()
+            .rotation
+            .min_verified,
+        2
+    );
+    let with = |n: i64| format!("{}[rotation]\nmin_verified = {n}\n", base(2, &three));
+    assert_eq!(dir.load(&with(2)).unwrap().rotation.min_verified, 2);
+    assert_eq!(
+        problems(dir.load(&with(1))),
+        [
+            "rotation.min_verified: 1 is below shamir.threshold (2); fewer verified keyholders could not rebuild the new key"
+        ]
+    );
+    assert_eq!(
+        problems(dir.load(&with(4))),
+        [
+            "rotation.min_verified: 4 is more than the 3 keyholder(s) configured; lower it or add keyholders"
+        ]
+    );
+    assert_eq!(
+        problems(dir.load(&format!(
+            "{}[rotation]\nkeep_snapshots = 0\n",
+            base(2, &three)
+        ))),
+        ["rotation.keep_snapshots: 0 is out of range; use 1 to 1000"]
+    );
 }

@@ -3,18 +3,20 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::os::unix::fs::PermissionsExt as _;
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 use crypto_core::KeyringId;
 
 use super::{
-    Config, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_PROGRESS_TTL, DEFAULT_SAMPLE_SIZE, Listen, Problem,
-    RawConfig, RawListen, RawPrincipal, RawReencrypt, Reencrypt, StateLocation,
+    Config, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_KEEP_SNAPSHOTS, DEFAULT_PROGRESS_TTL,
+    DEFAULT_SAMPLE_SIZE, Listen, Problem, RawConfig, RawListen, RawPrincipal, RawReencrypt,
+    RawRotation, Reencrypt, RotationRules, StateLocation,
 };
 use crate::principal::{Principal, Role};
 use crate::store::PgLocation;
+use crate::transport::identity::IdentityField;
 
 #[derive(Default)]
 pub(super) struct Checker {
@@ -86,9 +88,12 @@ impl Checker {
         }
     }
 
-    /// A file only its owner may read (config, private key).
+    /// A file only its owner may read (config, private key), and that owner
+    /// is the user the daemon runs as: a file another user can rewrite could
+    /// name other principals or another key.
     pub(super) fn file_private(&mut self, path: &Path, field: &str) {
         if let Ok(meta) = std::fs::metadata(path) {
+            self.owned_by_us(&meta, path, field);
             let mode = meta.permissions().mode() & 0o777;
             if mode & 0o077 != 0 {
                 self.problem(
@@ -100,6 +105,41 @@ impl Checker {
                 );
             }
         }
+    }
+
+    fn owned_by_us(&mut self, meta: &std::fs::Metadata, path: &Path, field: &str) {
+        let euid = nix::unistd::geteuid().as_raw();
+        if meta.uid() != euid {
+            self.problem(
+                field,
+                format!(
+                    "{} is owned by uid {}, not by the daemon's user (uid {euid}); chown it to that user",
+                    path.display(),
+                    meta.uid()
+                ),
+            );
+        }
+    }
+
+    /// A configured path, resolved against the config's directory: an empty
+    /// path (it would name the config's directory) and `..` (it leaves the
+    /// place the operator reviewed) are refused by name.
+    fn path(&mut self, base: &Path, path: &Path, field: &str) -> Option<PathBuf> {
+        if path.as_os_str().is_empty() {
+            self.problem(field, "is empty; set the path");
+            return None;
+        }
+        if path.components().any(|c| c == Component::ParentDir) {
+            self.problem(
+                field,
+                format!(
+                    "\"{}\" contains \"..\"; write the path without it",
+                    path.display()
+                ),
+            );
+            return None;
+        }
+        Some(resolve(base, path))
     }
 
     fn sql_ident(&mut self, value: &str, field: &str) {
@@ -168,11 +208,13 @@ pub(super) fn validate(
 
     let state = match (&raw.state_dir, &raw.state_store) {
         (Some(dir), None) => {
-            let dir = resolve(base, dir);
+            let dir = check.path(base, dir, "state_dir");
             // Only a directory has permissions to check; a database's access
             // is its own roles' business.
-            check_state_dir(&dir, check);
-            Some(StateLocation::Dir(dir))
+            if let Some(dir) = &dir {
+                check_state_dir(dir, check);
+            }
+            dir.map(StateLocation::Dir)
         }
         (None, Some(url)) => match PgLocation::parse(url) {
             Ok(location) => Some(StateLocation::Postgres(Box::new(location))),
@@ -234,6 +276,7 @@ pub(super) fn validate(
     ) as u32;
     let targets = validate_targets(&raw.targets, check);
     let reencrypt = validate_reencrypt(&raw.reencrypt, &principals, check);
+    let rotation = validate_rotation(&raw.rotation, threshold, keyholders, check);
 
     Some(Config {
         path: path.to_owned(),
@@ -246,7 +289,48 @@ pub(super) fn validate(
         sample_size,
         targets,
         reencrypt,
+        rotation,
     })
+}
+
+fn validate_rotation(
+    raw: &RawRotation,
+    threshold: i64,
+    keyholders: usize,
+    check: &mut Checker,
+) -> RotationRules {
+    let keyholders = keyholders as i64;
+    // One more than the threshold, so that one absent keyholder does not stop
+    // every unseal of the new version; all of them when there is no spare.
+    let default = (threshold + 1).min(keyholders).max(threshold);
+    let min_verified = match raw.min_verified {
+        None => default,
+        Some(n) if n < threshold => {
+            check.problem(
+                "rotation.min_verified",
+                format!("{n} is below shamir.threshold ({threshold}); fewer verified keyholders could not rebuild the new key"),
+            );
+            default
+        }
+        Some(n) if n > keyholders => {
+            check.problem(
+                "rotation.min_verified",
+                format!("{n} is more than the {keyholders} keyholder(s) configured; lower it or add keyholders"),
+            );
+            default
+        }
+        Some(n) => n,
+    };
+    let keep_snapshots = check.number(
+        raw.keep_snapshots,
+        "rotation.keep_snapshots",
+        i64::from(DEFAULT_KEEP_SNAPSHOTS),
+        (1, 1000),
+    ) as u32;
+    RotationRules {
+        min_verified: u8::try_from(min_verified.clamp(0, 255)).unwrap_or(u8::MAX),
+        keep_snapshots,
+    }
 }
 
 fn check_state_dir(dir: &Path, check: &mut Checker) {
@@ -262,6 +346,7 @@ fn check_state_dir(dir: &Path, check: &mut Checker) {
             check.problem("state_dir", format!("{} is not a directory", dir.display()))
         }
         Ok(meta) => {
+            check.owned_by_us(&meta, dir, "state_dir");
             let mode = meta.permissions().mode() & 0o777;
             if mode & 0o077 != 0 {
                 check.problem(
@@ -314,31 +399,57 @@ fn validate_listen(raw: &RawListen, base: &Path, check: &mut Checker) -> Option<
         DEFAULT_HANDSHAKE_TIMEOUT,
         (Duration::from_millis(100), Duration::from_secs(120)),
     );
-    let cert = resolve(base, &raw.cert);
-    let key = resolve(base, &raw.key);
-    let client_ca = resolve(base, &raw.client_ca);
-    let crl = raw.crl.as_deref().map(|p| resolve(base, p));
-    check.file_readable(&cert, "listen.cert");
-    check.file_readable(&key, "listen.key");
-    check.file_private(&key, "listen.key");
-    check.file_readable(&client_ca, "listen.client_ca");
-    if let Some(crl) = &crl {
-        check.file_readable(crl, "listen.crl");
+    let identity_field = match raw.identity_field.as_deref() {
+        None => IdentityField::default(),
+        Some(text) => IdentityField::parse(text).unwrap_or_else(|| {
+            check.problem(
+                "listen.identity_field",
+                format!("\"{text}\" is not a certificate field; use \"cn\" or \"dns_san\""),
+            );
+            IdentityField::default()
+        }),
+    };
+    let cert = check.path(base, &raw.cert, "listen.cert");
+    let key = check.path(base, &raw.key, "listen.key");
+    let client_ca = check.path(base, &raw.client_ca, "listen.client_ca");
+    let crl = raw
+        .crl
+        .as_deref()
+        .map(|p| check.path(base, p, "listen.crl"));
+    if let Some(cert) = &cert {
+        check.file_readable(cert, "listen.cert");
     }
+    if let Some(key) = &key {
+        check.file_readable(key, "listen.key");
+        check.file_private(key, "listen.key");
+    }
+    if let Some(client_ca) = &client_ca {
+        check.file_readable(client_ca, "listen.client_ca");
+    }
+    let crl = match crl {
+        Some(Some(crl)) => {
+            check.file_readable(&crl, "listen.crl");
+            Some(crl)
+        }
+        Some(None) => return None,
+        None => None,
+    };
     Some(Listen {
         addr: addr?,
-        cert,
-        key,
-        client_ca,
+        cert: cert?,
+        key: key?,
+        client_ca: client_ca?,
         crl,
         metrics_addr,
         handshake_timeout,
+        identity_field,
     })
 }
 
 fn validate_principals(raw: &[RawPrincipal], check: &mut Checker) -> Vec<Principal> {
     let mut names = BTreeSet::new();
     let mut identities: BTreeMap<&str, &str> = BTreeMap::new();
+    let mut recipients: BTreeMap<String, &str> = BTreeMap::new();
     let mut principals = Vec::new();
     if raw.is_empty() {
         check.problem(
@@ -384,14 +495,22 @@ fn validate_principals(raw: &[RawPrincipal], check: &mut Checker) -> Vec<Princip
             );
         }
         match (&p.age_recipient, roles.contains(&Role::Keyholder)) {
-            (Some(r), true) => {
-                if r.parse::<age::x25519::Recipient>().is_err() {
-                    check.problem(
-                        at("age_recipient"),
-                        "is not an age X25519 recipient (age1...)",
-                    );
+            (Some(r), true) => match r.parse::<age::x25519::Recipient>() {
+                Err(_) => check.problem(
+                    at("age_recipient"),
+                    "is not an age X25519 recipient (age1...)",
+                ),
+                // Compared as parsed, so a spelling in other letter case
+                // is the same recipient: one identity would open both shares.
+                Ok(parsed) => {
+                    if let Some(other) = recipients.insert(parsed.to_string(), &p.name) {
+                        check.problem(
+                            at("age_recipient"),
+                            format!("is also the age recipient of \"{other}\"; one identity would decrypt both shares and break the two-person rule, give each keyholder their own"),
+                        );
+                    }
                 }
-            }
+            },
             (None, true) => check.problem(
                 at("age_recipient"),
                 "is missing; a keyholder's shares are encrypted to their age recipient",
@@ -430,6 +549,21 @@ fn validate_targets(
                 check.problem(
                     at("store"),
                     "a SQLite store is an absolute path: sqlite:///abs/path.db",
+                );
+            } else if Path::new(path)
+                .components()
+                .any(|c| c == Component::ParentDir)
+            {
+                check.problem(
+                    at("store"),
+                    format!("\"{path}\" contains \"..\"; write the path without it"),
+                );
+            } else if !Path::new(path).is_file() {
+                // SQLite would create an empty file and every scan would
+                // find nothing: a typo must not look like a drained table.
+                check.problem(
+                    at("store"),
+                    format!("{path} does not exist or is not a file; point it at the application's database"),
                 );
             }
         } else if !(t.store.starts_with("postgres://") || t.store.starts_with("postgresql://")) {

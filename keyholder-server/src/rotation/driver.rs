@@ -11,6 +11,7 @@
 //! key beyond what the vault holds: the worker gets the vault's keyring, and
 //! sealing aborts it.
 
+mod destructive;
 mod shares;
 mod status;
 
@@ -18,15 +19,13 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock};
 
 use crypto_core::{Key, KeyVersion, Share};
-use keyholder_api::{
-    RetirePlan, RollbackPlan, RotationState, RotationStatus, ThrottleRequest, VersionState,
-};
+use keyholder_api::{RotationState, RotationStatus, ThrottleRequest, VersionState};
 use keyholder_reencrypt::{ControlHandle, Progress, Throttle};
 use serde_json::json;
 use tokio::sync::watch;
 
 use super::worker;
-use super::{Job, RetireOutcome, Rotation, TransitionError};
+use super::{Job, Rotation, TransitionError, VerifyQuorum};
 use crate::audit;
 use crate::daemon::{Daemon, DaemonError};
 use crate::principal::Principal;
@@ -194,6 +193,19 @@ impl Rotator {
         Ok(())
     }
 
+    /// Who may verify a new share, and how many must before `retire`.
+    fn quorum(&self) -> VerifyQuorum {
+        VerifyQuorum {
+            min_verified: usize::from(self.daemon.config.rotation.min_verified),
+            keyholders: self
+                .daemon
+                .config
+                .keyholders()
+                .map(|p| p.name.clone())
+                .collect(),
+        }
+    }
+
     fn require_unsealed(&self) -> Result<(), RotationError> {
         if self.daemon.vault.is_sealed() {
             return Err(DaemonError::Sealed.into());
@@ -249,6 +261,9 @@ impl Rotator {
         self.commit(&mut machine, next, step).await?;
         self.daemon.vault.hold_pending(version, key);
         lock(&self.new_shares).clear();
+        // A throttle set during an earlier (perhaps rolled-back) rotation was
+        // for that job's load; each rotation starts at the configured one.
+        *lock(&self.throttle) = self.daemon.config.reencrypt.throttle();
         Ok(self.status_of(&machine))
     }
 
@@ -419,161 +434,6 @@ impl Rotator {
             )
             .await?;
         Ok(self.status())
-    }
-
-    /// `rotate retire VERSION [--execute]`: after a fresh full scan.
-    pub async fn retire(
-        &self,
-        operator: &Principal,
-        version: KeyVersion,
-        execute: bool,
-    ) -> Result<RetirePlan, RotationError> {
-        let mut machine = self.machine.lock().await;
-        let per_target = worker::counts_at(&self.daemon, version).await?;
-        let remaining = per_target.iter().map(|(_, n)| n).sum();
-        let mut next = machine.clone();
-        let outcome = next
-            .retire(version, &operator.name, remaining, execute)
-            .map_err(|e| match e {
-                TransitionError::RecordsRemain { version, remaining } => {
-                    RotationError::RecordsRemain {
-                        version,
-                        remaining,
-                        targets: per_target.iter().filter(|(_, n)| *n > 0).cloned().collect(),
-                    }
-                }
-                e => e.into(),
-            })?;
-        let scanned: Vec<String> = per_target
-            .iter()
-            .map(|(t, n)| format!("target {t}: {n}"))
-            .collect();
-        let steps = vec![
-            format!(
-                "a full scan found {remaining} record(s) at {version} ({})",
-                scanned.join(", ")
-            ),
-            format!("two distinct operators run `keyholder rotate retire {version} --execute`"),
-            format!(
-                "{version} leaves the keyring handed to consumers; its key is dropped from memory"
-            ),
-            format!("{version}'s KCV, fingerprints and audit history stay in the state store"),
-            "the state store is copied aside before the version is retired (SQLite: state_dir/snapshots)".to_owned(),
-        ];
-        let executed = outcome == RetireOutcome::Retired;
-        let mut detail = json!({"version": version.number(), "records_remaining": remaining});
-        if executed {
-            detail["snapshot"] = json!(self.snapshot(&format!("retire-{version}")).await?);
-        }
-        if outcome != RetireOutcome::Planned {
-            let states = if executed {
-                vec![(version, VersionState::Retired)]
-            } else {
-                Vec::new()
-            };
-            let step = Step {
-                actor: &operator.name,
-                action: if executed {
-                    "version_retired"
-                } else {
-                    "retire_approved"
-                },
-                detail,
-                version_states: states,
-                new_version: None,
-            };
-            self.commit(&mut machine, next, step).await?;
-            if executed {
-                self.daemon.vault.forget(version);
-            }
-        }
-        Ok(RetirePlan {
-            version,
-            records_remaining: remaining,
-            approvals: machine.retire_approvals().map(str::to_owned).collect(),
-            approvals_needed: super::RETIRE_APPROVALS as u8,
-            executed,
-            steps,
-        })
-    }
-
-    /// `rotate rollback [--execute]`.
-    pub async fn rollback(
-        self: &Arc<Self>,
-        operator: &Principal,
-        execute: bool,
-    ) -> Result<RollbackPlan, RotationError> {
-        let mut machine = self.machine.lock().await;
-        let (from, to) = machine.check_rollback()?;
-        let moves = machine.rollback_moves_records();
-        let records_to_move = if moves {
-            worker::count_at(&self.daemon, from).await?
-        } else {
-            0
-        };
-        let mut steps = vec![
-            "the state store is copied aside first (SQLite: state_dir/snapshots)".to_owned(),
-            format!("{to} writes again"),
-        ];
-        if moves {
-            steps.push(format!(
-                "the worker moves {records_to_move} record(s) from {from} back to {to}, with the same checks as the forward path"
-            ));
-        }
-        steps.push(format!("{from} leaves the keyring and its key is dropped"));
-        if execute {
-            if moves {
-                self.require_unsealed()?;
-            }
-            let mut next = machine.clone();
-            next.rollback()?;
-            let snapshot = self.snapshot(&format!("rollback-{from}")).await?;
-            self.stop_worker().await;
-            let states = if next.state() == RotationState::Idle {
-                vec![(from, VersionState::Retired)]
-            } else {
-                Vec::new()
-            };
-            if let Some(job) = next.job() {
-                worker::reset_checkpoints(&self.daemon, job).await?;
-            }
-            let step = Step {
-                actor: &operator.name,
-                action: "rotation_rolled_back",
-                detail: json!({
-                    "from": from.number(),
-                    "to": to.number(),
-                    "records_to_move": records_to_move,
-                    "snapshot": snapshot,
-                }),
-                version_states: states,
-                new_version: None,
-            };
-            self.commit(&mut machine, next, step).await?;
-            if machine.state() == RotationState::Idle {
-                lock(&self.new_shares).clear();
-                self.daemon.vault.forget(from);
-            }
-            drop(machine);
-            self.start_worker();
-        }
-        Ok(RollbackPlan {
-            from,
-            to,
-            records_to_move,
-            executed: execute,
-            steps,
-        })
-    }
-
-    /// Copies the state store aside before a destructive step (the
-    /// Scalingo lesson): the copy holds what the store holds, no key.
-    async fn snapshot(&self, label: &str) -> Result<Option<String>, RotationError> {
-        let path = self.daemon.store.snapshot(label).await?;
-        if let Some(path) = &path {
-            tracing::info!(snapshot = %path, label, "state store snapshot taken");
-        }
-        Ok(path)
     }
 
     /// The worker finished a full scan with nothing left at `job.from`.

@@ -9,14 +9,27 @@
 //! It must never infer "old" or "new" from an order of arrival or from "the
 //! highest": `current` and `next` are named and set explicitly.
 
+mod approvals;
+mod destructive;
+
 use std::collections::BTreeSet;
 
 use crypto_core::KeyVersion;
 use keyholder_api::RotationState;
 use serde::{Deserialize, Serialize};
 
-/// Distinct operators needed to retire a version.
-pub const RETIRE_APPROVALS: usize = 2;
+use approvals::Approvals;
+pub use approvals::{APPROVALS_NEEDED, Destructive, Outcome};
+
+/// Who may still verify a share of the new version, and how many must have
+/// before the old version is retired (`rotation.min_verified`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifyQuorum {
+    /// Distinct keyholders who must have verified.
+    pub min_verified: usize,
+    /// Every configured keyholder, in config order.
+    pub keyholders: Vec<String>,
+}
 
 /// The persisted rotation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -34,7 +47,10 @@ pub struct Rotation {
     /// writing records at the version being drained.
     #[serde(default)]
     writers_switched: BTreeSet<String>,
-    retire_approvals: BTreeSet<String>,
+    retire_approvals: Approvals,
+    /// Operators who approved rolling the next version back.
+    #[serde(default)]
+    rollback_approvals: Approvals,
     paused: bool,
 }
 
@@ -112,13 +128,36 @@ pub enum TransitionError {
     },
     /// The same operator approved twice.
     #[error(
-        "{operator} already approved retiring {version}; a second, different operator must run the same command"
+        "{operator} already approved {} {version}; a second, different operator must run the same command",
+        .step.gerund()
     )]
     SameOperator {
         /// Who.
         operator: String,
-        /// The version.
+        /// The step approved.
+        step: Destructive,
+        /// The version it is about.
         version: KeyVersion,
+    },
+    /// Too few keyholders proved their share of the new version for the old
+    /// one to go.
+    #[error(
+        "{} keyholder(s) verified their share of {new} ({}); retiring {old} needs {needed} (rotation.min_verified), so that one absent keyholder cannot stop an unseal; waiting for: {} (`keyholder share verify`)",
+        .verified.len(),
+        if .verified.is_empty() { "none".to_owned() } else { .verified.join(", ") },
+        .missing.join(", ")
+    )]
+    TooFewVerified {
+        /// The version to retire.
+        old: KeyVersion,
+        /// The version that stays.
+        new: KeyVersion,
+        /// Who verified.
+        verified: Vec<String>,
+        /// Distinct keyholders needed.
+        needed: usize,
+        /// Keyholders who have not verified yet.
+        missing: Vec<String>,
     },
 }
 
@@ -136,20 +175,6 @@ fn wrong(
     }
 }
 
-/// The outcome of a retire request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RetireOutcome {
-    /// Only a plan: nothing changed.
-    Planned,
-    /// The approval was recorded; another operator must confirm.
-    Approved {
-        /// Approvals so far.
-        approvals: usize,
-    },
-    /// The version is retired.
-    Retired,
-}
-
 impl Rotation {
     /// A keyring at rest on one version.
     pub fn idle(current: KeyVersion) -> Self {
@@ -160,7 +185,8 @@ impl Rotation {
             verified_by: BTreeSet::new(),
             acknowledged_by: BTreeSet::new(),
             writers_switched: BTreeSet::new(),
-            retire_approvals: BTreeSet::new(),
+            retire_approvals: Approvals::default(),
+            rollback_approvals: Approvals::default(),
             paused: false,
         }
     }
@@ -197,7 +223,22 @@ impl Rotation {
 
     /// Operators who approved the retirement.
     pub fn retire_approvals(&self) -> impl Iterator<Item = &str> {
-        self.retire_approvals.iter().map(String::as_str)
+        self.retire_approvals.iter()
+    }
+
+    /// Operators who approved the rollback.
+    pub fn rollback_approvals(&self) -> impl Iterator<Item = &str> {
+        self.rollback_approvals.iter()
+    }
+
+    /// The keyholders of `quorum` who have not verified their new share.
+    pub fn unverified<'a>(&self, quorum: &'a VerifyQuorum) -> Vec<&'a str> {
+        quorum
+            .keyholders
+            .iter()
+            .filter(|k| !self.verified_by.contains(*k))
+            .map(String::as_str)
+            .collect()
     }
 
     fn next_version(&self) -> KeyVersion {
@@ -287,6 +328,17 @@ impl Rotation {
         Ok(next)
     }
 
+    /// Whether a keyholder may still prove their share of the next version:
+    /// from `prepare` until the old version is retired, so that a keyholder
+    /// absent at the start can still count towards `rotation.min_verified`.
+    pub fn accepts_share_verify(&self) -> bool {
+        use RotationState::*;
+        matches!(
+            self.state,
+            Prepared | SharesVerified | DualRead | DualWrite | Reencrypting | Drained
+        )
+    }
+
     /// A keyholder proved their new share; returns whether this made the
     /// rotation SharesVerified.
     pub fn share_verified(
@@ -294,16 +346,13 @@ impl Rotation {
         keyholder: &str,
         threshold: u8,
     ) -> Result<bool, TransitionError> {
-        match self.state {
-            RotationState::Prepared | RotationState::SharesVerified => {}
-            actual => {
-                return Err(wrong(
-                    "share verify",
-                    "prepared or shares_verified",
-                    actual,
-                    "",
-                ));
-            }
+        if !self.accepts_share_verify() {
+            return Err(wrong(
+                "share verify",
+                "a state between prepared and drained",
+                self.state,
+                "",
+            ));
         }
         self.verified_by.insert(keyholder.to_owned());
         if self.state == RotationState::Prepared && self.verified_by.len() >= usize::from(threshold)
@@ -433,108 +482,6 @@ impl Rotation {
                 "; only a running re-encryption can be paused",
             )),
         }
-    }
-
-    /// Checks a retire request without changing anything.
-    pub fn check_retire(
-        &self,
-        version: KeyVersion,
-        operator: &str,
-        remaining: u64,
-    ) -> Result<(), TransitionError> {
-        if self.state != RotationState::Drained {
-            return Err(wrong(
-                "retire",
-                "drained",
-                self.state,
-                "; wait until `keyholder rotate status` shows drained",
-            ));
-        }
-        if version != self.current {
-            return Err(TransitionError::NotRetirable {
-                expected: self.current,
-                requested: version,
-            });
-        }
-        if remaining > 0 {
-            return Err(TransitionError::RecordsRemain { version, remaining });
-        }
-        if self.retire_approvals.contains(operator) {
-            return Err(TransitionError::SameOperator {
-                operator: operator.to_owned(),
-                version,
-            });
-        }
-        Ok(())
-    }
-
-    /// `rotate retire VERSION [--execute]`, after a fresh full scan counted
-    /// `remaining` records at `version`. The second distinct operator's
-    /// `--execute` retires it.
-    pub fn retire(
-        &mut self,
-        version: KeyVersion,
-        operator: &str,
-        remaining: u64,
-        execute: bool,
-    ) -> Result<RetireOutcome, TransitionError> {
-        if !execute {
-            if self.retire_approvals.contains(operator) {
-                // A plan is always allowed to the one who approved.
-                return Ok(RetireOutcome::Planned);
-            }
-            self.check_retire(version, operator, remaining)?;
-            return Ok(RetireOutcome::Planned);
-        }
-        self.check_retire(version, operator, remaining)?;
-        self.retire_approvals.insert(operator.to_owned());
-        if self.retire_approvals.len() >= RETIRE_APPROVALS {
-            self.state = RotationState::Retired;
-            return Ok(RetireOutcome::Retired);
-        }
-        Ok(RetireOutcome::Approved {
-            approvals: self.retire_approvals.len(),
-        })
-    }
-
-    /// Whether records may exist at the next version, so a rollback must
-    /// move them back before it drops the version.
-    pub fn rollback_moves_records(&self) -> bool {
-        use RotationState::*;
-        matches!(self.state, DualWrite | Reencrypting | Drained | RollingBack)
-    }
-
-    /// Checks a rollback request without changing anything.
-    pub fn check_rollback(&self) -> Result<(KeyVersion, KeyVersion), TransitionError> {
-        use RotationState::*;
-        match self.state {
-            Prepared | SharesVerified | DualRead | DualWrite | Reencrypting | Drained => {
-                Ok((self.next_version(), self.current))
-            }
-            actual => Err(wrong(
-                "rollback",
-                "a state between prepared and drained",
-                actual,
-                "; a retired version cannot come back, and idle has nothing to roll back",
-            )),
-        }
-    }
-
-    /// `rotate rollback --execute`. Before any record can be at the next
-    /// version, the rotation simply returns to Idle (the next version is
-    /// dropped); after, it goes to RollingBack and the worker moves records
-    /// back before [`Rotation::drained`] drops it. Returns the dropped version.
-    pub fn rollback(&mut self) -> Result<KeyVersion, TransitionError> {
-        let (dropped, _) = self.check_rollback()?;
-        if self.rollback_moves_records() {
-            self.state = RotationState::RollingBack;
-            self.paused = false;
-            self.retire_approvals.clear();
-            self.writers_switched.clear();
-        } else {
-            *self = Self::idle(self.current);
-        }
-        Ok(dropped)
     }
 }
 

@@ -519,7 +519,7 @@ impl StateStore for SqliteStore {
         Box::pin(ready(result))
     }
 
-    fn snapshot(&self, label: &str) -> StoreFuture<'_, Option<String>> {
+    fn snapshot(&self, label: &str, keep: u32) -> StoreFuture<'_, Option<String>> {
         let dir = self
             .path
             .parent()
@@ -539,6 +539,7 @@ impl StateStore for SqliteStore {
                 .map_err(sql("snapshot the state store"))?;
             std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))
                 .map_err(|e| corrupt(format!("cannot restrict {}: {e}", file.display())))?;
+            prune_snapshots(&dir, keep)?;
             Ok(Some(file.display().to_string()))
         });
         Box::pin(ready(result))
@@ -568,4 +569,32 @@ impl StateStore for SqliteStore {
         });
         Box::pin(ready(result))
     }
+}
+
+/// Removes all but the newest `keep` snapshots in `dir` (each is a whole copy
+/// of the store): the names start with their UTC time, so the name order is
+/// the age order. Other files in the directory are left alone.
+fn prune_snapshots(dir: &Path, keep: u32) -> Result<(), StoreError> {
+    let listing = |e: std::io::Error| corrupt(format!("cannot list {}: {e}", dir.display()));
+    let mut snapshots = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(listing)? {
+        let name = entry.map_err(listing)?.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if name.starts_with("state-") && name.contains("-before-") && name.ends_with(".db") {
+            snapshots.push(name.to_owned());
+        }
+    }
+    snapshots.sort();
+    let excess = snapshots.len().saturating_sub(keep as usize);
+    for name in &snapshots[..excess] {
+        let path = dir.join(name);
+        std::fs::remove_file(&path).map_err(|e| {
+            corrupt(format!(
+                "cannot remove the old snapshot {}: {e}",
+                path.display()
+            ))
+        })?;
+        tracing::info!(snapshot = %path.display(), keep, "old state store snapshot removed");
+    }
+    Ok(())
 }

@@ -5,9 +5,7 @@
 //! restarted since `prepare`.
 
 use crypto_core::{KeyVersion, Share};
-use keyholder_api::{
-    RotationState, ShareEnvelope, ShareLine, ShareOutcome, UnsealResponse, VersionState,
-};
+use keyholder_api::{ShareEnvelope, ShareLine, ShareOutcome, UnsealResponse, VersionState};
 use serde_json::json;
 
 use super::{RotationError, Rotator, Step, lock};
@@ -22,6 +20,19 @@ impl Rotator {
         keyholder: &Principal,
         version: KeyVersion,
     ) -> Result<ShareEnvelope, RotationError> {
+        let retired = self
+            .daemon
+            .store
+            .versions()
+            .await?
+            .iter()
+            .any(|r| r.version == version && r.state == VersionState::Retired);
+        if retired {
+            // Its key is gone on purpose; a share of it would rebuild it.
+            return Err(RotationError::Refused(format!(
+                "{version} is retired; its shares are no longer handed out (`keyholder status` shows the live versions)"
+            )));
+        }
         let envelope = self
             .daemon
             .store
@@ -65,15 +76,12 @@ impl Rotator {
             }
             .into());
         };
-        if !matches!(
-            machine.state(),
-            RotationState::Prepared | RotationState::SharesVerified
-        ) {
+        if !machine.accepts_share_verify() {
             return Err(TransitionError::WrongState {
                 command: "share verify",
-                needed: "prepared or shares_verified",
+                needed: "a state between prepared and drained",
                 actual: machine.state(),
-                hint: "; the new version's shares were verified already",
+                hint: "; no new version is waiting for its keyholders",
             }
             .into());
         }

@@ -11,6 +11,23 @@ fn consumers() -> Vec<String> {
     vec!["db1".to_owned()]
 }
 
+/// alice, bob and carol; two verifications suffice.
+fn two_of_three() -> VerifyQuorum {
+    VerifyQuorum {
+        min_verified: 2,
+        keyholders: ["alice", "bob", "carol"].map(str::to_owned).to_vec(),
+    }
+}
+
+/// Both operators approve a rollback.
+fn roll_back(r: &mut Rotation) -> Outcome {
+    assert_eq!(
+        r.rollback("olga", true).unwrap(),
+        Outcome::Approved { approvals: 1 }
+    );
+    r.rollback("omar", true).unwrap()
+}
+
 fn at_reencrypting() -> Rotation {
     let mut r = Rotation::idle(v(9));
     r.prepare(None).unwrap();
@@ -60,20 +77,22 @@ fn the_forward_path_sets_versions_explicitly() {
     r.drained(&consumers()).unwrap();
     assert_eq!(r.job(), None);
     assert_eq!(
-        r.retire(v(9), "olga", 0, false).unwrap(),
-        RetireOutcome::Planned
+        r.retire(v(9), "olga", 0, false, &two_of_three()).unwrap(),
+        Outcome::Planned
     );
     assert_eq!(
-        r.retire(v(9), "olga", 0, true).unwrap(),
-        RetireOutcome::Approved { approvals: 1 }
+        r.retire(v(9), "olga", 0, true, &two_of_three()).unwrap(),
+        Outcome::Approved { approvals: 1 }
     );
     assert_eq!(
-        r.retire(v(9), "olga", 0, true).unwrap_err().to_string(),
+        r.retire(v(9), "olga", 0, true, &two_of_three())
+            .unwrap_err()
+            .to_string(),
         "olga already approved retiring v9; a second, different operator must run the same command"
     );
     assert_eq!(
-        r.retire(v(9), "omar", 0, true).unwrap(),
-        RetireOutcome::Retired
+        r.retire(v(9), "omar", 0, true, &two_of_three()).unwrap(),
+        Outcome::Executed
     );
     assert_eq!(r.live_versions(), vec![v(10)]);
     assert_eq!(r.write_version(), v(10));
@@ -96,7 +115,8 @@ fn v10_stays_above_v9_whatever_the_spelling() {
 fn retire_refuses_records_another_version_and_early_states() {
     let mut r = at_reencrypting();
     assert!(matches!(
-        r.retire(v(9), "olga", 0, true).unwrap_err(),
+        r.retire(v(9), "olga", 0, true, &two_of_three())
+            .unwrap_err(),
         TransitionError::WrongState {
             actual: Reencrypting,
             ..
@@ -105,11 +125,15 @@ fn retire_refuses_records_another_version_and_early_states() {
     r.acknowledge("db1");
     r.drained(&consumers()).unwrap();
     assert_eq!(
-        r.retire(v(9), "olga", 3, true).unwrap_err().to_string(),
+        r.retire(v(9), "olga", 3, true, &two_of_three())
+            .unwrap_err()
+            .to_string(),
         "v9 still encrypts 3 record(s); it cannot be retired until a full scan finds none"
     );
     assert_eq!(
-        r.retire(v(10), "olga", 0, true).unwrap_err().to_string(),
+        r.retire(v(10), "olga", 0, true, &two_of_three())
+            .unwrap_err()
+            .to_string(),
         "only v9 can be retired now (it is the version this rotation replaced); v10 is not"
     );
     assert_eq!(r.state(), Drained, "refusals change nothing");
@@ -127,7 +151,7 @@ fn rollback_before_dual_write_drops_the_new_version_at_once() {
         if steps >= 3 {
             r.activate().unwrap();
         }
-        assert_eq!(r.rollback().unwrap(), v(10));
+        assert_eq!(roll_back(&mut r), Outcome::Executed);
         assert_eq!(r, Rotation::idle(v(9)));
     }
 }
@@ -136,9 +160,10 @@ fn rollback_before_dual_write_drops_the_new_version_at_once() {
 fn rollback_after_the_switch_moves_records_back_first() {
     let mut r = at_reencrypting();
     r.set_paused(true).unwrap();
-    assert_eq!(r.rollback().unwrap(), v(10));
+    assert_eq!(roll_back(&mut r), Outcome::Executed);
     assert_eq!(r.state(), RollingBack);
-    assert!(!r.paused());
+    assert!(r.paused(), "a pause stays in force through the rollback");
+    r.set_paused(false).unwrap();
     assert_eq!(r.write_version(), v(9));
     assert_eq!(r.live_versions(), vec![v(9), v(10)]);
     assert_eq!(
@@ -151,7 +176,7 @@ fn rollback_after_the_switch_moves_records_back_first() {
     r.acknowledge("db1");
     r.drained(&consumers()).unwrap();
     assert_eq!(r, Rotation::idle(v(9)));
-    assert!(Rotation::idle(v(9)).rollback().is_err());
+    assert!(Rotation::idle(v(9)).rollback("olga", false).is_err());
 }
 
 #[test]
@@ -159,7 +184,7 @@ fn resume_after_the_drain_scans_again_and_forgets_approvals() {
     let mut r = at_reencrypting();
     r.acknowledge("db1");
     r.drained(&consumers()).unwrap();
-    r.retire(v(9), "olga", 0, true).unwrap();
+    r.retire(v(9), "olga", 0, true, &two_of_three()).unwrap();
     assert!(r.set_paused(true).is_err(), "nothing to pause once drained");
     r.set_paused(false).unwrap();
     assert_eq!(r.state(), Reencrypting);
@@ -178,10 +203,10 @@ fn a_retired_version_cannot_be_rolled_back_to() {
     let mut r = at_reencrypting();
     r.acknowledge("db1");
     r.drained(&consumers()).unwrap();
-    r.retire(v(9), "olga", 0, true).unwrap();
-    r.retire(v(9), "omar", 0, true).unwrap();
+    r.retire(v(9), "olga", 0, true, &two_of_three()).unwrap();
+    r.retire(v(9), "omar", 0, true, &two_of_three()).unwrap();
     assert!(matches!(
-        r.rollback().unwrap_err(),
+        r.rollback("olga", true).unwrap_err(),
         TransitionError::WrongState {
             actual: Retired,
             ..
@@ -212,4 +237,60 @@ fn out_of_order_commands_say_what_to_do() {
         "`prepare` needs the rotation in idle or retired; it is in prepared; finish or roll back the rotation under way first"
     );
     assert!(r.set_paused(true).is_err());
+}
+
+#[test]
+fn a_rollback_needs_two_distinct_operators_and_a_plan_changes_nothing() {
+    let mut r = at_reencrypting();
+    let before = r.clone();
+    assert_eq!(r.rollback("olga", false).unwrap(), Outcome::Planned);
+    assert_eq!(r, before, "a plan records nothing");
+    assert_eq!(
+        r.rollback("olga", true).unwrap(),
+        Outcome::Approved { approvals: 1 }
+    );
+    assert_eq!((r.state(), r.write_version()), (Reencrypting, v(10)));
+    assert_eq!(
+        r.rollback("olga", true).unwrap_err().to_string(),
+        "olga already approved rolling back v10; a second, different operator must run the same command"
+    );
+    assert_eq!(r.rollback("olga", false).unwrap(), Outcome::Planned);
+    assert_eq!(r.rollback_approvals().collect::<Vec<_>>(), ["olga"]);
+    assert_eq!(r.rollback("omar", true).unwrap(), Outcome::Executed);
+    assert_eq!(r.state(), RollingBack);
+    assert_eq!(r.rollback_approvals().count(), 0);
+}
+
+#[test]
+fn retire_waits_for_min_verified_keyholders_and_names_who_is_missing() {
+    let mut r = at_reencrypting();
+    r.acknowledge("db1");
+    r.drained(&consumers()).unwrap();
+    let all_three = VerifyQuorum {
+        min_verified: 3,
+        ..two_of_three()
+    };
+    for execute in [false, true] {
+        assert_eq!(
+            r.retire(v(9), "olga", 0, execute, &all_three)
+                .unwrap_err()
+                .to_string(),
+            "2 keyholder(s) verified their share of v10 (alice, bob); retiring v9 needs 3 (rotation.min_verified), so that one absent keyholder cannot stop an unseal; waiting for: carol (`keyholder share verify`)"
+        );
+    }
+    assert_eq!(r.retire_approvals().count(), 0);
+    assert!(
+        r.accepts_share_verify(),
+        "carol can still verify once drained"
+    );
+    assert!(!r.share_verified("carol", 2).unwrap());
+    assert_eq!(
+        r.retire(v(9), "olga", 0, true, &all_three).unwrap(),
+        Outcome::Approved { approvals: 1 }
+    );
+    assert_eq!(
+        r.retire(v(9), "omar", 0, true, &all_three).unwrap(),
+        Outcome::Executed
+    );
+    assert!(!r.accepts_share_verify());
 }
