@@ -99,3 +99,45 @@ pub fn process_memory(pid: u32) -> std::io::Result<Vec<(String, Vec<u8>)>> {
     }
     Ok(regions)
 }
+
+/// Whether this process may read another's memory (root; CI is).
+pub fn can_read_memory() -> bool {
+    // /proc/self belongs to the effective user.
+    std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap()) == 0
+}
+
+/// The mappings of `pid` that hold `needle`.
+pub fn memory_holding(pid: u32, needle: &[u8]) -> Vec<String> {
+    process_memory(pid)
+        .expect("reading the daemon's memory")
+        .into_iter()
+        .filter(|(_, bytes)| memchr::memmem::find(bytes, needle).is_some())
+        .map(|(name, _)| name)
+        .collect()
+}
+
+/// Waits (up to 5 s: connections close and threads idle a moment after the
+/// answer) until no secret is in `pid`'s memory; panics naming each secret
+/// and the mapping that still holds it.
+pub async fn assert_memory_clean(pid: u32, secrets: &[(String, Vec<u8>)]) {
+    let mut found = Vec::new();
+    for _ in 0..10 {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        let regions = process_memory(pid).expect("reading the daemon's memory");
+        let scanned: usize = regions.iter().map(|(_, b)| b.len()).sum();
+        assert!(scanned > 1 << 20, "the scan read only {scanned} bytes");
+        found = secrets
+            .iter()
+            .flat_map(|(what, needle)| {
+                regions
+                    .iter()
+                    .filter(|(_, bytes)| memchr::memmem::find(bytes, needle).is_some())
+                    .map(move |(region, _)| format!("  {what} in {region}"))
+            })
+            .collect::<Vec<_>>();
+        if found.is_empty() {
+            return;
+        }
+    }
+    panic!("secrets left in the daemon's memory:\n{}", found.join("\n"));
+}

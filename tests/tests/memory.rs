@@ -2,22 +2,13 @@
 //! the running daemon's whole address space through `/proc/<pid>/mem` (as
 //! root, which CI is) and looks for every encoding of every secret.
 
-use std::time::Duration;
-
 use base64::Engine as _;
 use keyholder_api::UnsealResponse;
 use keyholder_tests::daemon::{DATABASE, OPERATOR};
-use keyholder_tests::secrets::{encodings, process_memory, share_data};
+use keyholder_tests::secrets::{
+    assert_memory_clean, can_read_memory, encodings, memory_holding, share_data,
+};
 use keyholder_tests::{Env, EnvOptions, TargetSpec};
-
-/// Where `needle` occurs in `regions`, by region name.
-fn found_in(regions: &[(String, Vec<u8>)], needle: &[u8]) -> Vec<String> {
-    regions
-        .iter()
-        .filter(|(_, bytes)| memchr::memmem::find(bytes, needle).is_some())
-        .map(|(name, _)| name.clone())
-        .collect()
-}
 
 /// `VmLck` of process `pid`: the memory it holds locked in RAM, in KiB.
 fn locked_kib(pid: u32) -> u64 {
@@ -29,25 +20,9 @@ fn locked_kib(pid: u32) -> u64 {
         .expect("VmLck in /proc/<pid>/status")
 }
 
-/// Every secret still in the daemon's memory: `(what, region)`.
-fn leaks(pid: u32, secrets: &[(String, Vec<u8>)]) -> Vec<(String, String)> {
-    let regions = process_memory(pid).expect("reading the daemon's memory");
-    let scanned: usize = regions.iter().map(|(_, b)| b.len()).sum();
-    assert!(scanned > 1 << 20, "the scan read only {scanned} bytes");
-    secrets
-        .iter()
-        .flat_map(|(what, needle)| {
-            found_in(&regions, needle)
-                .into_iter()
-                .map(move |region| (what.clone(), region))
-        })
-        .collect()
-}
-
 #[tokio::test]
 async fn after_seal_no_key_or_share_bytes_remain_in_the_daemons_memory() {
-    // /proc/self belongs to the effective user.
-    if std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap()) != 0 {
+    if !can_read_memory() {
         println!("skipping: reading another process's memory needs root");
         return;
     }
@@ -108,8 +83,10 @@ async fn after_seal_no_key_or_share_bytes_remain_in_the_daemons_memory() {
     }
 
     // The scan sees a key where one is: unsealed, the raw key is in memory.
-    let raw = found_in(&process_memory(pid).unwrap(), &key);
-    assert!(!raw.is_empty(), "an unsealed daemon holds its key");
+    assert!(
+        !memory_holding(pid, &key).is_empty(),
+        "an unsealed daemon holds its key"
+    );
     // Its key pages, and only those, are locked in RAM (no mlockall).
     let locked = locked_kib(pid);
     assert!(
@@ -132,23 +109,6 @@ async fn after_seal_no_key_or_share_bytes_remain_in_the_daemons_memory() {
         .await;
     assert_eq!(sealed.status, 200, "{}", sealed.body);
 
-    // Connections close and their buffers go a moment after the answer.
-    let mut found = Vec::new();
-    for _ in 0..10 {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        found = leaks(pid, &secrets);
-        if found.is_empty() {
-            break;
-        }
-    }
     assert_eq!(locked_kib(pid), 0, "sealed, no key page stays locked");
-    assert!(
-        found.is_empty(),
-        "secrets left in the sealed daemon's memory:\n{}",
-        found
-            .iter()
-            .map(|(what, region)| format!("  {what} in {region}"))
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
+    assert_memory_clean(pid, &secrets).await;
 }

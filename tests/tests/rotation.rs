@@ -18,7 +18,10 @@ use keyholder_api::{
 use keyholder_tests::daemon::{DATABASE, OPERATOR, SECOND_OPERATOR};
 use keyholder_tests::records::Table;
 use keyholder_tests::rotation::v;
-use keyholder_tests::secrets::{assert_absent, encodings, files_under, key_bytes, share_data};
+use keyholder_tests::secrets::{
+    assert_absent, assert_memory_clean, can_read_memory, encodings, files_under, key_bytes,
+    share_data,
+};
 use keyholder_tests::{Daemon, Env, EnvOptions};
 use rand::RngExt as _;
 use serde_json::json;
@@ -363,6 +366,24 @@ async fn a_whole_rotation_moves_50000_records_to_v10_unchanged_and_two_operators
     let audit = serde_json::to_vec(&w.audit().await).unwrap();
     places.push(("audit log".into(), audit));
     assert_absent(&places, &secrets);
+
+    // Nor does the running daemon hold v9's key or shares once it retired v9.
+    if can_read_memory() {
+        let mut v9: Vec<(String, Vec<u8>)> = encodings(&key_bytes(&w.v9))
+            .into_iter()
+            .map(|e| ("v9 key".to_owned(), e))
+            .collect();
+        for line in &w.v9_lines {
+            v9.extend(
+                encodings(&share_data(line))
+                    .into_iter()
+                    .map(|e| ("v9 share".to_owned(), e)),
+            );
+        }
+        assert_memory_clean(w.daemon.pid().unwrap(), &v9).await;
+    } else {
+        println!("skipping the memory scan: reading another process's memory needs root");
+    }
 
     // After a restart v10 alone unseals; a v9 share is refused by name.
     assert!(w.daemon.stop());
