@@ -30,6 +30,10 @@ const DEFAULT_PROGRESS_TTL: Duration = Duration::from_secs(15 * 60);
 const DEFAULT_SAMPLE_SIZE: u32 = 64;
 /// Default time a client has to finish its TLS handshake.
 const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default time for a request's headers (and an idle keep-alive connection).
+const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default number of client connections open at once.
+const DEFAULT_MAX_CONNECTIONS: i64 = 256;
 
 /// Why the config could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -115,6 +119,8 @@ struct RawListen {
     crl: Option<PathBuf>,
     metrics_addr: Option<String>,
     handshake_timeout: Option<String>,
+    header_read_timeout: Option<String>,
+    max_connections: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -216,6 +222,11 @@ pub struct Listen {
     pub metrics_addr: Option<SocketAddr>,
     /// How long a client has to finish its handshake.
     pub handshake_timeout: Duration,
+    /// How long a request's headers may take, and how long an idle
+    /// keep-alive connection is kept.
+    pub header_read_timeout: Duration,
+    /// Client connections open at once; more are closed at once.
+    pub max_connections: usize,
 }
 
 /// `[reencrypt]`.
