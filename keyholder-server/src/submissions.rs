@@ -123,7 +123,7 @@ impl<C: Clock + Clone> SubmissionLimiter<C> {
         window.refused += 1;
         window.last = wall;
         Err(Refused {
-            retry_after_secs: wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
+            retry_after_secs: (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1),
             first_in_window: window.refused == 1,
         })
     }
