@@ -613,4 +613,36 @@ async fn the_audit_log_is_read_a_page_at_a_time() {
         String::from_utf8(out.stdout).unwrap(),
         format!("audit chain intact: {total} entries\n")
     );
+
+    // --follow prints what is written after it started.
+    let mut follow = env
+        .keyholder_cli(OPERATOR)
+        .args(["audit", "--since", &total.to_string(), "--follow"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = follow.stdout.take().unwrap();
+    let (lines_tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        for line in std::io::BufReader::new(stdout).lines() {
+            if lines_tx.send(line.unwrap()).is_err() {
+                return;
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    operator.post("/v1/seal", &serde_json::json!({})).await;
+    let line = lines
+        .recv_timeout(Duration::from_secs(10))
+        .expect("--follow printed the new entry");
+    let _ = follow.kill();
+    let _ = follow.wait();
+    let mut fields = line.split_whitespace();
+    assert_eq!(
+        fields.next(),
+        Some((total + 1).to_string().as_str()),
+        "{line}"
+    );
+    assert!(line.contains(" sealed "), "{line}");
 }
