@@ -336,8 +336,11 @@ fn closed_within(mut tcp: &TcpStream, wait: Duration) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn connections_beyond_the_limits_do_not_stop_keyholder_status() {
+    let metrics = keyholder_tests::daemon::free_addr();
     let env = Env::new(EnvOptions {
-        listen_toml: "max_connections = 16\nheader_read_timeout = \"4s\"\n".to_owned(),
+        listen_toml: format!(
+            "max_connections = 16\nheader_read_timeout = \"4s\"\nmetrics_addr = \"{metrics}\"\n"
+        ),
         ..EnvOptions::default()
     });
     let _daemon = env.start().await;
@@ -396,6 +399,46 @@ async fn connections_beyond_the_limits_do_not_stop_keyholder_status() {
     status_ok(&env);
     assert_healthy(&env).await;
     drop(held);
+
+    // Counted, not logged line by line: the failed handshakes make one WARN
+    // line.
+    let plain = reqwest::Client::builder()
+        .tls_backend_preconfigured(tls_config(&env.pki.ca_pem, None))
+        .build()
+        .unwrap();
+    let text = plain
+        .get(format!("http://{metrics}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing from:\n{text}"))
+    };
+    assert!(
+        value("keyholder_connections_refused_total") >= 492.0,
+        "{text}"
+    );
+    // The silent connections still waiting were closed by the test: their
+    // handshakes count as refused.
+    assert!(
+        value("keyholder_tls_handshake_failures_total{reason=\"refused\"}") >= 1.0,
+        "{text}"
+    );
+    let warnings = env
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("tls handshake"))
+        .count();
+    assert!(
+        warnings <= 2,
+        "{warnings} handshake WARN lines:\n{}",
+        env.log_text()
+    );
 }
 
 /// `POST path` as `name` announcing a 2 MiB body and sending its first KiB,
