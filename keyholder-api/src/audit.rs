@@ -54,12 +54,78 @@ impl AuditEntry {
     }
 }
 
-/// `GET /v1/audit`.
+/// Entries one `GET /v1/audit` answers at most, and without `limit`.
+pub const AUDIT_PAGE_MAX: u32 = 1000;
+
+/// `GET /v1/audit?since=SEQ&limit=N`: one page of the log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuditLog {
-    /// The entries, in order.
+    /// The entries after `since`, in order, at most `limit`.
     pub entries: Vec<AuditEntry>,
+    /// The `since` of the next page: the last entry's seq (the request's
+    /// `since` when the page is empty).
+    #[serde(default)]
+    pub next_since: u64,
+    /// Whether entries follow this page.
+    #[serde(default)]
+    pub more: bool,
+}
+
+/// Checks a log page by page, from its first entry: feed every page in
+/// order; each is checked against the end of the one before.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainVerifier {
+    prev: String,
+    checked: u64,
+}
+
+impl Default for ChainVerifier {
+    fn default() -> Self {
+        Self {
+            prev: GENESIS_HASH.to_owned(),
+            checked: 0,
+        }
+    }
+}
+
+impl ChainVerifier {
+    /// Checks the next `entries` of the log.
+    pub fn push(&mut self, entries: &[AuditEntry]) -> Result<(), ChainError> {
+        for entry in entries {
+            let fail = |reason| ChainError {
+                seq: entry.seq,
+                reason,
+            };
+            if entry.seq != self.checked + 1 {
+                return Err(fail(
+                    "is out of sequence (an entry was removed or reordered)",
+                ));
+            }
+            if entry.prev_hash != self.prev {
+                return Err(fail("does not link to the entry before it"));
+            }
+            let expected = AuditEntry::compute_hash(
+                entry.seq,
+                &entry.time,
+                &entry.actor,
+                &entry.action,
+                &entry.detail,
+                &entry.prev_hash,
+            );
+            if entry.hash != expected {
+                return Err(fail("was altered (its hash does not match its content)"));
+            }
+            self.prev.clone_from(&entry.hash);
+            self.checked = entry.seq;
+        }
+        Ok(())
+    }
+
+    /// Entries checked so far.
+    pub fn checked(&self) -> u64 {
+        self.checked
+    }
 }
 
 /// Where and why the chain is broken.
@@ -81,34 +147,7 @@ impl std::error::Error for ChainError {}
 
 /// Checks every link and every hash of a log read from its beginning.
 pub fn verify_chain(entries: &[AuditEntry]) -> Result<(), ChainError> {
-    let mut prev = GENESIS_HASH;
-    for (position, entry) in entries.iter().enumerate() {
-        let fail = |reason| ChainError {
-            seq: entry.seq,
-            reason,
-        };
-        if entry.seq != position as u64 + 1 {
-            return Err(fail(
-                "is out of sequence (an entry was removed or reordered)",
-            ));
-        }
-        if entry.prev_hash != prev {
-            return Err(fail("does not link to the entry before it"));
-        }
-        let expected = AuditEntry::compute_hash(
-            entry.seq,
-            &entry.time,
-            &entry.actor,
-            &entry.action,
-            &entry.detail,
-            &entry.prev_hash,
-        );
-        if entry.hash != expected {
-            return Err(fail("was altered (its hash does not match its content)"));
-        }
-        prev = &entry.hash;
-    }
-    Ok(())
+    ChainVerifier::default().push(entries)
 }
 
 #[cfg(test)]
@@ -158,5 +197,28 @@ mod tests {
             verify_chain(&relinked).unwrap_err().reason,
             "does not link to the entry before it"
         );
+    }
+
+    #[test]
+    fn a_chain_checked_page_by_page_finds_what_the_whole_check_finds() {
+        let log = chain(10);
+        let mut pages = ChainVerifier::default();
+        for page in log.chunks(3) {
+            pages.push(page).unwrap();
+        }
+        assert_eq!(pages.checked(), 10);
+        let mut edited = chain(10);
+        edited[7].detail = "{}".into();
+        let mut pages = ChainVerifier::default();
+        let err = edited
+            .chunks(3)
+            .find_map(|page| pages.push(page).err())
+            .unwrap();
+        assert_eq!(err, verify_chain(&edited).unwrap_err());
+        assert_eq!(err.seq, 8);
+        // A page that skips entries does not link.
+        let mut skipping = ChainVerifier::default();
+        skipping.push(&log[..3]).unwrap();
+        assert_eq!(skipping.push(&log[4..]).unwrap_err().seq, 5);
     }
 }

@@ -12,14 +12,16 @@ mod rotation;
 mod seal;
 mod version;
 
-pub use audit::{AuditEntry, AuditLog, ChainError, GENESIS_HASH, verify_chain};
+pub use audit::{
+    AUDIT_PAGE_MAX, AuditEntry, AuditLog, ChainError, ChainVerifier, GENESIS_HASH, verify_chain,
+};
 pub use rotation::{
     PrepareRequest, RetirePlan, RetireRequest, RollbackPlan, RollbackRequest, RotationState,
     RotationStatus, ShareEnvelope, ThrottleRequest,
 };
 pub use seal::{
-    Health, ShareLine, ShareOutcome, Status, UnsealProgress, UnsealRequest, UnsealResponse,
-    VersionState, VersionStatus,
+    Health, MAX_SHARE_LINES, ShareLine, ShareOutcome, Status, UnsealProgress, UnsealRequest,
+    UnsealResponse, VersionState, VersionStatus,
 };
 pub use version::{API_VERSION, API_VERSION_HEADER, IncompatibleVersion, check_compatible};
 

@@ -115,8 +115,12 @@ impl<'de> Deserialize<'de> for ShareLine {
     }
 }
 
+/// Share lines one `UnsealRequest` may carry: a keyholder holds one share
+/// per version that is not retired, a handful at most.
+pub const MAX_SHARE_LINES: usize = 16;
+
 /// `POST /v1/unseal` and `POST /v1/rotation/verify`: shares of any versions,
-/// in any order.
+/// in any order (at most [`MAX_SHARE_LINES`]).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UnsealRequest {

@@ -224,9 +224,18 @@ pub struct HookArgs {
 /// `keyholder audit`.
 #[derive(Debug, Args)]
 pub struct AuditArgs {
-    /// Check the hash chain instead of printing the entries.
-    #[arg(long)]
+    /// Check the whole hash chain (read page by page) instead of printing entries.
+    #[arg(long, conflicts_with_all = ["since", "limit", "follow"])]
     pub verify: bool,
+    /// Print only the entries after this one (its seq; 0 is the start).
+    #[arg(long, value_name = "SEQ")]
+    pub since: Option<u64>,
+    /// Print at most this many entries.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub limit: Option<u64>,
+    /// Then keep printing new entries as they are written (polls every 2s; Ctrl-C stops).
+    #[arg(long, conflicts_with = "limit")]
+    pub follow: bool,
 }
 
 /// `keyholder recover`.

@@ -532,9 +532,10 @@ impl Client {
         })
     }
 
-    /// `GET /v1/audit`.
-    pub async fn audit(&self) -> Result<AuditLog, ClientError> {
-        self.call(Method::GET, "/v1/audit", None).await
+    /// `GET /v1/audit?since=SEQ&limit=N`: one page of the log.
+    pub async fn audit_page(&self, since: u64, limit: u32) -> Result<AuditLog, ClientError> {
+        let path = format!("/v1/audit?since={since}&limit={limit}");
+        self.call(Method::GET, &path, None).await
     }
 
     /// `POST /v1/rotation/prepare`.

@@ -485,21 +485,71 @@ async fn run_hook(connect_args: &ConnectArgs, args: HookArgs) -> Result<u8, CliE
     Ok(0)
 }
 
+/// How often `keyholder audit --follow` asks for new entries.
+const FOLLOW_POLL: Duration = Duration::from_secs(2);
+
 async fn audit(
     connect_args: &ConnectArgs,
     output: Output,
     args: AuditArgs,
 ) -> Result<(), CliError> {
+    use keyholder_api::{AUDIT_PAGE_MAX, AuditLog, ChainVerifier};
     let client = connect(connect_args)?;
-    let log = client.audit().await?;
     if args.verify {
-        keyholder_api::verify_chain(&log.entries).map_err(CliError::AuditChainBroken)?;
-        let doc = serde_json::json!({"intact": true, "entries": log.entries.len()});
+        let mut chain = ChainVerifier::default();
+        let mut since = 0;
+        loop {
+            let page = client.audit_page(since, AUDIT_PAGE_MAX).await?;
+            chain
+                .push(&page.entries)
+                .map_err(CliError::AuditChainBroken)?;
+            since = page.next_since;
+            if !page.more {
+                break;
+            }
+        }
+        let doc = serde_json::json!({"intact": true, "entries": chain.checked()});
         return show(output, &doc, |_| {
-            format!("audit chain intact: {} entries\n", log.entries.len())
+            format!("audit chain intact: {} entries\n", chain.checked())
         });
     }
-    show(output, &log, |l| render::audit(&l.entries))
+    // Pages are printed as they arrive (text, or one JSON entry per line
+    // with --follow), so a long log is never held whole.
+    let mut since = args.since.unwrap_or(0);
+    let mut left = args.limit;
+    let mut kept: Vec<keyholder_api::AuditEntry> = Vec::new();
+    loop {
+        let want = left.map_or(AUDIT_PAGE_MAX, |n| {
+            u32::try_from(n).unwrap_or(u32::MAX).min(AUDIT_PAGE_MAX)
+        });
+        let page = client.audit_page(since, want).await?;
+        since = page.next_since;
+        left = left.map(|n| n.saturating_sub(page.entries.len() as u64));
+        match (output, args.follow) {
+            (Output::Text, _) => print(&render::audit(&page.entries))?,
+            (Output::Json, true) => {
+                for entry in &page.entries {
+                    let line =
+                        serde_json::to_string(entry).expect("API documents always serialise");
+                    print(&format!("{line}\n"))?;
+                }
+            }
+            (Output::Json, false) => kept.extend(page.entries),
+        }
+        if left == Some(0) || (!page.more && !args.follow) {
+            if output == Output::Json && !args.follow {
+                print_json(&AuditLog {
+                    entries: kept,
+                    next_since: since,
+                    more: page.more,
+                })?;
+            }
+            return Ok(());
+        }
+        if !page.more {
+            tokio::time::sleep(FOLLOW_POLL).await;
+        }
+    }
 }
 
 fn recover_key(args: RecoverArgs, output: Output) -> Result<(), CliError> {

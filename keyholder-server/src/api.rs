@@ -8,6 +8,7 @@
 
 mod audit;
 mod keyring;
+pub mod limits;
 mod seal;
 
 use std::sync::Arc;
@@ -35,6 +36,8 @@ pub struct ApiFailure {
     pub status: StatusCode,
     /// The body.
     pub body: ApiError,
+    /// Seconds for a `Retry-After` header (429 answers).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiFailure {
@@ -46,6 +49,7 @@ impl ApiFailure {
                 error: error.into(),
                 code: code.to_owned(),
             },
+            retry_after: None,
         }
     }
 
@@ -57,7 +61,13 @@ impl ApiFailure {
 
 impl IntoResponse for ApiFailure {
     fn into_response(self) -> Response {
-        (self.status, axum::Json(self.body)).into_response()
+        let mut response = (self.status, axum::Json(self.body)).into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
     }
 }
 
@@ -170,11 +180,14 @@ pub fn routes() -> Router<AppState> {
 }
 
 /// The complete API: our routes plus `extra` (the rotation's), the version
-/// exchange on all of them, JSON 404s.
+/// exchange on all of them, the role and size limits of bodies, JSON for
+/// every error (404s, 405s and 413s too).
 pub fn app(daemon: AppState, extra: Router<AppState>) -> Router {
     routes()
         .merge(extra)
         .fallback(not_found)
+        .layer(axum::middleware::from_fn(limits::limit_body))
+        .layer(axum::middleware::from_fn(limits::json_errors))
         .layer(axum::middleware::from_fn(api_version))
         .with_state(daemon)
 }

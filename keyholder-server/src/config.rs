@@ -33,6 +33,10 @@ const DEFAULT_SAMPLE_SIZE: u32 = 64;
 const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default number of state store snapshots kept in `state_dir/snapshots`.
 const DEFAULT_KEEP_SNAPSHOTS: u32 = 5;
+/// Default time for a request's headers (and an idle keep-alive connection).
+const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default number of client connections open at once.
+const DEFAULT_MAX_CONNECTIONS: i64 = 256;
 
 /// Why the config could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -121,6 +125,8 @@ struct RawListen {
     metrics_addr: Option<String>,
     handshake_timeout: Option<String>,
     identity_field: Option<String>,
+    header_read_timeout: Option<String>,
+    max_connections: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -245,6 +251,11 @@ pub struct Listen {
     pub handshake_timeout: Duration,
     /// The client certificate field a `cert_identity` is compared with.
     pub identity_field: IdentityField,
+    /// How long a request's headers may take, and how long an idle
+    /// keep-alive connection is kept.
+    pub header_read_timeout: Duration,
+    /// Client connections open at once; more are closed at once.
+    pub max_connections: usize,
 }
 
 /// `[reencrypt]`.

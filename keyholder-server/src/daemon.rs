@@ -7,6 +7,10 @@
 //! It logs and audits versions, indices, names and KCV prefixes, never a key
 //! or a share.
 
+mod refusals;
+
+pub use refusals::write_refusal_summaries;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
@@ -18,9 +22,10 @@ use serde_json::json;
 use crate::audit::{self, DAEMON};
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::principal::Principal;
+use crate::principal::{Principal, Role};
 use crate::seal::{SealMachine, VersionFacts};
 use crate::store::{StateStore, StoreError, VersionRecord};
+use crate::submissions::SubmissionLimiter;
 use crate::vault::{KeyringPlan, Vault, VaultError};
 use crate::verify::{self, RecordSampler};
 
@@ -73,6 +78,8 @@ pub struct Daemon {
     pub vault: Vault,
     /// Metrics.
     pub metrics: Metrics,
+    /// The budget of failed share submissions, per principal.
+    pub submissions: SubmissionLimiter,
     seal: Mutex<SealMachine>,
     plan: RwLock<Option<KeyringPlan>>,
     samplers: Arc<Vec<Box<dyn RecordSampler>>>,
@@ -140,6 +147,7 @@ impl Daemon {
             store,
             vault: Vault::default(),
             metrics: Metrics::default(),
+            submissions: SubmissionLimiter::default(),
             seal,
             plan: RwLock::new(plan),
             samplers: Arc::new(samplers),
@@ -314,6 +322,13 @@ impl Daemon {
             )
             .await?;
         }
+        let refused = submission.outcomes.iter().filter(|o| !o.accepted).count();
+        tracing::info!(
+            principal = %principal.name,
+            lines = submission.outcomes.len(),
+            refused,
+            "unseal shares submitted (each line's outcome is in the audit log)"
+        );
         for outcome in &submission.outcomes {
             self.metrics.share(outcome.accepted);
             // A line that did not parse may hold share data in its message:
@@ -327,7 +342,7 @@ impl Daemon {
             } else {
                 "unseal_share_refused"
             };
-            tracing::info!(
+            tracing::debug!(
                 principal = %principal.name,
                 version = outcome.version.map(|v| v.number()),
                 index = outcome.index,
@@ -458,19 +473,41 @@ impl Daemon {
         }
     }
 
-    /// Drops partial unseal progress.
+    /// Drops partial unseal progress: an operator's call clears everyone's,
+    /// a keyholder's withdraws only the shares that keyholder submitted.
     pub async fn reset_unseal(&self, principal: &Principal) -> Result<UnsealResponse, DaemonError> {
-        let cleared = self.lock_seal().reset();
-        self.audit(
-            &principal.name,
-            "unseal_progress_reset",
-            json!({"versions": cleared.iter().map(|v| v.number()).collect::<Vec<_>>()}),
-        )
-        .await?;
+        let everyone = principal.has(Role::Operator);
+        let (cleared, progress) = {
+            let mut machine = self.lock_seal();
+            let cleared = if everyone {
+                machine.reset()
+            } else {
+                machine.withdraw(&principal.name)
+            };
+            (cleared, machine.progress())
+        };
+        let versions: Vec<u32> = cleared.iter().map(|v| v.number()).collect();
+        if everyone {
+            self.audit(
+                &principal.name,
+                "unseal_progress_reset",
+                json!({ "versions": versions }),
+            )
+            .await?;
+        } else {
+            self.audit(
+                &principal.name,
+                "unseal_shares_withdrawn",
+                json!({ "versions": versions }),
+            )
+            .await?;
+        }
+        tracing::info!(by = %principal.name, everyone, ?versions, "unseal progress cleared");
+        let sealed = self.vault.is_sealed();
         Ok(UnsealResponse {
-            sealed: self.vault.is_sealed(),
+            sealed,
             outcomes: Vec::new(),
-            progress: Vec::new(),
+            progress: if sealed { progress } else { Vec::new() },
             loaded: self.vault.held_versions(),
         })
     }
@@ -555,10 +592,18 @@ impl Daemon {
         Ok(keyring.to_handover())
     }
 
-    /// The audit log.
-    pub async fn audit_log(&self) -> Result<AuditLog, DaemonError> {
+    /// At most `limit` audit entries after `since`, and whether more follow.
+    pub async fn audit_page(&self, since: u64, limit: u32) -> Result<AuditLog, DaemonError> {
+        let mut entries = self
+            .store
+            .audit_page(since, limit.saturating_add(1))
+            .await?;
+        let more = entries.len() > limit as usize;
+        entries.truncate(limit as usize);
         Ok(AuditLog {
-            entries: self.store.audit_log().await?,
+            next_since: entries.last().map_or(since, |e| e.seq),
+            more,
+            entries,
         })
     }
 

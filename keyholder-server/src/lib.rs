@@ -19,6 +19,7 @@ pub mod rotation;
 pub mod run;
 pub mod seal;
 pub mod store;
+pub mod submissions;
 pub mod transport;
 pub mod vault;
 pub mod verify;

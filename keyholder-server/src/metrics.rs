@@ -1,5 +1,6 @@
 //! Prometheus metrics: seal state, loaded versions, unseal submissions,
-//! keyring fetches, and the rotation's state and re-encryption progress.
+//! keyring fetches, the rotation's state and re-encryption progress, and what
+//! the limits refused (connections, handshakes, rate-limited submissions).
 //! Served on the optional loopback plain port.
 //!
 //! Owns the registry. Metrics carry counts and version numbers only, never a
@@ -44,6 +45,24 @@ pub struct OutcomeLabel {
     pub outcome: &'static str,
 }
 
+/// The label of a failed TLS handshake counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HandshakeLabel {
+    /// `timed_out` or `refused`.
+    pub reason: &'static str,
+}
+
+/// What the transport counts; cheap clones of the registered metrics.
+#[derive(Clone, Default)]
+pub struct ConnectionMetrics {
+    /// Connections open now (handshaking or serving).
+    pub open: Gauge,
+    /// Connections closed at once because the limit was reached.
+    pub refused: Counter,
+    /// TLS handshakes that failed, by reason.
+    pub handshake_failures: Family<HandshakeLabel, Counter>,
+}
+
 /// The daemon's metrics.
 pub struct Metrics {
     /// 1 while sealed.
@@ -60,6 +79,10 @@ pub struct Metrics {
     pub key_pages_locked: Gauge,
     /// Key page locks the system refused.
     pub key_page_locks_refused: Gauge,
+    /// Share submissions refused by the failed-submission budget.
+    pub submissions_rate_limited: Counter,
+    /// Connection and handshake counts of the transport.
+    pub connections: ConnectionMetrics,
     /// The registry; add more metrics before serving.
     pub registry: Mutex<Registry>,
 }
@@ -130,11 +153,35 @@ impl Default for Metrics {
             "Key page locks the system refused since start (raise LimitMEMLOCK)",
             key_page_locks_refused.clone(),
         );
+        let submissions_rate_limited = Counter::default();
+        registry.register(
+            "share_submissions_rate_limited",
+            "Share submissions refused (429) because the principal's failed submissions used up its budget",
+            submissions_rate_limited.clone(),
+        );
+        let connections = ConnectionMetrics::default();
+        registry.register(
+            "connections_open",
+            "Client connections open (handshaking or serving)",
+            connections.open.clone(),
+        );
+        registry.register(
+            "connections_refused",
+            "Client connections closed at once because listen.max_connections was reached",
+            connections.refused.clone(),
+        );
+        registry.register(
+            "tls_handshake_failures",
+            "TLS handshakes that failed, by reason (timed_out or refused)",
+            connections.handshake_failures.clone(),
+        );
         sealed.set(1);
         Self {
             key_pages_locked,
             key_page_locks_refused,
             rotation,
+            submissions_rate_limited,
+            connections,
             sealed,
             versions_loaded,
             unseal_shares,

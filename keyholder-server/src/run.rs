@@ -60,16 +60,22 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     }
     tracing::info!(addr = %bound, "listening (mutual TLS 1.3)");
     let app = crate::api::app(Arc::clone(&daemon), extra);
+    let summaries = tokio::spawn(crate::daemon::write_refusal_summaries(
+        Arc::clone(&daemon),
+        stop_rx.clone(),
+    ));
     transport::serve_tls(
         listener,
         tls,
         app,
         principals,
-        listen.handshake_timeout,
+        transport::Limits::from_listen(&listen),
+        daemon.metrics.connections.clone(),
         transport::shutdown_signal(),
     )
     .await;
     let _ = stop_tx.send(true);
+    let _ = summaries.await;
     rotator.stop_worker().await;
     daemon.vault.seal();
     daemon

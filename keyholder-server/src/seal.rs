@@ -156,6 +156,21 @@ impl SealMachine {
         versions
     }
 
+    /// Drops the shares `principal` submitted, keeping everyone else's;
+    /// returns the versions it had a share in.
+    pub fn withdraw(&mut self, principal: &str) -> Vec<KeyVersion> {
+        let mut withdrawn = Vec::new();
+        for (version, gathering) in &mut self.gathering {
+            let before = gathering.shares.len();
+            gathering.shares.retain(|_, (p, _)| p != principal);
+            if gathering.shares.len() < before {
+                withdrawn.push(*version);
+            }
+        }
+        self.gathering.retain(|_, g| !g.shares.is_empty());
+        withdrawn
+    }
+
     /// Progress of versions with shares in, in numeric order.
     pub fn progress(&self) -> Vec<UnsealProgress> {
         self.gathering
@@ -571,6 +586,27 @@ mod tests {
         );
         assert_eq!(f.machine.reset(), [v(9)]);
         assert!(f.machine.progress().is_empty());
+    }
+
+    #[test]
+    fn a_keyholder_withdraws_only_its_own_shares() {
+        let mut f = fixture(&[9, 10], &[]);
+        f.submit(0, &[f.share(9, 0), f.share(10, 0)]);
+        f.submit(1, &[f.share(9, 1)]);
+        assert_eq!(f.machine.withdraw("carol"), []);
+        assert_eq!(f.machine.withdraw("alice"), [v(9), v(10)]);
+        let progress = f.machine.progress();
+        assert_eq!(progress.len(), 1, "v10 had only alice's share");
+        assert_eq!(progress[0].version, v(9));
+        assert_eq!(progress[0].from, ["bob"]);
+        // Alice may submit again; with bob's share v9 is complete.
+        f.submit(0, &[f.share(10, 0)]);
+        assert!(
+            f.submit(2, &[f.share(10, 2)]).rebuilt.is_none(),
+            "v9 waits for a second share"
+        );
+        let done = f.submit(0, &[f.share(9, 0)]);
+        f.assert_rebuilt(&done.rebuilt.unwrap(), &[9, 10]);
     }
 
     #[test]

@@ -133,6 +133,17 @@ pub(crate) fn version_of(n: i64) -> Result<KeyVersion, StoreError> {
         .ok_or_else(|| corrupt(format!("version number {n}")))
 }
 
+/// The time an appended entry gets: its draft's, or the previous entry's
+/// when the draft is older. Drafts are stamped before they wait for the
+/// store's lock, so without this a log's times could step backwards.
+/// Both are RFC 3339 UTC with milliseconds, which order as text.
+pub(crate) fn chained_time(draft: &str, previous: Option<&str>) -> String {
+    match previous {
+        Some(previous) if previous.len() == draft.len() && previous > draft => previous.to_owned(),
+        _ => draft.to_owned(),
+    }
+}
+
 /// Whether a recorded store format is readable by this build (same major).
 pub(crate) fn format_compatible(found: &str) -> bool {
     let ours = semver::Version::parse(STORE_FORMAT).expect("STORE_FORMAT is semver");
@@ -273,6 +284,8 @@ pub trait StateStore: Send + Sync {
     }
     /// The whole audit log, in order.
     fn audit_log(&self) -> StoreFuture<'_, Vec<AuditEntry>>;
+    /// At most `limit` audit entries with a seq above `since`, in order.
+    fn audit_page(&self, since: u64, limit: u32) -> StoreFuture<'_, Vec<AuditEntry>>;
     /// Adds `n` to the encryption count of `version`.
     fn add_encryptions(&self, version: KeyVersion, n: u64) -> StoreFuture<'_, ()>;
     /// The share of `version` dealt to `principal`, age-encrypted.

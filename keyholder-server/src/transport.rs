@@ -1,29 +1,44 @@
 //! The accept loop: TCP, then TLS in its own task under a timeout, then the
 //! caller's principal resolved once, then HTTP/1.1 through hyper-util.
 //!
-//! Owns connections and shutdown. A slow or silent client only holds its own
-//! task; a failed handshake (no certificate, another CA, expired or revoked)
-//! is logged and the connection dropped. On shutdown the listener closes and
-//! open connections drain. Handlers never see a certificate, only a
-//! [`Caller`] request extension.
+//! Owns connections, their limits and shutdown. At most
+//! `listen.max_connections` connections are open; one past the limit is
+//! closed at once and counted. At most half of them may still be in their
+//! handshake: a new connection beyond that ends the oldest handshake, so
+//! clients that connect and say nothing can neither take every slot nor keep
+//! a real client from getting through. A handshake has
+//! `listen.handshake_timeout`; after it, each request's headers
+//! must arrive within `listen.header_read_timeout`, which also ends an idle
+//! keep-alive connection. A failed handshake (no certificate, another CA,
+//! expired or revoked) is logged at debug and counted; a WARN line says how
+//! many failed, at most once a minute, so a flood cannot fill the log. On
+//! shutdown the listener closes and open connections drain. Handlers never
+//! see a certificate, only a [`Caller`] request extension.
 
 pub mod identity;
 pub mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::Router;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::net::TcpListener;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt as _;
 
+use crate::config::Listen;
+use crate::metrics::{ConnectionMetrics, HandshakeLabel};
 use crate::principal::Principal;
 use identity::IdentityError;
 
@@ -35,6 +50,99 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Clone, Debug)]
 pub struct Caller(pub Arc<Result<Principal, IdentityError>>);
 
+/// How long and how many: what bounds the clients' hold on the daemon.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Time for the TLS handshake.
+    pub handshake_timeout: Duration,
+    /// Time for each request's headers, and for an idle keep-alive
+    /// connection's next request.
+    pub header_read_timeout: Duration,
+    /// Connections open at once.
+    pub max_connections: usize,
+}
+
+impl Limits {
+    /// The limits `[listen]` configures.
+    pub fn from_listen(listen: &Listen) -> Self {
+        Self {
+            handshake_timeout: listen.handshake_timeout,
+            header_read_timeout: listen.header_read_timeout,
+            max_connections: listen.max_connections,
+        }
+    }
+
+    /// Connections that may be in their handshake at once.
+    fn max_handshaking(&self) -> usize {
+        (self.max_connections / 2).max(1)
+    }
+}
+
+/// A WARN line at most once a minute; the events in between are counted and
+/// the next line says how many there were.
+struct QuietWarning {
+    gate: DefaultDirectRateLimiter,
+    suppressed: AtomicU64,
+}
+
+impl QuietWarning {
+    fn new() -> Self {
+        Self {
+            gate: RateLimiter::direct(Quota::per_minute(NonZeroU32::MIN)),
+            suppressed: AtomicU64::new(0),
+        }
+    }
+
+    /// Calls `warn` with the number of events not logged since the last
+    /// line, or counts this one.
+    fn event(&self, warn: impl FnOnce(u64)) {
+        if self.gate.check().is_ok() {
+            warn(self.suppressed.swap(0, Ordering::Relaxed));
+        } else {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The noisy events of the accept loop, each with its own quiet warning.
+struct Noise {
+    over_limit: QuietWarning,
+    handshake: QuietWarning,
+    no_principal: QuietWarning,
+}
+
+/// The connections still in their handshake, oldest first: each holds the
+/// receiving end, and dropping its sender here ends that handshake.
+struct Handshakes {
+    max: usize,
+    waiting: std::sync::Mutex<std::collections::VecDeque<tokio::sync::oneshot::Sender<()>>>,
+}
+
+impl Handshakes {
+    /// Registers a new handshake, ending the oldest one when `max` are
+    /// under way; returns what ends this one, and whether another was ended.
+    fn begin(&self) -> (tokio::sync::oneshot::Receiver<()>, bool) {
+        let (end, ended) = tokio::sync::oneshot::channel();
+        let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        waiting.retain(|sender| !sender.is_closed());
+        let evicted = waiting.len() >= self.max && waiting.pop_front().is_some();
+        waiting.push_back(end);
+        (ended, evicted)
+    }
+}
+
+/// One open connection: its slot and its place in the gauge.
+struct Slot {
+    _permit: OwnedSemaphorePermit,
+    open: Gauge,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.open.dec();
+    }
+}
+
 /// Serves `router` over mutual TLS on `listener` until `shutdown` resolves,
 /// then drains open connections.
 pub async fn serve_tls(
@@ -42,11 +150,22 @@ pub async fn serve_tls(
     tls: Arc<rustls::ServerConfig>,
     router: Router,
     principals: Arc<identity::Directory>,
-    handshake_timeout: Duration,
+    limits: Limits,
+    metrics: ConnectionMetrics,
     shutdown: impl Future<Output = ()>,
 ) {
     let acceptor = TlsAcceptor::from(tls);
     let graceful = GracefulShutdown::new();
+    let open = Arc::new(Semaphore::new(limits.max_connections));
+    let handshakes = Handshakes {
+        max: limits.max_handshaking(),
+        waiting: std::sync::Mutex::default(),
+    };
+    let noise = Arc::new(Noise {
+        over_limit: QuietWarning::new(),
+        handshake: QuietWarning::new(),
+        no_principal: QuietWarning::new(),
+    });
     tokio::pin!(shutdown);
     loop {
         let (tcp, peer) = tokio::select! {
@@ -60,19 +179,66 @@ pub async fn serve_tls(
             },
             () = &mut shutdown => break,
         };
+        let Ok(connection_permit) = Arc::clone(&open).try_acquire_owned() else {
+            drop(tcp);
+            metrics.refused.inc();
+            tracing::debug!(%peer, "connection closed at once: the connection limit is reached");
+            noise.over_limit.event(|suppressed| {
+                tracing::warn!(
+                    %peer,
+                    max_connections = limits.max_connections,
+                    more_since_last_warning = suppressed,
+                    "connections closed at once: the connection limit is reached (counted in keyholder_connections_refused_total)"
+                );
+            });
+            continue;
+        };
+        let (evicted, ended_another) = handshakes.begin();
+        if ended_another {
+            metrics.refused.inc();
+        }
+        metrics.open.inc();
+        let slot = Slot {
+            _permit: connection_permit,
+            open: metrics.open.clone(),
+        };
         let acceptor = acceptor.clone();
         let router = router.clone();
         let principals = Arc::clone(&principals);
         let watcher = graceful.watcher();
+        let noise = Arc::clone(&noise);
+        let failures = metrics.handshake_failures.clone();
         tokio::spawn(async move {
-            let stream = match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
+            let _slot = slot;
+            let handshake = tokio::select! {
+                done = tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)) => done,
+                _ = evicted => {
+                    tracing::debug!(%peer, "tls handshake ended: newer connections need the slot");
+                    return;
+                }
+            };
+            let stream = match handshake {
                 Ok(Ok(stream)) => stream,
                 Ok(Err(e)) => {
-                    tracing::warn!(%peer, error = %e, "tls handshake refused");
+                    failures
+                        .get_or_create(&HandshakeLabel { reason: "refused" })
+                        .inc();
+                    tracing::debug!(%peer, error = %e, "tls handshake refused");
+                    noise.handshake.event(|suppressed| {
+                        tracing::warn!(%peer, error = %e, more_since_last_warning = suppressed, "tls handshake refused (further failures are logged at debug, counted in keyholder_tls_handshake_failures_total)");
+                    });
                     return;
                 }
                 Err(_) => {
-                    tracing::warn!(%peer, timeout = ?handshake_timeout, "tls handshake timed out");
+                    failures
+                        .get_or_create(&HandshakeLabel {
+                            reason: "timed_out",
+                        })
+                        .inc();
+                    tracing::debug!(%peer, timeout = ?limits.handshake_timeout, "tls handshake timed out");
+                    noise.handshake.event(|suppressed| {
+                        tracing::warn!(%peer, timeout = ?limits.handshake_timeout, more_since_last_warning = suppressed, "tls handshake timed out (further failures are logged at debug, counted in keyholder_tls_handshake_failures_total)");
+                    });
                     return;
                 }
             };
@@ -87,7 +253,10 @@ pub async fn serve_tls(
             match &resolved {
                 Ok(p) => tracing::debug!(%peer, principal = %p.name, "connection"),
                 Err(e) => {
-                    tracing::warn!(%peer, error = %e, "client certificate maps to no principal")
+                    tracing::debug!(%peer, error = %e, "client certificate maps to no principal");
+                    noise.no_principal.event(|suppressed| {
+                        tracing::warn!(%peer, error = %e, more_since_last_warning = suppressed, "client certificate maps to no principal");
+                    });
                 }
             }
             let caller = Caller(Arc::new(resolved));
@@ -95,8 +264,12 @@ pub async fn serve_tls(
                 request.extensions_mut().insert(caller.clone());
                 router.clone().oneshot(request)
             });
-            let builder =
+            let mut builder =
                 hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).http1_only();
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_read_timeout);
             let connection = builder
                 .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service))
                 .into_owned();

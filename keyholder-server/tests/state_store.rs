@@ -187,6 +187,7 @@ on_both_stores!(
     rotation_and_checkpoints_round_trip,
     consumer_fetches_keep_first_and_last,
     another_major_format_is_refused,
+    audit_times_never_go_backwards_and_pages_follow_the_chain,
 );
 
 fn v(n: u32) -> KeyVersion {
@@ -373,6 +374,36 @@ async fn the_audit_chain_verifies_and_cannot_be_rewritten(b: Backend) {
         );
     }
     assert_eq!(store.audit_log().await.unwrap(), log);
+}
+
+async fn audit_times_never_go_backwards_and_pages_follow_the_chain(b: Backend) {
+    let store = b.store();
+    let at = |time: &str| AuditDraft {
+        time: time.to_owned(),
+        ..draft("tick")
+    };
+    let times = [
+        "2025-01-02T03:04:05.600Z",
+        // Stamped before the entry ahead of it got the lock.
+        "2025-01-02T03:04:05.500Z",
+        "2025-01-02T03:04:05.700Z",
+    ];
+    let mut stored = Vec::new();
+    for time in times {
+        stored.push(store.append_audit(at(time)).await.unwrap().time);
+    }
+    assert_eq!(
+        stored,
+        [times[0], times[0], times[2]],
+        "an older draft takes the time of the entry before it"
+    );
+    let log = store.audit_log().await.unwrap();
+    verify_chain(&log).unwrap();
+    let seqs =
+        |page: Vec<keyholder_api::AuditEntry>| page.iter().map(|e| e.seq).collect::<Vec<_>>();
+    assert_eq!(seqs(store.audit_page(1, 1).await.unwrap()), [2]);
+    assert_eq!(seqs(store.audit_page(0, 10).await.unwrap()), [1, 2, 3]);
+    assert!(store.audit_page(3, 10).await.unwrap().is_empty());
 }
 
 async fn two_stores_on_one_database_never_fork_the_chain(b: Backend) {

@@ -20,6 +20,8 @@ pub struct Answer {
     pub body: String,
     /// The daemon's API version header, if any.
     pub api_version: Option<String>,
+    /// The `Retry-After` header, if any.
+    pub retry_after: Option<String>,
 }
 
 impl Answer {
@@ -40,33 +42,40 @@ pub struct Client {
     base: String,
 }
 
+/// The rustls client config of the tests: TLS 1.3, the test CA as the only
+/// root, `identity`'s certificate (or none).
+pub fn tls_config(
+    ca_pem: &std::path::Path,
+    identity: Option<&ClientFiles>,
+) -> rustls::ClientConfig {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca_pem).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots);
+    match identity {
+        Some(files) => {
+            let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
+                .unwrap()
+                .map(Result::unwrap)
+                .collect();
+            let key = PrivateKeyDer::from_pem_file(&files.key).unwrap();
+            builder.with_client_auth_cert(chain, key).unwrap()
+        }
+        None => builder.with_no_client_auth(),
+    }
+}
+
 impl Client {
     /// A client presenting `identity` (or no certificate) to the daemon at
     /// `addr`, trusting `ca_pem`.
     pub fn new(addr: SocketAddr, ca_pem: &std::path::Path, identity: Option<&ClientFiles>) -> Self {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in CertificateDer::pem_file_iter(ca_pem).unwrap() {
-            roots.add(cert.unwrap()).unwrap();
-        }
-        let builder = rustls::ClientConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .unwrap()
-            .with_root_certificates(roots);
-        let config = match identity {
-            Some(files) => {
-                let chain: Vec<CertificateDer<'static>> =
-                    CertificateDer::pem_file_iter(&files.cert)
-                        .unwrap()
-                        .map(Result::unwrap)
-                        .collect();
-                let key = PrivateKeyDer::from_pem_file(&files.key).unwrap();
-                builder.with_client_auth_cert(chain, key).unwrap()
-            }
-            None => builder.with_no_client_auth(),
-        };
         let http = reqwest::Client::builder()
-            .tls_backend_preconfigured(config)
+            .tls_backend_preconfigured(tls_config(ca_pem, identity))
             .timeout(std::time::Duration::from_secs(20))
             .build()
             .unwrap();
@@ -99,11 +108,17 @@ impl Client {
             .get(API_VERSION_HEADER)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         let body = response.text().await?;
         Ok(Answer {
             status,
             body,
             api_version,
+            retry_after,
         })
     }
 
@@ -123,6 +138,7 @@ impl Client {
             .map(str::to_owned);
         Answer {
             status,
+            retry_after: None,
             body: response.text().await.expect("body"),
             api_version,
         }

@@ -58,6 +58,8 @@ pub struct EnvOptions {
     /// More TOML, appended verbatim after the targets (e.g. a PostgreSQL
     /// `[[targets]]` entry).
     pub extra_toml: String,
+    /// More `[listen]` lines (limits and timeouts).
+    pub listen_toml: String,
 }
 
 /// One test's world.
@@ -82,15 +84,20 @@ pub struct Env {
 
 /// The `keyholderd` binary next to the test executable.
 pub fn keyholderd() -> PathBuf {
+    binary("keyholderd")
+}
+
+/// A binary of the workspace next to the test executable's directory.
+pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
     let dir = exe
         .parent()
         .and_then(Path::parent)
         .expect("test executable lives in target/<profile>/deps");
-    let bin = dir.join("keyholderd");
+    let bin = dir.join(name);
     assert!(
         bin.exists(),
-        "{} is missing: build it first with `cargo build -p keyholder-server` (deploy/test.sh does)",
+        "{} is missing: build it first with `cargo build --workspace --bins` (deploy/test.sh does)",
         bin.display()
     );
     bin
@@ -123,10 +130,11 @@ impl Env {
             None => String::new(),
         };
         let mut config = format!(
-            "keyring = \"orders\"\n{state}\n\n[listen]\naddr = \"{addr}\"\ncert = \"{}\"\nkey = \"{}\"\nclient_ca = \"{}\"\nhandshake_timeout = \"3s\"\n{crl}\n[shamir]\nthreshold = 2\n\n[unseal]\nprogress_ttl = \"15m\"\n\n[verify]\nsample_size = 64\n",
+            "keyring = \"orders\"\n{state}\n\n[listen]\naddr = \"{addr}\"\ncert = \"{}\"\nkey = \"{}\"\nclient_ca = \"{}\"\nhandshake_timeout = \"3s\"\n{crl}{}\n[shamir]\nthreshold = 2\n\n[unseal]\nprogress_ttl = \"15m\"\n\n[verify]\nsample_size = 64\n",
             pki.server.cert.display(),
             pki.server.key.display(),
             pki.ca_pem.display(),
+            options.listen_toml,
         );
         for name in KEYHOLDERS {
             pki.client(name);
@@ -230,6 +238,21 @@ impl Env {
     /// A client with principal `name`'s certificate.
     pub fn client(&self, name: &str) -> Client {
         Client::new(self.addr, &self.pki.ca_pem, Some(&self.pki.client(name)))
+    }
+
+    /// The real `keyholder` CLI as principal `name`, connected through the
+    /// environment variables.
+    pub fn keyholder_cli(&self, name: &str) -> Command {
+        let files = self.pki.client(name);
+        let mut command = Command::new(binary("keyholder"));
+        command
+            .env("KEYHOLDER_ADDR", self.addr.to_string())
+            .env("KEYHOLDER_CACERT", &self.pki.ca_pem)
+            .env("KEYHOLDER_CLIENT_CERT", &files.cert)
+            .env("KEYHOLDER_CLIENT_KEY", &files.key)
+            .env_remove("KEYHOLDER_IDENTITY")
+            .stdin(Stdio::null());
+        command
     }
 
     /// A client with the given certificate files (or none).

@@ -3,9 +3,9 @@
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
-use keyholder_api::{Health, Status, UnsealRequest, UnsealResponse};
+use keyholder_api::{Health, Status, UnsealResponse};
 
-use super::{ApiFailure, AppState, Authenticated, require};
+use super::{ApiFailure, AppState, Authenticated, limits, require};
 use crate::principal::Role;
 
 /// `GET /v1/health`: any principal.
@@ -27,19 +27,22 @@ pub async fn status(
     Ok(Json(daemon.status().await?))
 }
 
-/// `POST /v1/unseal`: keyholders.
+/// `POST /v1/unseal`: keyholders, within their failed-submission budget.
 pub async fn unseal(
     State(daemon): State<AppState>,
     Authenticated(caller): Authenticated,
     body: Bytes,
 ) -> Result<Json<UnsealResponse>, ApiFailure> {
     require(&caller, &[Role::Keyholder])?;
-    let request: UnsealRequest = keyholder_api::from_json(&body).map_err(ApiFailure::bad_body)?;
+    let request = limits::share_submission(&daemon, &caller, &body)?;
     drop(body);
-    Ok(Json(daemon.unseal(&caller, &request.shares).await?))
+    let result = daemon.unseal(&caller, &request.shares).await;
+    limits::settle(&daemon, &caller, &result);
+    Ok(Json(result?))
 }
 
-/// `DELETE /v1/unseal`: keyholders and operators.
+/// `DELETE /v1/unseal`: a keyholder withdraws its own shares, an operator
+/// clears everyone's.
 pub async fn reset(
     State(daemon): State<AppState>,
     Authenticated(caller): Authenticated,

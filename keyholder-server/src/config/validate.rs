@@ -10,9 +10,9 @@ use std::time::Duration;
 use crypto_core::KeyringId;
 
 use super::{
-    Config, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_KEEP_SNAPSHOTS, DEFAULT_PROGRESS_TTL,
-    DEFAULT_SAMPLE_SIZE, Listen, Problem, RawConfig, RawListen, RawPrincipal, RawReencrypt,
-    RawRotation, Reencrypt, RotationRules, StateLocation,
+    Config, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_KEEP_SNAPSHOTS,
+    DEFAULT_MAX_CONNECTIONS, DEFAULT_PROGRESS_TTL, DEFAULT_SAMPLE_SIZE, Listen, Problem, RawConfig,
+    RawListen, RawPrincipal, RawReencrypt, RawRotation, Reencrypt, RotationRules, StateLocation,
 };
 use crate::principal::{Principal, Role};
 use crate::store::PgLocation;
@@ -399,6 +399,18 @@ fn validate_listen(raw: &RawListen, base: &Path, check: &mut Checker) -> Option<
         DEFAULT_HANDSHAKE_TIMEOUT,
         (Duration::from_millis(100), Duration::from_secs(120)),
     );
+    let header_read_timeout = check.duration(
+        raw.header_read_timeout.as_deref(),
+        "listen.header_read_timeout",
+        DEFAULT_HEADER_READ_TIMEOUT,
+        (Duration::from_millis(100), Duration::from_secs(300)),
+    );
+    let max_connections = check.number(
+        raw.max_connections,
+        "listen.max_connections",
+        DEFAULT_MAX_CONNECTIONS,
+        (2, 65_536),
+    );
     let identity_field = match raw.identity_field.as_deref() {
         None => IdentityField::default(),
         Some(text) => IdentityField::parse(text).unwrap_or_else(|| {
@@ -443,6 +455,8 @@ fn validate_listen(raw: &RawListen, base: &Path, check: &mut Checker) -> Option<
         metrics_addr,
         handshake_timeout,
         identity_field,
+        header_read_timeout,
+        max_connections: usize::try_from(max_connections).unwrap_or(usize::MAX),
     })
 }
 

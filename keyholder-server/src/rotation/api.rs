@@ -10,7 +10,7 @@ use axum::{Extension, Json, Router};
 use crypto_core::KeyVersion;
 use keyholder_api::{
     PrepareRequest, RetirePlan, RetireRequest, RollbackPlan, RollbackRequest, RotationStatus,
-    ShareEnvelope, ThrottleRequest, UnsealRequest, UnsealResponse,
+    ShareEnvelope, ThrottleRequest, UnsealResponse,
 };
 use serde::Deserialize;
 
@@ -79,13 +79,16 @@ async fn share(
 
 async fn verify(
     Extension(rot): Rot,
+    State(daemon): State<AppState>,
     Authenticated(caller): Authenticated,
     bytes: Bytes,
 ) -> Result<Json<UnsealResponse>, ApiFailure> {
     require(&caller, &[Role::Keyholder])?;
-    let request: UnsealRequest = body(&bytes)?;
+    let request = crate::api::limits::share_submission(&daemon, &caller, &bytes)?;
     drop(bytes);
-    Ok(Json(rot.verify_share(&caller, &request.shares).await?))
+    let result = rot.verify_share(&caller, &request.shares).await;
+    crate::api::limits::settle(&daemon, &caller, &result);
+    Ok(Json(result?))
 }
 
 async fn activate(

@@ -25,7 +25,8 @@ pub use location::PgLocation;
 
 use super::{
     AuditDraft, Canary, ConsumerFetch, DealtShare, StateStore, StoreError, StoreFuture,
-    StoredEnvelope, Transition, VersionRecord, corrupt, parse_state, state_name, version_of,
+    StoredEnvelope, Transition, VersionRecord, chained_time, corrupt, parse_state, state_name,
+    version_of,
 };
 use crate::principal::Principal;
 
@@ -249,9 +250,13 @@ async fn append_audit(
     draft: &AuditDraft,
 ) -> Result<AuditEntry, StoreError> {
     let last = tx
-        .query_opt("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1", &[])
+        .query_opt(
+            "SELECT seq, hash, time FROM audit ORDER BY seq DESC LIMIT 1",
+            &[],
+        )
         .await
         .map_err(pg("read audit tail"))?;
+    let time = chained_time(&draft.time, last.as_ref().map(|r| r.get::<_, &str>(2)));
     let (seq, prev_hash) = match last {
         Some(row) => (
             u64::try_from(row.get::<_, i64>(0)).map_err(|_| corrupt("audit sequence"))? + 1,
@@ -261,7 +266,7 @@ async fn append_audit(
     };
     let hash = AuditEntry::compute_hash(
         seq,
-        &draft.time,
+        &time,
         &draft.actor,
         &draft.action,
         &draft.detail,
@@ -269,13 +274,13 @@ async fn append_audit(
     );
     tx.execute(
         "INSERT INTO audit (seq, time, actor, action, detail, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        &[&count(seq), &draft.time, &draft.actor, &draft.action, &draft.detail, &prev_hash, &hash],
+        &[&count(seq), &time, &draft.actor, &draft.action, &draft.detail, &prev_hash, &hash],
     )
     .await
     .map_err(pg("append audit entry"))?;
     Ok(AuditEntry {
         seq,
-        time: draft.time.clone(),
+        time,
         actor: draft.actor.clone(),
         action: draft.action.clone(),
         detail: draft.detail.clone(),
@@ -333,12 +338,16 @@ impl StateStore for PostgresStore {
     }
 
     fn audit_log(&self) -> StoreFuture<'_, Vec<AuditEntry>> {
+        self.audit_page(0, u32::MAX)
+    }
+
+    fn audit_page(&self, since: u64, limit: u32) -> StoreFuture<'_, Vec<AuditEntry>> {
         Box::pin(async move {
             let client = self.client().await?;
             let rows = client
                 .query(
-                    "SELECT seq, time, actor, action, detail, prev_hash, hash FROM audit ORDER BY seq",
-                    &[],
+                    "SELECT seq, time, actor, action, detail, prev_hash, hash FROM audit WHERE seq > $1 ORDER BY seq LIMIT $2",
+                    &[&count(since), &i64::from(limit)],
                 )
                 .await
                 .map_err(pg("read audit log"))?;

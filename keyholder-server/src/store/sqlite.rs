@@ -17,8 +17,8 @@ use rusqlite::{Connection, OptionalExtension as _, TransactionBehavior, params};
 
 use super::{
     AuditDraft, Canary, ConsumerFetch, DealtShare, STORE_FORMAT, StateStore, StoreError,
-    StoreFuture, StoredEnvelope, Transition, VersionRecord, corrupt, format_compatible,
-    parse_state, state_name, version_of,
+    StoreFuture, StoredEnvelope, Transition, VersionRecord, chained_time, corrupt,
+    format_compatible, parse_state, state_name, version_of,
 };
 use crate::principal::Principal;
 
@@ -293,16 +293,17 @@ fn append_audit(
     tx: &rusqlite::Transaction<'_>,
     draft: &AuditDraft,
 ) -> Result<AuditEntry, StoreError> {
-    let last: Option<(i64, String)> = tx
+    let last: Option<(i64, String, String)> = tx
         .query_row(
-            "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
+            "SELECT seq, hash, time FROM audit ORDER BY seq DESC LIMIT 1",
             [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )
         .optional()
         .map_err(sql("read audit tail"))?;
+    let time = chained_time(&draft.time, last.as_ref().map(|(_, _, t)| t.as_str()));
     let (seq, prev_hash) = match last {
-        Some((seq, hash)) => (
+        Some((seq, hash, _)) => (
             u64::try_from(seq).map_err(|_| corrupt("audit sequence"))? + 1,
             hash,
         ),
@@ -310,7 +311,7 @@ fn append_audit(
     };
     let hash = AuditEntry::compute_hash(
         seq,
-        &draft.time,
+        &time,
         &draft.actor,
         &draft.action,
         &draft.detail,
@@ -318,12 +319,12 @@ fn append_audit(
     );
     tx.execute(
         "INSERT INTO audit (seq, time, actor, action, detail, prev_hash, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        params![seq as i64, draft.time, draft.actor, draft.action, draft.detail, prev_hash, hash],
+        params![seq as i64, time, draft.actor, draft.action, draft.detail, prev_hash, hash],
     )
     .map_err(sql("append audit entry"))?;
     Ok(AuditEntry {
         seq,
-        time: draft.time.clone(),
+        time,
         actor: draft.actor.clone(),
         action: draft.action.clone(),
         detail: draft.detail.clone(),
@@ -399,12 +400,17 @@ impl StateStore for SqliteStore {
     }
 
     fn audit_log(&self) -> StoreFuture<'_, Vec<AuditEntry>> {
+        self.audit_page(0, u32::MAX)
+    }
+
+    fn audit_page(&self, since: u64, limit: u32) -> StoreFuture<'_, Vec<AuditEntry>> {
+        let since = i64::try_from(since).unwrap_or(i64::MAX);
         let result = self.with(|conn| {
             let mut stmt = conn
-                .prepare("SELECT seq, time, actor, action, detail, prev_hash, hash FROM audit ORDER BY seq")
+                .prepare("SELECT seq, time, actor, action, detail, prev_hash, hash FROM audit WHERE seq > ?1 ORDER BY seq LIMIT ?2")
                 .map_err(sql("read audit log"))?;
             let rows = stmt
-                .query_map([], |r| {
+                .query_map(params![since, i64::from(limit)], |r| {
                     Ok(AuditEntry {
                         seq: r.get::<_, i64>(0)? as u64,
                         time: r.get(1)?,

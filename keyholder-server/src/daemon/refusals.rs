@@ -1,0 +1,85 @@
+//! The daemon's side of the failed-submission budget
+//! ([`crate::submissions`]): admitting a share submission, settling it, and
+//! writing each window of refusals as one audit entry and one log line.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+
+use super::{Daemon, DaemonError};
+use crate::principal::Principal;
+use crate::submissions::Refused;
+
+/// How often windows of refusals that are over are written.
+const SUMMARY_TICK: Duration = Duration::from_secs(5);
+
+impl Daemon {
+    /// Whether `principal`'s share submission may be processed now; a
+    /// refusal is counted, and only the first of its window is logged.
+    pub fn admit_submission(&self, principal: &Principal) -> Result<(), Refused> {
+        let verdict = self.submissions.admit(&principal.name);
+        if let Err(refused) = &verdict {
+            self.metrics.submissions_rate_limited.inc();
+            if refused.first_in_window {
+                tracing::warn!(
+                    principal = %principal.name,
+                    retry_after_secs = refused.retry_after_secs,
+                    "share submissions refused: too many failed submissions; refusals are counted and written to the audit log once a minute"
+                );
+            }
+        }
+        verdict
+    }
+
+    /// Records whether `principal`'s processed submission failed (a refused
+    /// line, a body that did not parse, a refused request).
+    pub fn settle_submission(&self, principal: &Principal, failed: bool) {
+        self.submissions.settled(&principal.name, failed);
+    }
+
+    /// Writes the windows of refusals that are over (every one when `all`)
+    /// as one audit entry each.
+    pub async fn write_refusals(&self, all: bool) -> Result<(), DaemonError> {
+        for summary in self.submissions.take_summaries(all) {
+            let time = |t| humantime::format_rfc3339_millis(t).to_string();
+            tracing::info!(
+                principal = %summary.principal,
+                refused = summary.refused,
+                "share submissions refused in the last window"
+            );
+            self.audit(
+                &summary.principal,
+                "share_submissions_rate_limited",
+                json!({
+                    "refused": summary.refused,
+                    "first": time(summary.first),
+                    "last": time(summary.last),
+                }),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+}
+
+/// Writes windows of refusals as they end, and every open one once `stop`
+/// turns true.
+pub async fn write_refusal_summaries(
+    daemon: Arc<Daemon>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(SUMMARY_TICK);
+    loop {
+        let all = tokio::select! {
+            _ = tick.tick() => false,
+            _ = stop.wait_for(|s| *s) => true,
+        };
+        if let Err(e) = daemon.write_refusals(all).await {
+            tracing::error!(error = %e, "writing the refused submissions to the audit log failed");
+        }
+        if all {
+            return;
+        }
+    }
+}
