@@ -166,6 +166,11 @@ pub fn rotation(r: &RotationStatus) -> String {
             let _ = writeln!(out, "  retire approvals: {}", r.retire_approvals.join(", "));
         }
     }
+    if r.retries > 0 {
+        let now = if r.retrying { ", retrying now" } else { "" };
+        let last = r.last_transient_error.as_deref().unwrap_or("unknown");
+        let _ = writeln!(out, "  database retries: {}{now}; last: {last}", r.retries);
+    }
     if let Some(error) = &r.last_error {
         let _ = writeln!(out, "  last error: {error}");
     }
@@ -435,6 +440,9 @@ mod tests {
             rows_per_sec_limit: 0,
             batch_size: 1000,
             last_error: None,
+            retries: 0,
+            last_transient_error: None,
+            retrying: false,
         };
         assert_eq!(
             rotation(&r),
