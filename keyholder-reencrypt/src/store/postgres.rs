@@ -255,8 +255,8 @@ impl From<&tokio_postgres::Error> for DatabaseError {
 }
 
 /// The engine's error for a failed call on `target`'s table: the server's
-/// words, with the table named when the server did not name one (every
-/// statement of the store touches that one table).
+/// words, with the table named when the server refused a statement without
+/// naming one (every statement of the store touches that one table).
 fn pg_error(
     target: &Target,
     operation: &'static str,
@@ -265,7 +265,7 @@ fn pg_error(
     let table = target.table().to_string();
     move |error| {
         let mut source = DatabaseError::from(&error);
-        if source.sqlstate.is_some() && source.table.is_none() {
+        if !source.transient && source.sqlstate.is_some() && source.table.is_none() {
             source.table = Some(table);
         }
         Error::Postgres {

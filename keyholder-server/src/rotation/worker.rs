@@ -252,8 +252,14 @@ pub async fn run(rotator: Arc<Rotator>, job: Job, control: ControlHandle) {
     rotator.set_retries(Retries::default());
     let mut attempt = 0u32;
     let result = loop {
+        let started = tokio::time::Instant::now();
         match passes(&rotator, &daemon, job, &control).await {
             Err(JobError::Transient(error)) => {
+                // A try that ran a while got somewhere: the next failure is
+                // a new one and waits the shortest time again.
+                if started.elapsed() >= MAX_BACKOFF {
+                    attempt = 0;
+                }
                 attempt = attempt.saturating_add(1);
                 let wait = backoff(attempt);
                 let count = rotator.note_retry(error.clone());
