@@ -215,3 +215,55 @@ async fn a_column_type_changed_under_the_job_stops_it_with_the_databases_words_u
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn an_unseal_while_the_targets_database_restarts_waits_for_it_and_succeeds() {
+    if pg::url().is_none() {
+        return;
+    }
+    let server = std::sync::Arc::new(PgInstance::start());
+    let url = server.url();
+    let table = pg::unique_name("kh_unseal");
+    let db = pg::connect(&url).await;
+    db.batch_execute(&format!(
+        "CREATE TABLE {table} (id BIGINT PRIMARY KEY, ssn TEXT NOT NULL)"
+    ))
+    .await
+    .unwrap();
+    let env = Env::new(EnvOptions {
+        first_version: Some(9),
+        extra_toml: format!(
+            "\n[[targets]]\nname = \"customers-pg\"\nstore = \"{url}\"\ntable = \"{table}\"\nprimary_key = \"id\"\ncolumns = [\"ssn\"]\naad = \"none\"\n"
+        ),
+        ..EnvOptions::default()
+    });
+    let _daemon = env.start().await;
+    let (alice9, bob9) = (env.share_line("alice", 9), env.share_line("bob", 9));
+    let v9 = env.rebuild_key(9, &[&alice9, &bob9]).await;
+    for id in 1..=20i64 {
+        let record = envelope::seal(&v9, v(9), plaintext(id).as_bytes(), b"");
+        db.execute(
+            &format!("INSERT INTO {table} (id, ssn) VALUES ($1, $2)"),
+            &[&id, &record],
+        )
+        .await
+        .unwrap();
+    }
+    drop(db);
+    server.stop();
+    let restarting = std::sync::Arc::clone(&server);
+    let back = tokio::task::spawn_blocking(move || {
+        std::thread::sleep(Duration::from_secs(2));
+        restarting.start_again();
+    });
+    let unsealed = env
+        .unseal_with(&[("alice", vec![alice9]), ("bob", vec![bob9])])
+        .await;
+    back.await.unwrap();
+    assert!(!unsealed.sealed, "{unsealed:#?}");
+    assert!(
+        env.log_contains("sampling met a transient database failure")
+            .await,
+        "the retries are not in the log"
+    );
+}
