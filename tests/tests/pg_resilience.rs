@@ -22,13 +22,15 @@ use serde_json::json;
 const ROWS: i64 = 20_000;
 
 /// A daemon whose one target is `table` (`id`, `ssn`) at `url`, seeded with
-/// [`ROWS`] records at v9, unsealed, with the rotation to v10 switched and
+/// [`ROWS`] records at v9 (the state store at `state_store` when given),
+/// unsealed, with the rotation to v10 switched and
 /// moving records at `rows_per_sec`. Returns the env, the running daemon
 /// (stopped when dropped) and the v10 shares.
 async fn rotating(
     url: &str,
     table: &str,
     rows_per_sec: u64,
+    state_store: Option<String>,
 ) -> (Env, keyholder_tests::Daemon, [String; 2]) {
     let db = pg::connect(url).await;
     db.batch_execute(&format!(
@@ -41,6 +43,7 @@ async fn rotating(
         consumers: vec!["db1".to_owned()],
         batch_size: Some(250),
         rows_per_sec: Some(rows_per_sec),
+        state_store,
         extra_toml: format!(
             "\n[[targets]]\nname = \"customers-pg\"\nstore = \"{url}\"\ntable = \"{table}\"\nprimary_key = \"id\"\ncolumns = [\"ssn\"]\naad = \"none\"\n"
         ),
@@ -100,10 +103,25 @@ async fn the_job_rides_out_two_restarts_of_its_database_and_drains() {
     if pg::url().is_none() {
         return;
     }
+    two_restarts_during_a_pass(false).await;
+}
+
+#[tokio::test]
+async fn the_job_and_the_state_store_ride_out_two_restarts_of_their_database() {
+    if pg::url().is_none() {
+        return;
+    }
+    two_restarts_during_a_pass(true).await;
+}
+
+/// The server restarted twice during a pass; with `state_there`, the
+/// daemon's state store (checkpoints, audit) lives on it too.
+async fn two_restarts_during_a_pass(state_there: bool) {
     let server = PgInstance::start();
     let url = server.url();
     let table = pg::unique_name("kh_restart");
-    let (env, _daemon, [alice10, bob10]) = rotating(&url, &table, 2_000).await;
+    let state = state_there.then(|| url.clone());
+    let (env, _daemon, [alice10, bob10]) = rotating(&url, &table, 2_000, state).await;
 
     let mut seen_retries = 0;
     for (restart, after_rows) in [(1u64, 2_000u64), (2, 9_000)] {
@@ -113,36 +131,58 @@ async fn the_job_rides_out_two_restarts_of_its_database_and_drains() {
             |s| rotation(s).rows_done >= after_rows,
         )
         .await;
+        let before = rotation(&env.status().await).rows_done;
         server.stop();
-        // While the server is away the worker keeps trying, and says so.
-        let away = env
-            .wait_for(
-                &format!("status showing retry {restart} while the server is away"),
-                Duration::from_secs(30),
-                |s| rotation(s).retries > seen_retries && rotation(s).retrying,
-            )
-            .await;
-        let away = rotation(&away).clone();
-        assert_eq!(away.state, RotationState::Reencrypting);
-        assert_eq!(away.last_error, None, "a restart is not an error to fix");
-        let transient = away.last_transient_error.clone().unwrap_or_default();
-        assert!(
-            transient.contains("target `customers-pg`: postgres"),
-            "{transient}"
-        );
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        let transient = if state_there {
+            // The status document reads the state store, which is away
+            // too: the retries show in the log now and in status once the
+            // server is back.
+            assert!(
+                env.log_contains("re-encryption met a transient database failure")
+                    .await,
+                "no retry logged while the server is away"
+            );
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            None
+        } else {
+            // While the server is away the worker keeps trying, and says so.
+            let away = env
+                .wait_for(
+                    &format!("status showing retry {restart} while the server is away"),
+                    Duration::from_secs(30),
+                    |s| rotation(s).retries > seen_retries && rotation(s).retrying,
+                )
+                .await;
+            let away = rotation(&away).clone();
+            assert_eq!(away.state, RotationState::Reencrypting);
+            assert_eq!(away.last_error, None, "a restart is not an error to fix");
+            let transient = away.last_transient_error.clone().unwrap_or_default();
+            assert!(
+                transient.contains("target `customers-pg`: postgres"),
+                "{transient}"
+            );
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            Some(transient)
+        };
         server.start_again();
         let back = env
             .wait_for(
                 &format!("the job going on after restart {restart}"),
                 Duration::from_secs(60),
-                |s| rotation(s).rows_done > away.rows_done && !rotation(s).retrying,
+                |s| {
+                    let r = rotation(s);
+                    r.rows_done > before && r.retries > seen_retries && !r.retrying
+                },
             )
             .await;
-        seen_retries = rotation(&back).retries;
+        let back = rotation(&back);
+        assert_eq!(back.last_error, None, "a restart is not an error to fix");
+        seen_retries = back.retries;
         eprintln!(
-            "restart {restart}: {} retries so far, last: {transient}",
-            seen_retries
+            "restart {restart}: {seen_retries} retries so far, last: {}",
+            transient
+                .or(back.last_transient_error.clone())
+                .unwrap_or_default()
         );
     }
 
@@ -160,7 +200,7 @@ async fn the_job_rides_out_two_restarts_of_its_database_and_drains() {
 async fn a_column_type_changed_under_the_job_stops_it_with_the_databases_words_until_resume() {
     let Some(url) = pg::url() else { return };
     let table = pg::unique_name("kh_retype");
-    let (env, _daemon, [alice10, bob10]) = rotating(&url, &table, 2_000).await;
+    let (env, _daemon, [alice10, bob10]) = rotating(&url, &table, 2_000, None).await;
     env.wait_for("records moving", Duration::from_secs(60), |s| {
         rotation(s).rows_done >= 1_000
     })

@@ -252,12 +252,12 @@ pub async fn run(rotator: Arc<Rotator>, job: Job, control: ControlHandle) {
     rotator.set_retries(Retries::default());
     let mut attempt = 0u32;
     let result = loop {
-        let started = tokio::time::Instant::now();
+        let done_before = rotator.status().rows_done;
         match passes(&rotator, &daemon, job, &control).await {
             Err(JobError::Transient(error)) => {
-                // A try that ran a while got somewhere: the next failure is
-                // a new one and waits the shortest time again.
-                if started.elapsed() >= MAX_BACKOFF {
+                // A try that moved records got somewhere: this failure is a
+                // new one and waits the shortest time again.
+                if rotator.status().rows_done > done_before {
                     attempt = 0;
                 }
                 attempt = attempt.saturating_add(1);
