@@ -421,3 +421,26 @@ async fn run_targets(
     }
     Ok(true)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_200ms_to_10s_with_jitter_in_its_upper_half() {
+        for _ in 0..200 {
+            let first = backoff(1);
+            assert!(
+                first >= FIRST_BACKOFF / 2 && first < FIRST_BACKOFF,
+                "{first:?}"
+            );
+            let third = backoff(3);
+            assert!(
+                third >= FIRST_BACKOFF * 2 && third < FIRST_BACKOFF * 4,
+                "{third:?}"
+            );
+            let late = backoff(40);
+            assert!(late >= MAX_BACKOFF / 2 && late < MAX_BACKOFF, "{late:?}");
+        }
+    }
+}
