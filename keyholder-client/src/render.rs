@@ -454,4 +454,34 @@ mod tests {
              \x20 consumers acknowledged: db1; waiting for: nobody\n"
         );
     }
+
+    #[test]
+    fn rotation_shows_the_workers_database_retries() {
+        let r = RotationStatus {
+            state: RotationState::Reencrypting,
+            from: Some(v(9)),
+            to: Some(v(10)),
+            rows_done: 0,
+            rows_remaining: 10,
+            conflicts: 0,
+            rows_per_sec: 0.0,
+            eta_seconds: None,
+            paused: false,
+            verified_by: vec![],
+            acknowledged_by: vec![],
+            waiting_for: vec![],
+            retire_approvals: vec![],
+            rows_per_sec_limit: 0,
+            batch_size: 1000,
+            last_error: None,
+            retries: 3,
+            last_transient_error: Some(
+                "target `orders`: postgres connect failed: error connecting to server".into(),
+            ),
+            retrying: true,
+        };
+        assert!(rotation(&r).ends_with(
+            "  database retries: 3, retrying now; last: target `orders`: postgres connect failed: error connecting to server\n"
+        ), "{}", rotation(&r));
+    }
 }
