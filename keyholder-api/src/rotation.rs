@@ -98,8 +98,21 @@ pub struct RotationStatus {
     pub rows_per_sec_limit: u64,
     /// The throttle in force: the configured batch size.
     pub batch_size: u32,
-    /// The last error of the worker, if it stopped on one.
+    /// The last error of the worker, if it stopped on one (a persistent
+    /// error: it names what to fix, then `keyholder rotate resume`).
     pub last_error: Option<String>,
+    /// Transient database failures (deadlock, serialization failure, lock
+    /// timeout, lost connection, server restarting) the running worker met
+    /// since it started; after each it went on by itself from its
+    /// checkpoint on a fresh connection.
+    #[serde(default)]
+    pub retries: u64,
+    /// The latest of them, in the database's words (SQLSTATE, message).
+    #[serde(default)]
+    pub last_transient_error: Option<String>,
+    /// Whether the worker is waiting now (with backoff) to try again.
+    #[serde(default)]
+    pub retrying: bool,
 }
 
 /// `POST /v1/rotation/prepare`.

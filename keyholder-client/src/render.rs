@@ -174,6 +174,11 @@ pub fn rotation(r: &RotationStatus) -> String {
             let _ = writeln!(out, "  retire approvals: {}", r.retire_approvals.join(", "));
         }
     }
+    if r.retries > 0 {
+        let now = if r.retrying { ", retrying now" } else { "" };
+        let last = r.last_transient_error.as_deref().unwrap_or("unknown");
+        let _ = writeln!(out, "  database retries: {}{now}; last: {last}", r.retries);
+    }
     if let Some(error) = &r.last_error {
         let _ = writeln!(out, "  last error: {error}");
     }
@@ -450,6 +455,9 @@ mod tests {
             rows_per_sec_limit: 0,
             batch_size: 1000,
             last_error: None,
+            retries: 0,
+            last_transient_error: None,
+            retrying: false,
         };
         assert_eq!(
             rotation(&r),
@@ -481,6 +489,9 @@ mod tests {
             rows_per_sec_limit: 0,
             batch_size: 1000,
             last_error: None,
+            retries: 0,
+            last_transient_error: None,
+            retrying: false,
         };
         let text = rotation(&r);
         assert!(text.contains("\n  rows: counting...\n"), "{text}");
@@ -490,5 +501,35 @@ mod tests {
             rotation(&r).contains("rows: 0 done, 0 remaining (100.0%)"),
             "drained really is done"
         );
+    }
+
+    #[test]
+    fn rotation_shows_the_workers_database_retries() {
+        let r = RotationStatus {
+            state: RotationState::Reencrypting,
+            from: Some(v(9)),
+            to: Some(v(10)),
+            rows_done: 0,
+            rows_remaining: 10,
+            conflicts: 0,
+            rows_per_sec: 0.0,
+            eta_seconds: None,
+            paused: false,
+            verified_by: vec![],
+            acknowledged_by: vec![],
+            waiting_for: vec![],
+            retire_approvals: vec![],
+            rows_per_sec_limit: 0,
+            batch_size: 1000,
+            last_error: None,
+            retries: 3,
+            last_transient_error: Some(
+                "target `orders`: postgres connect failed: error connecting to server".into(),
+            ),
+            retrying: true,
+        };
+        assert!(rotation(&r).ends_with(
+            "  database retries: 3, retrying now; last: target `orders`: postgres connect failed: error connecting to server\n"
+        ), "{}", rotation(&r));
     }
 }

@@ -61,7 +61,9 @@ mod worker;
 pub use checkpoint::{
     Checkpoint, CheckpointStore, MemoryCheckpoints, ScanTotals, SqliteCheckpoints,
 };
-pub use error::{BoxError, Error, Result, UNDECRYPTABLE_REMEMBERED};
+pub use error::{
+    BoxError, DatabaseError, Error, Result, UNDECRYPTABLE_REMEMBERED, sqlstate_is_transient,
+};
 pub use inventory::Inventory;
 pub use progress::{Phase, Progress, VersionCount};
 pub use store::postgres::PostgresStore;

@@ -120,7 +120,10 @@ impl fmt::Debug for SampleRecord {
 /// Obtain one with [`open_store`]. Every method is one short transaction (or
 /// one statement); the engine calls them concurrently (a page is read while
 /// the previous batch is written), so implementations hold at least a reader
-/// and a writer connection.
+/// and a writer connection. A batch never waits on a row lock an
+/// application holds (a row it cannot lock at once is a conflict), so it is
+/// never part of a deadlock. A store does not reconnect: after an error
+/// that [`crate::Error::is_transient`] calls transient, open a fresh one.
 pub trait DataStore: Send + Sync {
     /// The kind of primary key the table has.
     fn pk_kind(&self) -> PkKind;

@@ -36,6 +36,20 @@ pub struct RotationGauges {
     pub rows_per_sec: Gauge<f64, std::sync::atomic::AtomicU64>,
     /// 1 while an operator paused the worker.
     pub paused: Gauge,
+    /// Transient database failures the running worker retried.
+    pub retries: Gauge,
+    /// 1 while the worker waits to try again after one.
+    pub retrying: Gauge,
+    /// 1 for the kind of the latest transient failure: its SQLSTATE, or
+    /// `connection` when the server did not answer.
+    pub last_transient_error: Family<CodeLabel, Gauge>,
+}
+
+/// The label of the latest transient failure.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabel {
+    /// A SQLSTATE (`57P01`) or `connection`.
+    pub code: String,
 }
 
 /// The label of an unseal submission counter.
@@ -175,6 +189,21 @@ impl Default for Metrics {
             "TLS handshakes that failed, by reason (timed_out or refused)",
             connections.handshake_failures.clone(),
         );
+        registry.register(
+            "reencrypt_retries",
+            "Transient database failures the re-encryption worker retried (deadlock, lost connection, server restart)",
+            rotation.retries.clone(),
+        );
+        registry.register(
+            "reencrypt_retrying",
+            "1 while the re-encryption worker waits to try again after a transient database failure",
+            rotation.retrying.clone(),
+        );
+        registry.register(
+            "reencrypt_last_transient_error",
+            "1 for the SQLSTATE (or `connection`) of the latest transient database failure",
+            rotation.last_transient_error.clone(),
+        );
         sealed.set(1);
         Self {
             key_pages_locked,
@@ -224,6 +253,21 @@ impl Metrics {
         self.rotation.conflicts.set(clamp(status.conflicts));
         self.rotation.rows_per_sec.set(status.rows_per_sec);
         self.rotation.paused.set(i64::from(status.paused));
+        self.rotation.retries.set(clamp(status.retries));
+        self.rotation.retrying.set(i64::from(status.retrying));
+        self.rotation.last_transient_error.clear();
+        if let Some(error) = &status.last_transient_error {
+            let code = error
+                .split_once("SQLSTATE ")
+                .and_then(|(_, rest)| rest.get(..5))
+                .unwrap_or("connection");
+            self.rotation
+                .last_transient_error
+                .get_or_create(&CodeLabel {
+                    code: code.to_owned(),
+                })
+                .set(1);
+        }
     }
 
     /// The Prometheus text exposition.
@@ -266,6 +310,11 @@ mod tests {
             rows_per_sec_limit: 0,
             batch_size: 1000,
             last_error: None,
+            retries: 4,
+            last_transient_error: Some(
+                "target `orders`: postgres write batch failed: SQLSTATE 57P01: terminating connection due to administrator command".to_owned(),
+            ),
+            retrying: true,
         });
         let text = metrics.render();
         for line in [
@@ -276,6 +325,9 @@ mod tests {
             "keyholder_reencrypt_conflicts 3",
             "keyholder_reencrypt_rows_per_second 41000.5",
             "keyholder_reencrypt_paused 0",
+            "keyholder_reencrypt_retries 4",
+            "keyholder_reencrypt_retrying 1",
+            "keyholder_reencrypt_last_transient_error{code=\"57P01\"} 1",
         ] {
             assert!(text.contains(line), "{line} missing from:\n{text}");
         }

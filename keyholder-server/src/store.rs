@@ -53,13 +53,15 @@ pub enum StoreError {
         /// The driver's error.
         source: rusqlite::Error,
     },
-    /// PostgreSQL failed (connection, query or a refused statement).
-    #[error("state store: {operation} failed: {}", postgres_reason(source))]
+    /// PostgreSQL failed (connection, query or a refused statement), in
+    /// the server's own words (SQLSTATE, message, detail, table).
+    #[error("state store: {operation} failed: {source}")]
     Postgres {
         /// What the store was doing.
         operation: &'static str,
-        /// The driver's error.
-        source: tokio_postgres::Error,
+        /// The database's account of it; `transient` when trying again on a
+        /// fresh connection may succeed.
+        source: Box<keyholder_reencrypt::DatabaseError>,
     },
     /// The store was written by an incompatible build.
     #[error(
@@ -92,13 +94,12 @@ pub enum StoreError {
     Poisoned,
 }
 
-/// The driver's own message says only "db error"; the server's message and
-/// SQLSTATE are what an operator can act on.
-fn postgres_reason(error: &tokio_postgres::Error) -> String {
-    match (error.as_db_error(), std::error::Error::source(error)) {
-        (Some(db), _) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
-        (None, Some(cause)) => format!("{error}: {cause}"),
-        (None, None) => error.to_string(),
+impl StoreError {
+    /// Whether the failure may go away by itself (a lost connection, a
+    /// server restarting, a deadlock or lock timeout): the caller may try
+    /// again later.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Postgres { source, .. } if source.transient)
     }
 }
 

@@ -10,6 +10,7 @@
 pub mod client;
 pub mod daemon;
 pub mod pg;
+pub mod pg_instance;
 pub mod pki;
 pub mod records;
 pub mod rotation;

@@ -2,9 +2,19 @@
 //!
 //! Owns two connections, a reader and a writer, and the statements prepared on
 //! them when the store opens. A batch of compare-and-swaps is one statement
-//! (`UPDATE ... FROM unnest(...)`), so one round trip and one implicit
-//! transaction. SQL text is built only from checked [`SqlIdent`]s; every value
-//! is bound. It must never write outside a compare-and-swap.
+//! (`WITH ... FOR UPDATE SKIP LOCKED ... UPDATE ... FROM unnest(...)`), so one
+//! round trip and one implicit transaction of its own. SQL text is built only
+//! from checked [`SqlIdent`]s; every value is bound. It must never write
+//! outside a compare-and-swap, and never wait on a row lock an application
+//! holds: a batch locks the rows it can without waiting, swaps only those,
+//! and reports the rows it skipped as conflicts (the pass revisits them), so
+//! it can never be part of a deadlock. `lock_timeout` and
+//! `statement_timeout` on both sessions are the backstop for the locks it
+//! does wait on (a table lock taken by DDL).
+//!
+//! Errors carry the server's own words ([`DatabaseError`]). A connection
+//! that failed is not reopened here: the caller opens a fresh store after a
+//! transient error ([`Error::is_transient`]).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -17,9 +27,17 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, NoTls, Statement};
 
 use super::{DataStore, Pk, PkKind, RowSwap, SampleRecord, StoredRow, SwapOutcome, version_prefix};
-use crate::error::{Error, Result};
+use crate::error::{DatabaseError, Error, Result};
 use crate::inventory::{self, Inventory};
 use crate::target::{SqlIdent, StoreLocation, Target};
+
+/// How long a statement of the store waits for a lock (the batch takes row
+/// locks without waiting; this bounds the wait for a table lock held by DDL).
+const LOCK_TIMEOUT: &str = "5s";
+/// The longest batch (one statement).
+const WRITE_STATEMENT_TIMEOUT: &str = "60s";
+/// The longest read: the inventory is a full scan of the table.
+const READ_STATEMENT_TIMEOUT: &str = "30min";
 
 /// A target's table in PostgreSQL.
 pub struct PostgresStore {
@@ -47,8 +65,12 @@ impl PostgresStore {
             });
         };
         let pg = |operation| pg_error(target, operation);
-        let reader = connect(url).await.map_err(pg("connect"))?;
-        let writer = connect(url).await.map_err(pg("connect"))?;
+        let reader = connect(url, READ_STATEMENT_TIMEOUT)
+            .await
+            .map_err(pg("connect"))?;
+        let writer = connect(url, WRITE_STATEMENT_TIMEOUT)
+            .await
+            .map_err(pg("connect"))?;
         let kind = check_schema(&reader, target).await?;
 
         let table = target.table();
@@ -91,9 +113,14 @@ impl PostgresStore {
             matches.push(format!("kh_row.{column} = kh_new.o{index}"));
             returned.push(format!("kh_row.{column} = kh_new.n{index}"));
         }
+        // The rows are locked first, without waiting: a row an application
+        // holds is skipped (a conflict, revisited by a later sweep), so the
+        // batch never waits on the application and no lock cycle can form.
+        // MATERIALIZED keeps the locking scan one step of its own.
         let swap = format!(
-            "UPDATE {table} AS kh_row SET {sets} FROM unnest({arrays}) AS kh_new({names}) \
-             WHERE kh_row.{pk} = kh_new.pk AND ({matches}) RETURNING kh_new.pk, {returned}",
+            "WITH kh_locked AS MATERIALIZED (SELECT {pk} AS pk FROM {table} WHERE {pk} = ANY($1::{pk_type}[]) FOR UPDATE SKIP LOCKED) \
+             UPDATE {table} AS kh_row SET {sets} FROM unnest({arrays}) AS kh_new({names}), kh_locked \
+             WHERE kh_row.{pk} = kh_new.pk AND kh_locked.pk = kh_new.pk AND ({matches}) RETURNING kh_new.pk, {returned}",
             sets = sets.join(", "),
             arrays = arrays.join(", "),
             names = names.join(", "),
@@ -148,33 +175,105 @@ impl PostgresStore {
         })
     }
 
-    fn error(
+    /// Awaits one call of the driver, turning its error into the engine's.
+    async fn checked<T>(
         &self,
         operation: &'static str,
-    ) -> impl FnOnce(tokio_postgres::Error) -> Error + use<> {
-        pg_error(&self.target, operation)
+        call: impl Future<Output = Result<T, tokio_postgres::Error>>,
+    ) -> Result<T> {
+        match call.await {
+            Ok(value) => Ok(value),
+            Err(error) => Err(self.error(operation, error).await),
+        }
+    }
+
+    /// The error of a failed call; a persistent server error is followed
+    /// by a fresh look at the table, so a column whose type changed under
+    /// the pass is named.
+    async fn error(&self, operation: &'static str, error: tokio_postgres::Error) -> Error {
+        let mut error = pg_error(&self.target, operation)(error);
+        if let Error::Postgres {
+            source, finding, ..
+        } = &mut error
+            && !source.transient
+            && source.sqlstate.is_some()
+            && !self.reader.is_closed()
+        {
+            match check_schema(&self.reader, &self.target).await {
+                Err(Error::Schema { reason, .. }) => *finding = Some(reason),
+                Ok(kind) if kind != self.kind => {
+                    *finding = Some(format!(
+                        "the primary key `{}.{}` changed its type",
+                        self.target.table(),
+                        self.target.primary_key()
+                    ))
+                }
+                _ => {}
+            }
+        }
+        error
     }
 }
 
-async fn connect(url: &str) -> Result<Client, tokio_postgres::Error> {
+async fn connect(url: &str, statement_timeout: &str) -> Result<Client, tokio_postgres::Error> {
     let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
     tokio::spawn(async move {
         if let Err(error) = connection.await {
+            let error = DatabaseError::from(&error);
             tracing::warn!(%error, "postgres connection of the re-encryption store closed");
         }
     });
+    client
+        .batch_execute(&format!(
+            "SET lock_timeout = '{LOCK_TIMEOUT}'; SET statement_timeout = '{statement_timeout}'"
+        ))
+        .await?;
     Ok(client)
 }
 
+impl From<&tokio_postgres::Error> for DatabaseError {
+    /// The server's fields when it answered; otherwise the driver's words,
+    /// transient for a closed connection or an I/O failure (refused, reset).
+    fn from(error: &tokio_postgres::Error) -> Self {
+        if let Some(db) = error.as_db_error() {
+            return DatabaseError::server(db.code().code(), db.message())
+                .with_detail(db.detail(), db.hint())
+                .with_names(db.table(), db.column(), db.constraint());
+        }
+        let mut message = error.to_string();
+        let mut io = false;
+        let mut next = std::error::Error::source(error);
+        while let Some(cause) = next {
+            io |= cause.is::<std::io::Error>();
+            message.push_str(": ");
+            message.push_str(&cause.to_string());
+            next = cause.source();
+        }
+        let transient = error.is_closed() || io || message.starts_with("timeout");
+        DatabaseError::connection(message, transient)
+    }
+}
+
+/// The engine's error for a failed call on `target`'s table: the server's
+/// words, with the table named when the server refused a statement without
+/// naming one (every statement of the store touches that one table).
 fn pg_error(
     target: &Target,
     operation: &'static str,
 ) -> impl FnOnce(tokio_postgres::Error) -> Error + use<> {
     let name = target.name().to_owned();
-    move |source| Error::Postgres {
-        target: name,
-        operation,
-        source,
+    let table = target.table().to_string();
+    move |error| {
+        let mut source = DatabaseError::from(&error);
+        if !source.transient && source.sqlstate.is_some() && source.table.is_none() {
+            source.table = Some(table);
+        }
+        Error::Postgres {
+            target: name,
+            operation,
+            source: Box::new(source),
+            finding: None,
+        }
     }
 }
 
@@ -278,10 +377,8 @@ impl DataStore for PostgresStore {
                 }
             };
             let rows = self
-                .reader
-                .query(statement, &params)
-                .await
-                .map_err(self.error("read page"))?;
+                .checked("read page", self.reader.query(statement, &params))
+                .await?;
             let columns = self.target.columns().len();
             Ok(rows
                 .iter()
@@ -319,10 +416,8 @@ impl DataStore for PostgresStore {
             }
             params.extend(cells.iter().map(|array| array as &(dyn ToSql + Sync)));
             let rows = self
-                .writer
-                .query(&self.swap, &params)
-                .await
-                .map_err(self.error("write batch"))?;
+                .checked("write batch", self.writer.query(&self.swap, &params))
+                .await?;
 
             let mut written: BTreeMap<Pk, Vec<bool>> = BTreeMap::new();
             for row in &rows {
@@ -353,11 +448,7 @@ impl DataStore for PostgresStore {
 
     fn inventory(&self) -> BoxFuture<'_, Result<Inventory>> {
         async move {
-            let rows = self
-                .reader
-                .query(&self.inventory, &[])
-                .await
-                .map_err(self.error("inventory"))?;
+            let rows = self.checked("inventory", self.reader.query(&self.inventory, &[])).await?;
             let groups = rows
                 .iter()
                 .map(|row| {
@@ -382,11 +473,7 @@ impl DataStore for PostgresStore {
                         table = self.target.table(),
                         prefix = prefix_expr(column)
                     );
-                    let row = self
-                        .reader
-                        .query_opt(&sql, &[&bad.prefix])
-                        .await
-                        .map_err(self.error("inventory"))?;
+                    let row = self.checked("inventory", self.reader.query_opt(&sql, &[&bad.prefix])).await?;
                     Err(Error::MalformedRecord {
                         table: self.target.table().to_string(),
                         column: column.to_string(),
@@ -401,10 +488,8 @@ impl DataStore for PostgresStore {
     fn count_records(&self) -> BoxFuture<'_, Result<BTreeMap<SqlIdent, u64>>> {
         async move {
             let row = self
-                .reader
-                .query_one(&self.count, &[])
-                .await
-                .map_err(self.error("count records"))?;
+                .checked("count records", self.reader.query_one(&self.count, &[]))
+                .await?;
             Ok(self
                 .target
                 .columns()
@@ -422,10 +507,11 @@ impl DataStore for PostgresStore {
             let length = prefix.len() as i32;
             let limit = i64::from(n);
             let rows = self
-                .reader
-                .query(&self.sample, &[&prefix, &length, &limit])
-                .await
-                .map_err(self.error("sample"))?;
+                .checked(
+                    "sample",
+                    self.reader.query(&self.sample, &[&prefix, &length, &limit]),
+                )
+                .await?;
             Ok(rows
                 .iter()
                 .map(|row| SampleRecord {
@@ -441,10 +527,8 @@ impl DataStore for PostgresStore {
     fn replica_lag(&self) -> BoxFuture<'_, Result<Option<Duration>>> {
         async move {
             let row = self
-                .reader
-                .query_one(&self.lag, &[])
-                .await
-                .map_err(self.error("read replica lag"))?;
+                .checked("read replica lag", self.reader.query_one(&self.lag, &[]))
+                .await?;
             let seconds: f64 = row.get(0);
             Ok(Some(Duration::from_secs_f64(seconds.max(0.0))))
         }

@@ -4,6 +4,13 @@
 //! on tokio's blocking pool so the async engine never blocks on disk. SQL text
 //! is built only from checked [`SqlIdent`]s; every value is bound. It must
 //! never create the database file, and never write outside a compare-and-swap.
+//!
+//! A batch cannot be part of a deadlock here: SQLite has one write lock per
+//! database file, and `BEGIN IMMEDIATE` takes it before the batch reads or
+//! writes anything, so the batch waits (up to [`BUSY_TIMEOUT`]) holding no
+//! lock, then holds the only one. The PostgreSQL store needs
+//! `FOR UPDATE SKIP LOCKED` for the same guarantee. A busy timeout that
+//! runs out is transient ([`Error::is_transient`]).
 
 use std::collections::BTreeMap;
 use std::path::Path;

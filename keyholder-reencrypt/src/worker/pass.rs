@@ -92,8 +92,14 @@ impl Pass {
             Err(_) => Phase::Failed,
         };
         self.publish();
-        if let Err(error) = &result {
-            tracing::error!(target = %self.worker.target.name(), %error, "re-encryption pass failed");
+        match &result {
+            Err(error) if error.is_transient() => {
+                tracing::warn!(target = %self.worker.target.name(), %error, "re-encryption pass interrupted by a transient database failure; its checkpoint stays");
+            }
+            Err(error) => {
+                tracing::error!(target = %self.worker.target.name(), %error, "re-encryption pass failed");
+            }
+            Ok(_) => {}
         }
         result
     }

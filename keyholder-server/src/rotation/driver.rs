@@ -87,6 +87,8 @@ pub struct Rotator {
     running: Mutex<Option<Running>>,
     progress: Mutex<BTreeMap<String, watch::Receiver<Progress>>>,
     last_error: Mutex<Option<String>>,
+    /// The running worker's retries of transient database failures.
+    retries: Mutex<worker::Retries>,
     /// Verified new shares, kept (in memory only) to rebuild the new key when
     /// the daemon restarted after `prepare` and lost it.
     new_shares: Mutex<BTreeMap<u8, Share>>,
@@ -140,6 +142,7 @@ impl Rotator {
             running: Mutex::new(None),
             progress: Mutex::new(BTreeMap::new()),
             last_error: Mutex::new(None),
+            retries: Mutex::new(worker::Retries::default()),
             new_shares: Mutex::new(BTreeMap::new()),
         });
         let hooks: Arc<dyn crate::daemon::RotationHooks> = rotator.clone();
@@ -504,6 +507,24 @@ impl Rotator {
 
     pub(super) fn set_error(&self, error: Option<String>) {
         *lock(&self.last_error) = error;
+    }
+
+    pub(super) fn set_retries(&self, retries: worker::Retries) {
+        *lock(&self.retries) = retries;
+    }
+
+    /// Counts one transient failure and marks the worker waiting; returns
+    /// the count.
+    pub(super) fn note_retry(&self, error: String) -> u64 {
+        let mut retries = lock(&self.retries);
+        retries.count += 1;
+        retries.last = Some(error);
+        retries.waiting = true;
+        retries.count
+    }
+
+    pub(super) fn set_retrying(&self, waiting: bool) {
+        lock(&self.retries).waiting = waiting;
     }
 
     pub(super) fn daemon(&self) -> &Arc<Daemon> {

@@ -39,8 +39,17 @@ pub struct PostgresStore {
 }
 
 fn pg(operation: &'static str) -> impl FnOnce(tokio_postgres::Error) -> StoreError {
-    move |source| StoreError::Postgres { operation, source }
+    move |error| StoreError::Postgres {
+        operation,
+        source: Box::new(keyholder_reencrypt::DatabaseError::from(&error)),
+    }
 }
+
+/// How long a statement of the state store waits for a lock (the audit
+/// table's, held by another daemon's transition) before it fails, transient.
+const LOCK_TIMEOUT: &str = "5s";
+/// The longest statement of the state store.
+const STATEMENT_TIMEOUT: &str = "30s";
 
 fn small(n: u8) -> i16 {
     i16::from(n)
@@ -231,12 +240,13 @@ async fn open_client(location: &PgLocation) -> Result<Client, StoreError> {
         .map_err(pg("connect"))?;
     tokio::spawn(async move {
         if let Err(error) = connection.await {
+            let error = keyholder_reencrypt::DatabaseError::from(&error);
             tracing::warn!(%error, "postgresql state store connection failed");
         }
     });
     client
         .batch_execute(&format!(
-            "SET search_path TO {}",
+            "SET search_path TO {}; SET lock_timeout = '{LOCK_TIMEOUT}'; SET statement_timeout = '{STATEMENT_TIMEOUT}'",
             schema::quoted(location.schema())
         ))
         .await

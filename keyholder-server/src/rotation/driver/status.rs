@@ -36,6 +36,7 @@ impl Rotator {
             }
         }
         let throttle = lock(&self.throttle).clone();
+        let retries = lock(&self.retries).clone();
         RotationStatus {
             state: rotation.state(),
             from: (rotation.state() != RotationState::Idle).then(|| rotation.current()),
@@ -60,6 +61,9 @@ impl Rotator {
             rows_per_sec_limit: throttle.rows_per_sec,
             batch_size: throttle.batch_size,
             last_error: lock(&self.last_error).clone(),
+            retries: retries.count,
+            last_transient_error: retries.last,
+            retrying: retries.waiting,
         }
     }
 }

@@ -1,0 +1,309 @@
+//! Re-encryption that survives its PostgreSQL database (issue 18), through
+//! the real daemon: a test-owned server restarted twice during a pass (the
+//! job resumes by itself each time, status shows the retries meanwhile,
+//! nothing is lost), and a persistent error (the column's type changed under
+//! the job) that stops the job with the database's own words until
+//! `rotate resume` after the fix.
+//!
+//! Needs `KEYHOLDER_TEST_PG` (skipped, saying so, when it is not set; with
+//! it set, a missing `initdb` or an unreachable server fails).
+
+use std::time::Duration;
+
+use crypto_core::{Key, envelope};
+use keyholder_api::{RotationState, RotationStatus};
+use keyholder_tests::pg;
+use keyholder_tests::pg_instance::PgInstance;
+use keyholder_tests::records::plaintext;
+use keyholder_tests::rotation::v;
+use keyholder_tests::{Env, EnvOptions};
+use serde_json::json;
+
+const ROWS: i64 = 20_000;
+
+/// A daemon whose one target is `table` (`id`, `ssn`) at `url`, seeded with
+/// [`ROWS`] records at v9 (the state store at `state_store` when given),
+/// unsealed, with the rotation to v10 switched and
+/// moving records at `rows_per_sec`. Returns the env, the running daemon
+/// (stopped when dropped) and the v10 shares.
+async fn rotating(
+    url: &str,
+    table: &str,
+    rows_per_sec: u64,
+    state_store: Option<String>,
+) -> (Env, keyholder_tests::Daemon, [String; 2]) {
+    let db = pg::connect(url).await;
+    db.batch_execute(&format!(
+        "CREATE TABLE {table} (id BIGINT PRIMARY KEY, ssn TEXT NOT NULL)"
+    ))
+    .await
+    .unwrap();
+    let env = Env::new(EnvOptions {
+        first_version: Some(9),
+        consumers: vec!["db1".to_owned()],
+        batch_size: Some(250),
+        rows_per_sec: Some(rows_per_sec),
+        state_store,
+        extra_toml: format!(
+            "\n[[targets]]\nname = \"customers-pg\"\nstore = \"{url}\"\ntable = \"{table}\"\nprimary_key = \"id\"\ncolumns = [\"ssn\"]\naad = \"none\"\n"
+        ),
+        ..EnvOptions::default()
+    });
+    let daemon = env.start().await;
+    let (alice9, bob9) = (env.share_line("alice", 9), env.share_line("bob", 9));
+    let v9 = env.rebuild_key(9, &[&alice9, &bob9]).await;
+    let ids: Vec<i64> = (1..=ROWS).collect();
+    let records: Vec<String> = ids
+        .iter()
+        .map(|id| envelope::seal(&v9, v(9), plaintext(*id).as_bytes(), b""))
+        .collect();
+    db.execute(
+        &format!("INSERT INTO {table} (id, ssn) SELECT * FROM unnest($1::bigint[], $2::text[])"),
+        &[&ids, &records],
+    )
+    .await
+    .unwrap();
+
+    env.unseal_with(&[("alice", vec![alice9]), ("bob", vec![bob9])])
+        .await;
+    env.operate("/v1/rotation/prepare", json!({})).await;
+    let alice10 = env.fetch_new_share("alice", 10).await;
+    let bob10 = env.fetch_new_share("bob", 10).await;
+    env.verify_new_share("alice", &alice10).await;
+    env.verify_new_share("bob", &bob10).await;
+    env.operate("/v1/rotation/activate", json!({})).await;
+    env.database_keyring().await;
+    env.operate("/v1/rotation/switch", json!({})).await;
+    env.database_keyring().await;
+    (env, daemon, [alice10, bob10])
+}
+
+fn rotation(status: &keyholder_api::Status) -> &RotationStatus {
+    status.rotation.as_ref().expect("a rotation")
+}
+
+/// Every row is there, at v10, with its own plaintext.
+async fn assert_all_at_v10(url: &str, table: &str, v10: &Key) {
+    let db = pg::connect(url).await;
+    let rows = db
+        .query(&format!("SELECT id, ssn FROM {table} ORDER BY id"), &[])
+        .await
+        .unwrap();
+    assert_eq!(rows.len() as i64, ROWS, "rows lost");
+    for row in rows {
+        let (id, record): (i64, String) = (row.get(0), row.get(1));
+        assert!(record.starts_with("V10:"), "record {id} is not at v10");
+        let plain = envelope::open(v10, v(10), &record, b"").unwrap();
+        assert_eq!(&plain[..], plaintext(id).as_bytes(), "record {id}");
+    }
+}
+
+#[tokio::test]
+async fn the_job_rides_out_two_restarts_of_its_database_and_drains() {
+    if pg::url().is_none() {
+        return;
+    }
+    two_restarts_during_a_pass(false).await;
+}
+
+#[tokio::test]
+async fn the_job_and_the_state_store_ride_out_two_restarts_of_their_database() {
+    if pg::url().is_none() {
+        return;
+    }
+    two_restarts_during_a_pass(true).await;
+}
+
+/// The server restarted twice during a pass; with `state_there`, the
+/// daemon's state store (checkpoints, audit) lives on it too.
+async fn two_restarts_during_a_pass(state_there: bool) {
+    let server = PgInstance::start();
+    let url = server.url();
+    let table = pg::unique_name("kh_restart");
+    let state = state_there.then(|| url.clone());
+    let (env, _daemon, [alice10, bob10]) = rotating(&url, &table, 2_000, state).await;
+
+    let mut seen_retries = 0;
+    for (restart, after_rows) in [(1u64, 2_000u64), (2, 9_000)] {
+        env.wait_for(
+            &format!("{after_rows} records moved before restart {restart}"),
+            Duration::from_secs(60),
+            |s| rotation(s).rows_done >= after_rows,
+        )
+        .await;
+        let before = rotation(&env.status().await).rows_done;
+        server.stop();
+        let transient = if state_there {
+            // The status document reads the state store, which is away
+            // too: the retries show in the log now and in status once the
+            // server is back.
+            assert!(
+                env.log_contains("re-encryption met a transient database failure")
+                    .await,
+                "no retry logged while the server is away"
+            );
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            None
+        } else {
+            // While the server is away the worker keeps trying, and says so.
+            let away = env
+                .wait_for(
+                    &format!("status showing retry {restart} while the server is away"),
+                    Duration::from_secs(30),
+                    |s| rotation(s).retries > seen_retries && rotation(s).retrying,
+                )
+                .await;
+            let away = rotation(&away).clone();
+            assert_eq!(away.state, RotationState::Reencrypting);
+            assert_eq!(away.last_error, None, "a restart is not an error to fix");
+            let transient = away.last_transient_error.clone().unwrap_or_default();
+            assert!(
+                transient.contains("target `customers-pg`: postgres"),
+                "{transient}"
+            );
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            Some(transient)
+        };
+        server.start_again();
+        let back = env
+            .wait_for(
+                &format!("the job going on after restart {restart}"),
+                Duration::from_secs(60),
+                |s| {
+                    let r = rotation(s);
+                    r.rows_done > before && r.retries > seen_retries && !r.retrying
+                },
+            )
+            .await;
+        let back = rotation(&back);
+        assert_eq!(back.last_error, None, "a restart is not an error to fix");
+        seen_retries = back.retries;
+        eprintln!(
+            "restart {restart}: {seen_retries} retries so far, last: {}",
+            transient
+                .or(back.last_transient_error.clone())
+                .unwrap_or_default()
+        );
+    }
+
+    let drained = env
+        .wait_rotation(RotationState::Drained, Duration::from_secs(120))
+        .await;
+    let drained = rotation(&drained);
+    assert_eq!(drained.last_error, None);
+    assert!(drained.retries >= 2, "{drained:#?}");
+    let v10 = env.rebuild_key(10, &[&alice10, &bob10]).await;
+    assert_all_at_v10(&url, &table, &v10).await;
+}
+
+#[tokio::test]
+async fn a_column_type_changed_under_the_job_stops_it_with_the_databases_words_until_resume() {
+    let Some(url) = pg::url() else { return };
+    let table = pg::unique_name("kh_retype");
+    let (env, _daemon, [alice10, bob10]) = rotating(&url, &table, 2_000, None).await;
+    env.wait_for("records moving", Duration::from_secs(60), |s| {
+        rotation(s).rows_done >= 1_000
+    })
+    .await;
+    let db = pg::connect(&url).await;
+    db.batch_execute(&format!(
+        "ALTER TABLE {table} ALTER COLUMN ssn TYPE bytea USING convert_to(ssn, 'UTF8')"
+    ))
+    .await
+    .unwrap();
+    let stopped = env
+        .wait_for(
+            "the job stopping on the changed column",
+            Duration::from_secs(60),
+            |s| rotation(s).last_error.is_some(),
+        )
+        .await;
+    let stopped = rotation(&stopped).clone();
+    let error = stopped.last_error.clone().unwrap();
+    eprintln!("the job stopped with: {error}");
+    for part in [
+        "target `customers-pg`: postgres",
+        "SQLSTATE 42883",
+        "operator does not exist: bytea = text",
+        &format!("table `{table}`"),
+        &format!("column `{table}.ssn` has type `bytea`; records are stored as text"),
+        "then run `keyholder rotate resume`",
+    ] {
+        assert!(error.contains(part), "{part:?} missing from: {error}");
+    }
+    assert_eq!(stopped.state, RotationState::Reencrypting);
+    assert!(!stopped.retrying);
+    // Nothing moves while it is stopped.
+    let moved = stopped.rows_done;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(rotation(&env.status().await).rows_done, moved);
+
+    db.batch_execute(&format!(
+        "ALTER TABLE {table} ALTER COLUMN ssn TYPE text USING convert_from(ssn, 'UTF8')"
+    ))
+    .await
+    .unwrap();
+    let resumed: RotationStatus = env.operate("/v1/rotation/resume", json!({})).await.json();
+    assert_eq!(resumed.last_error, None);
+    let drained = env
+        .wait_rotation(RotationState::Drained, Duration::from_secs(120))
+        .await;
+    assert_eq!(rotation(&drained).last_error, None);
+    let v10 = env.rebuild_key(10, &[&alice10, &bob10]).await;
+    assert_all_at_v10(&url, &table, &v10).await;
+    db.batch_execute(&format!("DROP TABLE {table}"))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn an_unseal_while_the_targets_database_restarts_waits_for_it_and_succeeds() {
+    if pg::url().is_none() {
+        return;
+    }
+    let server = std::sync::Arc::new(PgInstance::start());
+    let url = server.url();
+    let table = pg::unique_name("kh_unseal");
+    let db = pg::connect(&url).await;
+    db.batch_execute(&format!(
+        "CREATE TABLE {table} (id BIGINT PRIMARY KEY, ssn TEXT NOT NULL)"
+    ))
+    .await
+    .unwrap();
+    let env = Env::new(EnvOptions {
+        first_version: Some(9),
+        extra_toml: format!(
+            "\n[[targets]]\nname = \"customers-pg\"\nstore = \"{url}\"\ntable = \"{table}\"\nprimary_key = \"id\"\ncolumns = [\"ssn\"]\naad = \"none\"\n"
+        ),
+        ..EnvOptions::default()
+    });
+    let _daemon = env.start().await;
+    let (alice9, bob9) = (env.share_line("alice", 9), env.share_line("bob", 9));
+    let v9 = env.rebuild_key(9, &[&alice9, &bob9]).await;
+    for id in 1..=20i64 {
+        let record = envelope::seal(&v9, v(9), plaintext(id).as_bytes(), b"");
+        db.execute(
+            &format!("INSERT INTO {table} (id, ssn) VALUES ($1, $2)"),
+            &[&id, &record],
+        )
+        .await
+        .unwrap();
+    }
+    drop(db);
+    server.stop();
+    let restarting = std::sync::Arc::clone(&server);
+    let back = tokio::task::spawn_blocking(move || {
+        std::thread::sleep(Duration::from_secs(2));
+        restarting.start_again();
+    });
+    let unsealed = env
+        .unseal_with(&[("alice", vec![alice9]), ("bob", vec![bob9])])
+        .await;
+    back.await.unwrap();
+    assert!(!unsealed.sealed, "{unsealed:#?}");
+    assert!(
+        env.log_contains("sampling met a transient database failure")
+            .await,
+        "the retries are not in the log"
+    );
+}
