@@ -64,12 +64,13 @@ pub use checkpoint::{
 pub use error::{BoxError, Error, Result, UNDECRYPTABLE_REMEMBERED};
 pub use inventory::Inventory;
 pub use progress::{Phase, Progress, VersionCount};
+pub use store::mysql::MysqlStore;
 pub use store::postgres::PostgresStore;
 pub use store::sqlite::SqliteStore;
 pub use store::{
     CellSwap, DataStore, Pk, PkKind, RowSwap, SampleRecord, StoredRow, SwapOutcome, open_store,
 };
-pub use target::{AadRule, SqlIdent, StoreLocation, Target, TargetConfig};
+pub use target::{AadRule, MysqlLocation, SqlIdent, SslMode, StoreLocation, Target, TargetConfig};
 pub use throttle::{
     AdaptiveBatch, Control, ControlHandle, MAX_BATCH_SIZE, RunState, Throttle, ThrottleConfig,
     TokenBucket,
