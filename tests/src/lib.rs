@@ -9,6 +9,7 @@
 
 pub mod client;
 pub mod daemon;
+pub mod mysql;
 pub mod pg;
 pub mod pki;
 pub mod records;
