@@ -12,6 +12,7 @@
 //! [`SqlIdent`]s; every value is bound. It must never write outside a
 //! compare-and-swap, and never put a stored value or the password in an error.
 
+mod connect;
 mod lag;
 mod sql;
 
@@ -23,16 +24,14 @@ use crypto_core::KeyVersion;
 use futures::FutureExt as _;
 use futures::future::BoxFuture;
 use mysql_async::prelude::Queryable as _;
-use mysql_async::{
-    Conn, IsolationLevel, Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts, SslOpts, TxOpts,
-    Value,
-};
+use mysql_async::{Conn, IsolationLevel, Pool, TxOpts, Value};
 
 use super::{DataStore, Pk, PkKind, RowSwap, SampleRecord, StoredRow, SwapOutcome, version_prefix};
 use crate::error::{Error, Result};
 use crate::inventory::{self, Inventory};
-use crate::target::{MysqlLocation, SqlIdent, SslMode, StoreLocation, Target};
+use crate::target::{SqlIdent, StoreLocation, Target};
 
+use connect::{mysql_error, options, passes, password, server_code};
 use sql::Statements;
 
 /// Attempts of one operation when its errors pass (deadlock, lock wait
@@ -87,7 +86,7 @@ impl MysqlStore {
             sql: Statements::default(),
         };
         store.kind = store.check_schema().await?;
-        store.sql = Statements::new(target, store.kind);
+        store.sql = Statements::new(target);
         Ok(store)
     }
 
@@ -274,109 +273,6 @@ impl MysqlStore {
             }
         }
         Ok(seen.into_values().collect())
-    }
-}
-
-/// The password: the first line of `password-file`, else `MYSQL_PWD`, else none.
-async fn password(target: &Target, location: &MysqlLocation) -> Result<Option<String>> {
-    let Some(path) = &location.password_file else {
-        return Ok(std::env::var("MYSQL_PWD").ok());
-    };
-    let text = tokio::fs::read_to_string(path)
-        .await
-        .map_err(|error| Error::Schema {
-            target: target.name().to_owned(),
-            reason: format!(
-                "cannot read the mysql password file {}: {}",
-                path.display(),
-                error.kind()
-            ),
-        })?;
-    Ok(Some(text.lines().next().unwrap_or("").to_owned()))
-}
-
-/// The driver's options for one server of the target.
-fn options(location: &MysqlLocation, host: &str, port: u16, password: &Option<String>) -> Opts {
-    let roots = || match &location.ssl_ca {
-        Some(ca) => SslOpts::default()
-            .with_root_certs(vec![ca.clone().into()])
-            .with_disable_built_in_roots(true),
-        None => SslOpts::default(),
-    };
-    let ssl = match location.ssl_mode {
-        SslMode::Disabled => None,
-        SslMode::Required => Some(
-            SslOpts::default()
-                .with_danger_accept_invalid_certs(true)
-                .with_danger_skip_domain_validation(true),
-        ),
-        SslMode::VerifyCa => Some(roots().with_danger_skip_domain_validation(true)),
-        SslMode::VerifyIdentity => Some(roots()),
-    };
-    let pool = PoolOpts::default()
-        .with_constraints(PoolConstraints::new(0, 4).expect("0 <= 4: valid pool constraints"));
-    OptsBuilder::default()
-        .ip_or_hostname(host)
-        .tcp_port(port)
-        .user(Some(&location.user))
-        .pass(password.clone())
-        .db_name(Some(&location.database))
-        .prefer_socket(false)
-        .ssl_opts(ssl)
-        .pool_opts(pool)
-        .init(vec![
-            "SET NAMES utf8mb4",
-            // Row locks only on the rows a statement touches, no gap locks.
-            "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",
-        ])
-        .into()
-}
-
-/// Errors that pass: retried on a fresh connection.
-fn passes(error: &mysql_async::Error) -> bool {
-    use mysql_async::{DriverError, IoError};
-    match error {
-        // Deadlock, lock wait timeout, server shutting down, connection
-        // killed, network errors, lost connection, too many connections.
-        mysql_async::Error::Server(error) => matches!(
-            error.code,
-            1213 | 1205 | 1053 | 1927 | 1158..=1161 | 2006 | 2013 | 1040
-        ),
-        mysql_async::Error::Io(IoError::Io(_)) => true,
-        mysql_async::Error::Driver(DriverError::ConnectionClosed) => true,
-        _ => false,
-    }
-}
-
-fn server_code(error: &mysql_async::Error) -> Option<u16> {
-    match error {
-        mysql_async::Error::Server(error) => Some(error.code),
-        _ => None,
-    }
-}
-
-fn mysql_error(
-    target: &Target,
-    operation: &'static str,
-) -> impl FnOnce(mysql_async::Error) -> Error + use<> {
-    let name = target.name().to_owned();
-    move |source| {
-        let reason = match &source {
-            // Their values can hold a row: name the kind of error only.
-            mysql_async::Error::Driver(mysql_async::DriverError::FromValue { .. }) => {
-                "a value of an unexpected type".to_owned()
-            }
-            mysql_async::Error::Driver(mysql_async::DriverError::FromRow { .. }) => {
-                "a row of an unexpected shape".to_owned()
-            }
-            other => other.to_string(),
-        };
-        Error::Mysql {
-            target: name,
-            operation,
-            code: server_code(&source),
-            reason,
-        }
     }
 }
 

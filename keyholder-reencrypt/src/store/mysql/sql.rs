@@ -7,7 +7,7 @@
 
 use mysql_async::Value;
 
-use crate::store::{Pk, PkKind, RowSwap};
+use crate::store::{Pk, RowSwap};
 use crate::target::Target;
 
 /// Bound parameters one statement may carry: the protocol's limit is 65,535.
@@ -38,7 +38,7 @@ pub(super) struct Statements {
 }
 
 impl Statements {
-    pub(super) fn new(target: &Target, _kind: PkKind) -> Self {
+    pub(super) fn new(target: &Target) -> Self {
         let pk = target.primary_key().to_string();
         let table = target.table().to_string();
         let columns: Vec<String> = target.columns().iter().map(ToString::to_string).collect();
