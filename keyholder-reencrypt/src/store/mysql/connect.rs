@@ -115,3 +115,38 @@ pub(super) fn mysql_error(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use mysql_async::{DriverError, IoError, ServerError};
+
+    use super::passes;
+
+    fn server(code: u16) -> mysql_async::Error {
+        mysql_async::Error::Server(ServerError {
+            code,
+            message: String::new(),
+            state: String::new(),
+        })
+    }
+
+    #[test]
+    fn deadlocks_timeouts_and_lost_connections_pass_other_errors_do_not() {
+        // Deadlock, lock wait timeout, shutdown, killed, gone away, lost.
+        for code in [1213, 1205, 1053, 1927, 2006, 2013] {
+            assert!(passes(&server(code)), "{code}");
+        }
+        // Syntax, unknown column, access denied, duplicate key.
+        for code in [1064, 1054, 1045, 1062] {
+            assert!(!passes(&server(code)), "{code}");
+        }
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        assert!(passes(&mysql_async::Error::Io(IoError::Io(reset))));
+        assert!(passes(&mysql_async::Error::Driver(
+            DriverError::ConnectionClosed
+        )));
+        assert!(!passes(&mysql_async::Error::Driver(
+            DriverError::NoClientSslFlagFromServer
+        )));
+    }
+}
