@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole mission on one machine, on SQLite, in ./demo-run/:
+# The whole mission on one machine, on SQLite (MySQL/MariaDB with --mysql), in ./demo-run/:
 #
 #   dev PKI -> first key v9 -> daemon -> unseal by alice and bob -> seed
 #   200,000 records through the hook -> the application keeps reading and
@@ -8,10 +8,13 @@
 #   drained) -> retire v9 planned, then executed by two operators -> a final
 #   check whose digest equals the one before the rotation.
 #
-# Usage: deploy/demo.sh [--rows N] [--quick]
+# Usage: deploy/demo.sh [--rows N] [--quick] [--mysql URL]
 #   --rows N   records to seed (default 200000)
 #   --quick    CI mode: debug build (the one deploy/test.sh already made), a
 #              lighter application load, no progress bar
+#   --mysql URL  run on MySQL/MariaDB instead of SQLite, e.g.
+#              mysql://root@127.0.0.1:3306/test (password from MYSQL_PWD);
+#              its table `customers` is dropped and created afresh
 #
 # Env: KEYHOLDER_DEMO_PORT (default 18443) for the daemon's address.
 #
@@ -26,15 +29,19 @@ ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 RUN="$ROOT/demo-run"
 ROWS=200000
 QUICK=0
+MYSQL_URL=""
 PORT="${KEYHOLDER_DEMO_PORT:-18443}"
 
-usage() { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; }
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --rows)
             [[ $# -ge 2 && "$2" =~ ^[1-9][0-9]*$ ]] || { echo "demo: --rows needs a positive number" >&2; exit 2; }
             ROWS="$2"; shift 2 ;;
         --quick) QUICK=1; shift ;;
+        --mysql)
+            [[ $# -ge 2 && "$2" == mysql://* ]] || { echo "demo: --mysql needs a mysql://user@host:port/db URL" >&2; exit 2; }
+            MYSQL_URL="$2"; shift 2 ;;
         -h|--help) usage; exit 0 ;;
         *) echo "demo: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
@@ -135,6 +142,8 @@ mkdir -p "$RUN/pids" "$RUN/shares"
 PKI="$RUN/pki"
 CONFIG="$PKI/keyholder.toml"
 DB="$RUN/app.db"
+STORE="sqlite://$DB"
+if [[ -n "$MYSQL_URL" ]]; then DB="$MYSQL_URL"; STORE="$MYSQL_URL"; fi
 
 if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then
     die "127.0.0.1:$PORT is already in use; set KEYHOLDER_DEMO_PORT to a free port"
@@ -160,14 +169,14 @@ cat >>"$CONFIG" <<EOF
 
 [[targets]]
 name = "customers"
-store = "sqlite://$DB"
+store = "$STORE"
 table = "customers"
 primary_key = "id"
 columns = ["ssn", "card"]
 aad = "row"
 EOF
 "$KEYHOLDERD" check-config --config "$CONFIG"
-"$APP" schema --db "$DB"
+"$APP" schema --replace --db "$DB"
 
 step "first key v9: split 2-of-3, one age-encrypted share file per keyholder"
 "$KEYHOLDERD" init --config "$CONFIG" --first-version v9 --out "$RUN/shares"

@@ -5,7 +5,10 @@
 //! 20,000) of 200-byte plaintexts in one column. `store_only`: the same pages
 //! read and the same rows compare-and-swapped through the same store, with the
 //! crypto replaced by a prefix rewrite. The ratio pass / store_only is printed
-//! at the end. SQLite always; PostgreSQL too when `KEYHOLDER_TEST_PG` is set.
+//! at the end. SQLite always; PostgreSQL too when `KEYHOLDER_TEST_PG` is set;
+//! MySQL/MariaDB too when `KEYHOLDER_TEST_MYSQL` is set, beside an independent
+//! baseline: the `mariadb` (or `mysql`) shell running one set-based `UPDATE`
+//! of the same table (no crypto, no batches, no compare-and-swap).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -14,6 +17,7 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, Throughput};
 use crypto_core::{Key, KeyVersion, Keyring};
 use keyholder_reencrypt::*;
+use mysql_async::prelude::Queryable as _;
 
 const PLAINTEXT_BYTES: usize = 200;
 
@@ -48,13 +52,16 @@ fn records(rows: i64) -> Vec<(i64, String)> {
 enum Bench {
     Sqlite { template: PathBuf, live: PathBuf },
     Postgres { url: String, table: String },
+    Mysql { url: String, table: String },
 }
 
 impl Bench {
     fn target(&self) -> Target {
         let (store, table) = match self {
             Bench::Sqlite { live, .. } => (format!("sqlite://{}", live.display()), "bench"),
-            Bench::Postgres { url, table } => (url.clone(), table.as_str()),
+            Bench::Postgres { url, table } | Bench::Mysql { url, table } => {
+                (url.clone(), table.as_str())
+            }
         };
         TargetConfig {
             name: "bench".into(),
@@ -85,8 +92,94 @@ impl Bench {
                     .await
                     .unwrap();
             }
+            Bench::Mysql { url, table } => {
+                let mut conn = mysql(url).await;
+                conn.query_drop(format!("TRUNCATE {table}")).await.unwrap();
+                conn.query_drop(format!(
+                    "INSERT INTO {table} SELECT * FROM {table}_template"
+                ))
+                .await
+                .unwrap();
+                conn.query_drop(format!("ANALYZE TABLE {table}"))
+                    .await
+                    .unwrap();
+            }
         }
     }
+}
+
+async fn mysql(url: &str) -> mysql_async::Conn {
+    mysql_async::Conn::new(mysql_async::Opts::from_url(url).unwrap())
+        .await
+        .expect("KEYHOLDER_TEST_MYSQL is set but MySQL/MariaDB is unreachable")
+}
+
+async fn mysql_bench(url: String, rows: i64) -> Bench {
+    let table = format!("kh_bench_{}", std::process::id());
+    let mut conn = mysql(&url).await;
+    for sql in [
+        format!("DROP TABLE IF EXISTS {table}"),
+        format!("DROP TABLE IF EXISTS {table}_template"),
+        format!("CREATE TABLE {table} (id BIGINT PRIMARY KEY, payload TEXT) CHARACTER SET utf8mb4"),
+        format!("CREATE TABLE {table}_template LIKE {table}"),
+    ] {
+        conn.query_drop(sql).await.unwrap();
+    }
+    for chunk in records(rows).chunks(2_000) {
+        let values = vec!["(?, ?)"; chunk.len()].join(", ");
+        let params: Vec<mysql_async::Value> = chunk
+            .iter()
+            .flat_map(|(id, payload)| [(*id).into(), payload.as_str().into()])
+            .collect();
+        conn.exec_drop(
+            format!("INSERT INTO {table}_template (id, payload) VALUES {values}"),
+            params,
+        )
+        .await
+        .unwrap();
+    }
+    Bench::Mysql { url, table }
+}
+
+/// The independent baseline: the server's own shell client runs one
+/// set-based UPDATE of every row (the prefix rewrite of `store_only`). Returns
+/// the rows/s over `runs` runs, each on a fresh copy of the table.
+fn mysql_shell_baseline(runtime: &tokio::runtime::Runtime, bench: &Bench, runs: u32) -> f64 {
+    let Bench::Mysql { url, table } = bench else {
+        unreachable!("a mysql bench")
+    };
+    let opts = mysql_async::Opts::from_url(url).unwrap();
+    let shell = ["mariadb", "mysql"]
+        .into_iter()
+        .find(|shell| {
+            std::process::Command::new(shell)
+                .arg("--version")
+                .output()
+                .is_ok_and(|out| out.status.success())
+        })
+        .expect("the mariadb or mysql shell client for the baseline");
+    let mut elapsed = Duration::ZERO;
+    for _ in 0..runs {
+        runtime.block_on(bench.reset());
+        let started = Instant::now();
+        let status = std::process::Command::new(shell)
+            .args([
+                "--host",
+                opts.ip_or_hostname(),
+                "--port",
+                &opts.tcp_port().to_string(),
+                "--user",
+                opts.user().unwrap_or("root"),
+                opts.db_name().unwrap_or("test"),
+                "--execute",
+                &format!("UPDATE {table} SET payload = CONCAT('V10:', SUBSTRING(payload, 4))"),
+            ])
+            .status()
+            .unwrap();
+        elapsed += started.elapsed();
+        assert!(status.success(), "the {shell} shell's UPDATE failed");
+    }
+    (rows() as f64 * f64::from(runs)) / elapsed.as_secs_f64()
 }
 
 fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
@@ -277,6 +370,24 @@ fn main() {
             });
         }
     }
+    let mut baseline = None;
+    if let Ok(url) = std::env::var("KEYHOLDER_TEST_MYSQL") {
+        let bench = runtime.block_on(mysql_bench(url, rows));
+        measure(&mut criterion, &runtime, "mysql", &bench, &totals);
+        names.push("mysql");
+        baseline = Some(mysql_shell_baseline(&runtime, &bench, 5));
+        if let Bench::Mysql { url, table } = &bench {
+            runtime.block_on(async {
+                let mut conn = mysql(url).await;
+                conn.query_drop(format!("DROP TABLE {table}"))
+                    .await
+                    .unwrap();
+                conn.query_drop(format!("DROP TABLE {table}_template"))
+                    .await
+                    .unwrap();
+            });
+        }
+    }
     criterion.final_summary();
 
     let totals = totals.lock().unwrap();
@@ -294,6 +405,13 @@ fn main() {
         println!(
             "{name:>8}: re-encryption {pass:>9.0} rows/s, store only {store:>9.0} rows/s, ratio {:.2}",
             pass / store
+        );
+    }
+    if let Some(shell) = baseline {
+        let pass = rate("mysql/pass");
+        println!(
+            "   mysql: one set-based UPDATE in the shell {shell:>9.0} rows/s (no crypto, no CAS); re-encryption / shell {:.2}",
+            pass / shell
         );
     }
 }

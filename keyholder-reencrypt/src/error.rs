@@ -83,6 +83,25 @@ pub enum Error {
         finding: Option<String>,
     },
 
+    /// MySQL or MariaDB failed (after the store's retries, for an error that
+    /// passes: a deadlock, a lock wait timeout, a lost connection).
+    #[error("target `{target}`: mysql {operation} failed: {reason}")]
+    Mysql {
+        /// The target's name.
+        target: String,
+        /// What the engine was doing.
+        operation: &'static str,
+        /// The server's error code (`1213` for a deadlock), when it sent one.
+        code: Option<u16>,
+        /// Whether it is one the store retries itself (deadlock, lock wait
+        /// timeout, lost connection, server restarting): still failing after
+        /// those retries, it is retried again from the checkpoint.
+        transient: bool,
+        /// The driver's message. Kept as text: the driver's error values can
+        /// carry a row, and a row must never reach a log.
+        reason: String,
+    },
+
     /// A stored value is not a keyholder envelope (no `V<n>:` prefix).
     #[error(
         "{table}.{column} at primary key {pk} is not a keyholder record; fix or clear that value, the pass stopped before writing its batch"
@@ -204,6 +223,7 @@ impl Error {
     pub fn is_transient(&self) -> bool {
         match self {
             Self::Postgres { source, .. } => source.transient,
+            Self::Mysql { transient, .. } => *transient,
             Self::Sqlite { source, .. } => sqlite_is_transient(source),
             Self::Checkpoint { source, .. } => chain_is_transient(source.as_ref()),
             _ => false,

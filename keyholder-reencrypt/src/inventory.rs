@@ -59,6 +59,22 @@ impl Inventory {
     }
 }
 
+/// Characters of a value the inventory reads: a version prefix (`V<n>:`, at
+/// most 12 characters) is within them.
+pub(crate) const PREFIX_CHARS: usize = 12;
+
+/// The inventory's group key of a value: up to and including the first `:`
+/// when it is the 2nd to [`PREFIX_CHARS`]th character, else `""` (never a
+/// version).
+pub(crate) fn group_key(text: &str) -> &str {
+    text.char_indices()
+        .take(PREFIX_CHARS)
+        .enumerate()
+        .find(|(_, (_, c))| *c == ':')
+        .filter(|(position, _)| *position >= 1)
+        .map_or("", |(_, (at, _))| &text[..=at])
+}
+
 /// A prefix group that is not `V<n>:`: the store looks up one row of it to
 /// name in the error.
 pub(crate) struct MalformedGroup {

@@ -1,7 +1,7 @@
 //! The re-encryption engine of keyholder.
 //!
-//! Moves every record of a target (a table's encrypted columns, in SQLite or
-//! PostgreSQL) from one key version to the keyring's write version, in
+//! Moves every record of a target (a table's encrypted columns, in SQLite,
+//! PostgreSQL or MySQL/MariaDB) from one key version to the keyring's write version, in
 //! throttled batches while the database keeps serving:
 //!
 //! - keyset pagination on the primary key, never OFFSET ([`DataStore::read_page`]);
@@ -43,7 +43,8 @@
 //! ```
 //!
 //! PostgreSQL connections are made without TLS (`NoTls`); a store that needs
-//! TLS is not supported yet.
+//! TLS is not supported yet. MySQL connections use TLS (rustls) as the
+//! target's `ssl-mode` says: `VERIFY_IDENTITY` unless the host is loopback.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -66,12 +67,13 @@ pub use error::{
 };
 pub use inventory::Inventory;
 pub use progress::{Phase, Progress, VersionCount};
+pub use store::mysql::MysqlStore;
 pub use store::postgres::PostgresStore;
 pub use store::sqlite::SqliteStore;
 pub use store::{
     CellSwap, DataStore, Pk, PkKind, RowSwap, SampleRecord, StoredRow, SwapOutcome, open_store,
 };
-pub use target::{AadRule, SqlIdent, StoreLocation, Target, TargetConfig};
+pub use target::{AadRule, MysqlLocation, SqlIdent, SslMode, StoreLocation, Target, TargetConfig};
 pub use throttle::{
     AdaptiveBatch, Control, ControlHandle, MAX_BATCH_SIZE, RunState, Throttle, ThrottleConfig,
     TokenBucket,

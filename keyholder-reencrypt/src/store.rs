@@ -1,11 +1,12 @@
 //! The data store of one target: the table the records live in.
 //!
 //! Owns the [`DataStore`] trait (keyset pages, compare-and-swap batches,
-//! inventory, samples, replica lag) and picks the SQLite or PostgreSQL
-//! implementation from the target's location. A store moves ciphertexts only:
+//! inventory, samples, replica lag) and picks the SQLite, PostgreSQL or
+//! MySQL implementation from the target's location. A store moves ciphertexts only:
 //! it must never decrypt, never see a key, and never overwrite a value that is
 //! not the one the engine read (every write is a compare-and-swap).
 
+pub mod mysql;
 pub mod postgres;
 pub mod sqlite;
 
@@ -165,6 +166,7 @@ pub async fn open_store(target: &Target) -> Result<Arc<dyn DataStore>> {
     match target.store() {
         StoreLocation::Sqlite(_) => Ok(Arc::new(sqlite::SqliteStore::open(target).await?)),
         StoreLocation::Postgres(_) => Ok(Arc::new(postgres::PostgresStore::open(target).await?)),
+        StoreLocation::Mysql(_) => Ok(Arc::new(mysql::MysqlStore::open(target).await?)),
     }
 }
 

@@ -14,6 +14,10 @@ use serde::Deserialize;
 use crate::error::{Error, Result};
 use crate::store::Pk;
 
+mod mysql;
+
+pub use mysql::{MysqlLocation, SslMode};
+
 /// A SQL identifier matching `^[a-z_][a-z0-9_]{0,62}$`: safe to put in SQL
 /// text unquoted on both SQLite and PostgreSQL.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -67,6 +71,8 @@ pub enum StoreLocation {
     /// A PostgreSQL URL (`postgres://` or `postgresql://`), kept whole for the
     /// driver; shown with its password replaced.
     Postgres(String),
+    /// A MySQL or MariaDB database, from `mysql://user@host:port/db`.
+    Mysql(MysqlLocation),
 }
 
 impl StoreLocation {
@@ -91,8 +97,11 @@ impl StoreLocation {
             })?;
             return Ok(Self::Postgres(input.to_owned()));
         }
+        if input.starts_with("mysql://") {
+            return MysqlLocation::parse(input, field).map(Self::Mysql);
+        }
         Err(refuse(
-            "must start with sqlite:/// (absolute path) or postgres://",
+            "must start with sqlite:/// (absolute path), postgres:// or mysql://",
         ))
     }
 }
@@ -102,6 +111,7 @@ impl fmt::Display for StoreLocation {
         match self {
             Self::Sqlite(path) => write!(f, "sqlite://{}", path.display()),
             Self::Postgres(url) => f.write_str(&redact_password(url)),
+            Self::Mysql(location) => fmt::Display::fmt(location, f),
         }
     }
 }
@@ -258,7 +268,7 @@ fn check_target_name(name: &str, field: &str) -> Result<()> {
 pub struct TargetConfig {
     /// Unique name of the target.
     pub name: String,
-    /// `sqlite:///abs/path.db` or `postgres://...`.
+    /// `sqlite:///abs/path.db`, `postgres://...` or `mysql://user@host:port/db`.
     pub store: String,
     /// The table.
     pub table: String,

@@ -9,6 +9,7 @@
 
 pub mod client;
 pub mod daemon;
+pub mod mysql;
 pub mod pg;
 pub mod pg_instance;
 pub mod pki;

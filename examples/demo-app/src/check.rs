@@ -6,11 +6,11 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::path::Path;
 
 use crypto_core::{KeyVersion, Keyring, envelope};
 use sha2::{Digest, Sha256};
 
+use crate::db::Db;
 use crate::error::Error;
 use crate::records::{self, COLUMNS};
 
@@ -47,10 +47,8 @@ impl fmt::Display for Report {
 }
 
 /// Scans the whole table.
-pub fn run(path: &Path, keyring: &Keyring) -> Result<Report, Error> {
-    let connection = records::open(path)?;
-    let mut statement = connection.prepare("SELECT id, ssn, card FROM customers ORDER BY id")?;
-    let mut rows = statement.query([])?;
+pub fn run(db: &str, keyring: &Keyring) -> Result<Report, Error> {
+    let mut db = Db::open(db)?;
     let mut digest = Sha256::new();
     let mut report = Report {
         rows: 0,
@@ -59,11 +57,9 @@ pub fn run(path: &Path, keyring: &Keyring) -> Result<Report, Error> {
         failures: 0,
         digest: String::new(),
     };
-    while let Some(row) = rows.next()? {
-        let id: i64 = row.get(0)?;
+    db.scan(|id, ssn, card| {
         report.rows += 1;
-        for (index, column) in COLUMNS.iter().enumerate() {
-            let record: String = row.get(index + 1)?;
+        for (column, record) in COLUMNS.iter().zip([ssn, card]) {
             report.values += 1;
             let outcome = envelope::peek_version(&record).and_then(|version| {
                 keyring
@@ -90,7 +86,7 @@ pub fn run(path: &Path, keyring: &Keyring) -> Result<Report, Error> {
                 }
             }
         }
-    }
+    })?;
     report.digest = hex::encode(digest.finalize());
     Ok(report)
 }

@@ -52,8 +52,22 @@ pub enum Error {
     /// A statement failed.
     #[error("database: {0}")]
     Sql(#[from] rusqlite::Error),
+    /// The MySQL database could not be reached.
+    #[error("database {url}: {source}")]
+    Mysql {
+        /// The URL (it holds no password: that comes from MYSQL_PWD).
+        url: String,
+        /// The cause.
+        source: mysql_async::Error,
+    },
+    /// A MySQL statement failed.
+    #[error("database: {0}")]
+    MysqlSql(#[from] mysql_async::Error),
+    /// The MySQL client's runtime could not start.
+    #[error("cannot start the database client's runtime: {0}")]
+    Runtime(std::io::Error),
     /// `seed` found rows already there.
-    #[error("table customers already holds {rows} rows; seed into a fresh --db file")]
+    #[error("table customers already holds {rows} rows; seed into a fresh --db file or database")]
     NotEmpty {
         /// Rows found.
         rows: u64,

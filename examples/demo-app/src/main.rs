@@ -3,13 +3,14 @@
 //!
 //! It is started through `keyholder hook --exec`, reads its keyring from the
 //! pipe named by `KEYHOLDER_KEYRING_FD`, and stores synthetic customer records
-//! (`customers(id, ssn, card)`) in a SQLite file, each value encrypted with
+//! (`customers(id, ssn, card)`) in a SQLite file or a MySQL/MariaDB database, each value encrypted with
 //! `crypto-core` under the associated data `customers/<column>/<id>` (the
 //! daemon's `aad = "row"` rule). It never prints a plaintext or a key: the
 //! demo and the tests compare SHA-256 digests and counts only.
 #![forbid(unsafe_code)]
 
 mod check;
+mod db;
 mod error;
 mod handover;
 mod records;
@@ -17,7 +18,6 @@ mod seed;
 mod serve;
 mod stop;
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -37,16 +37,21 @@ enum Command {
     /// Create the empty `customers` table (needs no key); the daemon can then
     /// sample the target before the first record exists.
     Schema {
-        /// The SQLite file.
+        /// The SQLite file, or a `mysql://user@host:port/db` URL (password
+        /// from MYSQL_PWD).
         #[arg(long)]
-        db: PathBuf,
+        db: String,
+        /// Drop the table first, with every row in it (a fresh demo run).
+        #[arg(long)]
+        replace: bool,
     },
     /// Create the table and fill it with N synthetic rows, encrypted with the
     /// keyring handed over by the hook.
     Seed {
-        /// The SQLite file.
+        /// The SQLite file, or a `mysql://user@host:port/db` URL (password
+        /// from MYSQL_PWD).
         #[arg(long)]
-        db: PathBuf,
+        db: String,
         /// Rows to insert (ids 1..=N); the table must be empty.
         #[arg(long)]
         rows: u64,
@@ -55,9 +60,10 @@ enum Command {
     /// decrypts to the expected value; print a one-line summary at the end
     /// (after --duration, or on SIGTERM / Ctrl-C). Exit 1 if any read failed.
     Serve {
-        /// The SQLite file.
+        /// The SQLite file, or a `mysql://user@host:port/db` URL (password
+        /// from MYSQL_PWD).
         #[arg(long)]
-        db: PathBuf,
+        db: String,
         /// How long to serve, e.g. `30s`, `10m`; without it, until SIGTERM or
         /// Ctrl-C.
         #[arg(long, value_parser = humantime::parse_duration)]
@@ -81,9 +87,10 @@ enum Command {
     /// Decrypt every row; print the count per version and a SHA-256 digest of
     /// all plaintexts. Exit 1 on any failure.
     Check {
-        /// The SQLite file.
+        /// The SQLite file, or a `mysql://user@host:port/db` URL (password
+        /// from MYSQL_PWD).
         #[arg(long)]
-        db: PathBuf,
+        db: String,
     },
 }
 
@@ -96,9 +103,13 @@ fn parse_ratio(text: &str) -> Result<f64, String> {
 
 fn run(cli: Cli) -> Result<bool, Error> {
     match cli.command {
-        Command::Schema { db } => {
-            records::create_schema(&records::open(&db)?)?;
-            println!("schema: table customers ready in {}", db.display());
+        Command::Schema { db, replace } => {
+            let mut opened = db::Db::open(&db)?;
+            if replace {
+                opened.drop_table()?;
+            }
+            opened.create_schema()?;
+            println!("schema: table customers ready in {db}");
             Ok(true)
         }
         Command::Seed { db, rows } => {

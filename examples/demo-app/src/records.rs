@@ -5,50 +5,12 @@
 //! fail its associated data). They look like an SSN and a card number but are
 //! made up, and are never printed.
 
-use std::path::Path;
-use std::time::Duration;
-
-use rusqlite::Connection;
 use sha2::{Digest, Sha256};
-
-use crate::error::Error;
 
 /// The table, as the daemon's target names it.
 pub const TABLE: &str = "customers";
 /// The encrypted columns, in the order they are stored and digested.
 pub const COLUMNS: [&str; 2] = ["ssn", "card"];
-
-/// Opens the SQLite file in WAL mode, so the daemon's re-encryption worker
-/// and this application read and write it at the same time.
-pub fn open(path: &Path) -> Result<Connection, Error> {
-    let wrap = |source| Error::Open {
-        path: path.to_owned(),
-        source,
-    };
-    let connection = Connection::open(path).map_err(wrap)?;
-    connection
-        .busy_timeout(Duration::from_secs(10))
-        .map_err(wrap)?;
-    connection
-        .pragma_update(None, "journal_mode", "WAL")
-        .map_err(wrap)?;
-    connection
-        .pragma_update(None, "synchronous", "NORMAL")
-        .map_err(wrap)?;
-    Ok(connection)
-}
-
-/// Creates the table when it is missing.
-pub fn create_schema(connection: &Connection) -> Result<(), Error> {
-    connection.execute_batch(
-        "CREATE TABLE IF NOT EXISTS customers (
-             id   INTEGER PRIMARY KEY,
-             ssn  TEXT NOT NULL,
-             card TEXT NOT NULL
-         )",
-    )?;
-    Ok(())
-}
 
 /// The associated data of one value: `customers/<column>/<id>`.
 pub fn aad(column: &str, id: i64) -> String {

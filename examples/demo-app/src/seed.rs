@@ -1,10 +1,10 @@
 //! `seed`: fill an empty table with N encrypted rows.
 
-use std::path::Path;
 use std::time::Instant;
 
 use crypto_core::Keyring;
 
+use crate::db::Db;
 use crate::error::Error;
 use crate::handover::describe;
 use crate::records::{self, COLUMNS};
@@ -14,36 +14,29 @@ use crate::records::{self, COLUMNS};
 const CHUNK: u64 = 10_000;
 
 /// Creates the table and inserts rows `1..=rows`.
-pub fn run(path: &Path, rows: u64, keyring: &Keyring) -> Result<(), Error> {
+pub fn run(db: &str, rows: u64, keyring: &Keyring) -> Result<(), Error> {
     let started = Instant::now();
-    let mut connection = records::open(path)?;
-    records::create_schema(&connection)?;
-    let existing: i64 =
-        connection.query_row("SELECT COUNT(*) FROM customers", [], |row| row.get(0))?;
+    let mut db = Db::open(db)?;
+    db.create_schema()?;
+    let existing = db.count()?;
     if existing > 0 {
-        return Err(Error::NotEmpty {
-            rows: existing.unsigned_abs(),
-        });
+        return Err(Error::NotEmpty { rows: existing });
     }
     let mut next: u64 = 1;
     while next <= rows {
         let last = rows.min(next + CHUNK - 1);
-        let transaction = connection.transaction()?;
-        {
-            let mut insert = transaction
-                .prepare_cached("INSERT INTO customers (id, ssn, card) VALUES (?1, ?2, ?3)")?;
-            for id in next..=last {
-                let id = i64::try_from(id).expect("row ids stay far below 2^63");
-                let [ssn, card] = COLUMNS.map(|column| {
-                    keyring.encrypt(
-                        records::plaintext(column, id).as_bytes(),
-                        records::aad(column, id).as_bytes(),
-                    )
-                });
-                insert.execute(rusqlite::params![id, ssn?, card?])?;
-            }
+        let mut chunk = Vec::with_capacity((last - next + 1) as usize);
+        for id in next..=last {
+            let id = i64::try_from(id).expect("row ids stay far below 2^63");
+            let [ssn, card] = COLUMNS.map(|column| {
+                keyring.encrypt(
+                    records::plaintext(column, id).as_bytes(),
+                    records::aad(column, id).as_bytes(),
+                )
+            });
+            chunk.push((id, ssn?, card?));
         }
-        transaction.commit()?;
+        db.insert(&chunk)?;
         next = last + 1;
     }
     let seconds = started.elapsed().as_secs_f64();

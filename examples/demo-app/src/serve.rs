@@ -7,13 +7,12 @@
 //! neither overwrites the other: a lost race is a conflict, not a failure.
 
 use std::fmt;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crypto_core::Keyring;
 use rand::RngExt;
-use rusqlite::{Connection, OptionalExtension};
 
+use crate::db::Db;
 use crate::error::Error;
 use crate::handover::{Refresh, describe};
 use crate::records::{self, COLUMNS};
@@ -68,16 +67,14 @@ impl fmt::Display for Summary {
 
 /// Serves until `options.duration` has passed or `stop` is raised.
 pub fn run(
-    path: &Path,
+    db: &str,
     mut keyring: Keyring,
     mut refresh: Option<Refresh>,
     options: &Options,
     stop: &StopFlag,
 ) -> Result<Summary, Error> {
-    let connection = records::open(path)?;
-    let max_id: Option<i64> =
-        connection.query_row("SELECT MAX(id) FROM customers", [], |row| row.get(0))?;
-    let max_id = max_id.ok_or(Error::Empty)?;
+    let mut db = Db::open(db)?;
+    let max_id = db.max_id()?.ok_or(Error::Empty)?;
     eprintln!("serve: keyring {}", describe(&keyring));
 
     let mut summary = Summary::default();
@@ -106,7 +103,7 @@ pub fn run(
 
         let id = rng.random_range(1..=max_id);
         let write = rng.random_bool(options.write_ratio);
-        if let Err(error) = operate(&connection, &keyring, id, write, &mut summary) {
+        if let Err(error) = operate(&mut db, &keyring, id, write, &mut summary) {
             summary.db_errors += 1;
             eprintln!("serve: row {id}: {error}");
         }
@@ -127,17 +124,13 @@ pub fn run(
 
 /// Reads one row, checks it, and rewrites it when `write`.
 fn operate(
-    connection: &Connection,
+    db: &mut Db,
     keyring: &Keyring,
     id: i64,
     write: bool,
     summary: &mut Summary,
 ) -> Result<(), Error> {
-    let row: Option<(String, String)> = connection
-        .prepare_cached("SELECT ssn, card FROM customers WHERE id = ?1")?
-        .query_row([id], |row| Ok((row.get(0)?, row.get(1)?)))
-        .optional()?;
-    let Some((ssn, card)) = row else {
+    let Some((ssn, card)) = db.read(id)? else {
         return Ok(());
     };
     summary.rows_read += 1;
@@ -166,12 +159,7 @@ fn operate(
             records::aad(column, id).as_bytes(),
         )
     });
-    let changed = connection
-        .prepare_cached(
-            "UPDATE customers SET ssn = ?1, card = ?2 WHERE id = ?3 AND ssn = ?4 AND card = ?5",
-        )?
-        .execute(rusqlite::params![ssn?, card?, id, stored[0], stored[1]])?;
-    if changed == 1 {
+    if db.swap(id, &stored, &[ssn?, card?])? {
         summary.rows_written += 1;
     } else {
         summary.conflicts += 1;

@@ -1,5 +1,5 @@
-//! Shared test fixture: a table `records(id, a, b)` in a real SQLite file or a
-//! real PostgreSQL database, seeded with records at v8 and v9, plus the
+//! Shared test fixture: a table `records(id, a, b)` in a real SQLite file, a
+//! real PostgreSQL database or a real MySQL/MariaDB database, seeded with records at v8 and v9, plus the
 //! scenarios both backends must pass. No database is mocked.
 
 #![allow(dead_code)]
@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crypto_core::{Key, KeyVersion, Keyring};
 use keyholder_reencrypt::*;
+use mysql_async::prelude::Queryable as _;
 use sha2::{Digest as _, Sha256};
 
 pub fn v(n: u32) -> KeyVersion {
@@ -23,11 +24,22 @@ pub fn keyring(write: u32) -> Arc<Keyring> {
     Arc::new(Keyring::new("orders".parse().unwrap(), v(write), keys).unwrap())
 }
 
+/// The last plaintext an application wrote per (id, column).
+pub type LastWrites = HashMap<(i64, &'static str), String>;
+
 /// Where the test table lives.
 #[derive(Clone)]
 pub enum Db {
     Sqlite(PathBuf),
-    Postgres { url: String, table: String },
+    Postgres {
+        url: String,
+        table: String,
+    },
+    /// `url` as the test names it (`mysql://root@127.0.0.1:3306/test`).
+    Mysql {
+        url: String,
+        table: String,
+    },
 }
 
 pub const TABLE_SQLITE: &str = "records";
@@ -36,14 +48,14 @@ impl Db {
     pub fn table(&self) -> &str {
         match self {
             Db::Sqlite(_) => TABLE_SQLITE,
-            Db::Postgres { table, .. } => table,
+            Db::Postgres { table, .. } | Db::Mysql { table, .. } => table,
         }
     }
 
     pub fn target(&self) -> Target {
         let store = match self {
             Db::Sqlite(path) => format!("sqlite://{}", path.display()),
-            Db::Postgres { url, .. } => url.clone(),
+            Db::Postgres { url, .. } | Db::Mysql { url, .. } => url.clone(),
         };
         TargetConfig {
             name: "records".into(),
@@ -131,6 +143,28 @@ impl Db {
                         .unwrap();
                 }
             }
+            Db::Mysql { url, table } => {
+                let mut conn = mysql_connect(url).await;
+                conn.query_drop(format!(
+                    "CREATE TABLE {table} (id BIGINT PRIMARY KEY, a TEXT, b TEXT) \
+                     CHARACTER SET utf8mb4 COLLATE utf8mb4_general_ci"
+                ))
+                .await
+                .unwrap();
+                for chunk in data.chunks(2_000) {
+                    let values = vec!["(?, ?, ?)"; chunk.len()].join(", ");
+                    let params: Vec<mysql_async::Value> = chunk
+                        .iter()
+                        .flat_map(|(id, a, b)| [(*id).into(), a.clone().into(), b.clone().into()])
+                        .collect();
+                    conn.exec_drop(
+                        format!("INSERT INTO {table} (id, a, b) VALUES {values}"),
+                        params,
+                    )
+                    .await
+                    .unwrap();
+                }
+            }
         }
     }
 
@@ -161,6 +195,11 @@ impl Db {
                 .iter()
                 .map(|row| (row.get(0), row.get(1), row.get(2)))
                 .collect(),
+            Db::Mysql { url, table } => mysql_connect(url)
+                .await
+                .query(format!("SELECT id, a, b FROM {table} ORDER BY id"))
+                .await
+                .unwrap(),
         }
     }
 
@@ -187,6 +226,16 @@ impl Db {
                     .execute(
                         &format!("UPDATE {table} SET {column} = $1 WHERE id = $2"),
                         &[&value, &id],
+                    )
+                    .await
+                    .unwrap();
+            }
+            Db::Mysql { url, table } => {
+                mysql_connect(url)
+                    .await
+                    .exec_drop(
+                        format!("UPDATE {table} SET {column} = ? WHERE id = ?"),
+                        (value, id),
                     )
                     .await
                     .unwrap();
@@ -244,7 +293,11 @@ impl Db {
             let mut last = HashMap::new();
             let client = match &db {
                 Db::Postgres { url, .. } => Some(pg_connect(url).await),
-                Db::Sqlite(_) => None,
+                Db::Sqlite(_) | Db::Mysql { .. } => None,
+            };
+            let mut mysql = match &db {
+                Db::Mysql { url, .. } => Some(mysql_connect(url).await),
+                _ => None,
             };
             let sqlite = match &db {
                 Db::Sqlite(path) => Some(Arc::new(std::sync::Mutex::new({
@@ -254,7 +307,7 @@ impl Db {
                         .unwrap();
                     connection
                 }))),
-                Db::Postgres { .. } => None,
+                Db::Postgres { .. } | Db::Mysql { .. } => None,
             };
             let mut counter = 0u64;
             while !stop.load(Ordering::SeqCst) {
@@ -267,6 +320,17 @@ impl Db {
                     .encrypt(plaintext.as_bytes(), &db.aad(column, id))
                     .unwrap();
                 match (&client, &sqlite, &db) {
+                    (_, _, Db::Mysql { table, .. }) => {
+                        mysql
+                            .as_mut()
+                            .unwrap()
+                            .exec_drop(
+                                format!("UPDATE {table} SET {column} = ? WHERE id = ?"),
+                                (value, id),
+                            )
+                            .await
+                            .unwrap();
+                    }
                     (Some(client), _, Db::Postgres { table, .. }) => {
                         client
                             .execute(
@@ -300,6 +364,70 @@ impl Db {
             last
         })
     }
+
+    /// An application that updates `per_transaction` random rows (in random
+    /// order, both columns) in each transaction, as fast as it can, until
+    /// `stop`. Returns the last plaintexts it wrote and how many transactions
+    /// committed; a transaction that fails panics the task (the scenario
+    /// wants none).
+    pub fn spawn_multi_row_writer(
+        &self,
+        rows: i64,
+        per_transaction: usize,
+        stop: Arc<AtomicBool>,
+    ) -> tokio::task::JoinHandle<(LastWrites, u64)> {
+        let db = self.clone();
+        tokio::spawn(async move {
+            let Db::Mysql { url, table } = &db else {
+                panic!("the multi-row writer speaks MySQL only")
+            };
+            let ring = keyring(10);
+            let mut conn = mysql_connect(url).await;
+            let mut last = HashMap::new();
+            let mut committed = 0u64;
+            let mut counter = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                let mut transaction = conn
+                    .start_transaction(mysql_async::TxOpts::default())
+                    .await
+                    .unwrap_or_else(|error| panic!("begin failed: {error}"));
+                let mut written = Vec::new();
+                for _ in 0..per_transaction {
+                    counter += 1;
+                    let id = rand::random_range(1..=rows);
+                    let column: &'static str = if rand::random_bool(0.5) { "a" } else { "b" };
+                    let plaintext = format!("multi-{id}-{column}-{counter}");
+                    let value = ring
+                        .encrypt(plaintext.as_bytes(), &db.aad(column, id))
+                        .unwrap();
+                    transaction
+                        .exec_drop(
+                            format!("UPDATE {table} SET {column} = ? WHERE id = ?"),
+                            (value, id),
+                        )
+                        .await
+                        .unwrap_or_else(|error| {
+                            panic!("transaction {} failed: {error}", committed + 1)
+                        });
+                    written.push(((id, column), plaintext));
+                }
+                transaction
+                    .commit()
+                    .await
+                    .unwrap_or_else(|error| panic!("commit {} failed: {error}", committed + 1));
+                committed += 1;
+                last.extend(written);
+            }
+            (last, committed)
+        })
+    }
+}
+
+pub async fn mysql_connect(url: &str) -> mysql_async::Conn {
+    let opts = mysql_async::Opts::from_url(url).expect("KEYHOLDER_TEST_MYSQL is a mysql:// URL");
+    mysql_async::Conn::new(opts).await.unwrap_or_else(|error| {
+        panic!("KEYHOLDER_TEST_MYSQL is set but MySQL/MariaDB is unreachable: {error}")
+    })
 }
 
 fn keyring_v8() -> Arc<Keyring> {

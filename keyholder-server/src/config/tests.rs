@@ -422,3 +422,38 @@ fn min_verified_defaults_to_one_above_the_threshold_within_the_keyholders() {
         ["rotation.keep_snapshots: 0 is out of range; use 1 to 1000"]
     );
 }
+
+#[test]
+fn a_mysql_target_loads_and_a_password_in_its_url_is_refused_by_name() {
+    let dir = Dir::new();
+    let principals = [
+        principal("alice", "keyholder", "alice"),
+        principal("bob", "keyholder", "bob"),
+    ]
+    .concat();
+    let target = |store: &str| {
+        format!(
+            "{}[[targets]]\nname = \"t\"\nstore = \"{store}\"\ntable = \"customers\"\nprimary_key = \"id\"\ncolumns = [\"ssn\"]\n",
+            base(2, &principals)
+        )
+    };
+    let config = dir
+        .load(&target("mysql://app@db.example:3306/orders"))
+        .unwrap();
+    assert_eq!(
+        config.targets[0].store().to_string(),
+        "mysql://app@db.example:3306/orders?ssl-mode=VERIFY_IDENTITY"
+    );
+    let found = problems(dir.load(&target("mysql://app:hunter2@db.example/orders")));
+    assert_eq!(
+        found,
+        [
+            "targets[0].store: holds a password; a mysql store URL must not: put it in a file named by `password-file=/abs/path` or in the MYSQL_PWD environment variable"
+        ]
+    );
+    let found = problems(dir.load(&target("mongodb://db.example/orders")));
+    assert_eq!(
+        found,
+        ["targets[0].store: must start with sqlite:///, postgres:// or mysql://"]
+    );
+}

@@ -580,8 +580,19 @@ fn validate_targets(
                     format!("{path} does not exist or is not a file; point it at the application's database"),
                 );
             }
+        } else if t.store.starts_with("mysql://") {
+            // The engine's parser names what is wrong (a password in the
+            // URL, an unknown parameter, a bad ssl-mode).
+            if let Err(keyholder_reencrypt::Error::InvalidTarget { reason, .. }) =
+                keyholder_reencrypt::StoreLocation::parse(&t.store, &at("store"))
+            {
+                check.problem(at("store"), reason);
+            }
         } else if !(t.store.starts_with("postgres://") || t.store.starts_with("postgresql://")) {
-            check.problem(at("store"), "must start with sqlite:/// or postgres://");
+            check.problem(
+                at("store"),
+                "must start with sqlite:///, postgres:// or mysql://",
+            );
         }
         check.sql_ident(&t.table, &at("table"));
         check.sql_ident(&t.primary_key, &at("primary_key"));
