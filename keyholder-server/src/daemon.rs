@@ -329,6 +329,9 @@ impl Daemon {
             refused,
             "unseal shares submitted (each line's outcome is in the audit log)"
         );
+        // One audit entry per submission, not per line: a submission holds
+        // at most a few lines, and the rate limit bounds the submissions.
+        let mut lines = Vec::with_capacity(submission.outcomes.len());
         for outcome in &submission.outcomes {
             self.metrics.share(outcome.accepted);
             // A line that did not parse may hold share data in its message:
@@ -336,11 +339,6 @@ impl Daemon {
             let reason = match (outcome.version, &outcome.reason) {
                 (None, _) => Some("the share line does not parse".to_owned()),
                 (_, reason) => reason.clone(),
-            };
-            let action = if outcome.accepted {
-                "unseal_share_accepted"
-            } else {
-                "unseal_share_refused"
             };
             tracing::debug!(
                 principal = %principal.name,
@@ -350,18 +348,29 @@ impl Daemon {
                 reason = reason.as_deref().unwrap_or(""),
                 "unseal share"
             );
-            self.audit(
-                &principal.name,
-                action,
-                json!({
-                    "position": outcome.position,
-                    "version": outcome.version.map(|v| v.number()),
-                    "index": outcome.index,
-                    "reason": reason,
-                }),
-            )
-            .await?;
+            lines.push(json!({
+                "position": outcome.position,
+                "version": outcome.version.map(|v| v.number()),
+                "index": outcome.index,
+                "accepted": outcome.accepted,
+                "reason": reason,
+            }));
         }
+        let action = if refused == 0 {
+            "unseal_share_accepted"
+        } else {
+            "unseal_share_refused"
+        };
+        self.audit(
+            &principal.name,
+            action,
+            json!({
+                "accepted": submission.outcomes.len() - refused,
+                "refused": refused,
+                "lines": lines,
+            }),
+        )
+        .await?;
         let mut response = UnsealResponse {
             sealed: true,
             outcomes: submission.outcomes,

@@ -95,6 +95,8 @@ impl Rotator {
             .ok_or(StoreError::UnknownVersion { version })?;
         let mut outcomes = Vec::new();
         let mut accepted_any = false;
+        // One audit entry for the submission, listing each line that parsed.
+        let mut audited = Vec::new();
         for (position, line) in lines.iter().enumerate() {
             let outcome = |version, index, reason: Option<String>| ShareOutcome {
                 position: position + 1,
@@ -129,22 +131,32 @@ impl Rotator {
                     Some(_) => None,
                 },
             };
-            self.daemon
-                .audit(
-                    &keyholder.name,
-                    if refuse.is_none() {
-                        "share_verified"
-                    } else {
-                        "share_verify_refused"
-                    },
-                    json!({"version": share.version().number(), "index": index, "reason": refuse}),
-                )
-                .await?;
+            audited.push(json!({
+                "position": position + 1,
+                "version": share.version().number(),
+                "index": index,
+                "accepted": refuse.is_none(),
+                "reason": refuse,
+            }));
             if refuse.is_none() {
                 accepted_any = true;
                 lock(&self.new_shares).insert(index, share.clone());
             }
             outcomes.push(outcome(Some(share.version()), Some(index), refuse));
+        }
+        if !audited.is_empty() {
+            let refused = outcomes.iter().any(|o| !o.accepted);
+            self.daemon
+                .audit(
+                    &keyholder.name,
+                    if refused {
+                        "share_verify_refused"
+                    } else {
+                        "share_verified"
+                    },
+                    json!({"version": version.number(), "lines": audited}),
+                )
+                .await?;
         }
         if accepted_any {
             let mut next = machine.clone();
