@@ -14,7 +14,6 @@ pub const GENESIS_HASH: &str = "000000000000000000000000000000000000000000000000
 
 /// One audit entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct AuditEntry {
     /// Position in the log, from 1, without gaps.
     pub seq: u64,
@@ -59,7 +58,6 @@ pub const AUDIT_PAGE_MAX: u32 = 1000;
 
 /// `GET /v1/audit?since=SEQ&limit=N`: one page of the log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct AuditLog {
     /// The entries after `since`, in order, at most `limit`.
     pub entries: Vec<AuditEntry>,

@@ -29,7 +29,6 @@ use serde::{Deserialize, Serialize};
 
 /// Every non-2xx answer of the daemon.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ApiError {
     /// A lowercase sentence saying what was wrong and what to do.
     pub error: String,
@@ -37,8 +36,10 @@ pub struct ApiError {
     pub code: String,
 }
 
-/// Parses a request or response body strictly, naming the field that was
-/// wrong but never echoing a value from the body (it may hold a share).
+/// Parses a request or response body, naming the field that was wrong but
+/// never echoing a value from the body (it may hold a share). Request types
+/// refuse unknown fields; response types ignore them, so a client reads the
+/// answer of a daemon one minor version ahead (see [`API_VERSION`]).
 pub fn from_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, String> {
     serde_json::from_slice(body).map_err(|e| {
         let what = match e.classify() {
@@ -63,4 +64,22 @@ pub fn from_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Strin
             e.column()
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_newer_daemons_answer_parses_and_an_unknown_request_field_is_refused() {
+        let answer = br#"{"status":"ok","sealed":true,"field_of_a_newer_minor":1}"#;
+        let health: Health = from_json(answer).unwrap();
+        assert!(health.sealed);
+        let request = br#"{"version":11,"field_of_a_newer_minor":1}"#;
+        let refused = from_json::<PrepareRequest>(request).unwrap_err();
+        assert!(
+            refused.contains("unknown field `field_of_a_newer_minor`"),
+            "{refused}"
+        );
+    }
 }

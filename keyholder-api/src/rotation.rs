@@ -65,7 +65,6 @@ impl core::fmt::Display for RotationState {
 
 /// The rotation part of the status document.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RotationStatus {
     /// Where the rotation is.
     pub state: RotationState,
@@ -126,7 +125,6 @@ pub struct PrepareRequest {
 /// `GET /v1/rotation/share`: the caller's own new share, still age-encrypted
 /// to the caller's recipient.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ShareEnvelope {
     /// The keyring.
     pub keyring: KeyringId,
@@ -160,7 +158,6 @@ pub struct RetireRequest {
 
 /// The plan (or result) of a retire request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RetirePlan {
     /// The version.
     pub version: KeyVersion,
@@ -186,7 +183,6 @@ pub struct RollbackRequest {
 
 /// The plan (or start) of a rollback.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RollbackPlan {
     /// The version being rolled back (dropped at the end).
     pub from: KeyVersion,

@@ -10,7 +10,6 @@ use crate::RotationStatus;
 
 /// `GET /v1/health`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Health {
     /// Always `"ok"` when the daemon answers.
     pub status: String,
@@ -34,7 +33,6 @@ pub enum VersionState {
 
 /// One version in the status document.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct VersionStatus {
     /// The version, an integer in JSON.
     pub version: KeyVersion,
@@ -50,7 +48,6 @@ pub struct VersionStatus {
 
 /// Unseal progress of one version.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct UnsealProgress {
     /// The version.
     pub version: KeyVersion,
@@ -64,7 +61,6 @@ pub struct UnsealProgress {
 
 /// `GET /v1/status`: the document `keyholder --output json status` prints.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Status {
     /// The keyring's name.
     pub keyring: KeyringId,
@@ -130,7 +126,6 @@ pub struct UnsealRequest {
 
 /// What happened to one submitted share.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ShareOutcome {
     /// Its position in the request, from 1.
     pub position: usize,
@@ -146,7 +141,6 @@ pub struct ShareOutcome {
 
 /// The answer to an unseal or verify submission.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct UnsealResponse {
     /// Whether the daemon is still sealed.
     pub sealed: bool,
