@@ -175,8 +175,9 @@ primary_key = "id"
 columns = ["ssn", "card"]
 aad = "row"
 EOF
-"$KEYHOLDERD" check-config --config "$CONFIG"
+# The application's table first: check-config refuses a target that does not exist.
 "$APP" schema --replace --db "$DB"
+"$KEYHOLDERD" check-config --config "$CONFIG"
 
 step "first key v9: split 2-of-3, one age-encrypted share file per keyholder"
 "$KEYHOLDERD" init --config "$CONFIG" --first-version v9 --out "$RUN/shares"
