@@ -106,14 +106,21 @@ pub fn can_read_memory() -> bool {
     std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap()) == 0
 }
 
+/// The names of the `regions` that hold `needle`.
+fn holding<'a>(
+    regions: &'a [(String, Vec<u8>)],
+    needle: &'a [u8],
+) -> impl Iterator<Item = &'a str> + 'a {
+    regions
+        .iter()
+        .filter(move |(_, bytes)| memchr::memmem::find(bytes, needle).is_some())
+        .map(|(name, _)| name.as_str())
+}
+
 /// The mappings of `pid` that hold `needle`.
 pub fn memory_holding(pid: u32, needle: &[u8]) -> Vec<String> {
-    process_memory(pid)
-        .expect("reading the daemon's memory")
-        .into_iter()
-        .filter(|(_, bytes)| memchr::memmem::find(bytes, needle).is_some())
-        .map(|(name, _)| name)
-        .collect()
+    let regions = process_memory(pid).expect("reading the daemon's memory");
+    holding(&regions, needle).map(str::to_owned).collect()
 }
 
 /// Waits (up to 5 s: connections close and threads idle a moment after the
@@ -129,10 +136,7 @@ pub async fn assert_memory_clean(pid: u32, secrets: &[(String, Vec<u8>)]) {
         found = secrets
             .iter()
             .flat_map(|(what, needle)| {
-                regions
-                    .iter()
-                    .filter(|(_, bytes)| memchr::memmem::find(bytes, needle).is_some())
-                    .map(move |(region, _)| format!("  {what} in {region}"))
+                holding(&regions, needle).map(move |region| format!("  {what} in {region}"))
             })
             .collect::<Vec<_>>();
         if found.is_empty() {
