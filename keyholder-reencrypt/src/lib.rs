@@ -42,8 +42,9 @@
 //! # let _ = progress; Ok(()) }
 //! ```
 //!
-//! PostgreSQL connections are made without TLS (`NoTls`); a store that needs
-//! TLS is not supported yet. MySQL connections use TLS (rustls) as the
+//! PostgreSQL connections use TLS (rustls) as libpq's `sslmode` says
+//! ([`PgConnect`], shared with the daemon's state store): `verify-full`
+//! unless the host is loopback. MySQL connections use TLS (rustls) as the
 //! target's `ssl-mode` says: `VERIFY_IDENTITY` unless the host is loopback.
 
 #![forbid(unsafe_code)]
@@ -53,6 +54,7 @@ mod batch;
 mod checkpoint;
 mod error;
 mod inventory;
+mod pg_connect;
 mod progress;
 mod store;
 mod target;
@@ -66,6 +68,7 @@ pub use error::{
     BoxError, DatabaseError, Error, Result, UNDECRYPTABLE_REMEMBERED, sqlstate_is_transient,
 };
 pub use inventory::Inventory;
+pub use pg_connect::{PgConnect, PgSslMode};
 pub use progress::{Phase, Progress, VersionCount};
 pub use store::mysql::MysqlStore;
 pub use store::postgres::PostgresStore;

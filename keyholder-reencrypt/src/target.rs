@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
+use crate::pg_connect::PgConnect;
 use crate::store::Pk;
 
 mod mysql;
@@ -68,9 +69,9 @@ impl fmt::Display for SqlIdent {
 pub enum StoreLocation {
     /// A SQLite file, from `sqlite:///abs/path.db`.
     Sqlite(PathBuf),
-    /// A PostgreSQL URL (`postgres://` or `postgresql://`), kept whole for the
-    /// driver; shown with its password replaced.
-    Postgres(String),
+    /// A PostgreSQL URL (`postgres://` or `postgresql://`) with libpq's TLS
+    /// settings; shown with its password replaced.
+    Postgres(Box<PgConnect>),
     /// A MySQL or MariaDB database, from `mysql://user@host:port/db`.
     Mysql(MysqlLocation),
 }
@@ -92,10 +93,13 @@ impl StoreLocation {
             return Ok(Self::Sqlite(PathBuf::from(path)));
         }
         if input.starts_with("postgres://") || input.starts_with("postgresql://") {
-            input.parse::<tokio_postgres::Config>().map_err(|_| {
-                refuse("is not a valid PostgreSQL URL (postgres://user@host:port/db)")
-            })?;
-            return Ok(Self::Postgres(input.to_owned()));
+            return PgConnect::parse(input)
+                .map(|at| Self::Postgres(Box::new(at)))
+                .map_err(|reason| {
+                    refuse(&format!(
+                        "{reason} (postgres://user@host:port/db?sslmode=verify-full&sslrootcert=/path/ca.pem)"
+                    ))
+                });
         }
         if input.starts_with("mysql://") {
             return MysqlLocation::parse(input, field).map(Self::Mysql);
@@ -110,7 +114,7 @@ impl fmt::Display for StoreLocation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Sqlite(path) => write!(f, "sqlite://{}", path.display()),
-            Self::Postgres(url) => f.write_str(&redact_password(url)),
+            Self::Postgres(at) => fmt::Display::fmt(at, f),
             Self::Mysql(location) => fmt::Display::fmt(location, f),
         }
     }
@@ -119,22 +123,6 @@ impl fmt::Display for StoreLocation {
 impl fmt::Debug for StoreLocation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Display::fmt(self, f)
-    }
-}
-
-/// `postgres://user:secret@host/db` -> `postgres://user:***@host/db`.
-fn redact_password(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return "postgres://***".to_owned();
-    };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _)) => format!("{scheme}://{user}:***@{host}{tail}"),
-            None => url.to_owned(),
-        },
-        None => url.to_owned(),
     }
 }
 
@@ -394,10 +382,13 @@ mod tests {
 
     #[test]
     fn postgres_password_is_never_shown() {
-        let location =
-            StoreLocation::parse("postgres://app:hunter2@db.example:5432/orders", "store").unwrap();
+        let location = StoreLocation::parse(
+            "postgres://app:hunter2@db.example:5432/orders?sslmode=require",
+            "store",
+        )
+        .unwrap();
         let shown = format!("{location} {location:?}");
         assert!(!shown.contains("hunter2"), "{shown}");
-        assert!(shown.contains("postgres://app:***@db.example:5432/orders"));
+        assert!(shown.contains("postgres://app:***@db.example:5432/orders?sslmode=require"));
     }
 }

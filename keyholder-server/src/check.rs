@@ -13,17 +13,42 @@ use crate::config::{Config, Problem, StateLocation};
 /// How long one store gets to answer.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Logs a warning for every PostgreSQL store of `config` reached in the
+/// clear on a host that is not loopback (`sslmode=disable` said
+/// explicitly: the only way to get plain TCP to another host).
+pub fn warn_plaintext_postgres(config: &Config) {
+    if let StateLocation::Postgres(location) = &config.state
+        && location.connect().plaintext_to_remote()
+    {
+        tracing::warn!(
+            host = %location.connect().host_for_logs(),
+            "the postgresql state store is reached without TLS (sslmode=disable): its traffic, audit log included, crosses the network in the clear"
+        );
+    }
+    for target in &config.targets {
+        if let keyholder_reencrypt::StoreLocation::Postgres(at) = target.store()
+            && at.plaintext_to_remote()
+        {
+            tracing::warn!(
+                target = target.name(),
+                host = %at.host_for_logs(),
+                "postgresql target is reached without TLS (sslmode=disable): its records cross the network in the clear"
+            );
+        }
+    }
+}
+
 /// Every store of `config` that cannot be reached or used, by field.
 pub async fn stores(config: &Config) -> Vec<Problem> {
     let mut problems = Vec::new();
     if let StateLocation::Postgres(location) = &config.state {
         let probe = async {
-            let (client, connection) = location.config().connect(tokio_postgres::NoTls).await?;
-            let connection = tokio::spawn(connection);
-            let answer = client.simple_query("SELECT 1").await.map(drop);
-            drop(client);
-            let _ = connection.await;
-            answer
+            let client = location.connect().connect("check-config").await?;
+            client
+                .simple_query("SELECT 1")
+                .await
+                .map(drop)
+                .map_err(|e| keyholder_reencrypt::DatabaseError::from(&e))
         };
         let failed = match tokio::time::timeout(CONNECT_TIMEOUT, probe).await {
             Ok(Ok(())) => None,

@@ -40,6 +40,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         field: config.listen.identity_field,
         principals: config.principals.clone().into(),
     });
+    crate::check::warn_plaintext_postgres(&config);
     let daemon = Daemon::open(config).await?;
     let rotator = crate::rotation::Rotator::start(Arc::clone(&daemon)).await?;
     let extra = crate::rotation::api::routes(Arc::clone(&rotator));

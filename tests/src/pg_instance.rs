@@ -96,6 +96,53 @@ impl PgInstance {
         self.port
     }
 
+    /// A key=value connection string over the server's Unix socket (which
+    /// `pg_hba.conf` may trust when TCP needs TLS).
+    pub fn socket_conninfo(&self) -> String {
+        format!(
+            "host={} port={} user=postgres dbname=postgres",
+            self.socket_dir().display(),
+            self.port
+        )
+    }
+
+    /// Turns TLS on (`ssl=on`, the server certificate and key, `ca` to
+    /// verify client certificates with), replaces `pg_hba.conf` with
+    /// `local all all trust` followed by `hba`, and restarts the server.
+    pub fn enable_tls(&self, cert: &Path, key: &Path, ca: &Path, hba: &str) {
+        let data = self.data_dir();
+        for (from, to) in [(cert, "server.crt"), (key, "server.key"), (ca, "root.crt")] {
+            std::fs::copy(from, data.join(to)).unwrap();
+            self.own(&data.join(to));
+        }
+        let mut conf = std::fs::read_to_string(data.join("postgresql.conf")).unwrap();
+        conf.push_str(
+            "\nssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\nssl_ca_file = 'root.crt'\n",
+        );
+        std::fs::write(data.join("postgresql.conf"), conf).unwrap();
+        std::fs::write(
+            data.join("pg_hba.conf"),
+            format!("local all all trust\n{hba}\n"),
+        )
+        .unwrap();
+        self.restart();
+    }
+
+    /// Mode 0600, owned by the server's user: PostgreSQL refuses a key
+    /// file others may read.
+    fn own(&self, path: &Path) {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        if self.as_root {
+            let status = Command::new("chown")
+                .arg(format!("{SERVER_USER}:{SERVER_USER}"))
+                .arg(path)
+                .status()
+                .unwrap();
+            assert!(status.success(), "chown of {} failed", path.display());
+        }
+    }
+
     /// Starts the stopped server and waits until it accepts connections.
     pub fn start_again(&self) {
         let options = format!(

@@ -24,11 +24,12 @@ use crypto_core::KeyVersion;
 use futures::FutureExt as _;
 use futures::future::BoxFuture;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, NoTls, Statement};
+use tokio_postgres::{Client, Statement};
 
 use super::{DataStore, Pk, PkKind, RowSwap, SampleRecord, StoredRow, SwapOutcome, version_prefix};
 use crate::error::{DatabaseError, Error, Result};
 use crate::inventory::{self, Inventory};
+use crate::pg_connect::PgConnect;
 use crate::target::{SqlIdent, StoreLocation, Target};
 
 /// How long a statement of the store waits for a lock (the batch takes row
@@ -58,19 +59,15 @@ impl PostgresStore {
     /// Connects to the target's database (no TLS: see the crate docs), checks
     /// the table and prepares the statements.
     pub async fn open(target: &Target) -> Result<Self> {
-        let StoreLocation::Postgres(url) = target.store() else {
+        let StoreLocation::Postgres(at) = target.store() else {
             return Err(Error::Schema {
                 target: target.name().to_owned(),
                 reason: "not a postgres store".to_owned(),
             });
         };
         let pg = |operation| pg_error(target, operation);
-        let reader = connect(url, READ_STATEMENT_TIMEOUT)
-            .await
-            .map_err(pg("connect"))?;
-        let writer = connect(url, WRITE_STATEMENT_TIMEOUT)
-            .await
-            .map_err(pg("connect"))?;
+        let reader = connect(target, at, READ_STATEMENT_TIMEOUT).await?;
+        let writer = connect(target, at, WRITE_STATEMENT_TIMEOUT).await?;
         let kind = check_schema(&reader, target).await?;
 
         let table = target.table();
@@ -215,19 +212,22 @@ impl PostgresStore {
     }
 }
 
-async fn connect(url: &str, statement_timeout: &str) -> Result<Client, tokio_postgres::Error> {
-    let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
-    tokio::spawn(async move {
-        if let Err(error) = connection.await {
-            let error = DatabaseError::from(&error);
-            tracing::warn!(%error, "postgres connection of the re-encryption store closed");
-        }
-    });
+async fn connect(target: &Target, at: &PgConnect, statement_timeout: &str) -> Result<Client> {
+    let client = at
+        .connect("re-encryption store")
+        .await
+        .map_err(|source| Error::Postgres {
+            target: target.name().to_owned(),
+            operation: "connect",
+            source: Box::new(source),
+            finding: None,
+        })?;
     client
         .batch_execute(&format!(
             "SET lock_timeout = '{LOCK_TIMEOUT}'; SET statement_timeout = '{statement_timeout}'"
         ))
-        .await?;
+        .await
+        .map_err(pg_error(target, "connect"))?;
     Ok(client)
 }
 
@@ -242,12 +242,19 @@ impl From<&tokio_postgres::Error> for DatabaseError {
         }
         let mut message = error.to_string();
         let mut io = false;
+        let mut tls = None;
         let mut next = std::error::Error::source(error);
         while let Some(cause) = next {
-            io |= cause.is::<std::io::Error>();
+            tls = tls.or_else(|| crate::pg_connect::tls_cause(cause));
+            io |= cause.is::<std::io::Error>() && tls.is_none();
             message.push_str(": ");
             message.push_str(&cause.to_string());
             next = cause.source();
+        }
+        if let Some(tls) = tls {
+            // A certificate refused is not a network failure: retrying
+            // cannot help until the settings or the certificate change.
+            message = format!("{tls} ({message})");
         }
         let transient = error.is_closed() || io || message.starts_with("timeout");
         DatabaseError::connection(message, transient)

@@ -95,7 +95,7 @@ fn a_postgres_state_store_replaces_the_state_dir() {
     };
     let config = dir
         .load(&with_store(
-            "postgres://kh:pw@db.internal/state?schema=orders_ks",
+            "postgres://kh:pw@db.internal/state?schema=orders_ks&sslrootcert=/etc/kh/pg-ca.pem",
         ))
         .unwrap();
     match &config.state {
@@ -109,7 +109,9 @@ fn a_postgres_state_store_replaces_the_state_dir() {
         ["state_store: must be a URL starting with postgres:// or postgresql://"]
     );
     assert_eq!(
-        problems(dir.load(&with_store("postgres://kh@db/state?schema=Orders"))),
+        problems(dir.load(&with_store(
+            "postgres://kh@db/state?schema=Orders&sslrootcert=/etc/kh/pg-ca.pem"
+        ))),
         ["state_store: schema \"Orders\" must match ^[a-z_][a-z0-9_]{0,62}$"]
     );
     let both = base(2, &principals).replace(
@@ -149,7 +151,7 @@ fn the_state_dir_mode_is_not_checked_for_a_postgres_store() {
     )
     .replace(
         "state_dir = \"state\"",
-        "state_store = \"postgres://kh@db/state\"",
+        "state_store = \"postgres://kh@db/state?sslmode=require\"",
     );
     assert!(dir.load(&text).is_ok());
 }

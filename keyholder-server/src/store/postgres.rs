@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use crypto_core::KeyVersion;
 use keyholder_api::{AuditEntry, GENESIS_HASH};
 use tokio::sync::{Mutex, MutexGuard};
-use tokio_postgres::{Client, GenericClient, NoTls};
+use tokio_postgres::{Client, GenericClient};
 
 pub use location::PgLocation;
 
@@ -233,17 +233,14 @@ impl PostgresStore {
 }
 
 async fn open_client(location: &PgLocation) -> Result<Client, StoreError> {
-    let (client, connection) = location
-        .config()
-        .connect(NoTls)
+    let client = location
+        .connect()
+        .connect("state store")
         .await
-        .map_err(pg("connect"))?;
-    tokio::spawn(async move {
-        if let Err(error) = connection.await {
-            let error = keyholder_reencrypt::DatabaseError::from(&error);
-            tracing::warn!(%error, "postgresql state store connection failed");
-        }
-    });
+        .map_err(|source| StoreError::Postgres {
+            operation: "connect",
+            source: Box::new(source),
+        })?;
     client
         .batch_execute(&format!(
             "SET search_path TO {}; SET lock_timeout = '{LOCK_TIMEOUT}'; SET statement_timeout = '{STATEMENT_TIMEOUT}'",

@@ -1,4 +1,5 @@
-//! Where a PostgreSQL state store lives: a connection URL and a schema.
+//! Where a PostgreSQL state store lives: a connection URL (with libpq's TLS
+//! settings, [`PgConnect`]) and a schema.
 //!
 //! Parsed once, from the config's `state_store`; its `Debug` and every error
 //! leave the password out.
@@ -7,7 +8,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
-use tokio_postgres::config::SslMode;
+use keyholder_reencrypt::PgConnect;
 
 use crate::config::sql_ident_rule;
 
@@ -18,7 +19,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// A parsed `postgres://` URL and the schema holding the state.
 #[derive(Clone)]
 pub struct PgLocation {
-    config: tokio_postgres::Config,
+    connect: PgConnect,
     schema: String,
 }
 
@@ -27,8 +28,10 @@ impl PgLocation {
     pub const DEFAULT_SCHEMA: &'static str = "keyholder";
 
     /// Parses `postgres://user[:password]@host[:port]/db[?...&schema=NAME]`.
-    /// `schema` is keyholder's own parameter; the others are libpq's. The
-    /// error says what is wrong without repeating the URL.
+    /// `schema` is keyholder's own parameter; the others are libpq's
+    /// (`sslmode`, `sslrootcert`, `sslcert`, `sslkey` among them, see
+    /// [`PgConnect`]). The error says what is wrong without repeating the
+    /// URL.
     pub fn parse(url: &str) -> Result<Self, String> {
         if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
             return Err("must be a URL starting with postgres:// or postgresql://".to_owned());
@@ -48,18 +51,8 @@ impl PgLocation {
         } else {
             format!("{base}?{}", rest.join("&"))
         };
-        let mut config = tokio_postgres::Config::from_str(&url).map_err(|e| {
-            let cause = std::error::Error::source(&e)
-                .map(|c| format!(" ({c})"))
-                .unwrap_or_default();
-            format!("is not a PostgreSQL URL{cause}")
-        })?;
-        if config.get_ssl_mode() == SslMode::Require {
-            return Err(
-                "asks for sslmode=require, but this build connects without TLS; reach the database over a Unix socket or a trusted network and drop sslmode"
-                    .to_owned(),
-            );
-        }
+        let mut connect = PgConnect::parse(&url)?;
+        let config = connect.config_mut();
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
@@ -67,7 +60,7 @@ impl PgLocation {
             config.application_name("keyholderd");
         }
         Self {
-            config,
+            connect,
             schema: Self::DEFAULT_SCHEMA.to_owned(),
         }
         .with_schema(schema.as_deref().unwrap_or(Self::DEFAULT_SCHEMA))
@@ -85,9 +78,14 @@ impl PgLocation {
         &self.schema
     }
 
-    /// The connection settings.
+    /// The driver's connection settings.
     pub fn config(&self) -> &tokio_postgres::Config {
-        &self.config
+        self.connect.config()
+    }
+
+    /// The URL with its TLS settings, to connect with.
+    pub fn connect(&self) -> &PgConnect {
+        &self.connect
     }
 }
 
@@ -101,9 +99,9 @@ impl FromStr for PgLocation {
 
 impl fmt::Debug for PgLocation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // tokio_postgres::Config's Debug already redacts the password.
+        // PgConnect's Debug redacts the password.
         f.debug_struct("PgLocation")
-            .field("config", &self.config)
+            .field("url", &self.connect)
             .field("schema", &self.schema)
             .finish()
     }
@@ -116,7 +114,7 @@ mod tests {
     #[test]
     fn schema_is_taken_from_the_query_and_the_rest_goes_to_the_driver() {
         let at = PgLocation::parse(
-            "postgres://kh:secret@db.internal:5433/state?connect_timeout=3&schema=ks_prod",
+            "postgres://kh:secret@db.internal:5433/state?connect_timeout=3&schema=ks_prod&sslrootcert=/etc/kh/pg-ca.pem",
         )
         .unwrap();
         assert_eq!(at.schema(), "ks_prod");
@@ -134,24 +132,32 @@ mod tests {
         let at = PgLocation::parse("postgresql://kh@localhost/state").unwrap();
         assert_eq!(at.schema(), "keyholder");
         assert_eq!(
-            PgLocation::parse("postgres://kh@h/db?schema=Bad-Name").unwrap_err(),
+            PgLocation::parse("postgres://kh@localhost/db?schema=Bad-Name").unwrap_err(),
             "schema \"Bad-Name\" must match ^[a-z_][a-z0-9_]{0,62}$"
         );
         assert_eq!(
-            PgLocation::parse("postgres://kh@h/db?schema=a&schema=b").unwrap_err(),
+            PgLocation::parse("postgres://kh@localhost/db?schema=a&schema=b").unwrap_err(),
             "names the schema twice"
         );
         assert_eq!(
             PgLocation::parse("mysql://kh@h/db").unwrap_err(),
             "must be a URL starting with postgres:// or postgresql://"
         );
-        let refused = PgLocation::parse("postgres://kh:hunter2@h/db?nonsense=1").unwrap_err();
+        let refused =
+            PgLocation::parse("postgres://kh:hunter2@localhost/db?nonsense=1").unwrap_err();
         assert!(refused.starts_with("is not a PostgreSQL URL"), "{refused}");
         assert!(!refused.contains("hunter2"), "{refused}");
-        assert!(
+        assert_eq!(
             PgLocation::parse("postgres://kh@h/db?sslmode=require")
+                .unwrap()
+                .connect()
+                .ssl_mode(),
+            keyholder_reencrypt::PgSslMode::Require
+        );
+        assert!(
+            PgLocation::parse("postgres://kh@db.internal/db")
                 .unwrap_err()
-                .contains("sslmode=require")
+                .contains("needs sslrootcert")
         );
     }
 }
