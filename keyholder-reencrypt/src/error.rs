@@ -66,6 +66,18 @@ pub enum Error {
         source: Box<rusqlite::Error>,
     },
 
+    /// Syncing a SQLite target's files to disk failed.
+    #[error("target `{target}`: syncing {} to disk failed: {source}", .path.display())]
+    Sync {
+        /// The target's name.
+        target: String,
+        /// The file or directory.
+        path: std::path::PathBuf,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
+
     /// PostgreSQL failed. [`Error::is_transient`] tells whether trying
     /// again on a fresh connection may succeed.
     #[error("target `{target}`: postgres {operation} failed: {source}{}", finding_text(.finding))]

@@ -8,6 +8,7 @@
 
 pub mod mysql;
 pub mod postgres;
+mod sample;
 pub mod sqlite;
 
 use std::collections::BTreeMap;
@@ -158,6 +159,14 @@ pub trait DataStore: Send + Sync {
     /// The largest replay lag of the store's replicas; `None` where the store
     /// has no replicas to wait for (SQLite).
     fn replica_lag(&self) -> BoxFuture<'_, Result<Option<Duration>>>;
+
+    /// Makes every batch this store committed durable. A store may commit
+    /// batches without waiting for the disk (a batch lost in a power cut is
+    /// harmless: its records are still at the old version, still readable
+    /// with the old key, and the final inventory finds them); the pass calls
+    /// this before that inventory, so a pass is never called drained on
+    /// writes the disk might still lose.
+    fn make_durable(&self) -> BoxFuture<'_, Result<()>>;
 }
 
 /// Opens the target's store, checks that the table, the primary key and the

@@ -214,30 +214,39 @@ impl ControlHandle {
     }
 }
 
-/// A token bucket on records per second. Tokens may go into debt so a batch
-/// larger than the burst still passes, at the average rate.
+/// A token bucket on records per second that paces batches evenly.
+///
+/// It holds at most the batch about to be written, never a second's worth:
+/// a full bucket at the start of a throttled phase or after a resume would
+/// let a second of batches through back to back, and the application's
+/// writers would queue behind them. So the first batch goes at once and
+/// each next one starts `records / rate` after the one before, spread over
+/// the second. Tokens go into debt, so a batch larger than a second's
+/// records still passes, at the average rate; time overslept is credited
+/// to the next batch, so the average holds.
 #[derive(Debug)]
 pub struct TokenBucket {
     rate: u64,
+    /// Credit in records; capped at the batch being reserved.
     tokens: f64,
     last: Instant,
 }
 
 impl TokenBucket {
-    /// A full bucket of `rate` tokens (one second's burst); `rate` 0 = unlimited.
+    /// A bucket whose first batch goes at once; `rate` 0 = unlimited.
     pub fn new(rate: u64, now: Instant) -> Self {
         Self {
             rate,
-            tokens: rate as f64,
+            tokens: f64::MAX,
             last: now,
         }
     }
 
-    /// Changes the rate; tokens above the new burst are dropped.
+    /// Changes the rate from `now` on; the debt of the batches already
+    /// reserved is kept.
     pub fn set_rate(&mut self, rate: u64, now: Instant) {
         self.refill(now);
         self.rate = rate;
-        self.tokens = self.tokens.min(rate as f64);
     }
 
     /// Takes `n` tokens and says how long to wait before using them.
@@ -246,7 +255,8 @@ impl TokenBucket {
             return Duration::ZERO;
         }
         self.refill(now);
-        self.tokens -= n as f64;
+        // No credit beyond this batch: no burst after an idle spell.
+        self.tokens = self.tokens.min(n as f64) - n as f64;
         if self.tokens >= 0.0 {
             Duration::ZERO
         } else {
@@ -257,7 +267,7 @@ impl TokenBucket {
     fn refill(&mut self, now: Instant) {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = now;
-        self.tokens = (self.tokens + elapsed * self.rate as f64).min(self.rate as f64);
+        self.tokens += elapsed * self.rate as f64;
     }
 }
 
@@ -313,15 +323,15 @@ mod tests {
         let start = Instant::now();
         let mut bucket = TokenBucket::new(100, start);
         let mut sent = 0u64;
-        // 30 batches of 50 records: the first 100 records are the burst, the
-        // remaining 1400 take 14 s at 100/s.
+        // 30 batches of 50 records at 100/s: the first goes at once, each
+        // next one half a second after it.
         for _ in 0..30 {
             let wait = bucket.reserve(50, Instant::now());
             tokio::time::sleep(wait).await;
             sent += 50;
         }
         assert_eq!(sent, 1500);
-        assert_eq!(start.elapsed(), Duration::from_secs(14));
+        assert_eq!(start.elapsed(), Duration::from_millis(14_500));
 
         bucket.set_rate(1000, Instant::now());
         let before = Instant::now();
@@ -329,8 +339,49 @@ mod tests {
             let wait = bucket.reserve(500, Instant::now());
             tokio::time::sleep(wait).await;
         }
-        // 5000 records from an empty bucket at 1000/s.
+        // 5000 records at 1000/s, the debt of the last batch at 100/s paid.
         assert_eq!(before.elapsed(), Duration::from_secs(5));
+    }
+
+    /// The start of a throttled phase and a resume after a long pause let
+    /// one batch through, not a second's worth: the batches of every second
+    /// are spread evenly over it.
+    #[tokio::test(start_paused = true)]
+    async fn token_bucket_never_bursts() {
+        let mut bucket = TokenBucket::new(10_000, Instant::now());
+        let mut starts = Vec::new();
+        for round in 0..2 {
+            for _ in 0..20 {
+                let wait = bucket.reserve(1000, Instant::now());
+                tokio::time::sleep(wait).await;
+                starts.push(Instant::now());
+            }
+            if round == 0 {
+                // Paused for a minute: no credit piles up meanwhile.
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                bucket.set_rate(10_000, Instant::now());
+            }
+        }
+        let gaps: Vec<Duration> = starts.windows(2).map(|w| w[1] - w[0]).collect();
+        let paced = Duration::from_millis(100);
+        assert!(gaps[..19].iter().all(|gap| *gap == paced), "{gaps:?}");
+        assert_eq!(
+            gaps[19],
+            Duration::from_secs(60),
+            "after the pause, at once"
+        );
+        assert!(gaps[20..].iter().all(|gap| *gap == paced), "{gaps:?}");
+
+        // Work that takes part of the pace is part of it, and a late start
+        // (an oversleep) is credited to the next batch.
+        let mut bucket = TokenBucket::new(1000, Instant::now());
+        let start = Instant::now();
+        for _ in 0..10 {
+            let wait = bucket.reserve(100, Instant::now());
+            tokio::time::sleep(wait + Duration::from_millis(3)).await;
+            tokio::time::sleep(Duration::from_millis(40)).await;
+        }
+        assert_eq!(start.elapsed(), Duration::from_millis(900 + 43));
     }
 
     #[tokio::test(start_paused = true)]

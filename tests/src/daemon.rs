@@ -87,20 +87,23 @@ pub fn keyholderd() -> PathBuf {
     binary("keyholderd")
 }
 
-/// A binary of the workspace next to the test executable's directory.
+/// A binary of the workspace: beside the running executable (a binary such
+/// as keyholder-bench, in `target/<profile>`) or in its parent directory (a
+/// test executable, in `target/<profile>/deps`).
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test executable lives in target/<profile>/deps");
-    let bin = dir.join(name);
-    assert!(
-        bin.exists(),
-        "{} is missing: build it first with `cargo build --workspace --bins` (deploy/test.sh does)",
-        bin.display()
-    );
-    bin
+    let mut dirs = exe.ancestors().skip(1).take(2);
+    let found = dirs
+        .clone()
+        .map(|dir| dir.join(name))
+        .find(|bin| bin.exists());
+    found.unwrap_or_else(|| {
+        let dir = dirs.nth(1).unwrap_or(Path::new("target/debug"));
+        panic!(
+            "{} is missing: build it first with `cargo build --workspace --bins` (deploy/test.sh does)",
+            dir.join(name).display()
+        )
+    })
 }
 
 /// A free loopback port.

@@ -991,7 +991,7 @@ async fn sigkill_after_every_transition_and_five_times_while_reencrypting_resume
     const RECORDS: i64 = 3000;
     const BATCH: u64 = 50;
     // Slow enough that the crashes land mid-way: each start of the worker
-    // has a burst of one second's rows.
+    // writes its first batch at once, then 300 rows/s.
     let mut w = world(RECORDS, |o| {
         o.batch_size = Some(BATCH as u32);
         o.rows_per_sec = Some(300);
@@ -1045,7 +1045,7 @@ async fn sigkill_after_every_transition_and_five_times_while_reencrypting_resume
 
     // Reencrypting: five crashes at random points, each checked while the
     // daemon is down. The last point leaves 40% of the records: after each
-    // restart the worker moves a burst and keeps going while the test
+    // restart the worker moves a batch at once and keeps going while the test
     // unseals and fetches, and on a loaded machine those requests are slow;
     // the crash must still land before the end.
     let mut rng = rand::rng();

@@ -26,6 +26,7 @@ use futures::future::BoxFuture;
 use mysql_async::prelude::Queryable as _;
 use mysql_async::{Conn, IsolationLevel, Pool, TxOpts, Value};
 
+use super::sample::random_key;
 use super::{DataStore, Pk, PkKind, RowSwap, SampleRecord, StoredRow, SwapOutcome, version_prefix};
 use crate::error::{Error, Result};
 use crate::inventory::{self, Inventory};
@@ -315,26 +316,6 @@ fn read_text(target: &Target, column: &SqlIdent, pk: &Pk, value: Value) -> Resul
     })
 }
 
-/// A random key between `low` and `high`: uniform for integer keys; for text
-/// keys, the common prefix, a random byte between theirs where they first
-/// differ, and random printable characters.
-fn random_key(low: &Pk, high: &Pk) -> Pk {
-    match (low, high) {
-        (Pk::Int(low), Pk::Int(high)) => Pk::Int(rand::random_range(*low..=*high)),
-        (Pk::Text(low), Pk::Text(high)) => {
-            let (low, high) = (low.as_bytes(), high.as_bytes());
-            let common = low.iter().zip(high).take_while(|(a, b)| a == b).count();
-            let mut key = low[..common].to_vec();
-            let from = low.get(common).copied().unwrap_or(b' ').max(b' ');
-            let to = high.get(common).copied().unwrap_or(b'~').clamp(from, b'~');
-            key.push(rand::random_range(from..=to));
-            key.extend((0..8).map(|_| rand::random_range(b'0'..=b'z')));
-            Pk::Text(String::from_utf8_lossy(&key).into_owned())
-        }
-        _ => low.clone(),
-    }
-}
-
 /// The length and text of `version`'s prefix, as bound values.
 fn prefix_params(version: KeyVersion) -> (Value, Value) {
     let prefix = version_prefix(version);
@@ -575,6 +556,11 @@ impl DataStore for MysqlStore {
             Ok(records)
         }
         .boxed()
+    }
+
+    fn make_durable(&self) -> BoxFuture<'_, Result<()>> {
+        // Every batch commits under the server's own durability settings.
+        futures::future::ready(Ok(())).boxed()
     }
 
     fn replica_lag(&self) -> BoxFuture<'_, Result<Option<Duration>>> {

@@ -26,7 +26,9 @@ use futures::future::BoxFuture;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Statement};
 
-use super::{DataStore, Pk, PkKind, RowSwap, SampleRecord, StoredRow, SwapOutcome, version_prefix};
+use super::{
+    DataStore, Pk, PkKind, RowSwap, SampleRecord, StoredRow, SwapOutcome, sample, version_prefix,
+};
 use crate::error::{DatabaseError, Error, Result};
 use crate::inventory::{self, Inventory};
 use crate::pg_connect::PgConnect;
@@ -51,7 +53,9 @@ pub struct PostgresStore {
     swap: Statement,
     inventory: Statement,
     count: Statement,
-    sample: Statement,
+    bounds: Statement,
+    probe_from: Statement,
+    probe_before: Statement,
     lag: Statement,
 }
 
@@ -68,6 +72,13 @@ impl PostgresStore {
         let pg = |operation| pg_error(target, operation);
         let reader = connect(target, at, READ_STATEMENT_TIMEOUT).await?;
         let writer = connect(target, at, WRITE_STATEMENT_TIMEOUT).await?;
+        // A batch need not wait for the WAL flush: one lost in a crash left
+        // its records at the old version, and `make_durable` flushes before
+        // the inventory that may call the pass drained.
+        writer
+            .batch_execute("SET synchronous_commit = off")
+            .await
+            .map_err(pg("connect"))?;
         let kind = check_schema(&reader, target).await?;
 
         let table = target.table();
@@ -143,16 +154,14 @@ impl PostgresStore {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
-        let sample = format!(
-            "SELECT pk, col, value FROM ({}) AS kh_sample ORDER BY random() LIMIT $3::bigint",
-            columns
-                .iter()
-                .enumerate()
-                .map(|(index, column)| format!(
-                    "SELECT {pk}{pk_cast} AS pk, {index}::int8 AS col, {column}::text AS value FROM {table} WHERE substr({column}, 1, $2::int) = $1::text"
-                ))
-                .collect::<Vec<_>>()
-                .join(" UNION ALL ")
+        // Sampling probes the primary key's index from random keys
+        // (store::sample): a seek and a short run of rows, never a scan.
+        let bounds = format!("SELECT min({pk}){pk_cast}, max({pk}){pk_cast} FROM {table}");
+        let probe_from = format!(
+            "SELECT {pk}{pk_cast}, {list} FROM {table} WHERE {pk} >= $1::{pk_type} ORDER BY {pk} LIMIT $2::bigint"
+        );
+        let probe_before = format!(
+            "SELECT {pk}{pk_cast}, {list} FROM {table} WHERE {pk} < $1::{pk_type} ORDER BY {pk} LIMIT $2::bigint"
         );
         let lag = "SELECT COALESCE(MAX(EXTRACT(EPOCH FROM replay_lag)), 0)::float8 FROM pg_stat_replication";
 
@@ -162,7 +171,9 @@ impl PostgresStore {
             read_after: reader.prepare(&read_after).await.map_err(pg("prepare"))?,
             inventory: reader.prepare(&inventory).await.map_err(pg("prepare"))?,
             count: reader.prepare(&count).await.map_err(pg("prepare"))?,
-            sample: reader.prepare(&sample).await.map_err(pg("prepare"))?,
+            bounds: reader.prepare(&bounds).await.map_err(pg("prepare"))?,
+            probe_from: reader.prepare(&probe_from).await.map_err(pg("prepare"))?,
+            probe_before: reader.prepare(&probe_before).await.map_err(pg("prepare"))?,
             lag: reader.prepare(lag).await.map_err(pg("prepare"))?,
             swap: writer.prepare(&swap).await.map_err(prepare)?,
             target: Arc::new(target.clone()),
@@ -209,6 +220,27 @@ impl PostgresStore {
             }
         }
         error
+    }
+}
+
+impl PostgresStore {
+    /// One sampling probe: up to `limit` rows of `statement` from `start`.
+    async fn probe(&self, statement: &Statement, start: &Pk, limit: u32) -> Result<Vec<StoredRow>> {
+        let limit = i64::from(limit);
+        let start: &(dyn ToSql + Sync) = match start {
+            Pk::Int(value) => value,
+            Pk::Text(value) => value,
+        };
+        let rows = self
+            .checked("sample", self.reader.query(statement, &[start, &limit]))
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|row| StoredRow {
+                pk: read_pk(row, self.kind),
+                values: (1..row.len()).map(|index| row.get(index)).collect(),
+            })
+            .collect())
     }
 }
 
@@ -510,23 +542,48 @@ impl DataStore for PostgresStore {
 
     fn sample(&self, version: KeyVersion, n: u32) -> BoxFuture<'_, Result<Vec<SampleRecord>>> {
         async move {
-            let prefix = version_prefix(version);
-            let length = prefix.len() as i32;
-            let limit = i64::from(n);
-            let rows = self
-                .checked(
-                    "sample",
-                    self.reader.query(&self.sample, &[&prefix, &length, &limit]),
-                )
+            let bounds = self
+                .checked("sample", self.reader.query_one(&self.bounds, &[]))
                 .await?;
-            Ok(rows
-                .iter()
-                .map(|row| SampleRecord {
-                    pk: read_pk(row, self.kind),
-                    column: self.target.columns()[row.get::<_, i64>(1) as usize].clone(),
-                    ciphertext: row.get(2),
-                })
-                .collect())
+            let read_bound = |index| match self.kind {
+                PkKind::Int => bounds.get::<_, Option<i64>>(index).map(Pk::Int),
+                PkKind::Text => bounds.get::<_, Option<String>>(index).map(Pk::Text),
+            };
+            let (Some(low), Some(high)) = (read_bound(0), read_bound(1)) else {
+                return Ok(Vec::new());
+            };
+            let prefix = version_prefix(version);
+            let mut probes =
+                sample::Probes::new(low, high, &prefix, self.target.columns(), n as usize);
+            while let Some(probe) = probes.next() {
+                let mut rows = self
+                    .probe(&self.probe_from, &probe.start, probe.rows)
+                    .await?;
+                let missing = probe.rows - rows.len() as u32;
+                if missing > 0 {
+                    rows.extend(
+                        self.probe(&self.probe_before, &probe.start, missing)
+                            .await?,
+                    );
+                }
+                probes.add(probe.rows, rows);
+            }
+            Ok(probes.finish())
+        }
+        .boxed()
+    }
+
+    fn make_durable(&self) -> BoxFuture<'_, Result<()>> {
+        async move {
+            // A synchronous commit flushes the WAL up to its own record, so
+            // every earlier asynchronous commit of a batch with it.
+            self.checked(
+                "make batches durable",
+                self.writer.batch_execute(
+                    "BEGIN; SET LOCAL synchronous_commit = on; SELECT txid_current(); COMMIT",
+                ),
+            )
+            .await
         }
         .boxed()
     }

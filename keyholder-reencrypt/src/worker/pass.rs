@@ -144,6 +144,8 @@ impl Pass {
             }
             self.phase = Phase::Verifying;
             self.publish();
+            // The inventory may call the pass drained: only on durable writes.
+            self.worker.store.make_durable().await?;
             let inventory = self.worker.store.inventory().await?;
             let remaining = inventory.at(from);
             self.undecryptable_known = self.undecryptable_total;

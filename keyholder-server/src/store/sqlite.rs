@@ -493,13 +493,23 @@ impl StateStore for SqliteStore {
 
     fn put_checkpoint(&self, target: &str, direction: &str, json: String) -> StoreFuture<'_, ()> {
         let result = self.with(|conn| {
-            conn.execute(
-                "INSERT INTO checkpoints (target, direction, state) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (target, direction) DO UPDATE SET state = excluded.state",
-                params![target, direction, json],
-            )
-            .map(drop)
-            .map_err(sql("write checkpoint"))
+            // A checkpoint lost in a power cut is harmless (the pass resumes
+            // from an earlier one and the compare-and-swap skips what moved),
+            // so it does not wait for the disk; every other write of the
+            // store does, and syncs the checkpoints before it with it.
+            conn.pragma_update(None, "synchronous", "NORMAL")
+                .map_err(sql("write checkpoint"))?;
+            let written = conn
+                .execute(
+                    "INSERT INTO checkpoints (target, direction, state) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (target, direction) DO UPDATE SET state = excluded.state",
+                    params![target, direction, json],
+                )
+                .map(drop)
+                .map_err(sql("write checkpoint"));
+            conn.pragma_update(None, "synchronous", "FULL")
+                .map_err(sql("write checkpoint"))?;
+            written
         });
         Box::pin(ready(result))
     }

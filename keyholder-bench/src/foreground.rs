@@ -1,0 +1,219 @@
+//! `foreground`: what the application feels. The example application
+//! ([`crate::app`]) at a fixed open-loop rate, alone, then while the pass
+//! runs unthrottled (its rate measured there), then with the pass throttled
+//! to 25% of that rate; p50 / p99 / p99.9 / max of each operation.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::app::{self, Latencies, Load};
+use crate::report::{Table, ms, ratio, verdict};
+use crate::world::{Store, Tuning, World};
+use crate::{Options, seed};
+
+/// The application's load (the issue's: 2,000 ops/s, 80/20, 8 connections).
+fn load(options: &Options, rows: i64) -> Load {
+    Load {
+        ops_per_sec: 2000,
+        connections: 8,
+        write_share: 0.2,
+        seconds: options.seconds,
+        rows,
+    }
+}
+
+struct Phase {
+    name: &'static str,
+    latencies: Latencies,
+    reencrypt_rows_per_sec: f64,
+}
+
+/// Runs the scenario on SQLite and, with a URL, PostgreSQL.
+pub async fn run(options: &Options) -> (serde_json::Value, u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut figures = Vec::new();
+    let mut peak = 0;
+    let rows = options.rows * 2;
+    let path = dir.path().join("app.db");
+    seed::create_sqlite(&path);
+    let mut stores = vec![Store::Sqlite(path)];
+    if let Some(url) = &options.pg {
+        let table = "kh_bench_foreground".to_owned();
+        seed::create_pg(&seed::pg_connect(url).await, &table).await;
+        stores.push(Store::Postgres {
+            url: url.clone(),
+            table,
+        });
+    }
+    let mut summary = Vec::new();
+    for store in stores {
+        let (phases, rss) = phases(options, store.clone(), rows).await;
+        peak = peak.max(rss);
+        let mut table = Table::new(
+            &format!(
+                "foreground {}: {} rows, 2000 ops/s open loop (80% reads, 20% updates), 8 connections, {} s per phase (ms)",
+                store.kind(),
+                rows,
+                options.seconds
+            ),
+            &[
+                "phase",
+                "reencrypt rows/s",
+                "op",
+                "ops",
+                "p50",
+                "p99",
+                "p99.9",
+                "max",
+                "errors",
+            ],
+        );
+        let mut json_phases = Vec::new();
+        let mut p99 = Vec::new();
+        for mut phase in phases {
+            let mut ops = Vec::new();
+            for (op, values) in [
+                ("read", &mut phase.latencies.reads),
+                ("write", &mut phase.latencies.writes),
+            ] {
+                let count = values.len();
+                let [p50, p99_, p999, max] = app::percentiles(values);
+                table.row(vec![
+                    phase.name.to_owned(),
+                    format!("{:.0}", phase.reencrypt_rows_per_sec),
+                    op.to_owned(),
+                    count.to_string(),
+                    ms(p50),
+                    ms(p99_),
+                    ms(p999),
+                    ms(max),
+                    phase.latencies.errors.to_string(),
+                ]);
+                ops.push(json!({"op": op, "count": count, "p50_ms": p50, "p99_ms": p99_, "p99_9_ms": p999, "max_ms": max}));
+            }
+            let mut all: Vec<u64> = phase
+                .latencies
+                .reads
+                .iter()
+                .chain(&phase.latencies.writes)
+                .copied()
+                .collect();
+            let [_, all_p99, _, _] = app::percentiles(&mut all);
+            p99.push((phase.name, all_p99, phase.latencies.errors));
+            json_phases.push(json!({
+                "phase": phase.name,
+                "reencrypt_rows_per_sec": phase.reencrypt_rows_per_sec,
+                "seconds": phase.latencies.seconds,
+                "errors": phase.latencies.errors,
+                "first_error": phase.latencies.first_error,
+                "p99_all_ms": all_p99,
+                "ops": ops,
+            }));
+        }
+        table.print();
+        let alone = p99[0].1;
+        let throttled = p99
+            .iter()
+            .find(|p| p.0 == "throttled 25%")
+            .map_or(0.0, |p| p.1);
+        let unthrottled = p99
+            .iter()
+            .find(|p| p.0 == "unthrottled")
+            .map_or(0.0, |p| p.1);
+        let errors: u64 = p99.iter().map(|p| p.2).sum();
+        let held = throttled <= 1.25 * alone && errors == 0;
+        summary.push(format!(
+            "{} p99 alone {:.2} ms, throttled {:.2} ms ({}), unthrottled {:.2} ms ({}), {} errors (target <= 1.25x, 0 errors: {})",
+            store.kind(),
+            alone,
+            throttled,
+            ratio(throttled / alone),
+            unthrottled,
+            ratio(unthrottled / alone),
+            errors,
+            verdict(held)
+        ));
+        figures.push(json!({"store": store.kind(), "rows": rows, "phases": json_phases}));
+    }
+    println!("foreground: {}", summary.join("; "));
+    (json!(figures), peak)
+}
+
+/// Alone, unthrottled, throttled at 25% of the unthrottled rate.
+async fn phases(options: &Options, store: Store, rows: i64) -> (Vec<Phase>, u64) {
+    let mut world = World::start(store.clone(), Tuning::default()).await;
+    let keys = [(crate::world::v(9), world.v9.clone())];
+    match &store {
+        Store::Sqlite(path) => seed::seed_sqlite(path, 1, rows, &keys, |_| 0),
+        Store::Postgres { url, table } => {
+            seed::seed_pg(&seed::pg_connect(url).await, table, 1, rows, &keys, |_| 0).await;
+        }
+    }
+    world.prepare_and_activate().await;
+    let load = load(options, rows);
+    let mut phases = vec![Phase {
+        name: "alone",
+        latencies: apply(&store, load).await,
+        reencrypt_rows_per_sec: 0.0,
+    }];
+
+    world.switch().await;
+    // The pass starts with an inventory of the table: measure once it writes.
+    while world.rotation().await.rows_done == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (latencies, unthrottled) = with_pass(&world, &store, load).await;
+    phases.push(Phase {
+        name: "unthrottled",
+        latencies,
+        reencrypt_rows_per_sec: unthrottled,
+    });
+    let throttle = (unthrottled / 4.0).max(1.0) as u64;
+    world.throttle(throttle, crate::reencrypt::BATCH).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (latencies, achieved) = with_pass(&world, &store, load).await;
+    phases.push(Phase {
+        name: "throttled 25%",
+        latencies,
+        reencrypt_rows_per_sec: achieved,
+    });
+    let rss = world.peak_rss_kib();
+    world.stop();
+    if let Store::Postgres { url, table } = &store {
+        seed::pg_connect(url)
+            .await
+            .batch_execute(&format!("DROP TABLE {table}"))
+            .await
+            .unwrap();
+    }
+    (phases, rss)
+}
+
+/// The application's load while the pass runs, and the pass's rate then
+/// (records moved over the phase, from the rotation status).
+async fn with_pass(world: &World, store: &Store, load: Load) -> (Latencies, f64) {
+    let before = (Instant::now(), world.rotation().await.rows_done);
+    let latencies = apply(store, load).await;
+    let after = world.rotation().await;
+    if after.state == keyholder_api::RotationState::Drained {
+        println!(
+            "  (the pass drained during this phase: give foreground more --rows for a full window)"
+        );
+    }
+    let rate = (after.rows_done - before.1) as f64 / before.0.elapsed().as_secs_f64();
+    (latencies, rate)
+}
+
+/// Runs the application's load on its own threads (outside the runtime:
+/// a PostgreSQL connection drives a runtime of its own).
+async fn apply(store: &Store, load: Load) -> Latencies {
+    let store = store.clone();
+    let thread = std::thread::spawn(move || match &store {
+        Store::Sqlite(path) => app::run(load, || app::SqliteConn::open(path)),
+        Store::Postgres { url, table } => app::run(load, || app::PgConn::open(url, table)),
+    });
+    tokio::task::spawn_blocking(move || thread.join().expect("application"))
+        .await
+        .unwrap()
+}
