@@ -256,6 +256,21 @@ async fn wrong_ca_wrong_host_plain_tcp_and_client_certificates_are_named() {
     let (ok, text) = check_with(&env, &original, &any_name);
     assert!(ok, "verify-ca to 127.0.0.1:\n{text}");
 
+    // require: encrypted, the certificate unchecked; with sslrootcert it
+    // is checked as verify-ca, as in libpq.
+    let (ok, text) = check_with(
+        &env,
+        &original,
+        &server.url("postgres", "127.0.0.1", "sslmode=require"),
+    );
+    assert!(ok, "require without sslrootcert:\n{text}");
+    let require_other_ca = server.url(
+        "postgres",
+        "127.0.0.1",
+        &format!("sslmode=require&sslrootcert={}", other.ca_pem.display()),
+    );
+    assert_refused_naming(&env, &original, &require_other_ca, "unknown CA");
+
     let plain = server.url("postgres", "127.0.0.1", "sslmode=disable");
     assert_refused_naming(
         &env,

@@ -113,6 +113,15 @@ fn shown_without_the_password() {
         "postgres://kh:***@db.internal/state?sslmode=require&connect_timeout=3"
     );
     assert!(!format!("{at:?}").contains("hunter2"));
+    let in_query = parse(
+        "postgres://kh@127.0.0.1/state?password=hunter2&sslmode=disable",
+        &[],
+    )
+    .unwrap();
+    assert_eq!(
+        in_query.to_string(),
+        "postgres://kh@127.0.0.1/state?password=***&sslmode=disable"
+    );
     let refused = parse("postgres://kh:hunter2@h/db?sslmode=disable&nonsense=1", &[]).unwrap_err();
     assert!(refused.starts_with("is not a PostgreSQL URL"), "{refused}");
     assert!(!refused.contains("hunter2"), "{refused}");
