@@ -229,7 +229,15 @@ impl PgConnect {
             (Some(_), None) => return Err("sslcert is given without sslkey".to_owned()),
             (None, Some(_)) => return Err("sslkey is given without sslcert".to_owned()),
         };
+        // libpq never asks for TLS over a Unix socket, whatever sslmode says.
+        let unix_only = config.get_hostaddrs().is_empty()
+            && !config.get_hosts().is_empty()
+            && config
+                .get_hosts()
+                .iter()
+                .all(|h| matches!(h, Host::Unix(_)));
         config.ssl_mode(match mode {
+            _ if unix_only => tokio_postgres::config::SslMode::Disable,
             PgSslMode::Disable => tokio_postgres::config::SslMode::Disable,
             PgSslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
             _ => tokio_postgres::config::SslMode::Require,

@@ -19,6 +19,16 @@ fn loopback_defaults_to_prefer_and_other_hosts_to_verify_full() {
     assert!(!local.plaintext_to_remote());
     let socket = parse("postgres://kh@%2Frun%2Fpostgresql/state", &[]).unwrap();
     assert_eq!(socket.ssl_mode(), PgSslMode::Prefer);
+    // As libpq: no TLS over a Unix socket, even when asked for.
+    let socket = parse(
+        "postgres://kh@%2Frun%2Fpostgresql/state",
+        &[("PGSSLMODE", "verify-full"), ("PGSSLROOTCERT", "/ca.pem")],
+    )
+    .unwrap();
+    assert_eq!(
+        socket.config().get_ssl_mode(),
+        tokio_postgres::config::SslMode::Disable
+    );
 
     assert_eq!(
         parse("postgres://kh@db.internal/state", &[]).unwrap_err(),
