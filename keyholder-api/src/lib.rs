@@ -20,8 +20,8 @@ pub use rotation::{
     RotationStatus, ShareEnvelope, ThrottleRequest,
 };
 pub use seal::{
-    Health, MAX_SHARE_LINES, ShareLine, ShareOutcome, Status, UnsealProgress, UnsealRequest,
-    UnsealResponse, VersionState, VersionStatus,
+    CertificateExpiry, Health, MAX_SHARE_LINES, ShareLine, ShareOutcome, Status, UnsealProgress,
+    UnsealRequest, UnsealResponse, VersionState, VersionStatus,
 };
 pub use version::{API_VERSION, API_VERSION_HEADER, IncompatibleVersion, check_compatible};
 

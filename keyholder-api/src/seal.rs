@@ -74,6 +74,31 @@ pub struct Status {
     pub unseal_progress: Vec<UnsealProgress>,
     /// The rotation, when one is under way or the last one's result.
     pub rotation: Option<RotationStatus>,
+    /// When the daemon's TLS credentials run out (API 1.2; absent from an
+    /// older daemon).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificates: Option<CertificateExpiry>,
+}
+
+/// When the daemon's TLS credentials run out, as loaded: RFC 3339 times in
+/// UTC (`2027-12-01T00:00:00Z`). The daemon warns in its log from
+/// [`CertificateExpiry::WARN_DAYS`] days before each.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertificateExpiry {
+    /// The server certificate's end of validity (`notAfter`).
+    pub server_cert_not_after: String,
+    /// The end of validity of the client CA (`listen.client_ca`; the
+    /// earliest when the file holds several).
+    pub client_ca_not_after: String,
+    /// The CRL's `nextUpdate` (`listen.crl`), when a CRL is configured and
+    /// names one: publish a new CRL before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crl_next_update: Option<String>,
+}
+
+impl CertificateExpiry {
+    /// Days before an end of validity from which the daemon warns.
+    pub const WARN_DAYS: u64 = 30;
 }
 
 /// One share line on the wire. It is a secret: zeroized on drop, never shown

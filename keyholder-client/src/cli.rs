@@ -264,6 +264,24 @@ pub enum PkiCommand {
     /// Make a CA, a server certificate, one client certificate per principal,
     /// one age identity per keyholder and a ready keyholder.toml in DIR.
     Init(PkiInitArgs),
+    /// Re-issue the server's (--server) or one principal's certificate from
+    /// the dev CA in DIR, for a year from now; the key stays.
+    Renew(PkiRenewArgs),
+}
+
+/// `keyholder pki renew`.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("subject").required(true).args(["server", "principal"])))]
+pub struct PkiRenewArgs {
+    /// The directory `keyholder pki init` wrote (ca.pem and ca.key in it).
+    #[arg(long, value_name = "DIR")]
+    pub dir: PathBuf,
+    /// Renew the daemon's server certificate (server.pem).
+    #[arg(long)]
+    pub server: bool,
+    /// Renew this principal's client certificate (NAME.pem).
+    #[arg(value_name = "NAME")]
+    pub principal: Option<String>,
 }
 
 /// `keyholder pki init`.

@@ -17,6 +17,9 @@ pub enum CliError {
     /// `pki init` refused.
     #[error(transparent)]
     Pki(#[from] PkiError),
+    /// `pki renew` refused.
+    #[error(transparent)]
+    Renew(#[from] crate::pki::RenewError),
     /// A file could not be read or written.
     #[error(transparent)]
     File(#[from] FileError),

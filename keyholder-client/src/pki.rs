@@ -20,6 +20,10 @@ use rcgen::{
 
 use crate::files::{self, FileError};
 
+mod renew;
+
+pub use renew::{RenewError, renew};
+
 /// How long a principal's (and the server's) certificate is valid: a dev
 /// PKI is re-made, never kept for years.
 const LEAF_VALIDITY: time::Duration = time::Duration::days(365);
@@ -131,6 +135,11 @@ impl PkiError {
                 | Self::BadServerName { .. }
         )
     }
+}
+
+/// Checks a principal name given to `pki renew`.
+pub fn check_principal_name(name: &str) -> Result<(), PkiError> {
+    check_name("principal", name)
 }
 
 fn check_name(list: &'static str, name: &str) -> Result<(), PkiError> {

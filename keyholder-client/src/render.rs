@@ -375,6 +375,7 @@ mod tests {
                 from: vec!["alice".into()],
             }],
             rotation: None,
+            certificates: None,
         }
     }
 

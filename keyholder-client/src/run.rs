@@ -14,7 +14,8 @@ use serde::Serialize;
 
 use crate::cli::{
     AuditArgs, Cli, Command, ConnectArgs, HookArgs, HookFormat, Output, PkiCommand, PkiInitArgs,
-    RecoverArgs, RotateCommand, ShareCommand, ShareFetchArgs, ShareVerifyArgs, UnsealArgs,
+    PkiRenewArgs, RecoverArgs, RotateCommand, ShareCommand, ShareFetchArgs, ShareVerifyArgs,
+    UnsealArgs,
 };
 use crate::client::{Client, ConnectOptions};
 use crate::error::CliError;
@@ -27,6 +28,7 @@ pub fn run(cli: Cli) -> Result<u8, CliError> {
     let output = cli.output;
     match cli.command {
         Command::Pki(PkiCommand::Init(args)) => pki_init(args, output).map(|()| 0),
+        Command::Pki(PkiCommand::Renew(args)) => pki_renew(args, output).map(|()| 0),
         Command::Recover(args) => recover_key(args, output).map(|()| 0),
         command => {
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -599,6 +601,39 @@ fn recover_key(args: RecoverArgs, output: Output) -> Result<(), CliError> {
             args.out.display()
         )
     })
+}
+
+fn pki_renew(args: PkiRenewArgs, output: Output) -> Result<(), CliError> {
+    let name = match &args.principal {
+        Some(name) => {
+            crate::pki::check_principal_name(name)?;
+            name.as_str()
+        }
+        None => "server",
+    };
+    let written = crate::pki::renew(&args.dir, name)?;
+    match output {
+        Output::Json => {
+            let files: Vec<_> = written
+                .iter()
+                .map(|w| serde_json::json!({"path": w.path, "what": w.what}))
+                .collect();
+            print_json(&serde_json::json!({ "written": files }))
+        }
+        Output::Text => {
+            let mut text = String::new();
+            for w in &written {
+                let file = w.path.file_name().unwrap_or_default().to_string_lossy();
+                text.push_str(&format!("  {file:<28} {}\n", w.what));
+            }
+            text.push_str(if args.server {
+                "next: restart keyholderd (or reload it) so it serves the new certificate\n"
+            } else {
+                "next: nothing; the client sends the new certificate from its next connection\n"
+            });
+            print(&text)
+        }
+    }
 }
 
 fn pki_init(args: PkiInitArgs, output: Output) -> Result<(), CliError> {

@@ -229,7 +229,15 @@ impl PgConnect {
             (Some(_), None) => return Err("sslcert is given without sslkey".to_owned()),
             (None, Some(_)) => return Err("sslkey is given without sslcert".to_owned()),
         };
+        // libpq never asks for TLS over a Unix socket, whatever sslmode says.
+        let unix_only = config.get_hostaddrs().is_empty()
+            && !config.get_hosts().is_empty()
+            && config
+                .get_hosts()
+                .iter()
+                .all(|h| matches!(h, Host::Unix(_)));
         config.ssl_mode(match mode {
+            _ if unix_only => tokio_postgres::config::SslMode::Disable,
             PgSslMode::Disable => tokio_postgres::config::SslMode::Disable,
             PgSslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
             _ => tokio_postgres::config::SslMode::Require,
@@ -393,20 +401,37 @@ impl fmt::Debug for PgConnect {
     }
 }
 
-/// `postgres://user:secret@host/db` -> `postgres://user:***@host/db`.
+/// `postgres://user:secret@host/db?password=secret` ->
+/// `postgres://user:***@host/db?password=***`.
 fn redact_password(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let Some((scheme, rest)) = base.split_once("://") else {
         return "postgres://***".to_owned();
     };
     let authority_end = rest.find('/').unwrap_or(rest.len());
     let (authority, tail) = rest.split_at(authority_end);
-    match authority.rsplit_once('@') {
+    let mut shown = match authority.rsplit_once('@') {
         Some((userinfo, host)) => match userinfo.split_once(':') {
             Some((user, _)) => format!("{scheme}://{user}:***@{host}{tail}"),
-            None => url.to_owned(),
+            None => base.to_owned(),
         },
-        None => url.to_owned(),
+        None => base.to_owned(),
+    };
+    if let Some(query) = query {
+        let pairs: Vec<&str> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some(("password", _)) => "password=***",
+                _ => pair,
+            })
+            .collect();
+        shown.push('?');
+        shown.push_str(&pairs.join("&"));
     }
+    shown
 }
 
 #[cfg(test)]

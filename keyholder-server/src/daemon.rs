@@ -572,6 +572,7 @@ impl Daemon {
                 Vec::new()
             },
             rotation: self.hooks().and_then(|h| h.status()),
+            certificates: self.metrics.certificates(),
         })
     }
 

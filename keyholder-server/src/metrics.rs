@@ -59,6 +59,22 @@ pub struct OutcomeLabel {
     pub outcome: &'static str,
 }
 
+/// The label of a credential's expiry gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CredentialLabel {
+    /// `server_cert`, `client_ca` or `crl_next_update`.
+    pub credential: &'static str,
+}
+
+/// The TLS credentials' dates: a gauge per credential and the status
+/// document's copy.
+#[derive(Default)]
+pub struct CertificateDates {
+    /// Unix seconds of each end of validity (or the CRL's next update).
+    pub expiry: Family<CredentialLabel, Gauge>,
+    current: Mutex<Option<keyholder_api::CertificateExpiry>>,
+}
+
 /// The label of a failed TLS handshake counter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HandshakeLabel {
@@ -97,6 +113,8 @@ pub struct Metrics {
     pub submissions_rate_limited: Counter,
     /// Connection and handshake counts of the transport.
     pub connections: ConnectionMetrics,
+    /// When the TLS credentials run out.
+    pub certificates: CertificateDates,
     /// The registry; add more metrics before serving.
     pub registry: Mutex<Registry>,
 }
@@ -204,8 +222,15 @@ impl Default for Metrics {
             "1 for the SQLSTATE (or `connection`) of the latest transient database failure",
             rotation.last_transient_error.clone(),
         );
+        let certificates = CertificateDates::default();
+        registry.register(
+            "certificate_expiry_timestamp_seconds",
+            "When each TLS credential runs out, Unix seconds: server_cert and client_ca notAfter, crl_next_update",
+            certificates.expiry.clone(),
+        );
         sealed.set(1);
         Self {
+            certificates,
             key_pages_locked,
             key_page_locks_refused,
             rotation,
@@ -227,6 +252,31 @@ impl Metrics {
         self.unseal_shares
             .get_or_create(&OutcomeLabel { outcome })
             .inc();
+    }
+
+    /// Publishes the TLS credentials' dates (metric and status).
+    pub fn set_certificates(&self, dates: &crate::transport::expiry::CredentialDates) {
+        self.certificates.expiry.clear();
+        for (credential, at) in dates.labelled() {
+            self.certificates
+                .expiry
+                .get_or_create(&CredentialLabel { credential })
+                .set(at);
+        }
+        *self
+            .certificates
+            .current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(dates.to_api());
+    }
+
+    /// The TLS credentials' dates for the status document.
+    pub fn certificates(&self) -> Option<keyholder_api::CertificateExpiry> {
+        self.certificates
+            .current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// Records the seal state.

@@ -35,6 +35,8 @@ pub enum RunError {
 pub async fn run(config: Config) -> Result<(), RunError> {
     hygiene::harden()?;
     let tls = tls::server_config(&config.listen)?;
+    let dates = transport::expiry::read(&config.listen)?;
+    dates.log(std::time::SystemTime::now());
     let listen = config.listen.clone();
     let principals = Arc::new(transport::identity::Directory {
         field: config.listen.identity_field,
@@ -42,6 +44,16 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     });
     crate::check::warn_plaintext_postgres(&config);
     let daemon = Daemon::open(config).await?;
+    daemon.metrics.set_certificates(&dates);
+    tokio::spawn(async move {
+        // A daemon runs for months: the warning comes back daily.
+        let mut daily = tokio::time::interval(std::time::Duration::from_secs(24 * 3600));
+        daily.tick().await;
+        loop {
+            daily.tick().await;
+            dates.warn(std::time::SystemTime::now());
+        }
+    });
     let rotator = crate::rotation::Rotator::start(Arc::clone(&daemon)).await?;
     let extra = crate::rotation::api::routes(Arc::clone(&rotator));
     let listener = transport::bind(listen.addr).await.map_err(RunError::Bind)?;

@@ -15,6 +15,7 @@
 //! shutdown the listener closes and open connections drain. Handlers never
 //! see a certificate, only a [`Caller`] request extension.
 
+pub mod expiry;
 pub mod identity;
 pub mod tls;
 

@@ -77,6 +77,17 @@ impl Pki {
         issue_with(&self.ca, &self.dir, &[name], sans, expired, None)
     }
 
+    /// Issues a certificate with CN `name` (and `sans`) valid until
+    /// `not_after`, written to `<name>.pem/.key` (replacing them).
+    pub fn issue_until(
+        &self,
+        name: &str,
+        sans: &[&str],
+        not_after: time::OffsetDateTime,
+    ) -> ClientFiles {
+        issue_dated(&self.ca, &self.dir, name, sans, not_after)
+    }
+
     /// A certificate whose subject holds two CNs, `first` then `second`
     /// (rcgen keeps one value per attribute type, so the second is written
     /// under the CN's OID): what a forger would ask a lax CA for. Written to
@@ -158,6 +169,32 @@ impl Pki {
         let text = fs::read_to_string(self.dir.join(format!("{name}.age"))).unwrap();
         text.trim().parse().unwrap()
     }
+}
+
+fn issue_dated(
+    issuer: &Issuer<'_, KeyPair>,
+    dir: &Path,
+    name: &str,
+    sans: &[&str],
+    not_after: time::OffsetDateTime,
+) -> ClientFiles {
+    let sans: Vec<String> = sans.iter().map(|s| (*s).to_owned()).collect();
+    let mut params = CertificateParams::new(sans).unwrap();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, name);
+    params.distinguished_name = dn;
+    params.not_before = not_after - time::Duration::days(365);
+    params.not_after = not_after;
+    let key = KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, issuer).unwrap();
+    let files = ClientFiles {
+        cert: dir.join(format!("{name}.pem")),
+        key: dir.join(format!("{name}.key")),
+    };
+    fs::write(&files.cert, cert.pem()).unwrap();
+    fs::remove_file(&files.key).ok();
+    write_private(&files.key, &key.serialize_pem());
+    files
 }
 
 fn issue_with(

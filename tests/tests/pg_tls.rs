@@ -31,6 +31,8 @@ const PLACEHOLDER: &str = "postgres://placeholder@127.0.0.1:1/none";
 
 /// The role that logs in with a client certificate (its CN).
 const CERT_USER: &str = "kh_cert";
+/// The role that logs in with a password (SCRAM), read from a `.pgpass`.
+const PASSWORD_USER: &str = "kh_pw";
 
 /// A server that takes TCP only over TLS, and the PKI of its certificate.
 struct TlsServer {
@@ -51,6 +53,7 @@ impl TlsServer {
             &pki.ca_pem,
             &format!(
                 "hostssl all {CERT_USER} 127.0.0.1/32 cert\n\
+                 hostssl all {PASSWORD_USER} 127.0.0.1/32 scram-sha-256\n\
                  hostssl all all 127.0.0.1/32 trust\n\
                  hostnossl all all 127.0.0.1/32 reject"
             ),
@@ -213,7 +216,9 @@ async fn wrong_ca_wrong_host_plain_tcp_and_client_certificates_are_named() {
     db.batch_execute(&format!(
         "CREATE TABLE customers (id BIGINT PRIMARY KEY, ssn TEXT NOT NULL);
          CREATE ROLE {CERT_USER} LOGIN;
-         GRANT SELECT, UPDATE ON customers TO {CERT_USER};"
+         GRANT SELECT, UPDATE ON customers TO {CERT_USER};
+         CREATE ROLE {PASSWORD_USER} LOGIN PASSWORD 'pa:ss';
+         GRANT SELECT, UPDATE ON customers TO {PASSWORD_USER};"
     ))
     .await
     .unwrap();
@@ -251,6 +256,21 @@ async fn wrong_ca_wrong_host_plain_tcp_and_client_certificates_are_named() {
     let (ok, text) = check_with(&env, &original, &any_name);
     assert!(ok, "verify-ca to 127.0.0.1:\n{text}");
 
+    // require: encrypted, the certificate unchecked; with sslrootcert it
+    // is checked as verify-ca, as in libpq.
+    let (ok, text) = check_with(
+        &env,
+        &original,
+        &server.url("postgres", "127.0.0.1", "sslmode=require"),
+    );
+    assert!(ok, "require without sslrootcert:\n{text}");
+    let require_other_ca = server.url(
+        "postgres",
+        "127.0.0.1",
+        &format!("sslmode=require&sslrootcert={}", other.ca_pem.display()),
+    );
+    assert_refused_naming(&env, &original, &require_other_ca, "unknown CA");
+
     let plain = server.url("postgres", "127.0.0.1", "sslmode=disable");
     assert_refused_naming(
         &env,
@@ -281,6 +301,32 @@ async fn wrong_ca_wrong_host_plain_tcp_and_client_certificates_are_named() {
         &format!("sslmode=verify-full&sslrootcert={ca}"),
     );
     assert_refused_naming(&env, &original, &no_cert, "certificate");
+
+    // The password from a passfile (libpq's format, `:` escaped), never the
+    // URL; a passfile others can read is ignored, as libpq does.
+    let passfile = env.tmp.path().join("pgpass");
+    fs::write(
+        &passfile,
+        format!(
+            "localhost:{}:postgres:{PASSWORD_USER}:pa\\:ss\n",
+            server.pg.port()
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&passfile, fs::Permissions::from_mode(0o600)).unwrap();
+    let with_password = server.url(
+        PASSWORD_USER,
+        "localhost",
+        &format!(
+            "sslmode=verify-full&sslrootcert={ca}&passfile={}",
+            passfile.display()
+        ),
+    );
+    let (ok, text) = check_with(&env, &original, &with_password);
+    assert!(ok, "password from the passfile:\n{text}");
+    fs::set_permissions(&passfile, fs::Permissions::from_mode(0o644)).unwrap();
+    assert_refused_naming(&env, &original, &with_password, "password");
+
     fs::set_permissions(&client.key, fs::Permissions::from_mode(0o644)).unwrap();
     assert_refused_naming(
         &env,
@@ -290,5 +336,28 @@ async fn wrong_ca_wrong_host_plain_tcp_and_client_certificates_are_named() {
             "sslkey {} has mode 0644, readable by others; it must be 0600 or stricter",
             client.key.display()
         ),
+    );
+}
+
+#[tokio::test]
+async fn plain_tcp_to_another_host_is_warned_about_at_start_up() {
+    // 192.0.2.1 (TEST-NET-1) is never reached: the daemon only warns at
+    // start-up; it connects to a target when it samples or rotates.
+    let env = Env::new(EnvOptions {
+        extra_toml: target_toml(
+            "customers",
+            "postgres://app@192.0.2.1/orders?sslmode=disable",
+        ),
+        ..EnvOptions::default()
+    });
+    let _daemon = env.start().await;
+    let log = env.log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("postgresql target is reached without TLS"))
+        .unwrap_or_else(|| panic!("no warning in:\n{log}"));
+    assert!(
+        line.contains("WARN") && line.contains("customers-pg") && line.contains("192.0.2.1:5432"),
+        "{line}"
     );
 }

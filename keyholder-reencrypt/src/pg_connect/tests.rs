@@ -19,6 +19,16 @@ fn loopback_defaults_to_prefer_and_other_hosts_to_verify_full() {
     assert!(!local.plaintext_to_remote());
     let socket = parse("postgres://kh@%2Frun%2Fpostgresql/state", &[]).unwrap();
     assert_eq!(socket.ssl_mode(), PgSslMode::Prefer);
+    // As libpq: no TLS over a Unix socket, even when asked for.
+    let socket = parse(
+        "postgres://kh@%2Frun%2Fpostgresql/state",
+        &[("PGSSLMODE", "verify-full"), ("PGSSLROOTCERT", "/ca.pem")],
+    )
+    .unwrap();
+    assert_eq!(
+        socket.config().get_ssl_mode(),
+        tokio_postgres::config::SslMode::Disable
+    );
 
     assert_eq!(
         parse("postgres://kh@db.internal/state", &[]).unwrap_err(),
@@ -113,6 +123,15 @@ fn shown_without_the_password() {
         "postgres://kh:***@db.internal/state?sslmode=require&connect_timeout=3"
     );
     assert!(!format!("{at:?}").contains("hunter2"));
+    let in_query = parse(
+        "postgres://kh@127.0.0.1/state?password=hunter2&sslmode=disable",
+        &[],
+    )
+    .unwrap();
+    assert_eq!(
+        in_query.to_string(),
+        "postgres://kh@127.0.0.1/state?password=***&sslmode=disable"
+    );
     let refused = parse("postgres://kh:hunter2@h/db?sslmode=disable&nonsense=1", &[]).unwrap_err();
     assert!(refused.starts_with("is not a PostgreSQL URL"), "{refused}");
     assert!(!refused.contains("hunter2"), "{refused}");
