@@ -209,13 +209,32 @@ fn pki_init_to_unseal_hook_and_recover() {
     world.start();
 
     // The hook starts before anyone unseals: it waits, saying why.
-    let waiting_hook = world
+    let mut waiting_hook = world
         .keyholder("db1")
         .args(["hook", "--wait", "60s", "--format", "json"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    // Unsealing only once the hook has seen the daemon sealed: otherwise a
+    // slow start of the hook under load finds it already unsealed.
+    let hook_stderr = waiting_hook.stderr.take().unwrap();
+    let (saw_sealed, sealed_seen) = std::sync::mpsc::channel();
+    let hook_said = std::thread::spawn(move || {
+        let mut said = String::new();
+        for line in std::io::BufRead::lines(std::io::BufReader::new(hook_stderr)) {
+            let line = line.unwrap();
+            if line.contains("keyholderd is sealed") {
+                let _ = saw_sealed.send(());
+            }
+            said.push_str(&line);
+            said.push('\n');
+        }
+        said
+    });
+    sealed_seen
+        .recv_timeout(std::time::Duration::from_secs(30))
+        .expect("the hook says it waits for a sealed keyholderd");
 
     let alice = world.unseal("alice");
     assert_ok(&alice, "alice's unseal");
@@ -247,12 +266,13 @@ fn pki_init_to_unseal_hook_and_recover() {
     let kcv_hex = status.versions[0].kcv.clone();
 
     let hooked = waiting_hook.wait_with_output().unwrap();
-    assert_ok(&hooked, "the waiting hook");
+    let hook_said = hook_said.join().unwrap();
     assert!(
-        text(&hooked.stderr).contains("keyholderd is sealed"),
-        "{}",
-        text(&hooked.stderr)
+        hooked.status.success(),
+        "the waiting hook failed ({}): {hook_said}",
+        hooked.status
     );
+    assert!(hook_said.contains("keyholderd is sealed"), "{hook_said}");
     let ring = Keyring::from_handover_json(text(&hooked.stdout).trim()).unwrap();
     assert_eq!(ring.write_version().number(), 9);
 
