@@ -8,12 +8,13 @@ use core::fmt;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use utoipa::ToSchema;
 
 /// The `prev_hash` of the first entry.
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 /// One audit entry.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct AuditEntry {
     /// Position in the log, from 1, without gaps.
     pub seq: u64,
@@ -57,7 +58,7 @@ impl AuditEntry {
 pub const AUDIT_PAGE_MAX: u32 = 1000;
 
 /// `GET /v1/audit?since=SEQ&limit=N`: one page of the log.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct AuditLog {
     /// The entries after `since`, in order, at most `limit`.
     pub entries: Vec<AuditEntry>,

@@ -8,6 +8,7 @@
 #![deny(missing_docs)]
 
 mod audit;
+pub mod openapi;
 mod rotation;
 mod seal;
 mod version;
@@ -26,9 +27,10 @@ pub use seal::{
 pub use version::{API_VERSION, API_VERSION_HEADER, IncompatibleVersion, check_compatible};
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 /// Every non-2xx answer of the daemon.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ApiError {
     /// A lowercase sentence saying what was wrong and what to do.
     pub error: String,
@@ -41,6 +43,13 @@ pub struct ApiError {
 /// refuse unknown fields; response types ignore them, so a client reads the
 /// answer of a daemon one minor version ahead (see [`API_VERSION`]).
 pub fn from_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, String> {
+    // Every body is an object; serde would also read a struct from an array
+    // of its fields in order (`[null, null]`), which no client sends.
+    if let Some(&first) = body.iter().find(|b| !b.is_ascii_whitespace())
+        && first != b'{'
+    {
+        return Err("the body is not a JSON object (it must start with `{`)".to_owned());
+    }
     serde_json::from_slice(body).map_err(|e| {
         let what = match e.classify() {
             serde_json::error::Category::Io => "could not be read",
@@ -81,5 +90,16 @@ mod tests {
             refused.contains("unknown field `field_of_a_newer_minor`"),
             "{refused}"
         );
+    }
+
+    #[test]
+    fn a_body_that_is_not_an_object_is_refused_without_echoing_it() {
+        for body in [&b"[null, null]"[..], b" [11]", b"\"x\"", b"11", b"null"] {
+            assert_eq!(
+                from_json::<ThrottleRequest>(body).unwrap_err(),
+                "the body is not a JSON object (it must start with `{`)"
+            );
+        }
+        assert!(from_json::<ThrottleRequest>(b" {}").is_ok());
     }
 }

@@ -2,9 +2,10 @@
 
 use crypto_core::{KeyVersion, KeyringId};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 /// The persisted rotation state, lowercase snake case in JSON.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RotationState {
     /// One live version, nothing under way.
@@ -64,13 +65,15 @@ impl core::fmt::Display for RotationState {
 }
 
 /// The rotation part of the status document.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct RotationStatus {
     /// Where the rotation is.
     pub state: RotationState,
     /// The version being replaced.
+    #[schema(value_type = Option<u32>, minimum = 1, maximum = 2147483648.0)]
     pub from: Option<KeyVersion>,
     /// The version replacing it.
+    #[schema(value_type = Option<u32>, minimum = 1, maximum = 2147483648.0)]
     pub to: Option<KeyVersion>,
     /// Records moved so far in the current direction, over every full scan
     /// of the job.
@@ -115,20 +118,23 @@ pub struct RotationStatus {
 }
 
 /// `POST /v1/rotation/prepare`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PrepareRequest {
     /// The new version; by default the highest known version + 1.
+    #[schema(value_type = Option<u32>, minimum = 1, maximum = 2147483648.0)]
     pub version: Option<KeyVersion>,
 }
 
 /// `GET /v1/rotation/share`: the caller's own new share, still age-encrypted
 /// to the caller's recipient.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ShareEnvelope {
     /// The keyring.
+    #[schema(value_type = String, pattern = "^[a-z0-9]([a-z0-9-]{0,62}[a-z0-9])?$")]
     pub keyring: KeyringId,
     /// The share's version.
+    #[schema(value_type = u32, minimum = 1, maximum = 2147483648.0)]
     pub version: KeyVersion,
     /// The share's index.
     pub index: u8,
@@ -137,29 +143,33 @@ pub struct ShareEnvelope {
 }
 
 /// `POST /v1/rotation/throttle`: fields left out stay as they are.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ThrottleRequest {
-    /// Target rows per second, 0 = unlimited.
+    /// Target rows per second, 0 = unlimited, at most 10000000.
+    #[schema(minimum = 0, maximum = 10000000)]
     pub rows_per_sec: Option<u64>,
     /// Rows per batch, 1..=100000.
+    #[schema(minimum = 1, maximum = 100000)]
     pub batch_size: Option<u32>,
 }
 
 /// `POST /v1/rotation/retire`: one version, by name.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RetireRequest {
     /// The version to retire (must be the rotation's old version).
+    #[schema(value_type = u32, minimum = 1, maximum = 2147483648.0)]
     pub version: KeyVersion,
     /// `false`: answer the plan only.
     pub execute: bool,
 }
 
 /// The plan (or result) of a retire request.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct RetirePlan {
     /// The version.
+    #[schema(value_type = u32, minimum = 1, maximum = 2147483648.0)]
     pub version: KeyVersion,
     /// Records still at that version (must be 0).
     pub records_remaining: u64,
@@ -174,7 +184,7 @@ pub struct RetirePlan {
 }
 
 /// `POST /v1/rotation/rollback`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RollbackRequest {
     /// `false`: answer the plan only.
@@ -182,11 +192,13 @@ pub struct RollbackRequest {
 }
 
 /// The plan (or start) of a rollback.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct RollbackPlan {
     /// The version being rolled back (dropped at the end).
+    #[schema(value_type = u32, minimum = 1, maximum = 2147483648.0)]
     pub from: KeyVersion,
     /// The version that writes again.
+    #[schema(value_type = u32, minimum = 1, maximum = 2147483648.0)]
     pub to: KeyVersion,
     /// Records at `from` that will be moved back.
     pub records_to_move: u64,

@@ -4,12 +4,13 @@ use core::fmt;
 
 use crypto_core::{KeyVersion, KeyringId};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use utoipa::ToSchema;
 use zeroize::Zeroizing;
 
 use crate::RotationStatus;
 
 /// `GET /v1/health`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Health {
     /// Always `"ok"` when the daemon answers.
     pub status: String,
@@ -18,7 +19,7 @@ pub struct Health {
 }
 
 /// The lifecycle of one key version as the daemon records it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum VersionState {
     /// Made and split; its keyholders have not proven they can rebuild it.
@@ -32,9 +33,10 @@ pub enum VersionState {
 }
 
 /// One version in the status document.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct VersionStatus {
     /// The version, an integer in JSON.
+    #[schema(value_type = u32, minimum = 1, maximum = 2147483648.0)]
     pub version: KeyVersion,
     /// Where it is in its lifecycle.
     pub state: VersionState,
@@ -47,9 +49,10 @@ pub struct VersionStatus {
 }
 
 /// Unseal progress of one version.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct UnsealProgress {
     /// The version.
+    #[schema(value_type = u32, minimum = 1, maximum = 2147483648.0)]
     pub version: KeyVersion,
     /// Distinct keyholders whose share is in.
     pub have: u8,
@@ -60,15 +63,17 @@ pub struct UnsealProgress {
 }
 
 /// `GET /v1/status`: the document `keyholder --output json status` prints.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Status {
     /// The keyring's name.
+    #[schema(value_type = String, pattern = "^[a-z0-9]([a-z0-9-]{0,62}[a-z0-9])?$")]
     pub keyring: KeyringId,
     /// Whether the daemon holds no key.
     pub sealed: bool,
     /// Every known version, in numeric order.
     pub versions: Vec<VersionStatus>,
     /// The version new records are written with (`None` while sealed).
+    #[schema(value_type = Option<u32>, minimum = 1, maximum = 2147483648.0)]
     pub write_version: Option<KeyVersion>,
     /// Versions with shares in but below the threshold, in numeric order.
     pub unseal_progress: Vec<UnsealProgress>,
@@ -142,19 +147,21 @@ pub const MAX_SHARE_LINES: usize = 16;
 
 /// `POST /v1/unseal` and `POST /v1/rotation/verify`: shares of any versions,
 /// in any order (at most [`MAX_SHARE_LINES`]).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UnsealRequest {
     /// One line per share.
+    #[schema(value_type = Vec<String>, max_items = 16)]
     pub shares: Vec<ShareLine>,
 }
 
 /// What happened to one submitted share.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ShareOutcome {
     /// Its position in the request, from 1.
     pub position: usize,
     /// Its version, when the line parsed far enough to say.
+    #[schema(value_type = Option<u32>, minimum = 1, maximum = 2147483648.0)]
     pub version: Option<KeyVersion>,
     /// Its share index, when the line parsed far enough to say.
     pub index: Option<u8>,
@@ -165,7 +172,7 @@ pub struct ShareOutcome {
 }
 
 /// The answer to an unseal or verify submission.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct UnsealResponse {
     /// Whether the daemon is still sealed.
     pub sealed: bool,
@@ -174,6 +181,7 @@ pub struct UnsealResponse {
     /// Versions still gathering shares.
     pub progress: Vec<UnsealProgress>,
     /// Versions whose key the daemon holds now, in numeric order.
+    #[schema(value_type = Vec<u32>)]
     pub loaded: Vec<KeyVersion>,
 }
 

@@ -1,16 +1,22 @@
 //! The command line, as clap types. Parsing only; [`crate::run`] acts on it.
+//!
+//! The connection flags (`--addr`, `--ca`, `--cert`, `--key`) belong to the
+//! commands that talk to the daemon, under their own help heading, and are
+//! absent from the offline ones (`pki`, `recover`, `completions`, `man`):
+//! [`Cli::command_with_connection`] adds them, [`Cli::parse_args`] reads them.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 /// keyholder: unseal, watch and rotate a keyholderd keyring; hand its keys to
 /// the database.
 #[derive(Debug, Parser)]
 #[command(name = "keyholder", version, about, long_about = None)]
 pub struct Cli {
-    /// Connection to keyholderd.
-    #[command(flatten)]
+    /// Connection to keyholderd (the flags of the command that talks to it).
+    #[arg(skip)]
     pub connect: ConnectArgs,
     /// Output format.
     #[arg(long, global = true, value_enum, default_value_t = Output::Text)]
@@ -20,31 +26,87 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// The commands that never talk to the daemon.
+const OFFLINE: [&str; 4] = ["pki", "recover", "completions", "man"];
+
+impl Cli {
+    /// The whole command line, the connection flags on every command that
+    /// talks to the daemon (what `--help`, completions and man pages show).
+    pub fn command_with_connection() -> clap::Command {
+        fn attach(command: clap::Command) -> clap::Command {
+            if command.has_subcommands() {
+                let names: Vec<String> = command
+                    .get_subcommands()
+                    .map(|c| c.get_name().to_owned())
+                    .filter(|name| !OFFLINE.contains(&name.as_str()))
+                    .collect();
+                names.iter().fold(command, |command, name| {
+                    command.mut_subcommand(name, attach)
+                })
+            } else {
+                // The flags' struct brings its own doc as `about`: keep the command's.
+                let about = command.get_about().cloned().unwrap_or_default();
+                let long_about = command.get_long_about().cloned();
+                let command = ConnectArgs::augment_args(command).about(about);
+                match long_about {
+                    Some(text) => command.long_about(text),
+                    None => command.long_about(None),
+                }
+            }
+        }
+        attach(Self::command())
+    }
+
+    /// Parses `args` (the program name first), exiting with clap's usage
+    /// error and code 2 on a bad command line.
+    pub fn parse_args(args: impl IntoIterator<Item = impl Into<OsString> + Clone>) -> Self {
+        let matches = Self::command_with_connection().get_matches_from(args);
+        Self::from_matches(&matches).unwrap_or_else(|e| e.exit())
+    }
+
+    fn from_matches(matches: &ArgMatches) -> Result<Self, clap::Error> {
+        let mut cli = Self::from_arg_matches(matches)?;
+        let mut leaf = matches;
+        while let Some((_, sub)) = leaf.subcommand() {
+            leaf = sub;
+        }
+        if leaf.try_contains_id("addr").unwrap_or(false) {
+            cli.connect = ConnectArgs::from_arg_matches(leaf)?;
+        }
+        Ok(cli)
+    }
+}
+
 /// Where the daemon is and who we are.
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Connection")]
 pub struct ConnectArgs {
     /// The daemon's address (`host:port` or `https://host:port`).
-    #[arg(
-        long,
-        global = true,
-        env = "KEYHOLDER_ADDR",
-        default_value = "127.0.0.1:8443"
-    )]
+    #[arg(long, env = "KEYHOLDER_ADDR", default_value = DEFAULT_ADDR)]
     pub addr: String,
     /// The CA certificate that signed the daemon's certificate (PEM).
-    #[arg(long, global = true, env = "KEYHOLDER_CACERT", value_name = "FILE")]
+    #[arg(long, env = "KEYHOLDER_CACERT", value_name = "FILE")]
     pub ca: Option<PathBuf>,
     /// Your client certificate (PEM).
-    #[arg(
-        long,
-        global = true,
-        env = "KEYHOLDER_CLIENT_CERT",
-        value_name = "FILE"
-    )]
+    #[arg(long, env = "KEYHOLDER_CLIENT_CERT", value_name = "FILE")]
     pub cert: Option<PathBuf>,
     /// Your client certificate's private key (PEM, mode 0600).
-    #[arg(long, global = true, env = "KEYHOLDER_CLIENT_KEY", value_name = "FILE")]
+    #[arg(long, env = "KEYHOLDER_CLIENT_KEY", value_name = "FILE")]
     pub key: Option<PathBuf>,
+}
+
+/// Where `--addr` points by default.
+const DEFAULT_ADDR: &str = "127.0.0.1:8443";
+
+impl Default for ConnectArgs {
+    fn default() -> Self {
+        Self {
+            addr: DEFAULT_ADDR.to_owned(),
+            ca: None,
+            cert: None,
+            key: None,
+        }
+    }
 }
 
 /// Text for people, JSON for programs.
@@ -80,6 +142,37 @@ pub enum Command {
     Pki(PkiCommand),
     /// Offline break-glass: rebuild one version's key from share files, without the daemon.
     Recover(RecoverArgs),
+    /// Print a shell completion script (bash, zsh or fish) to stdout.
+    Completions(CompletionsArgs),
+    /// Write the man pages of keyholder and each of its commands into a directory.
+    Man(ManArgs),
+}
+
+/// `keyholder completions`.
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell.
+    #[arg(value_enum)]
+    pub shell: Shell,
+}
+
+/// The shells `keyholder completions` writes for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Shell {
+    /// `source <(keyholder completions bash)`, or into /usr/share/bash-completion/completions/keyholder.
+    Bash,
+    /// Into a directory of `$fpath` as `_keyholder`.
+    Zsh,
+    /// Into ~/.config/fish/completions/keyholder.fish.
+    Fish,
+}
+
+/// `keyholder man`.
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// The directory for keyholder.1, keyholder-status.1, ... (created if missing).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
 }
 
 /// Parses `v10`, `V10` or `10`.

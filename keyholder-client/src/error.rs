@@ -254,6 +254,16 @@ pub enum CliError {
         /// Why.
         source: std::io::Error,
     },
+    /// `keyholder man` could not write its pages.
+    #[error(
+        "cannot write the man pages into {dir}: {source}; give --out a directory you can write"
+    )]
+    ManPages {
+        /// The directory.
+        dir: String,
+        /// Why.
+        source: std::io::Error,
+    },
     /// Signal handling could not be set up.
     #[error("cannot watch for signals: {0}")]
     Signals(std::io::Error),

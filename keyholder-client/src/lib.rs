@@ -14,6 +14,7 @@ pub mod error;
 pub mod files;
 pub mod hook;
 pub mod identity;
+pub mod manual;
 pub mod pki;
 pub mod recover;
 pub mod render;

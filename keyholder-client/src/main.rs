@@ -2,8 +2,6 @@
 
 use std::process::ExitCode;
 
-use clap::Parser as _;
-
 // Shares, identities and recovered keys pass through buffers this crate
 // does not own; every heap block is zeroed when freed.
 #[global_allocator]
@@ -11,7 +9,7 @@ static ALLOCATOR: zeroizing_alloc::ZeroAlloc<std::alloc::System> =
     zeroizing_alloc::ZeroAlloc(std::alloc::System);
 
 fn main() -> ExitCode {
-    let cli = keyholder_client::cli::Cli::parse();
+    let cli = keyholder_client::cli::Cli::parse_args(std::env::args_os());
     match keyholder_client::run::run(cli) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {

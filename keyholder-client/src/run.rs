@@ -30,6 +30,24 @@ pub fn run(cli: Cli) -> Result<u8, CliError> {
         Command::Pki(PkiCommand::Init(args)) => pki_init(args, output).map(|()| 0),
         Command::Pki(PkiCommand::Renew(args)) => pki_renew(args, output).map(|()| 0),
         Command::Recover(args) => recover_key(args, output).map(|()| 0),
+        Command::Completions(args) => {
+            let mut text = Vec::new();
+            crate::manual::completions(args.shell, &mut text);
+            print(&String::from_utf8_lossy(&text)).map(|()| 0)
+        }
+        Command::Man(args) => {
+            let written =
+                crate::manual::man_pages(&args.out).map_err(|source| CliError::ManPages {
+                    dir: args.out.display().to_string(),
+                    source,
+                })?;
+            print(&format!(
+                "wrote {} man pages into {}\n",
+                written.len(),
+                args.out.display()
+            ))
+            .map(|()| 0)
+        }
         command => {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -106,7 +124,7 @@ async fn online(
         Command::Rotate(command) => rotate(&connect_args, output, command).await?,
         Command::Hook(args) => return run_hook(&connect_args, args).await,
         Command::Audit(args) => audit(&connect_args, output, args).await?,
-        Command::Pki(_) | Command::Recover(_) => {
+        Command::Pki(_) | Command::Recover(_) | Command::Completions(_) | Command::Man(_) => {
             unreachable!("offline commands run without a runtime")
         }
     }

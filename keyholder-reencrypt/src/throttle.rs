@@ -17,6 +17,11 @@ use crate::error::{Error, Result};
 /// The largest batch a pass reads and writes at once.
 pub const MAX_BATCH_SIZE: u32 = 100_000;
 
+/// The highest rate a throttle takes, in records per second (as the
+/// `[reencrypt]` config does): far above what a store writes, low enough
+/// that a mistyped number is an error.
+pub const MAX_ROWS_PER_SEC: u64 = 10_000_000;
+
 /// The throttle of a pass. Every value can change while it runs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Throttle {
@@ -53,6 +58,12 @@ impl Throttle {
             return Err(Error::InvalidThrottle {
                 field: "batch_size",
                 reason: "must be between 1 and 100000",
+            });
+        }
+        if self.rows_per_sec > MAX_ROWS_PER_SEC {
+            return Err(Error::InvalidThrottle {
+                field: "rows_per_sec",
+                reason: "must be between 0 (unlimited) and 10000000",
             });
         }
         if self.max_batch_latency.is_zero() {
@@ -431,6 +442,16 @@ mod tests {
         assert_eq!(
             error.to_string(),
             "reencrypt field `batch_size`: must be between 1 and 100000"
+        );
+        let error = handle
+            .set_throttle(Throttle {
+                rows_per_sec: MAX_ROWS_PER_SEC + 1,
+                ..Throttle::default()
+            })
+            .unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "reencrypt field `rows_per_sec`: must be between 0 (unlimited) and 10000000"
         );
         handle.abort();
         handle.resume();

@@ -177,6 +177,19 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/seal", axum::routing::post(seal::seal))
         .route("/v1/keyring", get(keyring::keyring))
         .route("/v1/audit", get(audit::audit))
+        .route("/v1/openapi.json", get(openapi))
+}
+
+/// `GET /v1/openapi.json`: any principal. The document is built once, on
+/// the first request.
+async fn openapi(Authenticated(_): Authenticated) -> impl IntoResponse {
+    static DOCUMENT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        DOCUMENT
+            .get_or_init(keyholder_api::openapi::document)
+            .as_str(),
+    )
 }
 
 /// The complete API: our routes plus `extra` (the rotation's), the version

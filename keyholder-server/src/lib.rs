@@ -13,6 +13,7 @@ pub mod config;
 pub mod daemon;
 pub mod hygiene;
 pub mod init;
+pub mod manual;
 pub mod metrics;
 pub mod principal;
 pub mod rotation;

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use crypto_core::KeyVersion;
 use keyholder_server::config::Config;
 
@@ -48,10 +48,51 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Print a shell completion script to stdout.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages of keyholderd and each of its commands into a directory.
+    Man {
+        /// The directory for keyholderd.1, keyholderd-run.1, ... (created if missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The offline helpers need neither logging nor a runtime.
+    match &cli.command {
+        Command::Completions { shell } => {
+            let mut out = std::io::stdout().lock();
+            return match keyholder_server::manual::completions(*shell, Cli::command(), &mut out) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: cannot write the completion script: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Command::Man { out } => {
+            return match keyholder_server::manual::man_pages(Cli::command(), out) {
+                Ok(written) => {
+                    println!("wrote {} man pages into {}", written.len(), out.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!(
+                        "error: cannot write the man pages into {}: {e}; give --out a directory you can write",
+                        out.display()
+                    );
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        _ => {}
+    }
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         // Colour only for a person at a terminal, never into a log file.
@@ -134,6 +175,9 @@ async fn dispatch(command: Command) -> Result<(), String> {
                 println!("  {}", file.display());
             }
             Ok(())
+        }
+        Command::Completions { .. } | Command::Man { .. } => {
+            unreachable!("the offline helpers return before the runtime starts")
         }
     }
 }

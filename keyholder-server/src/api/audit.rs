@@ -32,6 +32,13 @@ pub async fn audit(
                 .to_owned(),
         )
     })?;
+    // A seq is stored as a signed 64-bit integer.
+    if i64::try_from(query.since).is_err() {
+        return Err(ApiFailure::bad_body(format!(
+            "since must be 0 to {} (an entry's seq)",
+            i64::MAX
+        )));
+    }
     let limit = query.limit.unwrap_or(AUDIT_PAGE_MAX);
     if !(1..=AUDIT_PAGE_MAX).contains(&limit) {
         return Err(ApiFailure::bad_body(format!(

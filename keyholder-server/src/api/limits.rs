@@ -3,9 +3,10 @@
 //! and the checks around every share submission (the line limit and the
 //! failed-submission budget).
 //!
-//! The role of an endpoint that takes a body is checked here, before one
-//! byte of the body is read, so a caller without the role gets 403 whatever
-//! it sends. Every refusal is an [`ApiError`](keyholder_api::ApiError) body;
+//! The role of an endpoint that takes a body is checked here, before the
+//! body is parsed, so a caller without the role gets 403 whatever it sends
+//! (a body within the endpoint's limit is read and dropped first, so the
+//! 403 arrives instead of a reset connection). Every refusal is an [`ApiError`](keyholder_api::ApiError) body;
 //! so are axum's own plain-text rejections (405, 413), rewritten on the way
 //! out.
 
@@ -91,15 +92,21 @@ pub async fn limit_body(request: Request, next: Next) -> Response {
             )),
         };
         if let Err(refused) = allowed {
+            // A body the endpoint could take is read and dropped unparsed
+            // before the 403: closing a TLS connection with unread bytes
+            // resets it, and the client would see a broken connection
+            // instead of the refusal (schemathesis found it).
+            if declared_length(&request).is_none_or(|n| n <= rule.max as u64) {
+                let body = request.into_body();
+                let _ =
+                    tokio::time::timeout(BODY_READ_TIMEOUT, axum::body::to_bytes(body, rule.max))
+                        .await;
+            }
             return refused.into_response();
         }
     }
     let max = rule.map_or(SMALL_BODY_MAX, |r| r.max);
-    let declared = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let declared = declared_length(&request);
     if declared.is_some_and(|n| n > max as u64) {
         return too_large(max).into_response();
     }
@@ -122,6 +129,14 @@ pub async fn limit_body(request: Request, next: Next) -> Response {
     };
     next.run(Request::from_parts(parts, Body::from(bytes)))
         .await
+}
+
+fn declared_length(request: &Request) -> Option<u64> {
+    request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
 }
 
 /// Rewrites an error answer that is not JSON (axum's own 405, 413, 415 and

@@ -1,0 +1,432 @@
+//! The OpenAPI 3.1 document of the whole API, generated from the wire types
+//! of this crate: what `GET /v1/openapi.json` answers and what
+//! `docs/openapi.json` holds (a test fails when that file is stale; see
+//! [`document`]).
+//!
+//! The functions below only carry the `#[utoipa::path]` of each endpoint;
+//! the handlers live in `keyholderd`. What every endpoint shares (the
+//! version header, the client certificate, the 400/403 answers) is added
+//! once by `Shared`. Nothing here holds or describes a key beyond its
+//! shape: the hand-over's keys are "32 bytes, standard base64".
+#![allow(dead_code)]
+
+use utoipa::openapi::path::{ParameterBuilder, ParameterIn};
+use utoipa::openapi::response::Response;
+use utoipa::openapi::schema::{ObjectBuilder, Type};
+use utoipa::openapi::security::{SecurityRequirement, SecurityScheme};
+use utoipa::openapi::{HeaderBuilder, RefOr, Required};
+use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
+
+use crate::{
+    API_VERSION, API_VERSION_HEADER, ApiError, AuditEntry, AuditLog, Health, PrepareRequest,
+    RetirePlan, RetireRequest, RollbackPlan, RollbackRequest, RotationState, RotationStatus,
+    ShareEnvelope, ShareOutcome, Status, ThrottleRequest, UnsealProgress, UnsealRequest,
+    UnsealResponse, VersionState, VersionStatus,
+};
+
+/// The OpenAPI document as pretty JSON with a final newline, byte for byte
+/// what `docs/openapi.json` must hold.
+pub fn document() -> String {
+    let mut text = ApiDoc::openapi()
+        .to_pretty_json()
+        .expect("the OpenAPI document always serialises");
+    text.push('\n');
+    text
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "keyholder",
+        description = "The API of keyholderd, spoken by the keyholder CLI and the database's hook. \
+            Every request is HTTPS with a client certificate; the certificate's principal and its \
+            roles (keyholder, operator, database) decide what it may do. docs/protocol.md is the \
+            prose of this document.",
+        license(name = "Apache-2.0", identifier = "Apache-2.0"),
+    ),
+    paths(
+        health, status, unseal, reset_unseal, seal, keyring, audit, openapi_json,
+        rotation, prepare, share, verify, activate, switch, pause, resume, throttle, retire,
+        rollback,
+    ),
+    components(schemas(
+        ApiError, Health, Status, VersionStatus, VersionState, UnsealProgress, UnsealRequest,
+        UnsealResponse, ShareOutcome, AuditLog, AuditEntry, RotationStatus, RotationState,
+        PrepareRequest, ShareEnvelope, ThrottleRequest, RetireRequest, RetirePlan,
+        RollbackRequest, RollbackPlan, HookHandover, HandoverKey,
+    )),
+    modifiers(&Shared),
+    tags(
+        (name = "seal", description = "Health, status, unsealing and sealing."),
+        (name = "keyring", description = "The keys handed to the database."),
+        (name = "audit", description = "The hash-chained audit log."),
+        (name = "rotation", description = "Replacing a key version without downtime."),
+    ),
+)]
+struct ApiDoc;
+
+/// `crypto_core::HookHandover`'s shape (crypto-core does not depend on
+/// utoipa): the keyring a database principal receives.
+#[derive(ToSchema)]
+struct HookHandover {
+    /// The keyring's name.
+    #[schema(pattern = "^[a-z0-9]([a-z0-9-]{0,62}[a-z0-9])?$")]
+    keyring: String,
+    /// The version new records are written with.
+    #[schema(minimum = 1, maximum = 2147483648.0)]
+    write_version: u32,
+    /// The live keys, in numeric order.
+    keys: Vec<HandoverKey>,
+}
+
+/// One key of the hand-over.
+#[derive(ToSchema)]
+struct HandoverKey {
+    /// Its version.
+    #[schema(minimum = 1, maximum = 2147483648.0)]
+    version: u32,
+    /// The key: 32 bytes, standard base64.
+    #[schema(pattern = "^[A-Za-z0-9+/]{43}=$")]
+    key: String,
+}
+
+/// `GET /v1/rotation/share?version=N`.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+struct ShareQuery {
+    /// The version whose share the caller fetches.
+    #[param(minimum = 1, maximum = 2147483648.0)]
+    version: u32,
+}
+
+/// `GET /v1/audit?since=SEQ&limit=N`.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+struct AuditQuery {
+    /// Answer the entries after this seq (default 0: from the first).
+    #[param(minimum = 0)]
+    since: Option<i64>,
+    /// At most this many entries (default and maximum 1000).
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<u32>,
+}
+
+/// What every endpoint shares, added to each operation of the document.
+struct Shared;
+
+/// The name of the client-certificate security scheme.
+const MTLS: &str = "client_certificate";
+
+impl Modify for Shared {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            MTLS,
+            SecurityScheme::MutualTls {
+                description: Some(
+                    "A client certificate issued by the daemon's client CA; its CN (or DNS SAN, \
+                     `listen.identity_field`) names the principal."
+                        .to_owned(),
+                ),
+                deprecated: None,
+                extensions: None,
+            },
+        );
+        openapi.security = Some(vec![SecurityRequirement::new::<_, _, &str>(MTLS, [])]);
+
+        let version = ParameterBuilder::new()
+            .name(API_VERSION_HEADER)
+            .parameter_in(ParameterIn::Header)
+            .required(Required::True)
+            .description(Some(format!(
+                "The caller's API version (this build speaks {API_VERSION}); a missing or \
+                 incompatible one is refused with 400 `incompatible_api_version`."
+            )))
+            .schema(Some(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .pattern(Some(r"^1\.(0|[1-9][0-9]{0,8})\.(0|[1-9][0-9]{0,8})$")),
+            ))
+            .example(Some(serde_json::Value::from(API_VERSION)))
+            .build();
+        let version_header = HeaderBuilder::new()
+            .schema(Some(ObjectBuilder::new().schema_type(Type::String)))
+            .description(Some("The daemon's API version."))
+            .build();
+
+        for item in openapi.paths.paths.values_mut() {
+            for operation in [
+                &mut item.get,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.put,
+                &mut item.patch,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                operation
+                    .parameters
+                    .get_or_insert_with(Vec::new)
+                    .insert(0, RefOr::T(version.clone()));
+                let responses = &mut operation.responses.responses;
+                responses.entry("400".to_owned()).or_insert_with(|| {
+                    error(
+                        "`incompatible_api_version`: the version header is missing or \
+                         incompatible; `bad_request`: the request is not one this endpoint takes",
+                    )
+                });
+                responses.entry("403".to_owned()).or_insert_with(|| {
+                    error("`forbidden`: the certificate maps to no principal, or it lacks the role")
+                });
+                for response in responses.values_mut() {
+                    if let RefOr::T(response) = response {
+                        response.headers.insert(
+                            API_VERSION_HEADER.to_owned(),
+                            RefOr::T(version_header.clone()),
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn error(description: &str) -> RefOr<Response> {
+    RefOr::T(
+        utoipa::openapi::ResponseBuilder::new()
+            .description(description)
+            .content(
+                "application/json",
+                utoipa::openapi::ContentBuilder::new()
+                    .schema(Some(utoipa::openapi::Ref::from_schema_name("ApiError")))
+                    .build(),
+            )
+            .build(),
+    )
+}
+
+/// Any principal: is the daemon up, is it sealed.
+#[utoipa::path(get, path = "/v1/health", tag = "seal",
+    responses((status = 200, description = "The daemon answers.", body = Health)))]
+fn health() {}
+
+/// Any principal: the status document (`keyholder status`).
+#[utoipa::path(get, path = "/v1/status", tag = "seal",
+    responses(
+        (status = 200, description = "Versions, unseal progress, the rotation.", body = Status),
+        (status = 503, description = "`not_initialized`: `keyholderd init` has not run.", body = ApiError),
+    ))]
+fn status() {}
+
+/// Keyholders: submit share lines of any versions (`keyholder unseal`).
+///
+/// Each line gets an outcome; a refused line changes nothing. Failed
+/// submissions spend the caller's budget (5, one back every 10 s).
+#[utoipa::path(post, path = "/v1/unseal", tag = "seal",
+    request_body = UnsealRequest,
+    responses(
+        (status = 200, description = "One outcome per line, the progress, the loaded versions.", body = UnsealResponse),
+        (status = 408, description = "`request_timeout`: the body did not arrive within 10 s.", body = ApiError),
+        (status = 413, description = "`body_too_large` (over 16 KiB) or `too_many_shares` (over 16 lines); nothing was processed.", body = ApiError),
+        (status = 422, description = "`verification_failed`: rebuilt keys failed KCV, canary or sample test-decrypts; nothing was loaded.", body = ApiError),
+        (status = 429, description = "`rate_limited`: the caller's failed submissions used up its budget; `Retry-After` says when to try again.", body = ApiError),
+        (status = 503, description = "`not_initialized`.", body = ApiError),
+    ))]
+fn unseal() {}
+
+/// Keyholders withdraw the shares they submitted; operators clear everyone's.
+#[utoipa::path(delete, path = "/v1/unseal", tag = "seal",
+    responses(
+        (status = 200, description = "The progress left.", body = UnsealResponse),
+        (status = 503, description = "`not_initialized`.", body = ApiError),
+    ))]
+fn reset_unseal() {}
+
+/// Operators: drop every key the daemon holds (`keyholder seal`).
+#[utoipa::path(post, path = "/v1/seal", tag = "seal",
+    responses(
+        (status = 200, description = "The status document, sealed.", body = Status),
+        (status = 408, description = "`request_timeout`.", body = ApiError),
+        (status = 413, description = "`body_too_large`: over 1 KiB.", body = ApiError),
+    ))]
+fn seal() {}
+
+/// Database principals: the live keys and the write version (`keyholder hook`).
+///
+/// The fetch is the consumer's acknowledgement of the keyring it received.
+#[utoipa::path(get, path = "/v1/keyring", tag = "keyring",
+    responses(
+        (status = 200, description = "The hand-over.", body = HookHandover),
+        (status = 503, description = "`sealed`: the daemon holds no key yet.", body = ApiError),
+    ))]
+fn keyring() {}
+
+/// Operators: one page of the audit log (`keyholder audit`).
+#[utoipa::path(get, path = "/v1/audit", tag = "audit",
+    params(AuditQuery),
+    responses((status = 200, description = "The entries after `since`, at most `limit`.", body = AuditLog)))]
+fn audit() {}
+
+/// Any principal: this document.
+#[utoipa::path(get, path = "/v1/openapi.json", tag = "seal",
+    responses((status = 200, description = "The OpenAPI 3.1 document of this API.", content_type = "application/json", body = Object)))]
+fn openapi_json() {}
+
+/// Any principal: where the rotation is (`keyholder rotate status`).
+#[utoipa::path(get, path = "/v1/rotation", tag = "rotation",
+    responses((status = 200, description = "The rotation.", body = RotationStatus)))]
+fn rotation() {}
+
+/// Operators: make and split a new version (`keyholder rotate prepare`).
+#[utoipa::path(post, path = "/v1/rotation/prepare", tag = "rotation",
+    request_body = PrepareRequest,
+    responses(
+        (status = 200, description = "The rotation, prepared.", body = RotationStatus),
+        (status = 408, description = "`request_timeout`.", body = ApiError),
+        (status = 409, description = "`wrong_state`, `refused` or `keyring_plan`: the message says what to do first.", body = ApiError),
+        (status = 413, description = "`body_too_large`: over 1 KiB.", body = ApiError),
+        (status = 503, description = "`sealed` or `not_initialized`.", body = ApiError),
+    ))]
+fn prepare() {}
+
+/// Keyholders: the caller's own share of a new version, age-encrypted to it.
+#[utoipa::path(get, path = "/v1/rotation/share", tag = "rotation",
+    params(ShareQuery),
+    responses(
+        (status = 200, description = "The caller's share, age-armored.", body = ShareEnvelope),
+        (status = 409, description = "`wrong_state` or `refused` (no share for the caller, a retired version).", body = ApiError),
+    ))]
+fn share() {}
+
+/// Keyholders: prove a new version's share by submitting it decrypted.
+#[utoipa::path(post, path = "/v1/rotation/verify", tag = "rotation",
+    request_body = UnsealRequest,
+    responses(
+        (status = 200, description = "One outcome per line.", body = UnsealResponse),
+        (status = 408, description = "`request_timeout`.", body = ApiError),
+        (status = 409, description = "`wrong_state` or `refused`.", body = ApiError),
+        (status = 413, description = "`body_too_large` or `too_many_shares`; nothing was processed.", body = ApiError),
+        (status = 422, description = "`verification_failed`.", body = ApiError),
+        (status = 429, description = "`rate_limited`; `Retry-After` says when to try again.", body = ApiError),
+        (status = 503, description = "`sealed` or `not_initialized`.", body = ApiError),
+    ))]
+fn verify() {}
+
+/// Operators: put the verified version in the keyring, read only (dual read).
+#[utoipa::path(post, path = "/v1/rotation/activate", tag = "rotation",
+    responses(
+        (status = 200, description = "The rotation, dual read.", body = RotationStatus),
+        (status = 408, description = "`request_timeout`.", body = ApiError),
+        (status = 409, description = "`wrong_state`, `refused` or `keyring_plan`.", body = ApiError),
+        (status = 413, description = "`body_too_large`.", body = ApiError),
+        (status = 422, description = "`verification_failed`.", body = ApiError),
+        (status = 503, description = "`sealed` or `not_initialized`.", body = ApiError),
+    ))]
+fn activate() {}
+
+/// Operators: consumers write the new version; the worker starts moving records.
+#[utoipa::path(post, path = "/v1/rotation/switch", tag = "rotation",
+    responses(
+        (status = 200, description = "The rotation, dual write.", body = RotationStatus),
+        (status = 408, description = "`request_timeout`.", body = ApiError),
+        (status = 409, description = "`wrong_state` (consumers still to acknowledge) or `refused`.", body = ApiError),
+        (status = 413, description = "`body_too_large`.", body = ApiError),
+        (status = 503, description = "`sealed` or `not_initialized`.", body = ApiError),
+    ))]
+fn switch() {}
+
+/// Operators: stop the re-encryption worker where it is.
+#[utoipa::path(post, path = "/v1/rotation/pause", tag = "rotation",
+    responses(
+        (status = 200, description = "The rotation, paused.", body = RotationStatus),
+        (status = 408, description = "`request_timeout`.", body = ApiError),
+        (status = 409, description = "`wrong_state`.", body = ApiError),
+        (status = 413, description = "`body_too_large`.", body = ApiError),
+    ))]
+fn pause() {}
+
+/// Operators: let the re-encryption worker go on.
+#[utoipa::path(post, path = "/v1/rotation/resume", tag = "rotation",
+    responses(
+        (status = 200, description = "The rotation, running.", body = RotationStatus),
+        (status = 408, description = "`request_timeout`.", body = ApiError),
+        (status = 409, description = "`wrong_state`.", body = ApiError),
+        (status = 413, description = "`body_too_large`.", body = ApiError),
+    ))]
+fn resume() {}
+
+/// Operators: the worker's rate and batch size; fields left out stay.
+#[utoipa::path(post, path = "/v1/rotation/throttle", tag = "rotation",
+    request_body = ThrottleRequest,
+    responses(
+        (status = 200, description = "The rotation with the throttle in force.", body = RotationStatus),
+        (status = 408, description = "`request_timeout`.", body = ApiError),
+        (status = 409, description = "`wrong_state` or `refused`.", body = ApiError),
+        (status = 413, description = "`body_too_large`.", body = ApiError),
+    ))]
+fn throttle() {}
+
+/// Operators: retire the old version; two distinct operators execute it.
+#[utoipa::path(post, path = "/v1/rotation/retire", tag = "rotation",
+    request_body = RetireRequest,
+    responses(
+        (status = 200, description = "The plan, an approval, or the result.", body = RetirePlan),
+        (status = 408, description = "`request_timeout`.", body = ApiError),
+        (status = 409, description = "`wrong_state`, `refused` or `records_remain`.", body = ApiError),
+        (status = 413, description = "`body_too_large`.", body = ApiError),
+        (status = 503, description = "`sealed` or `not_initialized`.", body = ApiError),
+    ))]
+fn retire() {}
+
+/// Operators: move records back to the old version; two distinct operators execute it.
+#[utoipa::path(post, path = "/v1/rotation/rollback", tag = "rotation",
+    request_body = RollbackRequest,
+    responses(
+        (status = 200, description = "The plan, an approval, or the start.", body = RollbackPlan),
+        (status = 408, description = "`request_timeout`.", body = ApiError),
+        (status = 409, description = "`wrong_state` or `refused`.", body = ApiError),
+        (status = 413, description = "`body_too_large`.", body = ApiError),
+        (status = 503, description = "`sealed` or `not_initialized`.", body = ApiError),
+    ))]
+fn rollback() {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `docs/openapi.json` is this document; regenerate it with
+    /// `KEYHOLDER_WRITE_OPENAPI=1 cargo nextest run --workspace -E 'test(openapi_document)'`.
+    #[test]
+    fn the_committed_openapi_document_is_current() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/openapi.json");
+        let generated = document();
+        if std::env::var_os("KEYHOLDER_WRITE_OPENAPI").is_some() {
+            std::fs::write(path, &generated).unwrap();
+        }
+        let committed = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            committed == generated,
+            "docs/openapi.json is stale: regenerate it with \
+             `KEYHOLDER_WRITE_OPENAPI=1 cargo nextest run --workspace -E 'test(openapi_document)'`"
+        );
+    }
+
+    #[test]
+    fn every_operation_takes_the_version_header_and_names_its_errors() {
+        let doc = ApiDoc::openapi();
+        assert_eq!(doc.paths.paths.len(), 18);
+        for (path, item) in &doc.paths.paths {
+            for op in [&item.get, &item.post, &item.delete].into_iter().flatten() {
+                let params = op.parameters.as_deref().unwrap_or_default();
+                let RefOr::T(first) = &params[0] else {
+                    panic!("{path}: the version header is a reference");
+                };
+                assert_eq!(first.name, API_VERSION_HEADER, "{path}");
+                for code in ["200", "400", "403"] {
+                    assert!(op.responses.responses.contains_key(code), "{path} {code}");
+                }
+            }
+        }
+    }
+}
