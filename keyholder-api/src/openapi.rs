@@ -18,6 +18,7 @@ use utoipa::openapi::{HeaderBuilder, RefOr, Required};
 use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
 
 use crate::{
+    CertificateExpiry,
     API_VERSION, API_VERSION_HEADER, ApiError, AuditEntry, AuditLog, Health, PrepareRequest,
     RetirePlan, RetireRequest, RollbackPlan, RollbackRequest, RotationState, RotationStatus,
     ShareEnvelope, ShareOutcome, Status, ThrottleRequest, UnsealProgress, UnsealRequest,
@@ -50,7 +51,7 @@ pub fn document() -> String {
         rollback,
     ),
     components(schemas(
-        ApiError, Health, Status, VersionStatus, VersionState, UnsealProgress, UnsealRequest,
+        ApiError, Health, Status, CertificateExpiry, VersionStatus, VersionState, UnsealProgress, UnsealRequest,
         UnsealResponse, ShareOutcome, AuditLog, AuditEntry, RotationStatus, RotationState,
         PrepareRequest, ShareEnvelope, ThrottleRequest, RetireRequest, RetirePlan,
         RollbackRequest, RollbackPlan, HookHandover, HandoverKey,

@@ -88,7 +88,7 @@ pub struct Status {
 /// When the daemon's TLS credentials run out, as loaded: RFC 3339 times in
 /// UTC (`2027-12-01T00:00:00Z`). The daemon warns in its log from
 /// [`CertificateExpiry::WARN_DAYS`] days before each.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct CertificateExpiry {
     /// The server certificate's end of validity (`notAfter`).
     pub server_cert_not_after: String,
