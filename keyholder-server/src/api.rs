@@ -13,17 +13,18 @@ mod seal;
 
 use std::sync::Arc;
 
-use axum::Router;
 use axum::extract::{FromRequestParts, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::{Extension, Router};
 use keyholder_api::{API_VERSION, API_VERSION_HEADER, ApiError};
 
 use crate::daemon::{Daemon, DaemonError};
 use crate::principal::{Principal, Role};
+use crate::rotation::RotationHandle;
 use crate::transport::Caller;
 
 /// The shared state of every handler.
@@ -179,13 +180,14 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/audit", get(audit::audit))
 }
 
-/// The complete API: our routes plus `extra` (the rotation's), the version
-/// exchange on all of them, the role and size limits of bodies, JSON for
-/// every error (404s, 405s and 413s too).
-pub fn app(daemon: AppState, extra: Router<AppState>) -> Router {
+/// The complete API: our routes plus the rotation's, the version exchange on
+/// all of them, the role and size limits of bodies, JSON for every error
+/// (404s, 405s and 413s too).
+pub fn app(daemon: AppState, rotation: RotationHandle) -> Router {
     routes()
-        .merge(extra)
+        .merge(crate::rotation::api::routes())
         .fallback(not_found)
+        .layer(Extension(rotation))
         .layer(axum::middleware::from_fn(limits::limit_body))
         .layer(axum::middleware::from_fn(limits::json_errors))
         .layer(axum::middleware::from_fn(api_version))
@@ -193,18 +195,18 @@ pub fn app(daemon: AppState, extra: Router<AppState>) -> Router {
 }
 
 /// `/metrics` for the loopback plain port.
-pub fn metrics_app(daemon: AppState) -> Router {
+pub fn metrics_app(daemon: AppState, rotation: RotationHandle) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
+        .layer(Extension(rotation))
         .with_state(daemon)
 }
 
-async fn metrics(State(daemon): State<AppState>) -> impl IntoResponse {
-    if let Ok(status) = daemon.status().await
-        && let Some(rotation) = &status.rotation
-    {
-        daemon.metrics.set_rotation(rotation);
-    }
+async fn metrics(
+    State(daemon): State<AppState>,
+    Extension(rotation): Extension<RotationHandle>,
+) -> impl IntoResponse {
+    daemon.metrics.set_rotation(&rotation.status());
     (
         [(
             axum::http::header::CONTENT_TYPE,

@@ -23,11 +23,13 @@ use crate::audit::{self, DAEMON};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::principal::{Principal, Role};
-use crate::seal::{SealMachine, VersionFacts};
 use crate::store::{StateStore, StoreError, VersionRecord};
 use crate::submissions::SubmissionLimiter;
 use crate::vault::{KeyringPlan, Vault, VaultError};
 use crate::verify::{self, RecordSampler};
+use keyholder_core::rotation::Rotation;
+use keyholder_core::seal::SealMachine;
+use keyholder_core::{VersionFacts, verification};
 
 /// Why a daemon operation was refused or failed.
 #[derive(Debug, thiserror::Error)]
@@ -55,17 +57,24 @@ pub enum DaemonError {
     Store(#[from] StoreError),
 }
 
-/// What the rotation needs to hear from the daemon, and what it adds to the
-/// status document. Implemented by [`crate::rotation::Rotator`].
-pub trait RotationHooks: Send + Sync {
-    /// The rotation part of the status document.
-    fn status(&self) -> Option<keyholder_api::RotationStatus>;
-    /// A database principal fetched the keyring (its acknowledgement).
-    fn keyring_fetched<'a>(&'a self, consumer: &'a str) -> futures::future::BoxFuture<'a, ()>;
-    /// The daemon just unsealed: resume the rotation's work.
-    fn unsealed(self: Arc<Self>);
-    /// The daemon just sealed: stop any work that holds keys.
-    fn sealed(self: Arc<Self>);
+/// Whether the daemon holds keys, as its `watch` publishes it. `epoch`
+/// counts the seals: a reader that sees it change knows a seal happened,
+/// even when an unseal followed before it looked.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SealState {
+    /// No key is held.
+    pub sealed: bool,
+    /// Seals so far.
+    pub epoch: u64,
+}
+
+/// A database principal fetched the keyring: its acknowledgement, for the
+/// rotation to record before the fetch is answered.
+pub struct Fetched {
+    /// The principal.
+    pub consumer: String,
+    /// Answered once the acknowledgement is recorded.
+    pub recorded: tokio::sync::oneshot::Sender<()>,
 }
 
 /// The running daemon's state.
@@ -82,8 +91,26 @@ pub struct Daemon {
     pub submissions: SubmissionLimiter,
     seal: Mutex<SealMachine>,
     plan: RwLock<Option<KeyringPlan>>,
-    samplers: Arc<Vec<Box<dyn RecordSampler>>>,
-    rotation: std::sync::OnceLock<std::sync::Weak<dyn RotationHooks>>,
+    /// The stored versions as of the last write through this daemon: status
+    /// reads these and never waits on the store.
+    versions: RwLock<Vec<VersionRecord>>,
+    samplers: Vec<Box<dyn RecordSampler>>,
+    seal_state: tokio::sync::watch::Sender<SealState>,
+    fetches: tokio::sync::mpsc::UnboundedSender<Fetched>,
+    /// Taken once, by the rotation.
+    fetched: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Fetched>>>,
+}
+
+/// Parses the rotation the store holds: the one place its JSON is read.
+fn parse_rotation(text: Option<String>) -> Result<Option<Rotation>, DaemonError> {
+    text.map(|text| {
+        serde_json::from_str(&text).map_err(|e| {
+            DaemonError::Store(StoreError::Corrupt {
+                what: format!("rotation state ({e})"),
+            })
+        })
+    })
+    .transpose()
 }
 
 /// The default plan with no rotation under way: the active versions are live
@@ -126,22 +153,17 @@ impl Daemon {
             .map(verify::sampler_for)
             .collect::<Vec<_>>();
         let versions = store.versions().await?;
-        let plan = match store.load_rotation().await? {
+        let plan = match parse_rotation(store.load_rotation().await?)? {
             // The persisted rotation says which versions are live and which
             // one writes; never "the highest".
-            Some(text) => {
-                let rotation: crate::rotation::Rotation =
-                    serde_json::from_str(&text).map_err(|e| StoreError::Corrupt {
-                        what: format!("rotation state ({e})"),
-                    })?;
-                Some(KeyringPlan {
-                    live: rotation.live_versions().into_iter().collect(),
-                    write: rotation.write_version(),
-                })
-            }
+            Some(rotation) => Some(KeyringPlan {
+                live: rotation.live_versions().into_iter().collect(),
+                write: rotation.write_version(),
+            }),
             None => default_plan(&versions)?,
         };
         let seal = Mutex::new(Self::machine(&config, &versions, plan.as_ref()));
+        let (fetches, fetched) = tokio::sync::mpsc::unbounded_channel();
         let daemon = Arc::new(Self {
             config: Arc::new(config),
             store,
@@ -150,8 +172,14 @@ impl Daemon {
             submissions: SubmissionLimiter::default(),
             seal,
             plan: RwLock::new(plan),
-            samplers: Arc::new(samplers),
-            rotation: std::sync::OnceLock::new(),
+            versions: RwLock::new(versions.clone()),
+            samplers,
+            seal_state: tokio::sync::watch::Sender::new(SealState {
+                sealed: true,
+                epoch: 0,
+            }),
+            fetches,
+            fetched: Mutex::new(Some(fetched)),
         });
         let versions: Vec<u32> = versions.iter().map(|v| v.version.number()).collect();
         daemon
@@ -181,13 +209,24 @@ impl Daemon {
         SealMachine::new(config.keyring.clone(), facts, config.progress_ttl)
     }
 
-    /// Hooks the rotation in (once).
-    pub fn set_rotation_hooks(&self, hooks: std::sync::Weak<dyn RotationHooks>) {
-        let _ = self.rotation.set(hooks);
+    /// The seal state, published on every seal and unseal.
+    pub fn seal_state(&self) -> tokio::sync::watch::Receiver<SealState> {
+        self.seal_state.subscribe()
     }
 
-    fn hooks(&self) -> Option<Arc<dyn RotationHooks>> {
-        self.rotation.get().and_then(std::sync::Weak::upgrade)
+    /// The keyring fetches of database principals, for the one reader that
+    /// records them as acknowledgements (the rotation); `None` after the
+    /// first call.
+    pub fn take_fetches(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<Fetched>> {
+        self.fetched
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+    }
+
+    /// The persisted rotation, parsed (`None` before the first step).
+    pub async fn load_rotation(&self) -> Result<Option<Rotation>, DaemonError> {
+        parse_rotation(self.store.load_rotation().await?)
     }
 
     /// Proves `keys` as unseal does (KCV, canary, sample records of every
@@ -215,9 +254,10 @@ impl Daemon {
         }
     }
 
-    /// Checks `keys` (KCV, canary, sample records of every target) on a
-    /// blocking thread, since it reads stores and does crypto; hands the keys
-    /// back with the verdict.
+    /// Checks `keys` (KCV, canary, sample records of every target): the
+    /// records are fetched here, for the keys whose KCV and canary pass, and
+    /// the decision (crypto) runs on a blocking thread; hands the keys back
+    /// with the verdict.
     async fn prove(
         &self,
         keys: BTreeMap<KeyVersion, crypto_core::Key>,
@@ -235,11 +275,19 @@ impl Daemon {
             .into_iter()
             .map(|v| (v.version, v))
             .collect();
-        let samplers = Arc::clone(&self.samplers);
         let keyring_id = self.config.keyring.clone();
-        let sample_size = self.config.sample_size;
+        // Sampling is for keys that can pass; a wrong key fails on its KCV
+        // without waiting on a target.
+        let worth_sampling: Vec<KeyVersion> = keys
+            .iter()
+            .filter(|(v, key)| {
+                verification::check_key(&keyring_id, **v, key, versions.get(*v)).is_ok()
+            })
+            .map(|(v, _)| *v)
+            .collect();
+        let samples = verify::fetch(&self.samplers, worth_sampling, self.config.sample_size).await;
         tokio::task::spawn_blocking(move || {
-            let verdict = verify::verify(&keyring_id, &keys, &versions, &samplers, sample_size);
+            let verdict = verification::decide(&keyring_id, &keys, &versions, &samples);
             (keys, verdict)
         })
         .await
@@ -256,7 +304,7 @@ impl Daemon {
     /// changed, republishes the keyring. While sealed, partial unseal
     /// progress is dropped.
     pub async fn set_plan(&self, plan: KeyringPlan) -> Result<(), DaemonError> {
-        let versions = self.store.versions().await?;
+        let versions = self.refresh_versions().await?;
         let previous = self
             .plan
             .write()
@@ -275,6 +323,52 @@ impl Daemon {
 
     fn lock_seal(&self) -> std::sync::MutexGuard<'_, SealMachine> {
         self.seal.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Re-reads the stored versions into the copy status shows.
+    async fn refresh_versions(&self) -> Result<Vec<VersionRecord>, DaemonError> {
+        let versions = self.store.versions().await?;
+        *self.versions.write().unwrap_or_else(|p| p.into_inner()) = versions.clone();
+        Ok(versions)
+    }
+
+    /// The stored versions as of the last write (no store call).
+    fn known_versions(&self) -> Vec<VersionRecord> {
+        self.versions
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Applies `transition` to the store; when it changes versions, the
+    /// copy status shows follows.
+    pub async fn apply(
+        &self,
+        transition: crate::store::Transition,
+    ) -> Result<keyholder_api::AuditEntry, DaemonError> {
+        let touches_versions =
+            transition.new_version.is_some() || !transition.version_states.is_empty();
+        let entry = self.store.apply(transition).await?;
+        if touches_versions {
+            self.refresh_versions().await?;
+        }
+        Ok(entry)
+    }
+
+    /// Counts `n` encryptions under `version` (the usage limit of AES-GCM
+    /// with random nonces rests on this count).
+    pub async fn add_encryptions(&self, version: KeyVersion, n: u64) -> Result<(), DaemonError> {
+        self.store.add_encryptions(version, n).await?;
+        if let Some(record) = self
+            .versions
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter_mut()
+            .find(|r| r.version == version)
+        {
+            record.encryptions = record.encryptions.saturating_add(n);
+        }
+        Ok(())
     }
 
     /// Takes shares from `principal`; unseals when every live version is
@@ -425,7 +519,7 @@ impl Daemon {
             }
             Ok(report) => {
                 let keyring = self.vault.load(&self.config.keyring, keys, &plan)?;
-                let counts = self.store.versions().await?;
+                let counts = self.refresh_versions().await?;
                 for record in counts.iter().filter(|r| keyring.contains(r.version)) {
                     keyring
                         .set_encryptions(record.version, record.encryptions)
@@ -446,9 +540,8 @@ impl Daemon {
                 .await?;
                 response.sealed = false;
                 response.loaded = self.vault.held_versions();
-                if let Some(hooks) = self.hooks() {
-                    hooks.unsealed();
-                }
+                // The rotation resumes its work on this.
+                self.seal_state.send_modify(|s| s.sealed = false);
                 Ok(response)
             }
         }
@@ -524,9 +617,12 @@ impl Daemon {
     /// Drops every key.
     pub async fn seal(&self, actor: &str) -> Result<Status, DaemonError> {
         let was_sealed = self.vault.is_sealed();
-        if let Some(hooks) = self.hooks() {
-            hooks.sealed();
-        }
+        // First the news (a running worker aborts on it, so a worker started
+        // by a quick re-unseal is never the one stopped), then the keys go.
+        self.seal_state.send_modify(|s| {
+            s.sealed = true;
+            s.epoch += 1;
+        });
         self.vault.seal();
         self.lock_seal().reset();
         self.metrics.set_loaded(0);
@@ -535,12 +631,12 @@ impl Daemon {
         }
         self.audit(actor, "sealed", json!({"was_sealed": was_sealed}))
             .await?;
-        self.status().await
+        Ok(self.status())
     }
 
-    /// The status document.
-    pub async fn status(&self) -> Result<Status, DaemonError> {
-        let versions = self.store.versions().await?;
+    /// The status document, from memory: it never waits on the store.
+    pub fn status(&self) -> Status {
+        let versions = self.known_versions();
         let keyring = self.vault.keyring();
         let held = self.vault.held_versions();
         let progress = {
@@ -548,7 +644,7 @@ impl Daemon {
             machine.expire(Instant::now());
             machine.progress()
         };
-        Ok(Status {
+        Status {
             keyring: self.config.keyring.clone(),
             sealed: keyring.is_none(),
             versions: versions
@@ -571,8 +667,10 @@ impl Daemon {
             } else {
                 Vec::new()
             },
-            rotation: self.hooks().and_then(|h| h.status()),
-        })
+            // The API adds the rotation's part (the daemon does not know
+            // the rotation).
+            rotation: None,
+        }
     }
 
     /// The hand-over for a database principal; records its fetch as its
@@ -595,8 +693,20 @@ impl Daemon {
         )
         .await?;
         tracing::info!(principal = %principal.name, write_version = %keyring.write_version(), "keyring handed over");
-        if let Some(hooks) = self.hooks() {
-            hooks.keyring_fetched(&principal.name).await;
+        // The rotation records the fetch as an acknowledgement before the
+        // keyring is handed over, so a `switch` right after sees it.
+        let (recorded, done) = tokio::sync::oneshot::channel();
+        let fetched = Fetched {
+            consumer: principal.name.clone(),
+            recorded,
+        };
+        let listened = self
+            .fetched
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_none();
+        if listened && self.fetches.send(fetched).is_ok() {
+            let _ = done.await;
         }
         Ok(keyring.to_handover())
     }

@@ -1,9 +1,10 @@
 //! keyholderd: the sealed key daemon.
 //!
 //! The parts, in the order a request meets them: [`config`] (the validated
-//! TOML), `transport` (TLS, client identity), `api` (thin handlers), the
-//! [`seal`] and [`rotation`] state machines (pure), [`verify`] (proving keys
-//! on real records) and [`store`] (the persisted state behind a trait).
+//! TOML), `transport` (TLS, client identity), `api` (thin handlers),
+//! [`daemon`] and [`rotation`] (the I/O around the pure state machines of
+//! `keyholder-core`), [`verify`] (fetching the records that prove keys) and
+//! [`store`] (the persisted state behind a trait).
 #![forbid(unsafe_code)]
 
 pub mod api;
@@ -17,7 +18,6 @@ pub mod metrics;
 pub mod principal;
 pub mod rotation;
 pub mod run;
-pub mod seal;
 pub mod store;
 pub mod submissions;
 pub mod transport;

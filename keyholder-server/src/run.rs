@@ -41,8 +41,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         principals: config.principals.clone().into(),
     });
     let daemon = Daemon::open(config).await?;
-    let rotator = crate::rotation::Rotator::start(Arc::clone(&daemon)).await?;
-    let extra = crate::rotation::api::routes(Arc::clone(&rotator));
+    let (rotation, orchestrator) = crate::rotation::Rotator::start(Arc::clone(&daemon)).await?;
     let listener = transport::bind(listen.addr).await.map_err(RunError::Bind)?;
     let bound = listener.local_addr().map_err(RunError::Bind)?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -52,14 +51,14 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         let mut stop = stop_rx.clone();
         tokio::spawn(transport::serve_plain(
             metrics,
-            crate::api::metrics_app(Arc::clone(&daemon)),
+            crate::api::metrics_app(Arc::clone(&daemon), rotation.clone()),
             async move {
                 let _ = stop.wait_for(|s| *s).await;
             },
         ));
     }
     tracing::info!(addr = %bound, "listening (mutual TLS 1.3)");
-    let app = crate::api::app(Arc::clone(&daemon), extra);
+    let app = crate::api::app(Arc::clone(&daemon), rotation.clone());
     let summaries = tokio::spawn(crate::daemon::write_refusal_summaries(
         Arc::clone(&daemon),
         stop_rx.clone(),
@@ -76,7 +75,8 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     .await;
     let _ = stop_tx.send(true);
     let _ = summaries.await;
-    rotator.stop_worker().await;
+    rotation.stop().await;
+    let _ = orchestrator.await;
     daemon.vault.seal();
     daemon
         .audit(crate::audit::DAEMON, "stopped", serde_json::json!({}))

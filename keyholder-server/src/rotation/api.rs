@@ -1,7 +1,5 @@
 //! The `/v1/rotation/*` handlers: role check, strict body, one driver call.
 
-use std::sync::Arc;
-
 use axum::body::Bytes;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
@@ -14,11 +12,11 @@ use keyholder_api::{
 };
 use serde::Deserialize;
 
-use super::driver::{RotationError, Rotator};
+use super::driver::{RotationError, RotationHandle};
 use crate::api::{ApiFailure, AppState, Authenticated, require};
 use crate::principal::Role;
 
-type Rot = Extension<Arc<Rotator>>;
+type Rot = Extension<RotationHandle>;
 
 impl From<RotationError> for ApiFailure {
     fn from(e: RotationError) -> Self {
@@ -33,6 +31,9 @@ impl From<RotationError> for ApiFailure {
             }
             e @ RotationError::RecordsRemain { .. } => {
                 ApiFailure::new(StatusCode::CONFLICT, "records_remain", e.to_string())
+            }
+            e @ RotationError::Stopped => {
+                ApiFailure::new(StatusCode::SERVICE_UNAVAILABLE, "stopping", e.to_string())
             }
             RotationError::Worker(message) => {
                 tracing::error!(error = %message, "rotation step failed");
@@ -86,7 +87,7 @@ async fn verify(
     require(&caller, &[Role::Keyholder])?;
     let request = crate::api::limits::share_submission(&daemon, &caller, &bytes)?;
     drop(bytes);
-    let result = rot.verify_share(&caller, &request.shares).await;
+    let result = rot.verify_share(&caller, request.shares).await;
     crate::api::limits::settle(&daemon, &caller, &result);
     Ok(Json(result?))
 }
@@ -130,7 +131,7 @@ async fn throttle(
 ) -> Result<Json<RotationStatus>, ApiFailure> {
     require(&caller, &[Role::Operator])?;
     let request: ThrottleRequest = body(&bytes)?;
-    Ok(Json(rot.throttle(&caller, &request).await?))
+    Ok(Json(rot.throttle(&caller, request).await?))
 }
 
 async fn retire(
@@ -164,8 +165,9 @@ async fn status(
     Json(rot.status())
 }
 
-/// The rotation routes, with the driver as a request extension.
-pub fn routes(rotator: Arc<Rotator>) -> Router<AppState> {
+/// The rotation routes; the [`RotationHandle`] comes as a request
+/// extension (`crate::api::app` adds it).
+pub(crate) fn routes() -> Router<AppState> {
     Router::new()
         .route("/v1/rotation", get(status))
         .route("/v1/rotation/prepare", post(prepare))
@@ -178,5 +180,4 @@ pub fn routes(rotator: Arc<Rotator>) -> Router<AppState> {
         .route("/v1/rotation/throttle", post(throttle))
         .route("/v1/rotation/retire", post(retire))
         .route("/v1/rotation/rollback", post(rollback))
-        .layer(Extension(rotator))
 }

@@ -1,18 +1,45 @@
-//! The rotation part of the status document: the machine's state with the
-//! worker's progress summed over targets and the throttle in force.
+//! What readers of the rotation see ([`View`], published by the
+//! orchestrator through a `watch`), and the rotation part of the status
+//! document computed from it: the machine's state with the worker's progress
+//! summed over targets and the throttle in force.
+
+use std::collections::BTreeMap;
 
 use keyholder_api::{RotationState, RotationStatus};
+use keyholder_reencrypt::{Progress, Throttle};
+use tokio::sync::watch;
 
-use super::{Rotator, lock};
+use super::Rotator;
+use crate::rotation::worker::Retries;
 use crate::rotation::{Job, Rotation};
 
-impl Rotator {
-    /// The rotation part of the status document.
-    pub fn status(&self) -> RotationStatus {
-        self.status_of(&self.rotation())
+/// The rotation as the orchestrator last published it. The workers'
+/// progress is read live from their own `watch`es.
+#[derive(Clone)]
+pub(crate) struct View {
+    pub(crate) rotation: Rotation,
+    pub(crate) throttle: Throttle,
+    pub(crate) last_error: Option<String>,
+    pub(crate) retries: Retries,
+    pub(crate) progress: BTreeMap<String, watch::Receiver<Progress>>,
+    consumers: Vec<String>,
+}
+
+impl View {
+    pub(crate) fn new(rotation: Rotation, throttle: Throttle, consumers: Vec<String>) -> Self {
+        Self {
+            rotation,
+            throttle,
+            last_error: None,
+            retries: Retries::default(),
+            progress: BTreeMap::new(),
+            consumers,
+        }
     }
 
-    pub(super) fn status_of(&self, rotation: &Rotation) -> RotationStatus {
+    /// The rotation part of the status document.
+    pub(crate) fn status(&self) -> RotationStatus {
+        let rotation = &self.rotation;
         // After the drain the last pass's figures stay on show.
         let job = rotation
             .job()
@@ -25,7 +52,7 @@ impl Rotator {
             });
         let (mut done, mut remaining, mut conflicts, mut rate) = (0, 0, 0, 0.0);
         if let Some(job) = job {
-            for progress in lock(&self.progress).values() {
+            for progress in self.progress.values() {
                 let p = progress.borrow();
                 if p.from == job.from && p.to == job.to {
                     done += p.records_done;
@@ -35,8 +62,7 @@ impl Rotator {
                 }
             }
         }
-        let throttle = lock(&self.throttle).clone();
-        let retries = lock(&self.retries).clone();
+        let running = rotation.job().is_some();
         RotationStatus {
             state: rotation.state(),
             from: (rotation.state() != RotationState::Idle).then(|| rotation.current()),
@@ -44,26 +70,29 @@ impl Rotator {
             rows_done: done,
             // Outside a job the drained state rests on a full scan that
             // found none; the pass's estimate would only mislead.
-            rows_remaining: if rotation.job().is_some() {
-                remaining
-            } else {
-                0
-            },
+            rows_remaining: if running { remaining } else { 0 },
             conflicts,
-            rows_per_sec: if rotation.job().is_some() { rate } else { 0.0 },
-            eta_seconds: (rotation.job().is_some() && rate > 0.0)
-                .then(|| (remaining as f64 / rate).ceil() as u64),
+            rows_per_sec: if running { rate } else { 0.0 },
+            eta_seconds: (running && rate > 0.0).then(|| (remaining as f64 / rate).ceil() as u64),
             paused: rotation.paused(),
             verified_by: rotation.verified_by().map(str::to_owned).collect(),
             acknowledged_by: rotation.acknowledged_by().map(str::to_owned).collect(),
-            waiting_for: rotation.waiting_for(&self.daemon.config.reencrypt.consumers),
+            waiting_for: rotation.waiting_for(&self.consumers),
             retire_approvals: rotation.retire_approvals().map(str::to_owned).collect(),
-            rows_per_sec_limit: throttle.rows_per_sec,
-            batch_size: throttle.batch_size,
-            last_error: lock(&self.last_error).clone(),
-            retries: retries.count,
-            last_transient_error: retries.last,
-            retrying: retries.waiting,
+            rows_per_sec_limit: self.throttle.rows_per_sec,
+            batch_size: self.throttle.batch_size,
+            last_error: self.last_error.clone(),
+            retries: self.retries.count,
+            last_transient_error: self.retries.last.clone(),
+            retrying: self.retries.waiting,
         }
+    }
+}
+
+impl Rotator {
+    /// The rotation part of the status document, as of now.
+    pub(super) fn status(&self) -> RotationStatus {
+        self.publish();
+        self.view.borrow().status()
     }
 }
