@@ -12,6 +12,7 @@ pub mod audit;
 pub mod check;
 pub mod config;
 pub mod daemon;
+pub mod exit;
 pub mod hygiene;
 pub mod init;
 pub mod metrics;

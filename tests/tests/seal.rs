@@ -398,7 +398,11 @@ async fn init_runs_once_and_check_config_names_every_problem() {
         "--out",
         &env.tmp.path().join("again").display().to_string(),
     ]);
-    assert!(!again.status.success());
+    assert_eq!(
+        again.status.code(),
+        Some(65),
+        "a state that refuses the command is EX_DATAERR"
+    );
     assert_eq!(
         String::from_utf8_lossy(&again.stderr).lines().last(),
         Some(
