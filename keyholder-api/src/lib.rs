@@ -8,6 +8,7 @@
 #![deny(missing_docs)]
 
 mod audit;
+pub mod paths;
 mod rotation;
 mod seal;
 mod version;

@@ -11,6 +11,7 @@ mod keyring;
 pub mod limits;
 mod seal;
 
+use keyholder_api::paths;
 use std::sync::Arc;
 
 use axum::extract::{FromRequestParts, Request, State};
@@ -169,15 +170,15 @@ async fn not_found() -> ApiFailure {
 /// The daemon's API routes (without state), for merging more routes in.
 pub fn routes() -> Router<AppState> {
     Router::new()
-        .route("/v1/health", get(seal::health))
-        .route("/v1/status", get(seal::status))
+        .route(paths::HEALTH, get(seal::health))
+        .route(paths::STATUS, get(seal::status))
         .route(
-            "/v1/unseal",
+            paths::UNSEAL,
             axum::routing::post(seal::unseal).delete(seal::reset),
         )
-        .route("/v1/seal", axum::routing::post(seal::seal))
-        .route("/v1/keyring", get(keyring::keyring))
-        .route("/v1/audit", get(audit::audit))
+        .route(paths::SEAL, axum::routing::post(seal::seal))
+        .route(paths::KEYRING, get(keyring::keyring))
+        .route(paths::AUDIT, get(audit::audit))
 }
 
 /// The complete API: our routes plus the rotation's, the version exchange on
@@ -206,12 +207,12 @@ async fn metrics(
     State(daemon): State<AppState>,
     Extension(rotation): Extension<RotationHandle>,
 ) -> impl IntoResponse {
-    daemon.metrics.set_rotation(&rotation.status());
+    daemon.metrics().set_rotation(&rotation.status());
     (
         [(
             axum::http::header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        daemon.metrics.render(),
+        daemon.metrics().render(),
     )
 }

@@ -80,15 +80,15 @@ pub struct Fetched {
 /// The running daemon's state.
 pub struct Daemon {
     /// The validated config.
-    pub config: Arc<Config>,
+    config: Arc<Config>,
     /// The persisted state.
-    pub store: Arc<dyn StateStore>,
+    store: Arc<dyn StateStore>,
     /// The keys, when unsealed.
-    pub vault: Vault,
+    vault: Vault,
     /// Metrics.
-    pub metrics: Metrics,
+    metrics: Metrics,
     /// The budget of failed share submissions, per principal.
-    pub submissions: SubmissionLimiter,
+    submissions: SubmissionLimiter,
     seal: Mutex<SealMachine>,
     plan: RwLock<Option<KeyringPlan>>,
     /// The stored versions as of the last write through this daemon: status
@@ -207,6 +207,27 @@ impl Daemon {
             })
             .collect();
         SealMachine::new(config.keyring.clone(), facts, config.progress_ttl)
+    }
+
+    /// The validated config.
+    pub fn config(&self) -> &Arc<Config> {
+        &self.config
+    }
+
+    /// The persisted state: for the rotation's steps, which write it with
+    /// their audit entries. Handlers go through the daemon's methods.
+    pub(crate) fn store(&self) -> &Arc<dyn StateStore> {
+        &self.store
+    }
+
+    /// The keys, when unsealed.
+    pub(crate) fn vault(&self) -> &Vault {
+        &self.vault
+    }
+
+    /// The daemon's metrics.
+    pub(crate) fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// The seal state, published on every seal and unseal.

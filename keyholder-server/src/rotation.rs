@@ -9,5 +9,5 @@ mod worker;
 
 pub use driver::{RotationError, RotationHandle, Rotator};
 pub use keyholder_core::rotation::{
-    APPROVALS_NEEDED, Destructive, Job, Outcome, Rotation, TransitionError, VerifyQuorum,
+    APPROVALS_NEEDED, Job, Outcome, Rotation, TransitionError, VerifyQuorum,
 };

@@ -69,7 +69,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         app,
         principals,
         transport::Limits::from_listen(&listen),
-        daemon.metrics.connections.clone(),
+        daemon.metrics().connections.clone(),
         transport::shutdown_signal(),
     )
     .await;
@@ -77,7 +77,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     let _ = summaries.await;
     rotation.stop().await;
     let _ = orchestrator.await;
-    daemon.vault.seal();
+    daemon.vault().seal();
     daemon
         .audit(crate::audit::DAEMON, "stopped", serde_json::json!({}))
         .await?;

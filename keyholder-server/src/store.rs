@@ -251,19 +251,6 @@ impl Transition {
     }
 }
 
-/// A database principal's fetch of a keyring version (its acknowledgement).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ConsumerFetch {
-    /// The principal.
-    pub principal: String,
-    /// A version that was in the keyring it fetched.
-    pub version: KeyVersion,
-    /// Its first fetch holding that version, RFC 3339.
-    pub first: String,
-    /// Its last fetch holding that version, RFC 3339.
-    pub last: String,
-}
-
 /// The daemon's state store. Calls return boxed futures so a network store
 /// (PostgreSQL) fits behind the same trait.
 pub trait StateStore: Send + Sync {
@@ -277,14 +264,6 @@ pub trait StateStore: Send + Sync {
     fn append_audit(&self, audit: AuditDraft) -> StoreFuture<'_, AuditEntry> {
         self.apply(Transition::audit_only(audit))
     }
-    /// Saves the rotation blob (JSON text) with its audit entry.
-    fn save_rotation(&self, json: String, audit: AuditDraft) -> StoreFuture<'_, AuditEntry> {
-        let mut transition = Transition::audit_only(audit);
-        transition.rotation = Some(json);
-        self.apply(transition)
-    }
-    /// The whole audit log, in order.
-    fn audit_log(&self) -> StoreFuture<'_, Vec<AuditEntry>>;
     /// At most `limit` audit entries with a seq above `since`, in order.
     fn audit_page(&self, since: u64, limit: u32) -> StoreFuture<'_, Vec<AuditEntry>>;
     /// Adds `n` to the encryption count of `version`.
@@ -308,8 +287,6 @@ pub trait StateStore: Send + Sync {
         versions: &[KeyVersion],
         time: &str,
     ) -> StoreFuture<'_, ()>;
-    /// Every recorded consumer fetch.
-    fn fetches(&self) -> StoreFuture<'_, Vec<ConsumerFetch>>;
     /// Copies the whole store aside before a destructive transition
     /// (`label` says which), keeping only the newest `keep` copies, and
     /// returns where; `None` where the store leaves snapshots to its own

@@ -16,7 +16,7 @@ pub async fn health(
 ) -> Json<Health> {
     Json(Health {
         status: "ok".to_owned(),
-        sealed: daemon.vault.is_sealed(),
+        sealed: daemon.vault().is_sealed(),
     })
 }
 

@@ -6,6 +6,7 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use crypto_core::KeyVersion;
+use keyholder_api::paths;
 use keyholder_api::{
     PrepareRequest, RetirePlan, RetireRequest, RollbackPlan, RollbackRequest, RotationStatus,
     ShareEnvelope, ThrottleRequest, UnsealResponse,
@@ -169,15 +170,15 @@ async fn status(
 /// extension (`crate::api::app` adds it).
 pub(crate) fn routes() -> Router<AppState> {
     Router::new()
-        .route("/v1/rotation", get(status))
-        .route("/v1/rotation/prepare", post(prepare))
-        .route("/v1/rotation/share", get(share))
-        .route("/v1/rotation/verify", post(verify))
-        .route("/v1/rotation/activate", post(activate))
-        .route("/v1/rotation/switch", post(switch))
-        .route("/v1/rotation/pause", post(pause))
-        .route("/v1/rotation/resume", post(resume))
-        .route("/v1/rotation/throttle", post(throttle))
-        .route("/v1/rotation/retire", post(retire))
-        .route("/v1/rotation/rollback", post(rollback))
+        .route(paths::ROTATION, get(status))
+        .route(paths::ROTATION_PREPARE, post(prepare))
+        .route(paths::ROTATION_SHARE, get(share))
+        .route(paths::ROTATION_VERIFY, post(verify))
+        .route(paths::ROTATION_ACTIVATE, post(activate))
+        .route(paths::ROTATION_SWITCH, post(switch))
+        .route(paths::ROTATION_PAUSE, post(pause))
+        .route(paths::ROTATION_RESUME, post(resume))
+        .route(paths::ROTATION_THROTTLE, post(throttle))
+        .route(paths::ROTATION_RETIRE, post(retire))
+        .route(paths::ROTATION_ROLLBACK, post(rollback))
 }

@@ -152,8 +152,8 @@ impl Rotator {
         if daemon.plan().is_some() || stored.is_some() {
             daemon.set_plan(plan_of(&rotation)).await?;
         }
-        let throttle = daemon.config.reencrypt.throttle();
-        let consumers = daemon.config.reencrypt.consumers.clone();
+        let throttle = daemon.config().reencrypt.throttle();
+        let consumers = daemon.config().reencrypt.consumers.clone();
         let (view, view_rx) =
             watch::channel(View::new(rotation.clone(), throttle.clone(), consumers));
         let (events, events_rx) = mpsc::unbounded_channel();
@@ -307,10 +307,10 @@ impl Rotator {
     /// Who may verify a new share, and how many must before `retire`.
     fn quorum(&self) -> VerifyQuorum {
         VerifyQuorum {
-            min_verified: usize::from(self.daemon.config.rotation.min_verified),
+            min_verified: usize::from(self.daemon.config().rotation.min_verified),
             keyholders: self
                 .daemon
-                .config
+                .config()
                 .keyholders()
                 .map(|p| p.name.clone())
                 .collect(),
@@ -318,7 +318,7 @@ impl Rotator {
     }
 
     fn require_unsealed(&self) -> Result<(), RotationError> {
-        if self.daemon.vault.is_sealed() {
+        if self.daemon.vault().is_sealed() {
             return Err(DaemonError::Sealed.into());
         }
         Ok(())
@@ -331,7 +331,7 @@ impl Rotator {
         requested: Option<KeyVersion>,
     ) -> Result<RotationStatus, RotationError> {
         self.require_unsealed()?;
-        let known = self.daemon.store.versions().await?;
+        let known = self.daemon.store().versions().await?;
         let highest = known.iter().map(|r| r.version).max();
         // The default is the highest version ever made + 1, not the live
         // one + 1: a rolled-back version's number is taken for good.
@@ -346,7 +346,7 @@ impl Rotator {
                 highest.next().map(|v| v.to_string()).unwrap_or_default()
             )));
         }
-        let config = Arc::clone(&self.daemon.config);
+        let config = Arc::clone(self.daemon.config());
         let (key, new_version) = tokio::task::spawn_blocking(move || {
             crate::init::make_version(&config, version, VersionState::Prepared)
         })
@@ -369,11 +369,11 @@ impl Rotator {
             new_version: Some(new_version),
         };
         self.commit(next, step).await?;
-        self.daemon.vault.hold_pending(version, key);
+        self.daemon.vault().hold_pending(version, key);
         self.new_shares.clear();
         // A throttle set during an earlier (perhaps rolled-back) rotation was
         // for that job's load; each rotation starts at the configured one.
-        self.throttle = self.daemon.config.reencrypt.throttle();
+        self.throttle = self.daemon.config().reencrypt.throttle();
         Ok(self.status())
     }
 
@@ -386,7 +386,7 @@ impl Rotator {
         let mut next = self.machine.clone();
         next.activate()?;
         let version = next.next().expect("dual read has a next version");
-        if self.daemon.vault.key(version).is_none() {
+        if self.daemon.vault().key(version).is_none() {
             return Err(RotationError::Refused(format!(
                 "{version}'s key is not held (the daemon restarted since prepare); its keyholders must run `keyholder share verify` again"
             )));
@@ -409,7 +409,7 @@ impl Rotator {
     /// in DualRead, or proof that it writes the job's version while a job
     /// runs. Other fetches change nothing.
     pub(crate) async fn acknowledge(&mut self, consumer: &str) -> Result<(), RotationError> {
-        let consumers = &self.daemon.config.reencrypt.consumers;
+        let consumers = &self.daemon.config().reencrypt.consumers;
         if !self
             .machine
             .waiting_for(consumers)
@@ -441,11 +441,11 @@ impl Rotator {
         operator: &Principal,
     ) -> Result<RotationStatus, RotationError> {
         self.require_unsealed()?;
-        let consumers = self.daemon.config.reencrypt.consumers.clone();
+        let consumers = self.daemon.config().reencrypt.consumers.clone();
         self.machine.check_switch(&consumers)?;
         let mut keys = BTreeMap::new();
         for version in self.machine.live_versions() {
-            let key: Key = self.daemon.vault.key(version).ok_or_else(|| {
+            let key: Key = self.daemon.vault().key(version).ok_or_else(|| {
                 RotationError::Refused(format!("{version}'s key is not held; unseal first"))
             })?;
             keys.insert(version, key);
@@ -553,7 +553,7 @@ impl Rotator {
             return Ok(());
         }
         let mut next = self.machine.clone();
-        next.drained(&self.daemon.config.reencrypt.consumers)?;
+        next.drained(&self.daemon.config().reencrypt.consumers)?;
         let rolled_back = next.state() == RotationState::Idle;
         let states = if rolled_back {
             vec![(job.from, VersionState::Retired)]
@@ -573,7 +573,7 @@ impl Rotator {
         };
         self.commit(next, step).await?;
         if rolled_back {
-            self.daemon.vault.forget(job.from);
+            self.daemon.vault().forget(job.from);
         }
         Ok(())
     }
@@ -584,7 +584,7 @@ impl Rotator {
         let Some(job) = self.machine.job() else {
             return;
         };
-        if self.daemon.vault.is_sealed() {
+        if self.daemon.vault().is_sealed() {
             return;
         }
         if self.running.as_ref().is_some_and(|r| !r.task.is_finished()) {

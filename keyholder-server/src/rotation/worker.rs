@@ -202,7 +202,7 @@ impl CheckpointStore for StateCheckpoints {
 }
 
 fn targets(daemon: &Daemon) -> Result<Vec<Target>, RotationError> {
-    Ok(daemon.config.targets.clone())
+    Ok(daemon.config().targets.clone())
 }
 
 /// Records at `version` in every target, by a full scan now.
@@ -243,7 +243,7 @@ async fn job_counts_at(
 /// Starts the job's passes from the beginning (a new switch or rollback, not
 /// a resume after a restart).
 pub async fn reset_checkpoints(daemon: &Daemon, job: Job) -> Result<(), RotationError> {
-    let checkpoints = StateCheckpoints(Arc::clone(&daemon.store));
+    let checkpoints = StateCheckpoints(Arc::clone(daemon.store()));
     for target in targets(daemon)? {
         checkpoints
             .clear(target.name(), job.from, job.to)
@@ -260,7 +260,7 @@ pub async fn rescan_checkpoints(daemon: &Daemon, job: Job) -> Result<(), Rotatio
 }
 
 async fn job_rescan_checkpoints(daemon: &Daemon, job: Job) -> Result<(), JobError> {
-    let checkpoints = StateCheckpoints(Arc::clone(&daemon.store));
+    let checkpoints = StateCheckpoints(Arc::clone(daemon.store()));
     for target in targets(daemon)? {
         let failed = |operation| {
             let target = target.name().to_owned();
@@ -403,7 +403,7 @@ async fn passes(
             let waiting = {
                 let view = context.view.borrow_and_update();
                 view.rotation
-                    .waiting_for(&daemon.config.reencrypt.consumers)
+                    .waiting_for(&daemon.config().reencrypt.consumers)
             };
             if waiting.is_empty() {
                 break;
@@ -444,7 +444,7 @@ async fn run_targets(
 ) -> Result<bool, JobError> {
     let daemon = &context.daemon;
     let keyring = daemon
-        .vault
+        .vault()
         .keyring()
         .ok_or_else(|| RotationError::Worker("the daemon is sealed".to_owned()))?;
     if keyring.write_version() != job.to {
@@ -455,7 +455,7 @@ async fn run_targets(
         ))));
     }
     let checkpoints: Arc<dyn CheckpointStore> =
-        Arc::new(StateCheckpoints(Arc::clone(&daemon.store)));
+        Arc::new(StateCheckpoints(Arc::clone(daemon.store())));
     for target in targets(daemon)? {
         let name = target.name().to_owned();
         let store = keyholder_reencrypt::open_store(&target).await?;

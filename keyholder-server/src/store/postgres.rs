@@ -24,9 +24,8 @@ use tokio_postgres::{Client, GenericClient, NoTls};
 pub use location::PgLocation;
 
 use super::{
-    AuditDraft, Canary, ConsumerFetch, DealtShare, StateStore, StoreError, StoreFuture,
-    StoredEnvelope, Transition, VersionRecord, chained_time, corrupt, parse_state, state_name,
-    version_of,
+    AuditDraft, Canary, DealtShare, StateStore, StoreError, StoreFuture, StoredEnvelope,
+    Transition, VersionRecord, chained_time, corrupt, parse_state, state_name, version_of,
 };
 use crate::principal::Principal;
 
@@ -347,10 +346,6 @@ impl StateStore for PostgresStore {
         })
     }
 
-    fn audit_log(&self) -> StoreFuture<'_, Vec<AuditEntry>> {
-        self.audit_page(0, u32::MAX)
-    }
-
     fn audit_page(&self, since: u64, limit: u32) -> StoreFuture<'_, Vec<AuditEntry>> {
         Box::pin(async move {
             let client = self.client().await?;
@@ -488,29 +483,6 @@ impl StateStore for PostgresStore {
                 .await
                 .map(drop)
                 .map_err(pg("record fetch"))
-        })
-    }
-
-    fn fetches(&self) -> StoreFuture<'_, Vec<ConsumerFetch>> {
-        Box::pin(async move {
-            let client = self.client().await?;
-            let rows = client
-                .query(
-                    "SELECT principal, version, first_fetch, last_fetch FROM consumer_fetches ORDER BY principal, version",
-                    &[],
-                )
-                .await
-                .map_err(pg("read fetches"))?;
-            rows.into_iter()
-                .map(|r| {
-                    Ok(ConsumerFetch {
-                        principal: r.get(0),
-                        version: version_of(r.get(1))?,
-                        first: r.get(2),
-                        last: r.get(3),
-                    })
-                })
-                .collect()
         })
     }
 }

@@ -18,9 +18,9 @@ use keyholder_api::{AuditEntry, GENESIS_HASH};
 use rusqlite::{Connection, OptionalExtension as _, TransactionBehavior, params};
 
 use super::{
-    AuditDraft, Canary, ConsumerFetch, DealtShare, STORE_FORMAT, StateStore, StoreError,
-    StoreFuture, StoredEnvelope, Transition, VersionRecord, chained_time, corrupt,
-    format_compatible, parse_state, state_name, version_of,
+    AuditDraft, Canary, DealtShare, STORE_FORMAT, StateStore, StoreError, StoreFuture,
+    StoredEnvelope, Transition, VersionRecord, chained_time, corrupt, format_compatible,
+    parse_state, state_name, version_of,
 };
 use crate::principal::Principal;
 
@@ -444,10 +444,6 @@ impl StateStore for SqliteStore {
         self.with(move |conn| Self::apply_now(conn, transition))
     }
 
-    fn audit_log(&self) -> StoreFuture<'_, Vec<AuditEntry>> {
-        self.audit_page(0, u32::MAX)
-    }
-
     fn audit_page(&self, since: u64, limit: u32) -> StoreFuture<'_, Vec<AuditEntry>> {
         let since = i64::try_from(since).unwrap_or(i64::MAX);
         self.with(move |conn| {
@@ -591,30 +587,6 @@ impl StateStore for SqliteStore {
                 .map_err(io(&file, "restrict the snapshot to its owner"))?;
             prune_snapshots(&dir, keep)?;
             Ok(Some(file.display().to_string()))
-        })
-    }
-
-    fn fetches(&self) -> StoreFuture<'_, Vec<ConsumerFetch>> {
-        self.with(move |conn| {
-            let mut stmt = conn
-                .prepare("SELECT principal, version, first_fetch, last_fetch FROM consumer_fetches ORDER BY principal, version")
-                .map_err(sql("read fetches"))?;
-            let rows = stmt
-                .query_map([], |r| {
-                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?))
-                })
-                .map_err(sql("read fetches"))?;
-            let mut out = Vec::new();
-            for row in rows {
-                let (principal, version, first, last) = row.map_err(sql("read fetches"))?;
-                out.push(ConsumerFetch {
-                    principal,
-                    version: version_of(version)?,
-                    first,
-                    last,
-                });
-            }
-            Ok(out)
         })
     }
 }

@@ -82,7 +82,7 @@ impl Rotator {
             };
             self.commit(next, step).await?;
             if executed {
-                self.daemon.vault.forget(version);
+                self.daemon.vault().forget(version);
             }
         }
         Ok(RetirePlan {
@@ -180,7 +180,7 @@ impl Rotator {
                 self.commit(next, step).await?;
                 if self.machine.state() == RotationState::Idle {
                     self.new_shares.clear();
-                    self.daemon.vault.forget(from);
+                    self.daemon.vault().forget(from);
                 }
                 self.start_worker();
             }
@@ -199,8 +199,8 @@ impl Rotator {
     /// Copies the state store aside before a destructive step (the
     /// Scalingo lesson): the copy holds what the store holds, no key.
     async fn snapshot(&self, label: &str) -> Result<Option<String>, RotationError> {
-        let keep = self.daemon.config.rotation.keep_snapshots;
-        let path = self.daemon.store.snapshot(label, keep).await?;
+        let keep = self.daemon.config().rotation.keep_snapshots;
+        let path = self.daemon.store().snapshot(label, keep).await?;
         if let Some(path) = &path {
             tracing::info!(snapshot = %path, label, "state store snapshot taken");
         }

@@ -26,7 +26,7 @@ impl Rotator {
     ) -> Result<ShareEnvelope, RotationError> {
         let retired = self
             .daemon
-            .store
+            .store()
             .versions()
             .await?
             .iter()
@@ -39,7 +39,7 @@ impl Rotator {
         }
         let envelope = self
             .daemon
-            .store
+            .store()
             .share_envelope(version, &keyholder.name)
             .await?
             .ok_or_else(|| {
@@ -56,7 +56,7 @@ impl Rotator {
             )
             .await?;
         Ok(ShareEnvelope {
-            keyring: self.daemon.config.keyring.clone(),
+            keyring: self.daemon.config().keyring.clone(),
             version,
             index: envelope.index,
             age_armored: envelope.age_armored,
@@ -91,7 +91,7 @@ impl Rotator {
         }
         let record = self
             .daemon
-            .store
+            .store()
             .versions()
             .await?
             .into_iter()
@@ -106,7 +106,7 @@ impl Rotator {
             let verdict = admission::admit(
                 line.expose(),
                 &keyholder.name,
-                &self.daemon.config.keyring,
+                &self.daemon.config().keyring,
                 &facts,
                 Scope::NewVersion(version),
                 // A keyholder may prove its share again: it counts once.
@@ -144,7 +144,7 @@ impl Rotator {
         }
         if accepted_any {
             let mut next = self.machine.clone();
-            let reached = next.share_verified(&keyholder.name, self.daemon.config.threshold)?;
+            let reached = next.share_verified(&keyholder.name, self.daemon.config().threshold)?;
             self.rebuild_new_key_if_lost(version, &record)?;
             let states = if reached {
                 vec![(version, VersionState::SharesVerified)]
@@ -165,10 +165,10 @@ impl Rotator {
             self.commit(next, step).await?;
         }
         Ok(UnsealResponse {
-            sealed: self.daemon.vault.is_sealed(),
+            sealed: self.daemon.vault().is_sealed(),
             outcomes,
             progress: Vec::new(),
-            loaded: self.daemon.vault.held_versions(),
+            loaded: self.daemon.vault().held_versions(),
         })
     }
 
@@ -179,7 +179,7 @@ impl Rotator {
         version: KeyVersion,
         record: &crate::store::VersionRecord,
     ) -> Result<(), RotationError> {
-        if self.daemon.vault.is_sealed() || self.daemon.vault.key(version).is_some() {
+        if self.daemon.vault().is_sealed() || self.daemon.vault().key(version).is_some() {
             return Ok(());
         }
         let shares: Vec<Share> = self
@@ -193,7 +193,7 @@ impl Rotator {
         }
         let key = crypto_core::combine(&shares, &record.kcv)
             .map_err(|e| RotationError::Refused(format!("rebuilding {version}: {e}")))?;
-        self.daemon.vault.hold_pending(version, key);
+        self.daemon.vault().hold_pending(version, key);
         tracing::info!(%version, kcv = %record.kcv.prefix(), "new key rebuilt from verified shares");
         Ok(())
     }
