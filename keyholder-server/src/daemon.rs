@@ -400,25 +400,7 @@ impl Daemon {
         lines: &[ShareLine],
     ) -> Result<UnsealResponse, DaemonError> {
         if !self.vault.is_sealed() {
-            let outcomes = lines
-                .iter()
-                .enumerate()
-                .map(|(i, _)| keyholder_api::ShareOutcome {
-                    position: i + 1,
-                    version: None,
-                    index: None,
-                    accepted: false,
-                    reason: Some(
-                        "the daemon is already unsealed; this share was not needed".to_owned(),
-                    ),
-                })
-                .collect();
-            return Ok(UnsealResponse {
-                sealed: false,
-                outcomes,
-                progress: Vec::new(),
-                loaded: self.vault.held_versions(),
-            });
+            return Ok(self.already_unsealed(lines.len()));
         }
         let plan = self.plan().ok_or(DaemonError::NotInitialized)?;
         let (submission, expired) = {
@@ -437,17 +419,86 @@ impl Daemon {
             )
             .await?;
         }
-        let refused = submission.outcomes.iter().filter(|o| !o.accepted).count();
+        self.audit_submission(principal, &submission.outcomes)
+            .await?;
+        let failures: Vec<String> = submission
+            .failures
+            .iter()
+            .map(|f| format!("{}: {}", f.version, f.reason))
+            .collect();
+        if !failures.is_empty() {
+            self.audit(
+                DAEMON,
+                "unseal_rebuild_failed",
+                json!({"failures": failures}),
+            )
+            .await?;
+        }
+        let mut response = UnsealResponse {
+            sealed: true,
+            outcomes: submission.outcomes,
+            progress: Vec::new(),
+            loaded: Vec::new(),
+        };
+        let Some(rebuilt) = submission.rebuilt else {
+            if !failures.is_empty() {
+                return Err(DaemonError::Verification { failures });
+            }
+            response.progress = self.lock_seal().progress();
+            return Ok(response);
+        };
+        let (keys, verdict) = self.prove(rebuilt.keys).await?;
+        match verdict {
+            Err(failures) => {
+                drop(keys);
+                Err(self.unproven(&failures).await?)
+            }
+            Ok(report) => {
+                self.load_proven(keys, &report, &plan).await?;
+                response.sealed = false;
+                response.loaded = self.vault.held_versions();
+                Ok(response)
+            }
+        }
+    }
+
+    /// The answer to shares sent to an unsealed daemon: none was needed.
+    fn already_unsealed(&self, lines: usize) -> UnsealResponse {
+        let outcomes = (1..=lines)
+            .map(|position| keyholder_api::ShareOutcome {
+                position,
+                version: None,
+                index: None,
+                accepted: false,
+                reason: Some(
+                    "the daemon is already unsealed; this share was not needed".to_owned(),
+                ),
+            })
+            .collect();
+        UnsealResponse {
+            sealed: false,
+            outcomes,
+            progress: Vec::new(),
+            loaded: self.vault.held_versions(),
+        }
+    }
+
+    /// One audit entry per submission, not per line: a submission holds at
+    /// most a few lines, and the rate limit bounds the submissions.
+    async fn audit_submission(
+        &self,
+        principal: &Principal,
+        outcomes: &[keyholder_api::ShareOutcome],
+    ) -> Result<(), DaemonError> {
+        let refused = outcomes.iter().filter(|o| !o.accepted).count();
         tracing::info!(
             principal = %principal.name,
-            lines = submission.outcomes.len(),
+            lines = outcomes.len(),
             refused,
             "unseal shares submitted (each line's outcome is in the audit log)"
         );
-        // One audit entry per submission, not per line: a submission holds
-        // at most a few lines, and the rate limit bounds the submissions.
-        let mut lines = Vec::with_capacity(submission.outcomes.len());
-        for outcome in &submission.outcomes {
+        let mut lines = Vec::with_capacity(outcomes.len());
+        for outcome in outcomes {
             self.metrics.share(outcome.accepted);
             // A line that did not parse may hold share data in its message:
             // the audit log says only that it did not parse.
@@ -480,92 +531,72 @@ impl Daemon {
             &principal.name,
             action,
             json!({
-                "accepted": submission.outcomes.len() - refused,
+                "accepted": outcomes.len() - refused,
                 "refused": refused,
                 "lines": lines,
             }),
         )
+        .await
+    }
+
+    /// Logs and audits rebuilt keys that failed verification; the daemon
+    /// stays sealed. Returns the error to answer with.
+    async fn unproven(&self, failures: &[verify::Failure]) -> Result<DaemonError, DaemonError> {
+        for failure in failures {
+            tracing::error!(
+                version = failure.version.number(),
+                check = %failure.check,
+                record_ids = ?failure.record_ids,
+                "key verification failed; staying sealed"
+            );
+        }
+        self.audit(
+            DAEMON,
+            "unseal_verification_failed",
+            json!({"failures": failures.iter().map(|f| json!({
+                "version": f.version.number(),
+                "check": f.check,
+                "record_ids": f.record_ids,
+                "reason": f.reason,
+            })).collect::<Vec<_>>()}),
+        )
         .await?;
-        let mut response = UnsealResponse {
-            sealed: true,
-            outcomes: submission.outcomes,
-            progress: Vec::new(),
-            loaded: Vec::new(),
-        };
-        let failures: Vec<String> = submission
-            .failures
-            .iter()
-            .map(|f| format!("{}: {}", f.version, f.reason))
-            .collect();
-        if !failures.is_empty() {
-            self.audit(
-                DAEMON,
-                "unseal_rebuild_failed",
-                json!({"failures": failures}),
-            )
-            .await?;
+        Ok(DaemonError::Verification {
+            failures: failures.iter().map(ToString::to_string).collect(),
+        })
+    }
+
+    /// Loads proven keys as the plan says, restores their encryption counts,
+    /// logs and audits the keyring, and announces the unseal.
+    async fn load_proven(
+        &self,
+        keys: BTreeMap<KeyVersion, crypto_core::Key>,
+        report: &verify::Report,
+        plan: &KeyringPlan,
+    ) -> Result<(), DaemonError> {
+        let keyring = self.vault.load(&self.config.keyring, keys, plan)?;
+        let counts = self.refresh_versions().await?;
+        for record in counts.iter().filter(|r| keyring.contains(r.version)) {
+            keyring
+                .set_encryptions(record.version, record.encryptions)
+                .map_err(VaultError::Plan)?;
         }
-        let Some(rebuilt) = submission.rebuilt else {
-            if !failures.is_empty() {
-                return Err(DaemonError::Verification { failures });
-            }
-            response.progress = self.lock_seal().progress();
-            return Ok(response);
-        };
-        let (keys, verdict) = self.prove(rebuilt.keys).await?;
-        match verdict {
-            Err(failures) => {
-                drop(keys);
-                let messages: Vec<String> = failures.iter().map(ToString::to_string).collect();
-                for failure in &failures {
-                    tracing::error!(
-                        version = failure.version.number(),
-                        check = %failure.check,
-                        record_ids = ?failure.record_ids,
-                        "key verification failed; staying sealed"
-                    );
-                }
-                self.audit(
-                    DAEMON,
-                    "unseal_verification_failed",
-                    json!({"failures": failures.iter().map(|f| json!({
-                        "version": f.version.number(),
-                        "check": f.check,
-                        "record_ids": f.record_ids,
-                        "reason": f.reason,
-                    })).collect::<Vec<_>>()}),
-                )
-                .await?;
-                Err(DaemonError::Verification { failures: messages })
-            }
-            Ok(report) => {
-                let keyring = self.vault.load(&self.config.keyring, keys, &plan)?;
-                let counts = self.refresh_versions().await?;
-                for record in counts.iter().filter(|r| keyring.contains(r.version)) {
-                    keyring
-                        .set_encryptions(record.version, record.encryptions)
-                        .map_err(VaultError::Plan)?;
-                }
-                self.metrics.set_loaded(keyring.versions().count());
-                self.log_keyring(&keyring);
-                self.audit(
-                    DAEMON,
-                    "unsealed",
-                    json!({
-                        "versions": keyring.versions().map(|v| v.number()).collect::<Vec<_>>(),
-                        "write_version": keyring.write_version().number(),
-                        "kcv_prefixes": keyring.versions().map(|v| keyring.kcv(v).map(|k| k.prefix())).collect::<Vec<_>>(),
-                        "sampled": report.sampled.iter().map(|(v, n)| json!({"version": v.number(), "records": n})).collect::<Vec<_>>(),
-                    }),
-                )
-                .await?;
-                response.sealed = false;
-                response.loaded = self.vault.held_versions();
-                // The rotation resumes its work on this.
-                self.seal_state.send_modify(|s| s.sealed = false);
-                Ok(response)
-            }
-        }
+        self.metrics.set_loaded(keyring.versions().count());
+        self.log_keyring(&keyring);
+        self.audit(
+            DAEMON,
+            "unsealed",
+            json!({
+                "versions": keyring.versions().map(|v| v.number()).collect::<Vec<_>>(),
+                "write_version": keyring.write_version().number(),
+                "kcv_prefixes": keyring.versions().map(|v| keyring.kcv(v).map(|k| k.prefix())).collect::<Vec<_>>(),
+                "sampled": report.sampled.iter().map(|(v, n)| json!({"version": v.number(), "records": n})).collect::<Vec<_>>(),
+            }),
+        )
+        .await?;
+        // The rotation resumes its work on this.
+        self.seal_state.send_modify(|s| s.sealed = false);
+        Ok(())
     }
 
     /// Logs the loaded keyring after processing: versions in order, the

@@ -237,6 +237,9 @@ pub struct Transition {
     pub version_states: Vec<(KeyVersion, VersionState)>,
     /// The rotation blob to store (JSON text), replacing the previous one.
     pub rotation: Option<String>,
+    /// The runtime settings to store (JSON text: what an operator changed
+    /// at run time, such as the throttle), replacing the previous ones.
+    pub settings: Option<String>,
 }
 
 impl Transition {
@@ -247,6 +250,7 @@ impl Transition {
             new_version: None,
             version_states: Vec::new(),
             rotation: None,
+            settings: None,
         }
     }
 }
@@ -276,6 +280,8 @@ pub trait StateStore: Send + Sync {
     ) -> StoreFuture<'_, Option<StoredEnvelope>>;
     /// The rotation blob (JSON text), if one was saved.
     fn load_rotation(&self) -> StoreFuture<'_, Option<String>>;
+    /// The runtime settings (JSON text), if an operator changed any.
+    fn runtime_settings(&self) -> StoreFuture<'_, Option<String>>;
     /// A re-encryption checkpoint (JSON text) of `target` in `direction`.
     fn checkpoint(&self, target: &str, direction: &str) -> StoreFuture<'_, Option<String>>;
     /// Stores a re-encryption checkpoint (JSON text).

@@ -218,6 +218,7 @@ on_both_stores!(
     consumer_fetches_keep_first_and_last,
     another_major_format_is_refused,
     audit_times_never_go_backwards_and_pages_follow_the_chain,
+    runtime_settings_are_written_with_their_audit_entry_and_survive_a_reopen,
 );
 
 fn v(n: u32) -> KeyVersion {
@@ -524,6 +525,36 @@ async fn consumer_fetches_keep_first_and_last(b: Backend) {
             fetch("db1", 1, "2025-01-01T00:00:00Z", "2025-01-01T00:00:00Z"),
             fetch("db1", 2, "2025-01-01T00:00:00Z", "2025-01-02T00:00:00Z"),
         ]
+    );
+}
+
+async fn runtime_settings_are_written_with_their_audit_entry_and_survive_a_reopen(b: Backend) {
+    let store = b.store();
+    assert_eq!(store.runtime_settings().await.unwrap(), None);
+    for settings in ["{\"rows_per_sec\":1000}", "{\"rows_per_sec\":20}"] {
+        let mut t = Transition::audit_only(draft("rotation_throttled"));
+        t.settings = Some(settings.to_owned());
+        let entry = store.apply(t).await.unwrap();
+        assert_eq!(entry.action, "rotation_throttled");
+        assert_eq!(
+            store.runtime_settings().await.unwrap().as_deref(),
+            Some(settings)
+        );
+    }
+    // A transition that fails writes neither the settings nor its entry.
+    let entries = store.audit_page(0, u32::MAX).await.unwrap().len();
+    let mut twice = inserting(1);
+    store.apply(twice.clone()).await.unwrap();
+    twice.settings = Some("{\"rows_per_sec\":7}".to_owned());
+    assert!(store.apply(twice).await.is_err());
+    assert_eq!(
+        store.audit_page(0, u32::MAX).await.unwrap().len(),
+        entries + 1
+    );
+    let reopened = b.reopen().await.unwrap();
+    assert_eq!(
+        reopened.runtime_settings().await.unwrap().as_deref(),
+        Some("{\"rows_per_sec\":20}")
     );
 }
 

@@ -1121,3 +1121,46 @@ async fn sigkill_after_every_transition_and_five_times_while_reencrypting_resume
         "the passes resumed from their checkpoints: {moved} moved"
     );
 }
+
+#[tokio::test]
+async fn a_throttle_set_through_the_api_survives_a_kill_and_the_job_resumes_at_it() {
+    let mut w = world(3000, |o| {
+        o.batch_size = Some(50);
+        o.rows_per_sec = Some(200);
+    })
+    .await;
+    let new = w.prepare_and_verify().await;
+    w.activate().await;
+    w.db1_gets(&[9, 10], 9).await;
+    w.switch().await;
+    let set: RotationStatus = w
+        .env
+        .operate(
+            "/v1/rotation/throttle",
+            json!({"rows_per_sec": 1000, "batch_size": 25}),
+        )
+        .await
+        .json();
+    assert_eq!((set.rows_per_sec_limit, set.batch_size), (1000, 25));
+    w.crash_and_restart().await;
+    // Sealed, before any key is back: the stored throttle, not the
+    // configured 200 rows/s.
+    let restarted = w.rotation().await;
+    assert_eq!(restarted.state, RotationState::Reencrypting);
+    assert_eq!(
+        (restarted.rows_per_sec_limit, restarted.batch_size),
+        (1000, 25),
+        "{}",
+        w.env.log_text()
+    );
+    let unsealed = w.unseal(Some(&new)).await;
+    assert!(!unsealed.sealed, "{unsealed:?}");
+    let drained = w.env.wait_rotation(RotationState::Drained, DRAIN).await;
+    let rotation = World::rotation_of(&drained);
+    assert_eq!(
+        (rotation.rows_per_sec_limit, rotation.batch_size),
+        (1000, 25),
+        "the job resumed at the stored throttle"
+    );
+    assert_eq!(w.table.count_at(9), 0);
+}

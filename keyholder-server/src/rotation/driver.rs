@@ -117,6 +117,47 @@ pub struct Rotator {
     seal_epoch: u64,
 }
 
+/// What an operator changed at run time and a restart keeps: the
+/// throttle's rate and batch size (the `runtime_settings` record, written
+/// with every transition and every `rotate throttle`). The pause is the
+/// machine's own. `rotate prepare` starts each rotation at the configured
+/// throttle again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuntimeSettings {
+    rows_per_sec: u64,
+    batch_size: u32,
+}
+
+impl RuntimeSettings {
+    fn of(throttle: &Throttle) -> Self {
+        Self {
+            rows_per_sec: throttle.rows_per_sec,
+            batch_size: throttle.batch_size,
+        }
+    }
+
+    fn json(self) -> String {
+        serde_json::to_string(&self).expect("the settings serialise")
+    }
+
+    /// The configured throttle with the stored settings over it.
+    async fn restore(daemon: &Daemon) -> Result<Throttle, RotationError> {
+        let mut throttle = daemon.config().reencrypt.throttle();
+        let Some(text) = daemon.store().runtime_settings().await? else {
+            return Ok(throttle);
+        };
+        let corrupt = |what: String| StoreError::Corrupt {
+            what: format!("runtime settings ({what})"),
+        };
+        let settings: Self = serde_json::from_str(&text).map_err(|e| corrupt(e.to_string()))?;
+        throttle.rows_per_sec = settings.rows_per_sec;
+        throttle.batch_size = settings.batch_size;
+        throttle.validate().map_err(|e| corrupt(e.to_string()))?;
+        Ok(throttle)
+    }
+}
+
 /// One persisted step: who, what, and what changes with it.
 struct Step<'a> {
     actor: &'a str,
@@ -152,7 +193,7 @@ impl Rotator {
         if daemon.plan().is_some() || stored.is_some() {
             daemon.set_plan(plan_of(&rotation)).await?;
         }
-        let throttle = daemon.config().reencrypt.throttle();
+        let throttle = RuntimeSettings::restore(&daemon).await?;
         let consumers = daemon.config().reencrypt.consumers.clone();
         let (view, view_rx) =
             watch::channel(View::new(rotation.clone(), throttle.clone(), consumers));
@@ -162,7 +203,7 @@ impl Rotator {
             .take_fetches()
             .expect("one rotation per daemon takes its keyring fetches");
         let seal = daemon.seal_state();
-        tracing::info!(state = %rotation.state(), current = %rotation.current(), next = ?rotation.next().map(|v| v.to_string()), "rotation state loaded");
+        tracing::info!(state = %rotation.state(), current = %rotation.current(), next = ?rotation.next().map(|v| v.to_string()), rows_per_sec = throttle.rows_per_sec, batch_size = throttle.batch_size, "rotation state loaded");
         let rotator = Self {
             seal_epoch: seal.borrow().epoch,
             daemon,
@@ -285,6 +326,7 @@ impl Rotator {
         let json = serde_json::to_string(&next).expect("the rotation serialises");
         let mut transition = Transition::audit_only(audit::draft(actor, action, detail));
         transition.rotation = Some(json);
+        transition.settings = Some(RuntimeSettings::of(&self.throttle).json());
         transition.version_states = version_states;
         transition.new_version = new_version;
         self.daemon.apply(transition).await?;
@@ -368,12 +410,19 @@ impl Rotator {
             version_states: Vec::new(),
             new_version: Some(new_version),
         };
-        self.commit(next, step).await?;
+        // A throttle set during an earlier (perhaps rolled-back) rotation was
+        // for that job's load; each rotation starts at the configured one,
+        // stored with the step.
+        let earlier = std::mem::replace(
+            &mut self.throttle,
+            self.daemon.config().reencrypt.throttle(),
+        );
+        if let Err(e) = self.commit(next, step).await {
+            self.throttle = earlier;
+            return Err(e);
+        }
         self.daemon.vault().hold_pending(version, key);
         self.new_shares.clear();
-        // A throttle set during an earlier (perhaps rolled-back) rotation was
-        // for that job's load; each rotation starts at the configured one.
-        self.throttle = self.daemon.config().reencrypt.throttle();
         Ok(self.status())
     }
 
@@ -530,20 +579,22 @@ impl Rotator {
         throttle
             .validate()
             .map_err(|e| RotationError::Refused(e.to_string()))?;
+        // Stored with its audit entry first, so a restart resumes at it and
+        // a failed write changes nothing.
+        let mut transition = Transition::audit_only(audit::draft(
+            &operator.name,
+            "rotation_throttled",
+            json!({"rows_per_sec": throttle.rows_per_sec, "batch_size": throttle.batch_size}),
+        ));
+        transition.settings = Some(RuntimeSettings::of(&throttle).json());
+        self.daemon.apply(transition).await?;
         if let Some(running) = self.running.as_ref() {
             running
                 .control
                 .set_throttle(throttle.clone())
                 .map_err(|e| RotationError::Refused(e.to_string()))?;
         }
-        self.throttle = throttle.clone();
-        self.daemon
-            .audit(
-                &operator.name,
-                "rotation_throttled",
-                json!({"rows_per_sec": throttle.rows_per_sec, "batch_size": throttle.batch_size}),
-            )
-            .await?;
+        self.throttle = throttle;
         Ok(self.status())
     }
 

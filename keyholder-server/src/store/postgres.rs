@@ -216,6 +216,15 @@ impl PostgresStore {
                 return Err(StoreError::UnknownVersion { version: *version });
             }
         }
+        if let Some(settings) = &t.settings {
+            tx.execute(
+                "INSERT INTO runtime_settings (id, settings) VALUES (1, $1)
+                 ON CONFLICT (id) DO UPDATE SET settings = excluded.settings",
+                &[settings],
+            )
+            .await
+            .map_err(pg("save runtime settings"))?;
+        }
         if let Some(rotation) = &t.rotation {
             tx.execute(
                 "INSERT INTO rotation (id, state) VALUES (1, $1)
@@ -423,6 +432,17 @@ impl StateStore for PostgresStore {
                 .query_opt("SELECT state FROM rotation WHERE id = 1", &[])
                 .await
                 .map_err(pg("load rotation"))?;
+            Ok(row.map(|r| r.get(0)))
+        })
+    }
+
+    fn runtime_settings(&self) -> StoreFuture<'_, Option<String>> {
+        Box::pin(async move {
+            let client = self.client().await?;
+            let row = client
+                .query_opt("SELECT settings FROM runtime_settings WHERE id = 1", &[])
+                .await
+                .map_err(pg("load runtime settings"))?;
             Ok(row.map(|r| r.get(0)))
         })
     }

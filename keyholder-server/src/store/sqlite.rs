@@ -25,7 +25,8 @@ use super::{
 use crate::principal::Principal;
 
 /// Schema migrations; `user_version` counts those applied.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE store_format (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     format TEXT NOT NULL
@@ -94,7 +95,14 @@ CREATE TABLE consumer_fetches (
     last_fetch TEXT NOT NULL,
     PRIMARY KEY (principal, version)
 );
-"#];
+"#,
+    r#"
+CREATE TABLE runtime_settings (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    settings TEXT NOT NULL
+);
+"#,
+];
 
 /// The state store in one SQLite file.
 pub struct SqliteStore {
@@ -321,6 +329,13 @@ impl SqliteStore {
                 return Err(StoreError::UnknownVersion { version: *version });
             }
         }
+        if let Some(settings) = &t.settings {
+            tx.execute(
+                "INSERT INTO runtime_settings (id, settings) VALUES (1, ?1) ON CONFLICT (id) DO UPDATE SET settings = excluded.settings",
+                [settings],
+            )
+            .map_err(sql("save runtime settings"))?;
+        }
         if let Some(rotation) = &t.rotation {
             tx.execute(
                 "INSERT INTO rotation (id, state) VALUES (1, ?1) ON CONFLICT (id) DO UPDATE SET state = excluded.state",
@@ -513,6 +528,18 @@ impl StateStore for SqliteStore {
             conn.query_row("SELECT state FROM rotation WHERE id = 1", [], |r| r.get(0))
                 .optional()
                 .map_err(sql("load rotation"))
+        })
+    }
+
+    fn runtime_settings(&self) -> StoreFuture<'_, Option<String>> {
+        self.with(|conn| {
+            conn.query_row(
+                "SELECT settings FROM runtime_settings WHERE id = 1",
+                [],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(sql("load runtime settings"))
         })
     }
 

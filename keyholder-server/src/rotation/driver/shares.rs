@@ -71,24 +71,7 @@ impl Rotator {
         keyholder: &Principal,
         lines: &[ShareLine],
     ) -> Result<UnsealResponse, RotationError> {
-        let Some(version) = self.machine.next() else {
-            return Err(TransitionError::WrongState {
-                command: "share verify",
-                needed: "prepared or shares_verified",
-                actual: self.machine.state(),
-                hint: "; no new version is waiting for its keyholders",
-            }
-            .into());
-        };
-        if !self.machine.accepts_share_verify() {
-            return Err(TransitionError::WrongState {
-                command: "share verify",
-                needed: "a state between prepared and drained",
-                actual: self.machine.state(),
-                hint: "; no new version is waiting for its keyholders",
-            }
-            .into());
-        }
+        let version = self.version_to_verify()?;
         let record = self
             .daemon
             .store()
@@ -143,26 +126,7 @@ impl Rotator {
                 .await?;
         }
         if accepted_any {
-            let mut next = self.machine.clone();
-            let reached = next.share_verified(&keyholder.name, self.daemon.config().threshold)?;
-            self.rebuild_new_key_if_lost(version, &record)?;
-            let states = if reached {
-                vec![(version, VersionState::SharesVerified)]
-            } else {
-                Vec::new()
-            };
-            let step = Step {
-                actor: &keyholder.name,
-                action: if reached {
-                    "rotation_shares_verified"
-                } else {
-                    "rotation_share_proven"
-                },
-                detail: json!({"version": version.number()}),
-                version_states: states,
-                new_version: None,
-            };
-            self.commit(next, step).await?;
+            self.count_verified(keyholder, &record).await?;
         }
         Ok(UnsealResponse {
             sealed: self.daemon.vault().is_sealed(),
@@ -170,6 +134,60 @@ impl Rotator {
             progress: Vec::new(),
             loaded: self.daemon.vault().held_versions(),
         })
+    }
+
+    /// The version whose shares `share verify` takes now.
+    fn version_to_verify(&self) -> Result<KeyVersion, RotationError> {
+        let Some(version) = self.machine.next() else {
+            return Err(TransitionError::WrongState {
+                command: "share verify",
+                needed: "prepared or shares_verified",
+                actual: self.machine.state(),
+                hint: "; no new version is waiting for its keyholders",
+            }
+            .into());
+        };
+        if !self.machine.accepts_share_verify() {
+            return Err(TransitionError::WrongState {
+                command: "share verify",
+                needed: "a state between prepared and drained",
+                actual: self.machine.state(),
+                hint: "; no new version is waiting for its keyholders",
+            }
+            .into());
+        }
+        Ok(version)
+    }
+
+    /// `keyholder` proved their share of `record`'s version: counted by the
+    /// machine (SharesVerified once `threshold` have), and the new key is
+    /// rebuilt if a restart lost it.
+    async fn count_verified(
+        &mut self,
+        keyholder: &Principal,
+        record: &crate::store::VersionRecord,
+    ) -> Result<(), RotationError> {
+        let version = record.version;
+        let mut next = self.machine.clone();
+        let reached = next.share_verified(&keyholder.name, self.daemon.config().threshold)?;
+        self.rebuild_new_key_if_lost(version, record)?;
+        let states = if reached {
+            vec![(version, VersionState::SharesVerified)]
+        } else {
+            Vec::new()
+        };
+        let step = Step {
+            actor: &keyholder.name,
+            action: if reached {
+                "rotation_shares_verified"
+            } else {
+                "rotation_share_proven"
+            },
+            detail: json!({"version": version.number()}),
+            version_states: states,
+            new_version: None,
+        };
+        self.commit(next, step).await
     }
 
     /// After a restart the new key is gone from memory; once `threshold`
