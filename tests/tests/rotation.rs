@@ -1123,7 +1123,8 @@ async fn sigkill_after_every_transition_and_five_times_while_reencrypting_resume
 }
 
 #[tokio::test]
-async fn a_throttle_set_through_the_api_survives_a_kill_and_the_job_resumes_at_it() {
+async fn a_throttle_set_through_the_api_survives_a_kill_and_the_job_resumes_at_it_showing_its_checkpoint()
+ {
     let mut w = world(3000, |o| {
         o.batch_size = Some(50);
         o.rows_per_sec = Some(200);
@@ -1142,11 +1143,22 @@ async fn a_throttle_set_through_the_api_survives_a_kill_and_the_job_resumes_at_i
         .await
         .json();
     assert_eq!((set.rows_per_sec_limit, set.batch_size), (1000, 25));
+    let deadline = std::time::Instant::now() + DRAIN;
+    while w.table.count_at(10) < 300 {
+        assert!(std::time::Instant::now() < deadline, "{}", w.env.log_text());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     w.crash_and_restart().await;
     // Sealed, before any key is back: the stored throttle, not the
-    // configured 200 rows/s.
+    // configured 200 rows/s, and the job's figures from its checkpoint.
     let restarted = w.rotation().await;
     assert_eq!(restarted.state, RotationState::Reencrypting);
+    let moved = w.table.count_at(10);
+    assert!(
+        restarted.rows_done > 0 && restarted.rows_done <= moved,
+        "{} done by the checkpoint, {moved} at v10",
+        restarted.rows_done
+    );
     assert_eq!(
         (restarted.rows_per_sec_limit, restarted.batch_size),
         (1000, 25),

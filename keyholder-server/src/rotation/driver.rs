@@ -39,6 +39,7 @@ use tokio::sync::{mpsc, watch};
 pub(crate) use commands::Command;
 pub use commands::RotationHandle;
 pub(crate) use status::View;
+use status::{Resting, shown_job};
 
 use super::worker::{self, WorkerEvent};
 use super::{Job, Rotation, TransitionError, VerifyQuorum};
@@ -195,8 +196,22 @@ impl Rotator {
         }
         let throttle = RuntimeSettings::restore(&daemon).await?;
         let consumers = daemon.config().reencrypt.consumers.clone();
-        let (view, view_rx) =
-            watch::channel(View::new(rotation.clone(), throttle.clone(), consumers));
+        let mut view = View::new(rotation.clone(), throttle.clone(), consumers);
+        if let Some(job) = shown_job(&rotation) {
+            view.resting = worker::checkpoint_totals(&daemon, job)
+                .await?
+                .into_iter()
+                .map(|(target, (records_done, conflicts))| {
+                    let resting = Resting {
+                        job,
+                        records_done,
+                        conflicts,
+                    };
+                    (target, resting)
+                })
+                .collect();
+        }
+        let (view, view_rx) = watch::channel(view);
         let (events, events_rx) = mpsc::unbounded_channel();
         let (commands, commands_rx) = mpsc::unbounded_channel();
         let fetches = daemon

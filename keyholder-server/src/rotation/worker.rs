@@ -240,6 +240,34 @@ async fn job_counts_at(
     Ok(counts)
 }
 
+/// Each target's stored totals for `job` (records moved, conflicts), by
+/// target name; a target without a checkpoint is left out.
+pub(crate) async fn checkpoint_totals(
+    daemon: &Daemon,
+    job: Job,
+) -> Result<BTreeMap<String, (u64, u64)>, RotationError> {
+    let checkpoints = StateCheckpoints(Arc::clone(daemon.store()));
+    let mut totals = BTreeMap::new();
+    for target in targets(daemon)? {
+        let saved = checkpoints
+            .load(target.name(), job.from, job.to)
+            .await
+            .map_err(|e| {
+                RotationError::Worker(format!(
+                    "target {}: reading its checkpoint failed: {e}",
+                    target.name()
+                ))
+            })?;
+        if let Some(saved) = saved {
+            totals.insert(
+                target.name().to_owned(),
+                (saved.records_done, saved.conflicts),
+            );
+        }
+    }
+    Ok(totals)
+}
+
 /// Starts the job's passes from the beginning (a new switch or rollback, not
 /// a resume after a restart).
 pub async fn reset_checkpoints(daemon: &Daemon, job: Job) -> Result<(), RotationError> {

@@ -22,7 +22,33 @@ pub(crate) struct View {
     pub(crate) last_error: Option<String>,
     pub(crate) retries: Retries,
     pub(crate) progress: BTreeMap<String, watch::Receiver<Progress>>,
+    /// The stored checkpoints' totals per target, for the targets no pass
+    /// has reported on since the start: status shows the job's figures
+    /// right after a restart, before the unseal.
+    pub(crate) resting: BTreeMap<String, Resting>,
     consumers: Vec<String>,
+}
+
+/// A target's totals from its stored checkpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Resting {
+    pub(crate) job: Job,
+    pub(crate) records_done: u64,
+    pub(crate) conflicts: u64,
+}
+
+/// The job whose figures status shows: the running one, or after the drain
+/// the last one.
+pub(crate) fn shown_job(rotation: &Rotation) -> Option<Job> {
+    rotation
+        .job()
+        .or(match (rotation.state(), rotation.next()) {
+            (RotationState::Drained | RotationState::Retired, Some(to)) => Some(Job {
+                from: rotation.current(),
+                to,
+            }),
+            _ => None,
+        })
 }
 
 impl View {
@@ -33,6 +59,7 @@ impl View {
             last_error: None,
             retries: Retries::default(),
             progress: BTreeMap::new(),
+            resting: BTreeMap::new(),
             consumers,
         }
     }
@@ -41,17 +68,15 @@ impl View {
     pub(crate) fn status(&self) -> RotationStatus {
         let rotation = &self.rotation;
         // After the drain the last pass's figures stay on show.
-        let job = rotation
-            .job()
-            .or(match (rotation.state(), rotation.next()) {
-                (RotationState::Drained | RotationState::Retired, Some(to)) => Some(Job {
-                    from: rotation.current(),
-                    to,
-                }),
-                _ => None,
-            });
+        let job = shown_job(rotation);
         let (mut done, mut remaining, mut conflicts, mut rate) = (0, 0, 0, 0.0);
         if let Some(job) = job {
+            for (target, resting) in &self.resting {
+                if resting.job == job && !self.progress.contains_key(target) {
+                    done += resting.records_done;
+                    conflicts += resting.conflicts;
+                }
+            }
             for progress in self.progress.values() {
                 let p = progress.borrow();
                 if p.from == job.from && p.to == job.to {
