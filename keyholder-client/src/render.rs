@@ -405,6 +405,7 @@ mod tests {
                     index: Some(2),
                     accepted: true,
                     reason: None,
+                    refusal: None,
                 },
                 ShareOutcome {
                     position: 2,
@@ -412,6 +413,7 @@ mod tests {
                     index: Some(2),
                     accepted: false,
                     reason: Some("share index 2 does not match its fingerprint".into()),
+                    refusal: Some("fingerprint_mismatch".into()),
                 },
             ],
             progress: vec![UnsealProgress {

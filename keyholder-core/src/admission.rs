@@ -326,6 +326,7 @@ pub fn outcome(position: usize, principal: &str, verdict: &Result<Share, Refusal
             index: Some(share.index()),
             accepted: true,
             reason: None,
+            refusal: None,
         },
         Err(refusal) => {
             let accepted = matches!(refusal, Refusal::AlreadyCounted { .. });
@@ -339,6 +340,7 @@ pub fn outcome(position: usize, principal: &str, verdict: &Result<Share, Refusal
                 index: refusal.share().map(|(_, i)| i),
                 accepted,
                 reason: Some(reason),
+                refusal: Some(refusal.code().to_owned()),
             }
         }
     }

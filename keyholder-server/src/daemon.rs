@@ -473,6 +473,7 @@ impl Daemon {
                 reason: Some(
                     "the daemon is already unsealed; this share was not needed".to_owned(),
                 ),
+                refusal: Some("already_unsealed".to_owned()),
             })
             .collect();
         UnsealResponse {

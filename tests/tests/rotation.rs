@@ -399,6 +399,7 @@ async fn a_whole_rotation_moves_50000_records_to_v10_unchanged_and_two_operators
         alice.outcomes[0].reason.as_deref(),
         Some("v9 is retired; its shares are no longer used")
     );
+    assert_eq!(alice.outcomes[0].refusal.as_deref(), Some("retired"));
     assert!(!alice.outcomes[0].accepted && alice.outcomes[1].accepted);
     let bob = w
         .env

@@ -124,6 +124,7 @@ async fn a_share_dealt_to_alice_sent_with_bobs_certificate_is_refused() {
             "share of v1 index 1 was dealt to alice, not bob; each keyholder submits only their own share with their own certificate"
         )
     );
+    assert_eq!(answer.outcomes[0].refusal.as_deref(), Some("wrong_holder"));
     assert!(answer.progress.is_empty());
 }
 

@@ -271,6 +271,7 @@ fn a_share_already_in_is_already_counted_and_reported_accepted() {
     );
     let outcome = outcome(2, "alice", &verdict);
     assert!(outcome.accepted, "a repeat is not a failure");
+    assert_eq!(outcome.refusal.as_deref(), Some("already_counted"));
     assert_eq!((outcome.position, outcome.index), (2, Some(1)));
 }
 
@@ -281,6 +282,7 @@ fn an_outcome_of_a_line_that_did_not_parse_names_its_position_only() {
     let outcome = outcome(3, "alice", &verdict);
     assert!(!outcome.accepted);
     assert_eq!((outcome.version, outcome.index), (None, None));
+    assert_eq!(outcome.refusal.as_deref(), Some("malformed"));
     assert!(
         outcome
             .reason
