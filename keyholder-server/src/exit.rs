@@ -103,7 +103,15 @@ impl ExitStatus for RotationError {
         match self {
             Self::Daemon(e) => e.exit(),
             Self::Store(e) => e.exit(),
-            Self::Transition(_) | Self::Refused(_) | Self::RecordsRemain { .. } => Exit::Data,
+            Self::Transition(_)
+            | Self::VersionReused { .. }
+            | Self::KeyNotHeld { .. }
+            | Self::ShareRetired { .. }
+            | Self::NoShareDealt { .. }
+            | Self::Rebuild { .. }
+            | Self::RecordsRemain { .. } => Exit::Data,
+            Self::Throttle(_) => Exit::Usage,
+            Self::Init(e) => e.exit(),
             Self::Worker(_) => Exit::Unavailable,
             Self::Stopped => Exit::Software,
         }

@@ -27,8 +27,14 @@ impl From<RotationError> for ApiFailure {
             RotationError::Transition(e) => {
                 ApiFailure::new(StatusCode::CONFLICT, "wrong_state", e.to_string())
             }
-            RotationError::Refused(message) => {
-                ApiFailure::new(StatusCode::CONFLICT, "refused", message)
+            e @ (RotationError::VersionReused { .. }
+            | RotationError::KeyNotHeld { .. }
+            | RotationError::ShareRetired { .. }
+            | RotationError::NoShareDealt { .. }
+            | RotationError::Rebuild { .. }
+            | RotationError::Throttle(_)
+            | RotationError::Init(_)) => {
+                ApiFailure::new(StatusCode::CONFLICT, "refused", e.to_string())
             }
             e @ RotationError::RecordsRemain { .. } => {
                 ApiFailure::new(StatusCode::CONFLICT, "records_remain", e.to_string())

@@ -61,9 +61,61 @@ pub enum RotationError {
     /// The state store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// Something the operator can fix: a missing key, a share to resubmit.
-    #[error("{0}")]
-    Refused(String),
+    /// `prepare` named a version number that was used before.
+    #[error(
+        "{version} was made before (the highest version ever made is {highest}); a version number is never reused, prepare {} or above",
+        .highest.next().map(|v| v.to_string()).unwrap_or_default()
+    )]
+    VersionReused {
+        /// The version asked for.
+        version: KeyVersion,
+        /// The highest version ever made.
+        highest: KeyVersion,
+    },
+    /// A key the step needs is not in memory.
+    #[error("{version}'s key is not held{}", if *.after_restart {
+        " (the daemon restarted since prepare); its keyholders must run `keyholder share verify` again"
+    } else {
+        "; unseal first"
+    })]
+    KeyNotHeld {
+        /// The version.
+        version: KeyVersion,
+        /// The new version's key, lost by a restart since `prepare`.
+        after_restart: bool,
+    },
+    /// `share fetch` of a retired version.
+    #[error(
+        "{version} is retired; its shares are no longer handed out (`keyholder status` shows the live versions)"
+    )]
+    ShareRetired {
+        /// The version.
+        version: KeyVersion,
+    },
+    /// `share fetch` by a principal who was dealt no share of the version.
+    #[error(
+        "no share of {version} was dealt to {keyholder}; check the version (`keyholder status`)"
+    )]
+    NoShareDealt {
+        /// The version.
+        version: KeyVersion,
+        /// The caller.
+        keyholder: String,
+    },
+    /// Verified new shares did not rebuild the new key.
+    #[error("rebuilding {version}: {source}")]
+    Rebuild {
+        /// The version.
+        version: KeyVersion,
+        /// crypto-core's reason (never share data).
+        source: crypto_core::Error,
+    },
+    /// A throttle value out of range.
+    #[error(transparent)]
+    Throttle(keyholder_reencrypt::Error),
+    /// Making the new version failed.
+    #[error(transparent)]
+    Init(#[from] crate::init::InitError),
     /// A data store or the worker failed.
     #[error("{0}")]
     Worker(String),
@@ -83,12 +135,6 @@ pub enum RotationError {
         /// The targets holding some, with their counts.
         targets: Vec<(String, u64)>,
     },
-}
-
-impl From<crate::init::InitError> for RotationError {
-    fn from(e: crate::init::InitError) -> Self {
-        Self::Refused(e.to_string())
-    }
 }
 
 struct Running {
@@ -398,10 +444,7 @@ impl Rotator {
         if let Some(highest) = highest
             && version <= highest
         {
-            return Err(RotationError::Refused(format!(
-                "{version} was made before (the highest version ever made is {highest}); a version number is never reused, prepare {} or above",
-                highest.next().map(|v| v.to_string()).unwrap_or_default()
-            )));
+            return Err(RotationError::VersionReused { version, highest });
         }
         let config = Arc::clone(self.daemon.config());
         let (key, new_version) = tokio::task::spawn_blocking(move || {
@@ -451,9 +494,10 @@ impl Rotator {
         next.activate()?;
         let version = next.next().expect("dual read has a next version");
         if self.daemon.vault().key(version).is_none() {
-            return Err(RotationError::Refused(format!(
-                "{version}'s key is not held (the daemon restarted since prepare); its keyholders must run `keyholder share verify` again"
-            )));
+            return Err(RotationError::KeyNotHeld {
+                version,
+                after_restart: true,
+            });
         }
         let detail = json!({"versions": next.live_versions().iter().map(|v| v.number()).collect::<Vec<_>>(), "write_version": next.write_version().number(), "new": version.number()});
         let step = Step {
@@ -509,9 +553,14 @@ impl Rotator {
         self.machine.check_switch(&consumers)?;
         let mut keys = BTreeMap::new();
         for version in self.machine.live_versions() {
-            let key: Key = self.daemon.vault().key(version).ok_or_else(|| {
-                RotationError::Refused(format!("{version}'s key is not held; unseal first"))
-            })?;
+            let key: Key =
+                self.daemon
+                    .vault()
+                    .key(version)
+                    .ok_or_else(|| RotationError::KeyNotHeld {
+                        version,
+                        after_restart: false,
+                    })?;
             keys.insert(version, key);
         }
         let report = self.daemon.verify_keys(keys).await?;
@@ -591,9 +640,7 @@ impl Rotator {
         if let Some(size) = request.batch_size {
             throttle.batch_size = size;
         }
-        throttle
-            .validate()
-            .map_err(|e| RotationError::Refused(e.to_string()))?;
+        throttle.validate().map_err(RotationError::Throttle)?;
         // Stored with its audit entry first, so a restart resumes at it and
         // a failed write changes nothing.
         let mut transition = Transition::audit_only(audit::draft(
@@ -607,7 +654,7 @@ impl Rotator {
             running
                 .control
                 .set_throttle(throttle.clone())
-                .map_err(|e| RotationError::Refused(e.to_string()))?;
+                .map_err(RotationError::Throttle)?;
         }
         self.throttle = throttle;
         Ok(self.status())

@@ -33,20 +33,16 @@ impl Rotator {
             .any(|r| r.version == version && r.state == VersionState::Retired);
         if retired {
             // Its key is gone on purpose; a share of it would rebuild it.
-            return Err(RotationError::Refused(format!(
-                "{version} is retired; its shares are no longer handed out (`keyholder status` shows the live versions)"
-            )));
+            return Err(RotationError::ShareRetired { version });
         }
         let envelope = self
             .daemon
             .store()
             .share_envelope(version, &keyholder.name)
             .await?
-            .ok_or_else(|| {
-                RotationError::Refused(format!(
-                    "no share of {version} was dealt to {}; check the version (`keyholder status`)",
-                    keyholder.name
-                ))
+            .ok_or_else(|| RotationError::NoShareDealt {
+                version,
+                keyholder: keyholder.name.clone(),
             })?;
         self.daemon
             .audit(
@@ -210,7 +206,7 @@ impl Rotator {
             return Ok(());
         }
         let key = crypto_core::combine(&shares, &record.kcv)
-            .map_err(|e| RotationError::Refused(format!("rebuilding {version}: {e}")))?;
+            .map_err(|source| RotationError::Rebuild { version, source })?;
         self.daemon.vault().hold_pending(version, key);
         tracing::info!(%version, kcv = %record.kcv.prefix(), "new key rebuilt from verified shares");
         Ok(())
