@@ -9,6 +9,7 @@
 
 mod audit;
 pub mod openapi;
+pub mod paths;
 mod rotation;
 mod seal;
 mod version;

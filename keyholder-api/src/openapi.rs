@@ -18,11 +18,10 @@ use utoipa::openapi::{HeaderBuilder, RefOr, Required};
 use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
 
 use crate::{
-    CertificateExpiry,
-    API_VERSION, API_VERSION_HEADER, ApiError, AuditEntry, AuditLog, Health, PrepareRequest,
-    RetirePlan, RetireRequest, RollbackPlan, RollbackRequest, RotationState, RotationStatus,
-    ShareEnvelope, ShareOutcome, Status, ThrottleRequest, UnsealProgress, UnsealRequest,
-    UnsealResponse, VersionState, VersionStatus,
+    API_VERSION, API_VERSION_HEADER, ApiError, AuditEntry, AuditLog, CertificateExpiry, Health,
+    PrepareRequest, RetirePlan, RetireRequest, RollbackPlan, RollbackRequest, RotationState,
+    RotationStatus, ShareEnvelope, ShareOutcome, Status, ThrottleRequest, UnsealProgress,
+    UnsealRequest, UnsealResponse, VersionState, VersionStatus,
 };
 
 /// The OpenAPI document as pretty JSON with a final newline, byte for byte
@@ -411,6 +410,37 @@ mod tests {
             "docs/openapi.json is stale: regenerate it with \
              `KEYHOLDER_WRITE_OPENAPI=1 cargo nextest run --workspace -E 'test(openapi_document)'`"
         );
+    }
+
+    /// The document describes exactly the paths the daemon routes and the
+    /// client calls (`crate::paths`), no more and no fewer.
+    #[test]
+    fn the_document_has_every_path_of_the_paths_module() {
+        use crate::paths::*;
+        let mut defined = vec![
+            HEALTH,
+            STATUS,
+            UNSEAL,
+            SEAL,
+            KEYRING,
+            AUDIT,
+            OPENAPI,
+            ROTATION,
+            ROTATION_PREPARE,
+            ROTATION_SHARE,
+            ROTATION_VERIFY,
+            ROTATION_ACTIVATE,
+            ROTATION_SWITCH,
+            ROTATION_PAUSE,
+            ROTATION_RESUME,
+            ROTATION_THROTTLE,
+            ROTATION_RETIRE,
+            ROTATION_ROLLBACK,
+        ];
+        defined.sort_unstable();
+        let doc = ApiDoc::openapi();
+        let documented: Vec<&str> = doc.paths.paths.keys().map(String::as_str).collect();
+        assert_eq!(documented, defined);
     }
 
     #[test]

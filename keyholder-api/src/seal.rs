@@ -169,6 +169,14 @@ pub struct ShareOutcome {
     pub accepted: bool,
     /// Why it was refused (or a note on an accepted one), never its data.
     pub reason: Option<String>,
+    /// The rule that refused it (or noted it), a stable snake_case code:
+    /// `bad_checksum`, `malformed`, `wrong_keyring`, `unknown_version`,
+    /// `not_the_new_version`, `retired`, `other_split`, `wrong_parameters`,
+    /// `unknown_index`, `fingerprint_mismatch`, `wrong_holder`,
+    /// `already_counted`, or `already_unsealed`. Optional on the wire: a
+    /// daemon that does not send it reads as `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refusal: Option<String>,
 }
 
 /// The answer to an unseal or verify submission.

@@ -14,9 +14,10 @@ use crypto_core::{HookHandover, KeyVersion};
 use keyholder_api::{
     API_VERSION, API_VERSION_HEADER, ApiError, AuditLog, Health, IncompatibleVersion,
     PrepareRequest, RetirePlan, RetireRequest, RollbackPlan, RollbackRequest, RotationStatus,
-    ShareEnvelope, Status, ThrottleRequest, UnsealRequest, UnsealResponse,
+    ShareEnvelope, Status, ThrottleRequest, UnsealRequest, UnsealResponse, paths,
 };
 use reqwest::{Method, StatusCode};
+use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde::de::DeserializeOwned;
 use zeroize::Zeroizing;
@@ -238,7 +239,7 @@ fn read_pem_certs(
     hint: &'static str,
 ) -> Result<Vec<CertificateDer<'static>>, ClientError> {
     let pem = files::read_public(path)?;
-    let certs = rustls_pemfile::certs(&mut pem.as_slice())
+    let certs = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| ClientError::BadPem {
             path: path.to_owned(),
@@ -256,16 +257,17 @@ fn read_pem_certs(
 
 fn read_pem_key(path: &Path) -> Result<PrivateKeyDer<'static>, ClientError> {
     let pem = files::read_private(path)?;
-    rustls_pemfile::private_key(&mut pem.as_slice())
-        .map_err(|e| ClientError::BadPem {
-            path: path.to_owned(),
-            reason: e.to_string(),
-        })?
-        .ok_or_else(|| ClientError::EmptyPem {
+    PrivateKeyDer::from_pem_slice(&pem).map_err(|e| match e {
+        rustls::pki_types::pem::Error::NoItemsFound => ClientError::EmptyPem {
             path: path.to_owned(),
             what: "PEM private key",
             hint: "--key must be your client certificate's private key",
-        })
+        },
+        e => ClientError::BadPem {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        },
+    })
 }
 
 /// `host:port` → `https://host:port`; `http://` is refused.
@@ -497,33 +499,33 @@ impl Client {
 
     /// `GET /v1/health`.
     pub async fn health(&self) -> Result<Health, ClientError> {
-        self.call(Method::GET, "/v1/health", None).await
+        self.call(Method::GET, paths::HEALTH, None).await
     }
 
     /// `GET /v1/status`.
     pub async fn status(&self) -> Result<Status, ClientError> {
-        self.call(Method::GET, "/v1/status", None).await
+        self.call(Method::GET, paths::STATUS, None).await
     }
 
     /// `POST /v1/unseal`: shares of any versions, in one request.
     pub async fn unseal(&self, request: &UnsealRequest) -> Result<UnsealResponse, ClientError> {
-        self.call(Method::POST, "/v1/unseal", Self::json(request))
+        self.call(Method::POST, paths::UNSEAL, Self::json(request))
             .await
     }
 
     /// `DELETE /v1/unseal`: clears the gathered progress.
     pub async fn reset_unseal(&self) -> Result<UnsealResponse, ClientError> {
-        self.call(Method::DELETE, "/v1/unseal", None).await
+        self.call(Method::DELETE, paths::UNSEAL, None).await
     }
 
     /// `POST /v1/seal`.
     pub async fn seal(&self) -> Result<Status, ClientError> {
-        self.call(Method::POST, "/v1/seal", None).await
+        self.call(Method::POST, paths::SEAL, None).await
     }
 
     /// `GET /v1/keyring`: the hand-over, parsed (its errors never echo a key).
     pub async fn keyring(&self) -> Result<HookHandover, ClientError> {
-        let body = self.send(Method::GET, "/v1/keyring", None).await?;
+        let body = self.send(Method::GET, paths::KEYRING, None).await?;
         let text = std::str::from_utf8(&body).map_err(|_| ClientError::MalformedResponse {
             reason: "the keyring is not UTF-8".to_owned(),
         })?;
@@ -534,7 +536,7 @@ impl Client {
 
     /// `GET /v1/audit?since=SEQ&limit=N`: one page of the log.
     pub async fn audit_page(&self, since: u64, limit: u32) -> Result<AuditLog, ClientError> {
-        let path = format!("/v1/audit?since={since}&limit={limit}");
+        let path = format!("{}?since={since}&limit={limit}", paths::AUDIT);
         self.call(Method::GET, &path, None).await
     }
 
@@ -543,13 +545,13 @@ impl Client {
         &self,
         request: &PrepareRequest,
     ) -> Result<RotationStatus, ClientError> {
-        self.call(Method::POST, "/v1/rotation/prepare", Self::json(request))
+        self.call(Method::POST, paths::ROTATION_PREPARE, Self::json(request))
             .await
     }
 
     /// `GET /v1/rotation/share?version=N`: our own share, still age-armored.
     pub async fn rotation_share(&self, version: KeyVersion) -> Result<ShareEnvelope, ClientError> {
-        let path = format!("/v1/rotation/share?version={}", version.number());
+        let path = format!("{}?version={}", paths::ROTATION_SHARE, version.number());
         self.call(Method::GET, &path, None).await
     }
 
@@ -558,33 +560,32 @@ impl Client {
         &self,
         request: &UnsealRequest,
     ) -> Result<UnsealResponse, ClientError> {
-        self.call(Method::POST, "/v1/rotation/verify", Self::json(request))
+        self.call(Method::POST, paths::ROTATION_VERIFY, Self::json(request))
             .await
     }
 
-    async fn rotation_post(&self, action: &str) -> Result<RotationStatus, ClientError> {
-        self.call(Method::POST, &format!("/v1/rotation/{action}"), None)
-            .await
+    async fn rotation_post(&self, path: &str) -> Result<RotationStatus, ClientError> {
+        self.call(Method::POST, path, None).await
     }
 
     /// `POST /v1/rotation/activate`.
     pub async fn rotation_activate(&self) -> Result<RotationStatus, ClientError> {
-        self.rotation_post("activate").await
+        self.rotation_post(paths::ROTATION_ACTIVATE).await
     }
 
     /// `POST /v1/rotation/switch`.
     pub async fn rotation_switch(&self) -> Result<RotationStatus, ClientError> {
-        self.rotation_post("switch").await
+        self.rotation_post(paths::ROTATION_SWITCH).await
     }
 
     /// `POST /v1/rotation/pause`.
     pub async fn rotation_pause(&self) -> Result<RotationStatus, ClientError> {
-        self.rotation_post("pause").await
+        self.rotation_post(paths::ROTATION_PAUSE).await
     }
 
     /// `POST /v1/rotation/resume`.
     pub async fn rotation_resume(&self) -> Result<RotationStatus, ClientError> {
-        self.rotation_post("resume").await
+        self.rotation_post(paths::ROTATION_RESUME).await
     }
 
     /// `POST /v1/rotation/throttle`.
@@ -592,7 +593,7 @@ impl Client {
         &self,
         request: &ThrottleRequest,
     ) -> Result<RotationStatus, ClientError> {
-        self.call(Method::POST, "/v1/rotation/throttle", Self::json(request))
+        self.call(Method::POST, paths::ROTATION_THROTTLE, Self::json(request))
             .await
     }
 
@@ -601,7 +602,7 @@ impl Client {
         &self,
         request: &RetireRequest,
     ) -> Result<RetirePlan, ClientError> {
-        self.call(Method::POST, "/v1/rotation/retire", Self::json(request))
+        self.call(Method::POST, paths::ROTATION_RETIRE, Self::json(request))
             .await
     }
 
@@ -610,7 +611,7 @@ impl Client {
         &self,
         request: &RollbackRequest,
     ) -> Result<RollbackPlan, ClientError> {
-        self.call(Method::POST, "/v1/rotation/rollback", Self::json(request))
+        self.call(Method::POST, paths::ROTATION_ROLLBACK, Self::json(request))
             .await
     }
 }

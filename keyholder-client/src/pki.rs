@@ -519,10 +519,7 @@ mod tests {
     fn validity_of(path: &Path) -> (i64, i64) {
         use x509_parser::prelude::{FromDer as _, X509Certificate};
         let pem = fs::read(path).unwrap();
-        let der = rustls_pemfile::certs(&mut pem.as_slice())
-            .next()
-            .unwrap()
-            .unwrap();
+        let der = <rustls_pki_types::CertificateDer<'_> as rustls_pki_types::pem::PemObject>::from_pem_slice(&pem).unwrap();
         let (_, cert) = X509Certificate::from_der(der.as_ref()).unwrap();
         let v = cert.validity();
         (v.not_before.timestamp(), v.not_after.timestamp())

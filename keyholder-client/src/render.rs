@@ -406,6 +406,7 @@ mod tests {
                     index: Some(2),
                     accepted: true,
                     reason: None,
+                    refusal: None,
                 },
                 ShareOutcome {
                     position: 2,
@@ -413,6 +414,7 @@ mod tests {
                     index: Some(2),
                     accepted: false,
                     reason: Some("share index 2 does not match its fingerprint".into()),
+                    refusal: Some("fingerprint_mismatch".into()),
                 },
             ],
             progress: vec![UnsealProgress {

@@ -11,19 +11,21 @@ mod keyring;
 pub mod limits;
 mod seal;
 
+use keyholder_api::paths;
 use std::sync::Arc;
 
-use axum::Router;
 use axum::extract::{FromRequestParts, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::{Extension, Router};
 use keyholder_api::{API_VERSION, API_VERSION_HEADER, ApiError};
 
 use crate::daemon::{Daemon, DaemonError};
 use crate::principal::{Principal, Role};
+use crate::rotation::RotationHandle;
 use crate::transport::Caller;
 
 /// The shared state of every handler.
@@ -168,16 +170,16 @@ async fn not_found() -> ApiFailure {
 /// The daemon's API routes (without state), for merging more routes in.
 pub fn routes() -> Router<AppState> {
     Router::new()
-        .route("/v1/health", get(seal::health))
-        .route("/v1/status", get(seal::status))
+        .route(paths::HEALTH, get(seal::health))
+        .route(paths::STATUS, get(seal::status))
         .route(
-            "/v1/unseal",
+            paths::UNSEAL,
             axum::routing::post(seal::unseal).delete(seal::reset),
         )
-        .route("/v1/seal", axum::routing::post(seal::seal))
-        .route("/v1/keyring", get(keyring::keyring))
-        .route("/v1/audit", get(audit::audit))
-        .route("/v1/openapi.json", get(openapi))
+        .route(paths::SEAL, axum::routing::post(seal::seal))
+        .route(paths::KEYRING, get(keyring::keyring))
+        .route(paths::AUDIT, get(audit::audit))
+        .route(paths::OPENAPI, get(openapi))
 }
 
 /// `GET /v1/openapi.json`: any principal. The document is built once, on
@@ -192,13 +194,14 @@ async fn openapi(Authenticated(_): Authenticated) -> impl IntoResponse {
     )
 }
 
-/// The complete API: our routes plus `extra` (the rotation's), the version
-/// exchange on all of them, the role and size limits of bodies, JSON for
-/// every error (404s, 405s and 413s too).
-pub fn app(daemon: AppState, extra: Router<AppState>) -> Router {
+/// The complete API: our routes plus the rotation's, the version exchange on
+/// all of them, the role and size limits of bodies, JSON for every error
+/// (404s, 405s and 413s too).
+pub fn app(daemon: AppState, rotation: RotationHandle) -> Router {
     routes()
-        .merge(extra)
+        .merge(crate::rotation::api::routes())
         .fallback(not_found)
+        .layer(Extension(rotation))
         .layer(axum::middleware::from_fn(limits::limit_body))
         .layer(axum::middleware::from_fn(limits::json_errors))
         .layer(axum::middleware::from_fn(api_version))
@@ -206,23 +209,23 @@ pub fn app(daemon: AppState, extra: Router<AppState>) -> Router {
 }
 
 /// `/metrics` for the loopback plain port.
-pub fn metrics_app(daemon: AppState) -> Router {
+pub fn metrics_app(daemon: AppState, rotation: RotationHandle) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
+        .layer(Extension(rotation))
         .with_state(daemon)
 }
 
-async fn metrics(State(daemon): State<AppState>) -> impl IntoResponse {
-    if let Ok(status) = daemon.status().await
-        && let Some(rotation) = &status.rotation
-    {
-        daemon.metrics.set_rotation(rotation);
-    }
+async fn metrics(
+    State(daemon): State<AppState>,
+    Extension(rotation): Extension<RotationHandle>,
+) -> impl IntoResponse {
+    daemon.metrics().set_rotation(&rotation.status());
     (
         [(
             axum::http::header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        daemon.metrics.render(),
+        daemon.metrics().render(),
     )
 }

@@ -23,11 +23,13 @@ use crate::audit::{self, DAEMON};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::principal::{Principal, Role};
-use crate::seal::{SealMachine, VersionFacts};
 use crate::store::{StateStore, StoreError, VersionRecord};
 use crate::submissions::SubmissionLimiter;
 use crate::vault::{KeyringPlan, Vault, VaultError};
 use crate::verify::{self, RecordSampler};
+use keyholder_core::rotation::Rotation;
+use keyholder_core::seal::SealMachine;
+use keyholder_core::{VersionFacts, verification};
 
 /// Why a daemon operation was refused or failed.
 #[derive(Debug, thiserror::Error)]
@@ -55,35 +57,60 @@ pub enum DaemonError {
     Store(#[from] StoreError),
 }
 
-/// What the rotation needs to hear from the daemon, and what it adds to the
-/// status document. Implemented by [`crate::rotation::Rotator`].
-pub trait RotationHooks: Send + Sync {
-    /// The rotation part of the status document.
-    fn status(&self) -> Option<keyholder_api::RotationStatus>;
-    /// A database principal fetched the keyring (its acknowledgement).
-    fn keyring_fetched<'a>(&'a self, consumer: &'a str) -> futures::future::BoxFuture<'a, ()>;
-    /// The daemon just unsealed: resume the rotation's work.
-    fn unsealed(self: Arc<Self>);
-    /// The daemon just sealed: stop any work that holds keys.
-    fn sealed(self: Arc<Self>);
+/// Whether the daemon holds keys, as its `watch` publishes it. `epoch`
+/// counts the seals: a reader that sees it change knows a seal happened,
+/// even when an unseal followed before it looked.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SealState {
+    /// No key is held.
+    pub sealed: bool,
+    /// Seals so far.
+    pub epoch: u64,
+}
+
+/// A database principal fetched the keyring: its acknowledgement, for the
+/// rotation to record before the fetch is answered.
+pub struct Fetched {
+    /// The principal.
+    pub consumer: String,
+    /// Answered once the acknowledgement is recorded.
+    pub recorded: tokio::sync::oneshot::Sender<()>,
 }
 
 /// The running daemon's state.
 pub struct Daemon {
     /// The validated config.
-    pub config: Arc<Config>,
+    config: Arc<Config>,
     /// The persisted state.
-    pub store: Arc<dyn StateStore>,
+    store: Arc<dyn StateStore>,
     /// The keys, when unsealed.
-    pub vault: Vault,
+    vault: Vault,
     /// Metrics.
-    pub metrics: Metrics,
+    metrics: Metrics,
     /// The budget of failed share submissions, per principal.
-    pub submissions: SubmissionLimiter,
+    submissions: SubmissionLimiter,
     seal: Mutex<SealMachine>,
     plan: RwLock<Option<KeyringPlan>>,
-    samplers: Arc<Vec<Box<dyn RecordSampler>>>,
-    rotation: std::sync::OnceLock<std::sync::Weak<dyn RotationHooks>>,
+    /// The stored versions as of the last write through this daemon: status
+    /// reads these and never waits on the store.
+    versions: RwLock<Vec<VersionRecord>>,
+    samplers: Vec<Box<dyn RecordSampler>>,
+    seal_state: tokio::sync::watch::Sender<SealState>,
+    fetches: tokio::sync::mpsc::UnboundedSender<Fetched>,
+    /// Taken once, by the rotation.
+    fetched: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Fetched>>>,
+}
+
+/// Parses the rotation the store holds: the one place its JSON is read.
+fn parse_rotation(text: Option<String>) -> Result<Option<Rotation>, DaemonError> {
+    text.map(|text| {
+        serde_json::from_str(&text).map_err(|e| {
+            DaemonError::Store(StoreError::Corrupt {
+                what: format!("rotation state ({e})"),
+            })
+        })
+    })
+    .transpose()
 }
 
 /// The default plan with no rotation under way: the active versions are live
@@ -126,22 +153,17 @@ impl Daemon {
             .map(verify::sampler_for)
             .collect::<Vec<_>>();
         let versions = store.versions().await?;
-        let plan = match store.load_rotation().await? {
+        let plan = match parse_rotation(store.load_rotation().await?)? {
             // The persisted rotation says which versions are live and which
             // one writes; never "the highest".
-            Some(text) => {
-                let rotation: crate::rotation::Rotation =
-                    serde_json::from_str(&text).map_err(|e| StoreError::Corrupt {
-                        what: format!("rotation state ({e})"),
-                    })?;
-                Some(KeyringPlan {
-                    live: rotation.live_versions().into_iter().collect(),
-                    write: rotation.write_version(),
-                })
-            }
+            Some(rotation) => Some(KeyringPlan {
+                live: rotation.live_versions().into_iter().collect(),
+                write: rotation.write_version(),
+            }),
             None => default_plan(&versions)?,
         };
         let seal = Mutex::new(Self::machine(&config, &versions, plan.as_ref()));
+        let (fetches, fetched) = tokio::sync::mpsc::unbounded_channel();
         let daemon = Arc::new(Self {
             config: Arc::new(config),
             store,
@@ -150,8 +172,14 @@ impl Daemon {
             submissions: SubmissionLimiter::default(),
             seal,
             plan: RwLock::new(plan),
-            samplers: Arc::new(samplers),
-            rotation: std::sync::OnceLock::new(),
+            versions: RwLock::new(versions.clone()),
+            samplers,
+            seal_state: tokio::sync::watch::Sender::new(SealState {
+                sealed: true,
+                epoch: 0,
+            }),
+            fetches,
+            fetched: Mutex::new(Some(fetched)),
         });
         let versions: Vec<u32> = versions.iter().map(|v| v.version.number()).collect();
         daemon
@@ -181,13 +209,45 @@ impl Daemon {
         SealMachine::new(config.keyring.clone(), facts, config.progress_ttl)
     }
 
-    /// Hooks the rotation in (once).
-    pub fn set_rotation_hooks(&self, hooks: std::sync::Weak<dyn RotationHooks>) {
-        let _ = self.rotation.set(hooks);
+    /// The validated config.
+    pub fn config(&self) -> &Arc<Config> {
+        &self.config
     }
 
-    fn hooks(&self) -> Option<Arc<dyn RotationHooks>> {
-        self.rotation.get().and_then(std::sync::Weak::upgrade)
+    /// The persisted state: for the rotation's steps, which write it with
+    /// their audit entries. Handlers go through the daemon's methods.
+    pub(crate) fn store(&self) -> &Arc<dyn StateStore> {
+        &self.store
+    }
+
+    /// The keys, when unsealed.
+    pub(crate) fn vault(&self) -> &Vault {
+        &self.vault
+    }
+
+    /// The daemon's metrics.
+    pub(crate) fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The seal state, published on every seal and unseal.
+    pub fn seal_state(&self) -> tokio::sync::watch::Receiver<SealState> {
+        self.seal_state.subscribe()
+    }
+
+    /// The keyring fetches of database principals, for the one reader that
+    /// records them as acknowledgements (the rotation); `None` after the
+    /// first call.
+    pub fn take_fetches(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<Fetched>> {
+        self.fetched
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+    }
+
+    /// The persisted rotation, parsed (`None` before the first step).
+    pub async fn load_rotation(&self) -> Result<Option<Rotation>, DaemonError> {
+        parse_rotation(self.store.load_rotation().await?)
     }
 
     /// Proves `keys` as unseal does (KCV, canary, sample records of every
@@ -215,9 +275,10 @@ impl Daemon {
         }
     }
 
-    /// Checks `keys` (KCV, canary, sample records of every target) on a
-    /// blocking thread, since it reads stores and does crypto; hands the keys
-    /// back with the verdict.
+    /// Checks `keys` (KCV, canary, sample records of every target): the
+    /// records are fetched here, for the keys whose KCV and canary pass, and
+    /// the decision (crypto) runs on a blocking thread; hands the keys back
+    /// with the verdict.
     async fn prove(
         &self,
         keys: BTreeMap<KeyVersion, crypto_core::Key>,
@@ -235,11 +296,19 @@ impl Daemon {
             .into_iter()
             .map(|v| (v.version, v))
             .collect();
-        let samplers = Arc::clone(&self.samplers);
         let keyring_id = self.config.keyring.clone();
-        let sample_size = self.config.sample_size;
+        // Sampling is for keys that can pass; a wrong key fails on its KCV
+        // without waiting on a target.
+        let worth_sampling: Vec<KeyVersion> = keys
+            .iter()
+            .filter(|(v, key)| {
+                verification::check_key(&keyring_id, **v, key, versions.get(*v)).is_ok()
+            })
+            .map(|(v, _)| *v)
+            .collect();
+        let samples = verify::fetch(&self.samplers, worth_sampling, self.config.sample_size).await;
         tokio::task::spawn_blocking(move || {
-            let verdict = verify::verify(&keyring_id, &keys, &versions, &samplers, sample_size);
+            let verdict = verification::decide(&keyring_id, &keys, &versions, &samples);
             (keys, verdict)
         })
         .await
@@ -256,7 +325,7 @@ impl Daemon {
     /// changed, republishes the keyring. While sealed, partial unseal
     /// progress is dropped.
     pub async fn set_plan(&self, plan: KeyringPlan) -> Result<(), DaemonError> {
-        let versions = self.store.versions().await?;
+        let versions = self.refresh_versions().await?;
         let previous = self
             .plan
             .write()
@@ -277,6 +346,52 @@ impl Daemon {
         self.seal.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Re-reads the stored versions into the copy status shows.
+    async fn refresh_versions(&self) -> Result<Vec<VersionRecord>, DaemonError> {
+        let versions = self.store.versions().await?;
+        *self.versions.write().unwrap_or_else(|p| p.into_inner()) = versions.clone();
+        Ok(versions)
+    }
+
+    /// The stored versions as of the last write (no store call).
+    fn known_versions(&self) -> Vec<VersionRecord> {
+        self.versions
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Applies `transition` to the store; when it changes versions, the
+    /// copy status shows follows.
+    pub async fn apply(
+        &self,
+        transition: crate::store::Transition,
+    ) -> Result<keyholder_api::AuditEntry, DaemonError> {
+        let touches_versions =
+            transition.new_version.is_some() || !transition.version_states.is_empty();
+        let entry = self.store.apply(transition).await?;
+        if touches_versions {
+            self.refresh_versions().await?;
+        }
+        Ok(entry)
+    }
+
+    /// Counts `n` encryptions under `version` (the usage limit of AES-GCM
+    /// with random nonces rests on this count).
+    pub async fn add_encryptions(&self, version: KeyVersion, n: u64) -> Result<(), DaemonError> {
+        self.store.add_encryptions(version, n).await?;
+        if let Some(record) = self
+            .versions
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter_mut()
+            .find(|r| r.version == version)
+        {
+            record.encryptions = record.encryptions.saturating_add(n);
+        }
+        Ok(())
+    }
+
     /// Takes shares from `principal`; unseals when every live version is
     /// rebuilt and proven.
     pub async fn unseal(
@@ -285,25 +400,7 @@ impl Daemon {
         lines: &[ShareLine],
     ) -> Result<UnsealResponse, DaemonError> {
         if !self.vault.is_sealed() {
-            let outcomes = lines
-                .iter()
-                .enumerate()
-                .map(|(i, _)| keyholder_api::ShareOutcome {
-                    position: i + 1,
-                    version: None,
-                    index: None,
-                    accepted: false,
-                    reason: Some(
-                        "the daemon is already unsealed; this share was not needed".to_owned(),
-                    ),
-                })
-                .collect();
-            return Ok(UnsealResponse {
-                sealed: false,
-                outcomes,
-                progress: Vec::new(),
-                loaded: self.vault.held_versions(),
-            });
+            return Ok(self.already_unsealed(lines.len()));
         }
         let plan = self.plan().ok_or(DaemonError::NotInitialized)?;
         let (submission, expired) = {
@@ -322,17 +419,87 @@ impl Daemon {
             )
             .await?;
         }
-        let refused = submission.outcomes.iter().filter(|o| !o.accepted).count();
+        self.audit_submission(principal, &submission.outcomes)
+            .await?;
+        let failures: Vec<String> = submission
+            .failures
+            .iter()
+            .map(|f| format!("{}: {}", f.version, f.reason))
+            .collect();
+        if !failures.is_empty() {
+            self.audit(
+                DAEMON,
+                "unseal_rebuild_failed",
+                json!({"failures": failures}),
+            )
+            .await?;
+        }
+        let mut response = UnsealResponse {
+            sealed: true,
+            outcomes: submission.outcomes,
+            progress: Vec::new(),
+            loaded: Vec::new(),
+        };
+        let Some(rebuilt) = submission.rebuilt else {
+            if !failures.is_empty() {
+                return Err(DaemonError::Verification { failures });
+            }
+            response.progress = self.lock_seal().progress();
+            return Ok(response);
+        };
+        let (keys, verdict) = self.prove(rebuilt.keys).await?;
+        match verdict {
+            Err(failures) => {
+                drop(keys);
+                Err(self.unproven(&failures).await?)
+            }
+            Ok(report) => {
+                self.load_proven(keys, &report, &plan).await?;
+                response.sealed = false;
+                response.loaded = self.vault.held_versions();
+                Ok(response)
+            }
+        }
+    }
+
+    /// The answer to shares sent to an unsealed daemon: none was needed.
+    fn already_unsealed(&self, lines: usize) -> UnsealResponse {
+        let outcomes = (1..=lines)
+            .map(|position| keyholder_api::ShareOutcome {
+                position,
+                version: None,
+                index: None,
+                accepted: false,
+                reason: Some(
+                    "the daemon is already unsealed; this share was not needed".to_owned(),
+                ),
+                refusal: Some("already_unsealed".to_owned()),
+            })
+            .collect();
+        UnsealResponse {
+            sealed: false,
+            outcomes,
+            progress: Vec::new(),
+            loaded: self.vault.held_versions(),
+        }
+    }
+
+    /// One audit entry per submission, not per line: a submission holds at
+    /// most a few lines, and the rate limit bounds the submissions.
+    async fn audit_submission(
+        &self,
+        principal: &Principal,
+        outcomes: &[keyholder_api::ShareOutcome],
+    ) -> Result<(), DaemonError> {
+        let refused = outcomes.iter().filter(|o| !o.accepted).count();
         tracing::info!(
             principal = %principal.name,
-            lines = submission.outcomes.len(),
+            lines = outcomes.len(),
             refused,
             "unseal shares submitted (each line's outcome is in the audit log)"
         );
-        // One audit entry per submission, not per line: a submission holds
-        // at most a few lines, and the rate limit bounds the submissions.
-        let mut lines = Vec::with_capacity(submission.outcomes.len());
-        for outcome in &submission.outcomes {
+        let mut lines = Vec::with_capacity(outcomes.len());
+        for outcome in outcomes {
             self.metrics.share(outcome.accepted);
             // A line that did not parse may hold share data in its message:
             // the audit log says only that it did not parse.
@@ -365,93 +532,72 @@ impl Daemon {
             &principal.name,
             action,
             json!({
-                "accepted": submission.outcomes.len() - refused,
+                "accepted": outcomes.len() - refused,
                 "refused": refused,
                 "lines": lines,
             }),
         )
+        .await
+    }
+
+    /// Logs and audits rebuilt keys that failed verification; the daemon
+    /// stays sealed. Returns the error to answer with.
+    async fn unproven(&self, failures: &[verify::Failure]) -> Result<DaemonError, DaemonError> {
+        for failure in failures {
+            tracing::error!(
+                version = failure.version.number(),
+                check = %failure.check,
+                record_ids = ?failure.record_ids,
+                "key verification failed; staying sealed"
+            );
+        }
+        self.audit(
+            DAEMON,
+            "unseal_verification_failed",
+            json!({"failures": failures.iter().map(|f| json!({
+                "version": f.version.number(),
+                "check": f.check,
+                "record_ids": f.record_ids,
+                "reason": f.reason,
+            })).collect::<Vec<_>>()}),
+        )
         .await?;
-        let mut response = UnsealResponse {
-            sealed: true,
-            outcomes: submission.outcomes,
-            progress: Vec::new(),
-            loaded: Vec::new(),
-        };
-        let failures: Vec<String> = submission
-            .failures
-            .iter()
-            .map(|f| format!("{}: {}", f.version, f.reason))
-            .collect();
-        if !failures.is_empty() {
-            self.audit(
-                DAEMON,
-                "unseal_rebuild_failed",
-                json!({"failures": failures}),
-            )
-            .await?;
+        Ok(DaemonError::Verification {
+            failures: failures.iter().map(ToString::to_string).collect(),
+        })
+    }
+
+    /// Loads proven keys as the plan says, restores their encryption counts,
+    /// logs and audits the keyring, and announces the unseal.
+    async fn load_proven(
+        &self,
+        keys: BTreeMap<KeyVersion, crypto_core::Key>,
+        report: &verify::Report,
+        plan: &KeyringPlan,
+    ) -> Result<(), DaemonError> {
+        let keyring = self.vault.load(&self.config.keyring, keys, plan)?;
+        let counts = self.refresh_versions().await?;
+        for record in counts.iter().filter(|r| keyring.contains(r.version)) {
+            keyring
+                .set_encryptions(record.version, record.encryptions)
+                .map_err(VaultError::Plan)?;
         }
-        let Some(rebuilt) = submission.rebuilt else {
-            if !failures.is_empty() {
-                return Err(DaemonError::Verification { failures });
-            }
-            response.progress = self.lock_seal().progress();
-            return Ok(response);
-        };
-        let (keys, verdict) = self.prove(rebuilt.keys).await?;
-        match verdict {
-            Err(failures) => {
-                drop(keys);
-                let messages: Vec<String> = failures.iter().map(ToString::to_string).collect();
-                for failure in &failures {
-                    tracing::error!(
-                        version = failure.version.number(),
-                        check = %failure.check,
-                        record_ids = ?failure.record_ids,
-                        "key verification failed; staying sealed"
-                    );
-                }
-                self.audit(
-                    DAEMON,
-                    "unseal_verification_failed",
-                    json!({"failures": failures.iter().map(|f| json!({
-                        "version": f.version.number(),
-                        "check": f.check,
-                        "record_ids": f.record_ids,
-                        "reason": f.reason,
-                    })).collect::<Vec<_>>()}),
-                )
-                .await?;
-                Err(DaemonError::Verification { failures: messages })
-            }
-            Ok(report) => {
-                let keyring = self.vault.load(&self.config.keyring, keys, &plan)?;
-                let counts = self.store.versions().await?;
-                for record in counts.iter().filter(|r| keyring.contains(r.version)) {
-                    keyring
-                        .set_encryptions(record.version, record.encryptions)
-                        .map_err(VaultError::Plan)?;
-                }
-                self.metrics.set_loaded(keyring.versions().count());
-                self.log_keyring(&keyring);
-                self.audit(
-                    DAEMON,
-                    "unsealed",
-                    json!({
-                        "versions": keyring.versions().map(|v| v.number()).collect::<Vec<_>>(),
-                        "write_version": keyring.write_version().number(),
-                        "kcv_prefixes": keyring.versions().map(|v| keyring.kcv(v).map(|k| k.prefix())).collect::<Vec<_>>(),
-                        "sampled": report.sampled.iter().map(|(v, n)| json!({"version": v.number(), "records": n})).collect::<Vec<_>>(),
-                    }),
-                )
-                .await?;
-                response.sealed = false;
-                response.loaded = self.vault.held_versions();
-                if let Some(hooks) = self.hooks() {
-                    hooks.unsealed();
-                }
-                Ok(response)
-            }
-        }
+        self.metrics.set_loaded(keyring.versions().count());
+        self.log_keyring(&keyring);
+        self.audit(
+            DAEMON,
+            "unsealed",
+            json!({
+                "versions": keyring.versions().map(|v| v.number()).collect::<Vec<_>>(),
+                "write_version": keyring.write_version().number(),
+                "kcv_prefixes": keyring.versions().map(|v| keyring.kcv(v).map(|k| k.prefix())).collect::<Vec<_>>(),
+                "sampled": report.sampled.iter().map(|(v, n)| json!({"version": v.number(), "records": n})).collect::<Vec<_>>(),
+            }),
+        )
+        .await?;
+        // The rotation resumes its work on this.
+        self.seal_state.send_modify(|s| s.sealed = false);
+        Ok(())
     }
 
     /// Logs the loaded keyring after processing: versions in order, the
@@ -524,9 +670,12 @@ impl Daemon {
     /// Drops every key.
     pub async fn seal(&self, actor: &str) -> Result<Status, DaemonError> {
         let was_sealed = self.vault.is_sealed();
-        if let Some(hooks) = self.hooks() {
-            hooks.sealed();
-        }
+        // First the news (a running worker aborts on it, so a worker started
+        // by a quick re-unseal is never the one stopped), then the keys go.
+        self.seal_state.send_modify(|s| {
+            s.sealed = true;
+            s.epoch += 1;
+        });
         self.vault.seal();
         self.lock_seal().reset();
         self.metrics.set_loaded(0);
@@ -535,12 +684,12 @@ impl Daemon {
         }
         self.audit(actor, "sealed", json!({"was_sealed": was_sealed}))
             .await?;
-        self.status().await
+        Ok(self.status())
     }
 
-    /// The status document.
-    pub async fn status(&self) -> Result<Status, DaemonError> {
-        let versions = self.store.versions().await?;
+    /// The status document, from memory: it never waits on the store.
+    pub fn status(&self) -> Status {
+        let versions = self.known_versions();
         let keyring = self.vault.keyring();
         let held = self.vault.held_versions();
         let progress = {
@@ -548,7 +697,7 @@ impl Daemon {
             machine.expire(Instant::now());
             machine.progress()
         };
-        Ok(Status {
+        Status {
             keyring: self.config.keyring.clone(),
             sealed: keyring.is_none(),
             versions: versions
@@ -571,9 +720,11 @@ impl Daemon {
             } else {
                 Vec::new()
             },
-            rotation: self.hooks().and_then(|h| h.status()),
+            // The API adds the rotation's part (the daemon does not know
+            // the rotation).
+            rotation: None,
             certificates: self.metrics.certificates(),
-        })
+        }
     }
 
     /// The hand-over for a database principal; records its fetch as its
@@ -596,8 +747,20 @@ impl Daemon {
         )
         .await?;
         tracing::info!(principal = %principal.name, write_version = %keyring.write_version(), "keyring handed over");
-        if let Some(hooks) = self.hooks() {
-            hooks.keyring_fetched(&principal.name).await;
+        // The rotation records the fetch as an acknowledgement before the
+        // keyring is handed over, so a `switch` right after sees it.
+        let (recorded, done) = tokio::sync::oneshot::channel();
+        let fetched = Fetched {
+            consumer: principal.name.clone(),
+            recorded,
+        };
+        let listened = self
+            .fetched
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_none();
+        if listened && self.fetches.send(fetched).is_ok() {
+            let _ = done.await;
         }
         Ok(keyring.to_handover())
     }

@@ -5,7 +5,12 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser, Subcommand};
 use crypto_core::KeyVersion;
-use keyholder_server::config::Config;
+use keyholder_server::config::{Config, ConfigError};
+use keyholder_server::exit::{Exit, ExitStatus as _};
+use keyholder_server::init::InitError;
+use keyholder_server::run::RunError;
+use keyholder_server::store::StoreError;
+use keyholder_server::transport::tls::TlsError;
 
 // Every heap block is zeroed when it is freed, so the copies of keys and
 // shares that escape the zeroizing types (hyper's and rustls's buffers, JSON
@@ -114,39 +119,73 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
+            return ExitCode::from(Exit::Os.code());
         }
     };
     match runtime.block_on(dispatch(cli.command)) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(message) => {
-            eprintln!("error: {message}");
-            ExitCode::FAILURE
+        Err(failure) => {
+            eprintln!("error: {failure}");
+            ExitCode::from(failure.exit().code())
         }
     }
 }
 
-async fn dispatch(command: Command) -> Result<(), String> {
+/// Why a command failed; each kind exits with its own status
+/// ([`keyholder_server::exit`]).
+#[derive(Debug, thiserror::Error)]
+enum Failure {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error(transparent)]
+    Run(#[from] RunError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Init(#[from] InitError),
+    #[error(
+        "config {} is valid but {} store(s) cannot be used; fix each of them:\n{}",
+        .config.display(),
+        .problems.len(),
+        .problems.iter().map(|p| format!("  {p}")).collect::<Vec<_>>().join("\n")
+    )]
+    Unreachable {
+        config: PathBuf,
+        problems: Vec<keyholder_server::config::Problem>,
+    },
+}
+
+impl Failure {
+    fn exit(&self) -> Exit {
+        match self {
+            Self::Config(e) => e.exit(),
+            Self::Tls(e) => e.exit(),
+            Self::Run(e) => e.exit(),
+            Self::Store(e) => e.exit(),
+            Self::Init(e) => e.exit(),
+            Self::Unreachable { .. } => Exit::Unavailable,
+        }
+    }
+}
+
+async fn dispatch(command: Command) -> Result<(), Failure> {
     match command {
         Command::Run { config } => {
-            let config = Config::load(&config).map_err(|e| e.to_string())?;
-            keyholder_server::run::run(config)
-                .await
-                .map_err(|e| e.to_string())
+            let config = Config::load(&config)?;
+            keyholder_server::run::run(config).await?;
+            Ok(())
         }
         Command::CheckConfig { config } => {
-            let config = Config::load(&config).map_err(|e| e.to_string())?;
-            keyholder_server::transport::tls::server_config(&config.listen)
-                .map_err(|e| e.to_string())?;
+            let config = Config::load(&config)?;
+            keyholder_server::transport::tls::server_config(&config.listen)?;
             let unreachable = keyholder_server::check::stores(&config).await;
             if !unreachable.is_empty() {
-                let lines: Vec<String> = unreachable.iter().map(|p| format!("  {p}")).collect();
-                return Err(format!(
-                    "config {} is valid but {} store(s) cannot be used; fix each of them:\n{}",
-                    config.path.display(),
-                    unreachable.len(),
-                    lines.join("\n")
-                ));
+                return Err(Failure::Unreachable {
+                    config: config.path.clone(),
+                    problems: unreachable,
+                });
             }
             println!(
                 "config {} is valid: keyring {}, {} keyholder(s), threshold {}, {} target(s)",
@@ -163,13 +202,10 @@ async fn dispatch(command: Command) -> Result<(), String> {
             first_version,
             out,
         } => {
-            let config = Config::load(&config).map_err(|e| e.to_string())?;
-            let store = keyholder_server::store::open(&config.state)
-                .await
-                .map_err(|e| e.to_string())?;
-            let report = keyholder_server::init::init(&config, &*store, first_version, &out)
-                .await
-                .map_err(|e| e.to_string())?;
+            let config = Config::load(&config)?;
+            let store = keyholder_server::store::open(&config.state).await?;
+            let report =
+                keyholder_server::init::init(&config, &*store, first_version, &out).await?;
             println!("made {} (kcv {}); share files:", report.version, report.kcv);
             for file in &report.files {
                 println!("  {}", file.display());

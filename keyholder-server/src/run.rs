@@ -44,7 +44,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     });
     crate::check::warn_plaintext_postgres(&config);
     let daemon = Daemon::open(config).await?;
-    daemon.metrics.set_certificates(&dates);
+    daemon.metrics().set_certificates(&dates);
     tokio::spawn(async move {
         // A daemon runs for months: the warning comes back daily.
         let mut daily = tokio::time::interval(std::time::Duration::from_secs(24 * 3600));
@@ -54,8 +54,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
             dates.warn(std::time::SystemTime::now());
         }
     });
-    let rotator = crate::rotation::Rotator::start(Arc::clone(&daemon)).await?;
-    let extra = crate::rotation::api::routes(Arc::clone(&rotator));
+    let (rotation, orchestrator) = crate::rotation::Rotator::start(Arc::clone(&daemon)).await?;
     let listener = transport::bind(listen.addr).await.map_err(RunError::Bind)?;
     let bound = listener.local_addr().map_err(RunError::Bind)?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -65,14 +64,14 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         let mut stop = stop_rx.clone();
         tokio::spawn(transport::serve_plain(
             metrics,
-            crate::api::metrics_app(Arc::clone(&daemon)),
+            crate::api::metrics_app(Arc::clone(&daemon), rotation.clone()),
             async move {
                 let _ = stop.wait_for(|s| *s).await;
             },
         ));
     }
     tracing::info!(addr = %bound, "listening (mutual TLS 1.3)");
-    let app = crate::api::app(Arc::clone(&daemon), extra);
+    let app = crate::api::app(Arc::clone(&daemon), rotation.clone());
     let summaries = tokio::spawn(crate::daemon::write_refusal_summaries(
         Arc::clone(&daemon),
         stop_rx.clone(),
@@ -83,14 +82,15 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         app,
         principals,
         transport::Limits::from_listen(&listen),
-        daemon.metrics.connections.clone(),
+        daemon.metrics().connections.clone(),
         transport::shutdown_signal(),
     )
     .await;
     let _ = stop_tx.send(true);
     let _ = summaries.await;
-    rotator.stop_worker().await;
-    daemon.vault.seal();
+    rotation.stop().await;
+    let _ = orchestrator.await;
+    daemon.vault().seal();
     daemon
         .audit(crate::audit::DAEMON, "stopped", serde_json::json!({}))
         .await?;

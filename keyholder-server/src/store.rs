@@ -13,13 +13,13 @@
 pub mod postgres;
 pub mod sqlite;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crypto_core::{Kcv, KeyVersion, SetId, ShareFingerprint};
+use crypto_core::KeyVersion;
 use futures::future::BoxFuture;
 use keyholder_api::{AuditEntry, VersionState};
 
+pub use keyholder_core::{Canary, DealtShare, VersionRecord};
 pub use postgres::{PgLocation, PostgresStore};
 pub use sqlite::SqliteStore;
 
@@ -34,7 +34,16 @@ pub async fn open(
 ) -> Result<Arc<dyn StateStore>, StoreError> {
     use crate::config::StateLocation;
     Ok(match location {
-        StateLocation::Dir(dir) => Arc::new(SqliteStore::open(&StateLocation::sqlite_file(dir))?),
+        StateLocation::Dir(dir) => {
+            // Opening migrates the file: blocking work, off the async threads.
+            let file = StateLocation::sqlite_file(dir);
+            let store = tokio::task::spawn_blocking(move || SqliteStore::open(&file))
+                .await
+                .map_err(|e| StoreError::Task {
+                    reason: e.to_string(),
+                })??;
+            Arc::new(store)
+        }
         StateLocation::Postgres(at) => Arc::new(PostgresStore::connect(at).await?),
     })
 }
@@ -45,9 +54,11 @@ pub type StoreFuture<'a, T> = BoxFuture<'a, Result<T, StoreError>>;
 /// Why the state store failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// The database driver failed.
-    #[error("state store: {operation} failed: {source}")]
+    /// The SQLite driver failed.
+    #[error("state store {}: {operation} failed: {source}", .path.display())]
     Sqlite {
+        /// The store's file.
+        path: std::path::PathBuf,
         /// What the store was doing.
         operation: &'static str,
         /// The driver's error.
@@ -89,12 +100,42 @@ pub enum StoreError {
         /// The version.
         version: KeyVersion,
     },
-    /// The store's lock was poisoned by a panic.
-    #[error("state store lock poisoned by an earlier panic; restart keyholderd")]
-    Poisoned,
+    /// A file or directory of the store could not be used.
+    #[error("state store: cannot {operation} {}: {source}", .path.display())]
+    Io {
+        /// The file or directory.
+        path: std::path::PathBuf,
+        /// What the store was doing.
+        operation: &'static str,
+        /// The system's error.
+        source: std::io::Error,
+    },
+    /// A store call's blocking task failed (it panicked); nothing of it was
+    /// committed.
+    #[error("state store: a call failed on its thread ({reason}); see the daemon's log")]
+    Task {
+        /// The runtime's account of it.
+        reason: String,
+    },
 }
 
 impl StoreError {
+    /// Names the SQLite file an error happened in.
+    pub(crate) fn at(self, file: &std::path::Path) -> Self {
+        match self {
+            Self::Sqlite {
+                path,
+                operation,
+                source,
+            } if path.as_os_str().is_empty() => Self::Sqlite {
+                path: file.to_owned(),
+                operation,
+                source,
+            },
+            other => other,
+        }
+    }
+
     /// Whether the failure may go away by itself (a lost connection, a
     /// server restarting, a deadlock or lock timeout): the caller may try
     /// again later.
@@ -151,24 +192,6 @@ pub(crate) fn format_compatible(found: &str) -> bool {
     semver::Version::parse(found).is_ok_and(|v| v.major == ours.major)
 }
 
-/// Who received one share index, and its fingerprint.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DealtShare {
-    /// The fingerprint taken when the share was dealt.
-    pub fingerprint: ShareFingerprint,
-    /// The principal it was dealt to.
-    pub principal: String,
-}
-
-/// A record the daemon encrypted under a version when it made the key.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Canary {
-    /// The envelope text (`V<n>:...`).
-    pub record: String,
-    /// Its associated data: `keyholder canary/<keyring>/<version>`.
-    pub aad: String,
-}
-
 /// One share, age-encrypted to the principal it was dealt to.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoredEnvelope {
@@ -178,29 +201,6 @@ pub struct StoredEnvelope {
     pub index: u8,
     /// The age-armored file holding the share line.
     pub age_armored: String,
-}
-
-/// One key version as stored (no key, no share).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct VersionRecord {
-    /// The version.
-    pub version: KeyVersion,
-    /// Its key check value.
-    pub kcv: Kcv,
-    /// The split set its shares belong to.
-    pub set: SetId,
-    /// Shares needed.
-    pub threshold: u8,
-    /// Shares dealt.
-    pub count: u8,
-    /// Its lifecycle state.
-    pub state: VersionState,
-    /// Encryptions counted under it.
-    pub encryptions: u64,
-    /// Per share index: fingerprint and recipient.
-    pub dealt: BTreeMap<u8, DealtShare>,
-    /// Its canary.
-    pub canary: Canary,
 }
 
 /// A version to insert: its record plus the share envelopes.
@@ -237,6 +237,9 @@ pub struct Transition {
     pub version_states: Vec<(KeyVersion, VersionState)>,
     /// The rotation blob to store (JSON text), replacing the previous one.
     pub rotation: Option<String>,
+    /// The runtime settings to store (JSON text: what an operator changed
+    /// at run time, such as the throttle), replacing the previous ones.
+    pub settings: Option<String>,
 }
 
 impl Transition {
@@ -247,21 +250,9 @@ impl Transition {
             new_version: None,
             version_states: Vec::new(),
             rotation: None,
+            settings: None,
         }
     }
-}
-
-/// A database principal's fetch of a keyring version (its acknowledgement).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ConsumerFetch {
-    /// The principal.
-    pub principal: String,
-    /// A version that was in the keyring it fetched.
-    pub version: KeyVersion,
-    /// Its first fetch holding that version, RFC 3339.
-    pub first: String,
-    /// Its last fetch holding that version, RFC 3339.
-    pub last: String,
 }
 
 /// The daemon's state store. Calls return boxed futures so a network store
@@ -277,14 +268,6 @@ pub trait StateStore: Send + Sync {
     fn append_audit(&self, audit: AuditDraft) -> StoreFuture<'_, AuditEntry> {
         self.apply(Transition::audit_only(audit))
     }
-    /// Saves the rotation blob (JSON text) with its audit entry.
-    fn save_rotation(&self, json: String, audit: AuditDraft) -> StoreFuture<'_, AuditEntry> {
-        let mut transition = Transition::audit_only(audit);
-        transition.rotation = Some(json);
-        self.apply(transition)
-    }
-    /// The whole audit log, in order.
-    fn audit_log(&self) -> StoreFuture<'_, Vec<AuditEntry>>;
     /// At most `limit` audit entries with a seq above `since`, in order.
     fn audit_page(&self, since: u64, limit: u32) -> StoreFuture<'_, Vec<AuditEntry>>;
     /// Adds `n` to the encryption count of `version`.
@@ -297,6 +280,8 @@ pub trait StateStore: Send + Sync {
     ) -> StoreFuture<'_, Option<StoredEnvelope>>;
     /// The rotation blob (JSON text), if one was saved.
     fn load_rotation(&self) -> StoreFuture<'_, Option<String>>;
+    /// The runtime settings (JSON text), if an operator changed any.
+    fn runtime_settings(&self) -> StoreFuture<'_, Option<String>>;
     /// A re-encryption checkpoint (JSON text) of `target` in `direction`.
     fn checkpoint(&self, target: &str, direction: &str) -> StoreFuture<'_, Option<String>>;
     /// Stores a re-encryption checkpoint (JSON text).
@@ -308,8 +293,6 @@ pub trait StateStore: Send + Sync {
         versions: &[KeyVersion],
         time: &str,
     ) -> StoreFuture<'_, ()>;
-    /// Every recorded consumer fetch.
-    fn fetches(&self) -> StoreFuture<'_, Vec<ConsumerFetch>>;
     /// Copies the whole store aside before a destructive transition
     /// (`label` says which), keeping only the newest `keep` copies, and
     /// returns where; `None` where the store leaves snapshots to its own

@@ -12,8 +12,8 @@ use crypto_core::KeyVersion;
 use keyholder_api::{VersionState, verify_chain};
 use keyholder_server::principal::{Principal, Role};
 use keyholder_server::store::{
-    AuditDraft, Canary, ConsumerFetch, DealtShare, NewVersion, PgLocation, PostgresStore,
-    STORE_FORMAT, SqliteStore, StateStore, StoreError, StoredEnvelope, Transition, VersionRecord,
+    AuditDraft, Canary, DealtShare, NewVersion, PgLocation, PostgresStore, STORE_FORMAT,
+    SqliteStore, StateStore, StoreError, StoredEnvelope, Transition, VersionRecord,
 };
 
 /// One store under test and a way around it to its raw tables.
@@ -151,12 +151,42 @@ impl Backend {
     }
 
     /// The table recording the store format.
+    /// The recorded consumer fetches (principal, version, first, last), read
+    /// from the table: the daemon itself only writes them.
+    async fn fetches(&self) -> Vec<(String, i64, String, String)> {
+        let query = "SELECT principal, version, first_fetch, last_fetch FROM consumer_fetches ORDER BY principal, version";
+        match &self.kind {
+            Kind::Sqlite { dir } => {
+                let conn = rusqlite::Connection::open(dir.path().join("state.db")).unwrap();
+                let mut stmt = conn.prepare(query).unwrap();
+                stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+                    .unwrap()
+                    .collect::<Result<_, _>>()
+                    .unwrap()
+            }
+            Kind::Postgres { admin, .. } => admin
+                .query(query, &[])
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+                .collect(),
+        }
+    }
+
     fn format_table(&self) -> &'static str {
         match self.kind {
             Kind::Sqlite { .. } => "store_format",
             Kind::Postgres { .. } => "store_meta",
         }
     }
+}
+
+/// A transition that stores the rotation blob with its audit entry.
+fn saving_rotation(blob: &str, audit: AuditDraft) -> Transition {
+    let mut transition = Transition::audit_only(audit);
+    transition.rotation = Some(blob.to_owned());
+    transition
 }
 
 /// Generates `<behaviour>::sqlite` and `<behaviour>::postgres` for each
@@ -188,6 +218,7 @@ on_both_stores!(
     consumer_fetches_keep_first_and_last,
     another_major_format_is_refused,
     audit_times_never_go_backwards_and_pages_follow_the_chain,
+    runtime_settings_are_written_with_their_audit_entry_and_survive_a_reopen,
 );
 
 fn v(n: u32) -> KeyVersion {
@@ -309,7 +340,7 @@ async fn a_failing_transition_leaves_nothing(b: Backend) {
     store.apply(inserting(1)).await.unwrap();
     let before = (
         store.versions().await.unwrap(),
-        store.audit_log().await.unwrap(),
+        store.audit_page(0, u32::MAX).await.unwrap(),
     );
 
     // Everything in it would succeed except the repeated version.
@@ -338,7 +369,7 @@ async fn a_failing_transition_leaves_nothing(b: Backend) {
 
     let after = (
         store.versions().await.unwrap(),
-        store.audit_log().await.unwrap(),
+        store.audit_page(0, u32::MAX).await.unwrap(),
     );
     assert_eq!(after, before, "no version, state or audit entry was left");
     assert_eq!(store.load_rotation().await.unwrap(), None);
@@ -353,12 +384,12 @@ async fn the_audit_chain_verifies_and_cannot_be_rewritten(b: Backend) {
     returned.push(store.apply(inserting(1)).await.unwrap());
     returned.push(
         store
-            .save_rotation("{}".to_owned(), draft("rotation_prepared"))
+            .apply(saving_rotation("{}", draft("rotation_prepared")))
             .await
             .unwrap(),
     );
     returned.push(store.append_audit(draft("sealed")).await.unwrap());
-    let log = store.audit_log().await.unwrap();
+    let log = store.audit_page(0, u32::MAX).await.unwrap();
     assert_eq!(log, returned, "each call returns the entry as stored");
     assert_eq!(log.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2, 3, 4]);
     verify_chain(&log).unwrap();
@@ -373,7 +404,7 @@ async fn the_audit_chain_verifies_and_cannot_be_rewritten(b: Backend) {
             "{sql}: {refused}"
         );
     }
-    assert_eq!(store.audit_log().await.unwrap(), log);
+    assert_eq!(store.audit_page(0, u32::MAX).await.unwrap(), log);
 }
 
 async fn audit_times_never_go_backwards_and_pages_follow_the_chain(b: Backend) {
@@ -397,7 +428,7 @@ async fn audit_times_never_go_backwards_and_pages_follow_the_chain(b: Backend) {
         [times[0], times[0], times[2]],
         "an older draft takes the time of the entry before it"
     );
-    let log = store.audit_log().await.unwrap();
+    let log = store.audit_page(0, u32::MAX).await.unwrap();
     verify_chain(&log).unwrap();
     let seqs =
         |page: Vec<keyholder_api::AuditEntry>| page.iter().map(|e| e.seq).collect::<Vec<_>>();
@@ -421,7 +452,7 @@ async fn two_stores_on_one_database_never_fork_the_chain(b: Backend) {
     for writer in writers {
         writer.await.unwrap();
     }
-    let log = b.store().audit_log().await.unwrap();
+    let log = b.store().audit_page(0, u32::MAX).await.unwrap();
     assert_eq!(log.len(), 50);
     verify_chain(&log).unwrap();
 }
@@ -431,7 +462,7 @@ async fn rotation_and_checkpoints_round_trip(b: Backend) {
     assert_eq!(store.load_rotation().await.unwrap(), None);
     for blob in ["{\"phase\":\"prepared\"}", "{\"phase\":\"dual_read\"}"] {
         store
-            .save_rotation(blob.to_owned(), draft("rotation"))
+            .apply(saving_rotation(blob, draft("rotation")))
             .await
             .unwrap();
         assert_eq!(store.load_rotation().await.unwrap().as_deref(), Some(blob));
@@ -471,7 +502,7 @@ async fn rotation_and_checkpoints_round_trip(b: Backend) {
 
 async fn consumer_fetches_keep_first_and_last(b: Backend) {
     let store = b.store();
-    assert_eq!(store.fetches().await.unwrap(), []);
+    assert_eq!(b.fetches().await, []);
     store
         .record_fetch("db1", &[v(1), v(2)], "2025-01-01T00:00:00Z")
         .await
@@ -484,19 +515,46 @@ async fn consumer_fetches_keep_first_and_last(b: Backend) {
         .record_fetch("app", &[v(2)], "2025-01-03T00:00:00Z")
         .await
         .unwrap();
-    let fetch = |principal: &str, n, first: &str, last: &str| ConsumerFetch {
-        principal: principal.to_owned(),
-        version: v(n),
-        first: first.to_owned(),
-        last: last.to_owned(),
+    let fetch = |principal: &str, n, first: &str, last: &str| {
+        (principal.to_owned(), n, first.to_owned(), last.to_owned())
     };
     assert_eq!(
-        store.fetches().await.unwrap(),
+        b.fetches().await,
         [
             fetch("app", 2, "2025-01-03T00:00:00Z", "2025-01-03T00:00:00Z"),
             fetch("db1", 1, "2025-01-01T00:00:00Z", "2025-01-01T00:00:00Z"),
             fetch("db1", 2, "2025-01-01T00:00:00Z", "2025-01-02T00:00:00Z"),
         ]
+    );
+}
+
+async fn runtime_settings_are_written_with_their_audit_entry_and_survive_a_reopen(b: Backend) {
+    let store = b.store();
+    assert_eq!(store.runtime_settings().await.unwrap(), None);
+    for settings in ["{\"rows_per_sec\":1000}", "{\"rows_per_sec\":20}"] {
+        let mut t = Transition::audit_only(draft("rotation_throttled"));
+        t.settings = Some(settings.to_owned());
+        let entry = store.apply(t).await.unwrap();
+        assert_eq!(entry.action, "rotation_throttled");
+        assert_eq!(
+            store.runtime_settings().await.unwrap().as_deref(),
+            Some(settings)
+        );
+    }
+    // A transition that fails writes neither the settings nor its entry.
+    let entries = store.audit_page(0, u32::MAX).await.unwrap().len();
+    let mut twice = inserting(1);
+    store.apply(twice.clone()).await.unwrap();
+    twice.settings = Some("{\"rows_per_sec\":7}".to_owned());
+    assert!(store.apply(twice).await.is_err());
+    assert_eq!(
+        store.audit_page(0, u32::MAX).await.unwrap().len(),
+        entries + 1
+    );
+    let reopened = b.reopen().await.unwrap();
+    assert_eq!(
+        reopened.runtime_settings().await.unwrap().as_deref(),
+        Some("{\"rows_per_sec\":20}")
     );
 }
 
@@ -573,7 +631,7 @@ async fn the_postgres_store_reconnects_after_the_server_drops_it() {
         "{outcomes:?}"
     );
     store.append_audit(draft("after_reconnect")).await.unwrap();
-    verify_chain(&store.audit_log().await.unwrap()).unwrap();
+    verify_chain(&store.audit_page(0, u32::MAX).await.unwrap()).unwrap();
 }
 
 #[tokio::test]

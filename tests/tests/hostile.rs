@@ -689,3 +689,70 @@ async fn the_audit_log_is_read_a_page_at_a_time() {
     );
     assert!(line.contains(" sealed "), "{line}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_store_locked_by_another_process_stalls_only_the_requests_that_write_it() {
+    let env = Env::new(EnvOptions::default());
+    let _daemon = env.start().await;
+    let before = status(&env).await;
+    // Another connection (this test process) takes the file's write lock
+    // and holds it past the daemon's busy timeout (5 s).
+    let locker = rusqlite::Connection::open(env.state_dir.join("state.db")).unwrap();
+    locker.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let locked_at = Instant::now();
+    // Four audited operator requests queue on the store.
+    let writers: Vec<_> = (0..4)
+        .map(|i| {
+            let client = env.client(OPERATOR);
+            tokio::spawn(async move {
+                client
+                    .post(
+                        "/v1/rotation/throttle",
+                        &serde_json::json!({ "rows_per_sec": 100 + i }),
+                    )
+                    .await
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for _ in 0..3 {
+        assert_healthy(&env).await;
+        let started = Instant::now();
+        let now = status(&env).await;
+        assert!(
+            started.elapsed() < HEALTH_BOUND,
+            "status took {:?} with the store locked",
+            started.elapsed()
+        );
+        assert_eq!(now.versions, before.versions);
+        assert!(now.sealed);
+    }
+    assert!(
+        writers.iter().all(|w| !w.is_finished()),
+        "the writers wait on the lock while status and health answer"
+    );
+    // Past the busy timeout the first writer fails, naming the file and what
+    // it was doing; once the lock is gone the others go through.
+    tokio::time::sleep(Duration::from_secs(6).saturating_sub(locked_at.elapsed())).await;
+    locker.execute_batch("ROLLBACK").unwrap();
+    let mut answers = Vec::new();
+    for writer in writers {
+        answers.push(writer.await.unwrap());
+    }
+    let failed: Vec<_> = answers.iter().filter(|a| a.status != 200).collect();
+    assert!(!failed.is_empty(), "the lock outlived the busy timeout");
+    for answer in &failed {
+        assert_eq!(answer.status, 500, "{}", answer.body);
+        let error = answer.error();
+        assert!(
+            error.error.contains("state.db") && error.error.contains("begin transition"),
+            "{}",
+            error.error
+        );
+    }
+    assert!(
+        failed.len() < answers.len(),
+        "the later writers got through"
+    );
+    assert_healthy(&env).await;
+}

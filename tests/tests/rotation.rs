@@ -399,6 +399,7 @@ async fn a_whole_rotation_moves_50000_records_to_v10_unchanged_and_two_operators
         alice.outcomes[0].reason.as_deref(),
         Some("v9 is retired; its shares are no longer used")
     );
+    assert_eq!(alice.outcomes[0].refusal.as_deref(), Some("retired"));
     assert!(!alice.outcomes[0].accepted && alice.outcomes[1].accepted);
     let bob = w
         .env
@@ -1120,4 +1121,59 @@ async fn sigkill_after_every_transition_and_five_times_while_reencrypting_resume
         moved <= RECORDS as u64 && moved >= RECORDS as u64 - 5 * BATCH,
         "the passes resumed from their checkpoints: {moved} moved"
     );
+}
+
+#[tokio::test]
+async fn a_throttle_set_through_the_api_survives_a_kill_and_the_job_resumes_at_it_showing_its_checkpoint()
+ {
+    let mut w = world(3000, |o| {
+        o.batch_size = Some(50);
+        o.rows_per_sec = Some(200);
+    })
+    .await;
+    let new = w.prepare_and_verify().await;
+    w.activate().await;
+    w.db1_gets(&[9, 10], 9).await;
+    w.switch().await;
+    let set: RotationStatus = w
+        .env
+        .operate(
+            "/v1/rotation/throttle",
+            json!({"rows_per_sec": 1000, "batch_size": 25}),
+        )
+        .await
+        .json();
+    assert_eq!((set.rows_per_sec_limit, set.batch_size), (1000, 25));
+    let deadline = std::time::Instant::now() + DRAIN;
+    while w.table.count_at(10) < 300 {
+        assert!(std::time::Instant::now() < deadline, "{}", w.env.log_text());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    w.crash_and_restart().await;
+    // Sealed, before any key is back: the stored throttle, not the
+    // configured 200 rows/s, and the job's figures from its checkpoint.
+    let restarted = w.rotation().await;
+    assert_eq!(restarted.state, RotationState::Reencrypting);
+    let moved = w.table.count_at(10);
+    assert!(
+        restarted.rows_done > 0 && restarted.rows_done <= moved,
+        "{} done by the checkpoint, {moved} at v10",
+        restarted.rows_done
+    );
+    assert_eq!(
+        (restarted.rows_per_sec_limit, restarted.batch_size),
+        (1000, 25),
+        "{}",
+        w.env.log_text()
+    );
+    let unsealed = w.unseal(Some(&new)).await;
+    assert!(!unsealed.sealed, "{unsealed:?}");
+    let drained = w.env.wait_rotation(RotationState::Drained, DRAIN).await;
+    let rotation = World::rotation_of(&drained);
+    assert_eq!(
+        (rotation.rows_per_sec_limit, rotation.batch_size),
+        (1000, 25),
+        "the job resumed at the stored throttle"
+    );
+    assert_eq!(w.table.count_at(9), 0);
 }

@@ -1,6 +1,7 @@
 //! Config mistakes that would break the two-person rule or hide a broken
 //! store, met by the real `keyholderd check-config` and `init`: each is
-//! refused by name, before the daemon could run on it.
+//! refused by name, before the daemon could run on it, with the exit status
+//! of its kind (`keyholder_server::exit`).
 //!
 //! Build the daemon first: `cargo build -p keyholder-server`.
 
@@ -34,11 +35,11 @@ fn two_keyholders_with_one_age_recipient_are_refused_by_check_config_and_init() 
     fs::write(&env.config, text.replace(&bob, &alice)).unwrap();
     let expected = "  principals[1].age_recipient: is also the age recipient of \"alice\"; one identity would decrypt both shares and break the two-person rule, give each keyholder their own";
     let check = env.keyholderd(&["check-config"]);
-    assert!(!check.status.success());
+    assert_eq!(check.status.code(), Some(64), "a config error is EX_USAGE");
     assert!(stderr(&check).contains(expected), "{}", stderr(&check));
     let out = env.tmp.path().join("again");
     let init = env.keyholderd(&["init", "--out", &out.display().to_string()]);
-    assert!(!init.status.success());
+    assert_eq!(init.status.code(), Some(64));
     assert!(stderr(&init).contains(expected), "{}", stderr(&init));
     assert!(!out.exists(), "no share file was written");
 }
@@ -133,7 +134,11 @@ async fn check_config_connects_to_a_postgres_state_store_and_targets() {
     let text = with_target(&dead, "ssn").replace(&format!("{url}{separator}"), &format!("{dead}?"));
     fs::write(&env.config, text).unwrap();
     let down = env.keyholderd(&["check-config"]);
-    assert!(!down.status.success());
+    assert_eq!(
+        down.status.code(),
+        Some(69),
+        "a database that cannot be reached is EX_UNAVAILABLE"
+    );
     let said = stderr(&down);
     assert!(said.contains("2 store(s) cannot be used"), "{said}");
     assert!(
@@ -149,4 +154,22 @@ async fn check_config_connects_to_a_postgres_state_store_and_targets() {
         .batch_execute(&format!("DROP TABLE {table}"))
         .await
         .unwrap();
+}
+
+#[test]
+fn a_state_file_that_cannot_be_opened_exits_74_naming_the_file_and_the_operation() {
+    let env = Env::new(EnvOptions::default());
+    let file = env.state_dir.join("state.db");
+    for leftover in ["state.db", "state.db-wal", "state.db-shm"] {
+        let _ = fs::remove_file(env.state_dir.join(leftover));
+    }
+    // A directory where the file should be: SQLite cannot open it.
+    fs::create_dir(&file).unwrap();
+    let run = env.keyholderd(&["run"]);
+    assert_eq!(run.status.code(), Some(74), "{}", stderr(&run));
+    let said = stderr(&run);
+    assert!(
+        said.contains(&format!("state store {}: open failed: ", file.display())),
+        "{said}"
+    );
 }

@@ -124,6 +124,7 @@ async fn a_share_dealt_to_alice_sent_with_bobs_certificate_is_refused() {
             "share of v1 index 1 was dealt to alice, not bob; each keyholder submits only their own share with their own certificate"
         )
     );
+    assert_eq!(answer.outcomes[0].refusal.as_deref(), Some("wrong_holder"));
     assert!(answer.progress.is_empty());
 }
 
@@ -398,7 +399,11 @@ async fn init_runs_once_and_check_config_names_every_problem() {
         "--out",
         &env.tmp.path().join("again").display().to_string(),
     ]);
-    assert!(!again.status.success());
+    assert_eq!(
+        again.status.code(),
+        Some(65),
+        "a state that refuses the command is EX_DATAERR"
+    );
     assert_eq!(
         String::from_utf8_lossy(&again.stderr).lines().last(),
         Some(

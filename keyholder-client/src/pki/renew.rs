@@ -9,6 +9,7 @@
 //! certificate is kept beside the new one as `NAME.until-<date>.pem`;
 //! nothing is overwritten but `NAME.pem`, replaced by a rename.
 
+use rustls_pki_types::pem::PemObject as _;
 use std::fs;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -67,11 +68,8 @@ fn unusable(path: &Path, what: impl Into<String>) -> RenewError {
 
 fn pem_der(path: &Path, text: &[u8], label: &str) -> Result<Vec<u8>, RenewError> {
     let text = std::str::from_utf8(text).map_err(|_| unusable(path, "is not PEM text"))?;
-    let mut reader = text.as_bytes();
-    match rustls_pemfile::read_one(&mut reader) {
-        Ok(Some(rustls_pemfile::Item::X509Certificate(der))) if label == "certificate" => {
-            Ok(der.to_vec())
-        }
+    match rustls_pki_types::CertificateDer::from_pem_slice(text.as_bytes()) {
+        Ok(der) if label == "certificate" => Ok(der.to_vec()),
         _ => Err(unusable(path, format!("holds no PEM {label}"))),
     }
 }

@@ -4,7 +4,6 @@
 //! certificate, and the words for a failed handshake.
 
 use std::fs;
-use std::io::BufReader;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
@@ -12,6 +11,7 @@ use std::sync::Arc;
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
+use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
@@ -55,9 +55,9 @@ pub(super) fn client_config(settings: &TlsSettings) -> Result<ClientConfig, Stri
 }
 
 fn read_certs(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>>, String> {
-    let file = fs::File::open(path)
+    let text = fs::read(path)
         .map_err(|e| format!("cannot read {what} {}: {}", path.display(), e.kind()))?;
-    let certs = rustls_pemfile::certs(&mut BufReader::new(file))
+    let certs = CertificateDer::pem_slice_iter(&text)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("{what} {} is not PEM: {e}", path.display()))?;
     if certs.is_empty() {
@@ -89,11 +89,15 @@ fn read_key(path: &Path) -> Result<rustls::pki_types::PrivateKeyDer<'static>, St
             path.display()
         ));
     }
-    let file = fs::File::open(path)
-        .map_err(|e| format!("cannot read sslkey {}: {}", path.display(), e.kind()))?;
-    match rustls_pemfile::private_key(&mut BufReader::new(file)) {
-        Ok(Some(key)) => Ok(key),
-        Ok(None) => Err(format!("sslkey {} holds no private key", path.display())),
+    let text = zeroize::Zeroizing::new(
+        fs::read(path)
+            .map_err(|e| format!("cannot read sslkey {}: {}", path.display(), e.kind()))?,
+    );
+    match rustls::pki_types::PrivateKeyDer::from_pem_slice(&text) {
+        Ok(key) => Ok(key),
+        Err(rustls::pki_types::pem::Error::NoItemsFound) => {
+            Err(format!("sslkey {} holds no private key", path.display()))
+        }
         Err(_) => Err(format!("sslkey {} is not PEM", path.display())),
     }
 }

@@ -10,6 +10,7 @@
 //! so are axum's own plain-text rejections (405, 413), rewritten on the way
 //! out.
 
+use keyholder_api::paths;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
@@ -48,19 +49,19 @@ fn body_rule(method: &Method, path: &str) -> Option<BodyRule> {
         max,
     };
     Some(match path {
-        "/v1/unseal" | "/v1/rotation/verify" => BodyRule {
+        paths::UNSEAL | paths::ROTATION_VERIFY => BodyRule {
             roles: &[Role::Keyholder],
             max: SHARES_BODY_MAX,
         },
-        "/v1/seal"
-        | "/v1/rotation/prepare"
-        | "/v1/rotation/activate"
-        | "/v1/rotation/switch"
-        | "/v1/rotation/pause"
-        | "/v1/rotation/resume"
-        | "/v1/rotation/throttle"
-        | "/v1/rotation/retire"
-        | "/v1/rotation/rollback" => operator(SMALL_BODY_MAX),
+        paths::SEAL
+        | paths::ROTATION_PREPARE
+        | paths::ROTATION_ACTIVATE
+        | paths::ROTATION_SWITCH
+        | paths::ROTATION_PAUSE
+        | paths::ROTATION_RESUME
+        | paths::ROTATION_THROTTLE
+        | paths::ROTATION_RETIRE
+        | paths::ROTATION_ROLLBACK => operator(SMALL_BODY_MAX),
         _ => return None,
     })
 }

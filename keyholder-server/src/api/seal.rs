@@ -1,12 +1,13 @@
 //! Health, status, unseal and seal handlers.
 
-use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
+use axum::{Extension, Json};
 use keyholder_api::{Health, Status, UnsealResponse};
 
 use super::{ApiFailure, AppState, Authenticated, limits, require};
 use crate::principal::Role;
+use crate::rotation::RotationHandle;
 
 /// `GET /v1/health`: any principal.
 pub async fn health(
@@ -15,16 +16,20 @@ pub async fn health(
 ) -> Json<Health> {
     Json(Health {
         status: "ok".to_owned(),
-        sealed: daemon.vault.is_sealed(),
+        sealed: daemon.vault().is_sealed(),
     })
 }
 
-/// `GET /v1/status`: any principal.
+/// `GET /v1/status`: any principal. Served from memory, never waiting on
+/// the state store.
 pub async fn status(
     State(daemon): State<AppState>,
+    Extension(rotation): Extension<RotationHandle>,
     Authenticated(_): Authenticated,
-) -> Result<Json<Status>, ApiFailure> {
-    Ok(Json(daemon.status().await?))
+) -> Json<Status> {
+    let mut status = daemon.status();
+    status.rotation = Some(rotation.status());
+    Json(status)
 }
 
 /// `POST /v1/unseal`: keyholders, within their failed-submission budget.
@@ -54,8 +59,11 @@ pub async fn reset(
 /// `POST /v1/seal`: operators.
 pub async fn seal(
     State(daemon): State<AppState>,
+    Extension(rotation): Extension<RotationHandle>,
     Authenticated(caller): Authenticated,
 ) -> Result<Json<Status>, ApiFailure> {
     require(&caller, &[Role::Operator])?;
-    Ok(Json(daemon.seal(&caller.name).await?))
+    let mut status = daemon.seal(&caller.name).await?;
+    status.rotation = Some(rotation.status());
+    Ok(Json(status))
 }

@@ -1,24 +1,23 @@
 //! The `/v1/rotation/*` handlers: role check, strict body, one driver call.
 
-use std::sync::Arc;
-
 use axum::body::Bytes;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use crypto_core::KeyVersion;
+use keyholder_api::paths;
 use keyholder_api::{
     PrepareRequest, RetirePlan, RetireRequest, RollbackPlan, RollbackRequest, RotationStatus,
     ShareEnvelope, ThrottleRequest, UnsealResponse,
 };
 use serde::Deserialize;
 
-use super::driver::{RotationError, Rotator};
+use super::driver::{RotationError, RotationHandle};
 use crate::api::{ApiFailure, AppState, Authenticated, require};
 use crate::principal::Role;
 
-type Rot = Extension<Arc<Rotator>>;
+type Rot = Extension<RotationHandle>;
 
 impl From<RotationError> for ApiFailure {
     fn from(e: RotationError) -> Self {
@@ -28,11 +27,20 @@ impl From<RotationError> for ApiFailure {
             RotationError::Transition(e) => {
                 ApiFailure::new(StatusCode::CONFLICT, "wrong_state", e.to_string())
             }
-            RotationError::Refused(message) => {
-                ApiFailure::new(StatusCode::CONFLICT, "refused", message)
+            e @ (RotationError::VersionReused { .. }
+            | RotationError::KeyNotHeld { .. }
+            | RotationError::ShareRetired { .. }
+            | RotationError::NoShareDealt { .. }
+            | RotationError::Rebuild { .. }
+            | RotationError::Throttle(_)
+            | RotationError::Init(_)) => {
+                ApiFailure::new(StatusCode::CONFLICT, "refused", e.to_string())
             }
             e @ RotationError::RecordsRemain { .. } => {
                 ApiFailure::new(StatusCode::CONFLICT, "records_remain", e.to_string())
+            }
+            e @ RotationError::Stopped => {
+                ApiFailure::new(StatusCode::SERVICE_UNAVAILABLE, "stopping", e.to_string())
             }
             RotationError::Worker(message) => {
                 tracing::error!(error = %message, "rotation step failed");
@@ -86,7 +94,7 @@ async fn verify(
     require(&caller, &[Role::Keyholder])?;
     let request = crate::api::limits::share_submission(&daemon, &caller, &bytes)?;
     drop(bytes);
-    let result = rot.verify_share(&caller, &request.shares).await;
+    let result = rot.verify_share(&caller, request.shares).await;
     crate::api::limits::settle(&daemon, &caller, &result);
     Ok(Json(result?))
 }
@@ -130,7 +138,7 @@ async fn throttle(
 ) -> Result<Json<RotationStatus>, ApiFailure> {
     require(&caller, &[Role::Operator])?;
     let request: ThrottleRequest = body(&bytes)?;
-    Ok(Json(rot.throttle(&caller, &request).await?))
+    Ok(Json(rot.throttle(&caller, request).await?))
 }
 
 async fn retire(
@@ -164,19 +172,19 @@ async fn status(
     Json(rot.status())
 }
 
-/// The rotation routes, with the driver as a request extension.
-pub fn routes(rotator: Arc<Rotator>) -> Router<AppState> {
+/// The rotation routes; the [`RotationHandle`] comes as a request
+/// extension (`crate::api::app` adds it).
+pub(crate) fn routes() -> Router<AppState> {
     Router::new()
-        .route("/v1/rotation", get(status))
-        .route("/v1/rotation/prepare", post(prepare))
-        .route("/v1/rotation/share", get(share))
-        .route("/v1/rotation/verify", post(verify))
-        .route("/v1/rotation/activate", post(activate))
-        .route("/v1/rotation/switch", post(switch))
-        .route("/v1/rotation/pause", post(pause))
-        .route("/v1/rotation/resume", post(resume))
-        .route("/v1/rotation/throttle", post(throttle))
-        .route("/v1/rotation/retire", post(retire))
-        .route("/v1/rotation/rollback", post(rollback))
-        .layer(Extension(rotator))
+        .route(paths::ROTATION, get(status))
+        .route(paths::ROTATION_PREPARE, post(prepare))
+        .route(paths::ROTATION_SHARE, get(share))
+        .route(paths::ROTATION_VERIFY, post(verify))
+        .route(paths::ROTATION_ACTIVATE, post(activate))
+        .route(paths::ROTATION_SWITCH, post(switch))
+        .route(paths::ROTATION_PAUSE, post(pause))
+        .route(paths::ROTATION_RESUME, post(resume))
+        .route(paths::ROTATION_THROTTLE, post(throttle))
+        .route(paths::ROTATION_RETIRE, post(retire))
+        .route(paths::ROTATION_ROLLBACK, post(rollback))
 }

@@ -1,33 +1,50 @@
-//! The rotation driver: the [`Rotation`] machine plus the I/O around it.
+//! The rotation orchestrator: one task that owns the [`Rotation`] machine
+//! and does the I/O around it.
+//!
+//! Handlers send it [`Command`]s over a channel (through a
+//! [`RotationHandle`]) and read its state from a `watch` ([`View`]); the
+//! daemon tells it of keyring fetches over a channel and of seal and unseal
+//! through its seal `watch`; the re-encryption worker reports progress,
+//! retries, failures and drains as [`WorkerEvent`]s. Nothing calls back into
+//! it and it polls nothing. One message at a time: a step is never
+//! interleaved with another.
 //!
 //! Owns the order of every rotation step: check the machine allows it, do
 //! the I/O it depends on (deal the new key, prove keys on sample records,
 //! scan the targets), then persist the new machine state together with its
 //! audit entry and version states in one store transaction, and only then
-//! republish the keyring. A failed step leaves the last good state.
+//! republish the keyring and the view. A failed step leaves the last good
+//! state.
 //!
 //! It runs the re-encryption worker for the machine's current [`Job`] and
 //! resumes it after a restart once the daemon is unsealed. It never holds a
 //! key beyond what the vault holds: the worker gets the vault's keyring, and
-//! sealing aborts it.
+//! sealing aborts it (the worker watches the seal itself, so a step in
+//! progress here never delays that).
 
+mod commands;
 mod destructive;
 mod shares;
 mod status;
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
 
 use crypto_core::{Key, KeyVersion, Share};
 use keyholder_api::{RotationState, RotationStatus, ThrottleRequest, VersionState};
 use keyholder_reencrypt::{ControlHandle, Progress, Throttle};
 use serde_json::json;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
-use super::worker;
+pub(crate) use commands::Command;
+pub use commands::RotationHandle;
+pub(crate) use status::View;
+use status::{Resting, shown_job};
+
+use super::worker::{self, WorkerEvent};
 use super::{Job, Rotation, TransitionError, VerifyQuorum};
 use crate::audit;
-use crate::daemon::{Daemon, DaemonError};
+use crate::daemon::{Daemon, DaemonError, Fetched, SealState};
 use crate::principal::Principal;
 use crate::store::{StoreError, Transition};
 use crate::vault::KeyringPlan;
@@ -44,12 +61,67 @@ pub enum RotationError {
     /// The state store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// Something the operator can fix: a missing key, a share to resubmit.
-    #[error("{0}")]
-    Refused(String),
+    /// `prepare` named a version number that was used before.
+    #[error(
+        "{version} was made before (the highest version ever made is {highest}); a version number is never reused, prepare {} or above",
+        .highest.next().map(|v| v.to_string()).unwrap_or_default()
+    )]
+    VersionReused {
+        /// The version asked for.
+        version: KeyVersion,
+        /// The highest version ever made.
+        highest: KeyVersion,
+    },
+    /// A key the step needs is not in memory.
+    #[error("{version}'s key is not held{}", if *.after_restart {
+        " (the daemon restarted since prepare); its keyholders must run `keyholder share verify` again"
+    } else {
+        "; unseal first"
+    })]
+    KeyNotHeld {
+        /// The version.
+        version: KeyVersion,
+        /// The new version's key, lost by a restart since `prepare`.
+        after_restart: bool,
+    },
+    /// `share fetch` of a retired version.
+    #[error(
+        "{version} is retired; its shares are no longer handed out (`keyholder status` shows the live versions)"
+    )]
+    ShareRetired {
+        /// The version.
+        version: KeyVersion,
+    },
+    /// `share fetch` by a principal who was dealt no share of the version.
+    #[error(
+        "no share of {version} was dealt to {keyholder}; check the version (`keyholder status`)"
+    )]
+    NoShareDealt {
+        /// The version.
+        version: KeyVersion,
+        /// The caller.
+        keyholder: String,
+    },
+    /// Verified new shares did not rebuild the new key.
+    #[error("rebuilding {version}: {source}")]
+    Rebuild {
+        /// The version.
+        version: KeyVersion,
+        /// crypto-core's reason (never share data).
+        source: crypto_core::Error,
+    },
+    /// A throttle value out of range.
+    #[error(transparent)]
+    Throttle(keyholder_reencrypt::Error),
+    /// Making the new version failed.
+    #[error(transparent)]
+    Init(#[from] crate::init::InitError),
     /// A data store or the worker failed.
     #[error("{0}")]
     Worker(String),
+    /// The orchestrator is gone (the daemon is shutting down).
+    #[error("the rotation has stopped: keyholderd is shutting down")]
+    Stopped,
     /// Records still need the version to retire; says where.
     #[error(
         "{version} still encrypts {remaining} record(s) ({}); it cannot be retired until a full scan finds none (`keyholder rotate resume` scans and moves them again)",
@@ -65,33 +137,72 @@ pub enum RotationError {
     },
 }
 
-impl From<crate::init::InitError> for RotationError {
-    fn from(e: crate::init::InitError) -> Self {
-        Self::Refused(e.to_string())
-    }
-}
-
 struct Running {
     control: ControlHandle,
     task: tokio::task::JoinHandle<()>,
 }
 
-/// The daemon's rotation: one per daemon.
+/// The daemon's rotation: one per daemon, owned by its orchestrator task.
 pub struct Rotator {
     daemon: Arc<Daemon>,
-    /// Serialises every step; held across the step's I/O.
-    machine: tokio::sync::Mutex<Rotation>,
-    /// A copy for readers that must not wait on a step (status).
-    snapshot: RwLock<Rotation>,
-    throttle: Mutex<Throttle>,
-    running: Mutex<Option<Running>>,
-    progress: Mutex<BTreeMap<String, watch::Receiver<Progress>>>,
-    last_error: Mutex<Option<String>>,
+    /// The machine; only this task changes it.
+    machine: Rotation,
+    throttle: Throttle,
+    running: Option<Running>,
+    progress: BTreeMap<String, watch::Receiver<Progress>>,
+    last_error: Option<String>,
     /// The running worker's retries of transient database failures.
-    retries: Mutex<worker::Retries>,
+    retries: worker::Retries,
     /// Verified new shares, kept (in memory only) to rebuild the new key when
     /// the daemon restarted after `prepare` and lost it.
-    new_shares: Mutex<BTreeMap<u8, Share>>,
+    new_shares: BTreeMap<u8, Share>,
+    /// What readers see; republished after every message.
+    view: watch::Sender<View>,
+    /// Where workers report.
+    events: mpsc::UnboundedSender<WorkerEvent>,
+    /// The seal epoch this task last acted on.
+    seal_epoch: u64,
+}
+
+/// What an operator changed at run time and a restart keeps: the
+/// throttle's rate and batch size (the `runtime_settings` record, written
+/// with every transition and every `rotate throttle`). The pause is the
+/// machine's own. `rotate prepare` starts each rotation at the configured
+/// throttle again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuntimeSettings {
+    rows_per_sec: u64,
+    batch_size: u32,
+}
+
+impl RuntimeSettings {
+    fn of(throttle: &Throttle) -> Self {
+        Self {
+            rows_per_sec: throttle.rows_per_sec,
+            batch_size: throttle.batch_size,
+        }
+    }
+
+    fn json(self) -> String {
+        serde_json::to_string(&self).expect("the settings serialise")
+    }
+
+    /// The configured throttle with the stored settings over it.
+    async fn restore(daemon: &Daemon) -> Result<Throttle, RotationError> {
+        let mut throttle = daemon.config().reencrypt.throttle();
+        let Some(text) = daemon.store().runtime_settings().await? else {
+            return Ok(throttle);
+        };
+        let corrupt = |what: String| StoreError::Corrupt {
+            what: format!("runtime settings ({what})"),
+        };
+        let settings: Self = serde_json::from_str(&text).map_err(|e| corrupt(e.to_string()))?;
+        throttle.rows_per_sec = settings.rows_per_sec;
+        throttle.batch_size = settings.batch_size;
+        throttle.validate().map_err(|e| corrupt(e.to_string()))?;
+        Ok(throttle)
+    }
 }
 
 /// One persisted step: who, what, and what changes with it.
@@ -103,10 +214,6 @@ struct Step<'a> {
     new_version: Option<crate::store::NewVersion>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 fn plan_of(rotation: &Rotation) -> KeyringPlan {
     KeyringPlan {
         live: rotation.live_versions().into_iter().collect(),
@@ -116,57 +223,160 @@ fn plan_of(rotation: &Rotation) -> KeyringPlan {
 
 impl Rotator {
     /// Loads the persisted rotation (or starts one at the single active
-    /// version), gives the daemon its keyring plan and hooks itself in.
-    pub async fn start(daemon: Arc<Daemon>) -> Result<Arc<Self>, RotationError> {
-        let rotation = match daemon.store.load_rotation().await? {
-            Some(text) => {
-                serde_json::from_str::<Rotation>(&text).map_err(|e| StoreError::Corrupt {
-                    what: format!("rotation state ({e})"),
-                })?
-            }
+    /// version), gives the daemon its keyring plan, and starts the
+    /// orchestrator task; returns the handle handlers use and the task.
+    pub async fn start(
+        daemon: Arc<Daemon>,
+    ) -> Result<(RotationHandle, tokio::task::JoinHandle<()>), RotationError> {
+        let stored = daemon.load_rotation().await?;
+        let rotation = match &stored {
+            Some(rotation) => rotation.clone(),
             None => match daemon.plan() {
                 Some(plan) => Rotation::idle(plan.write),
                 // Not initialised: nothing to rotate; `prepare` will say so.
                 None => Rotation::idle(KeyVersion::new(1).expect("1 is a version")),
             },
         };
-        if daemon.plan().is_some() || daemon.store.load_rotation().await?.is_some() {
+        if daemon.plan().is_some() || stored.is_some() {
             daemon.set_plan(plan_of(&rotation)).await?;
         }
-        let throttle = daemon.config.reencrypt.throttle();
-        let rotator = Arc::new(Self {
-            daemon: Arc::clone(&daemon),
-            snapshot: RwLock::new(rotation.clone()),
-            machine: tokio::sync::Mutex::new(rotation.clone()),
-            throttle: Mutex::new(throttle),
-            running: Mutex::new(None),
-            progress: Mutex::new(BTreeMap::new()),
-            last_error: Mutex::new(None),
-            retries: Mutex::new(worker::Retries::default()),
-            new_shares: Mutex::new(BTreeMap::new()),
-        });
-        let hooks: Arc<dyn crate::daemon::RotationHooks> = rotator.clone();
-        daemon.set_rotation_hooks(Arc::downgrade(&hooks));
-        tracing::info!(state = %rotation.state(), current = %rotation.current(), next = ?rotation.next().map(|v| v.to_string()), "rotation state loaded");
-        Ok(rotator)
+        let throttle = RuntimeSettings::restore(&daemon).await?;
+        let consumers = daemon.config().reencrypt.consumers.clone();
+        let mut view = View::new(rotation.clone(), throttle.clone(), consumers);
+        if let Some(job) = shown_job(&rotation) {
+            view.resting = worker::checkpoint_totals(&daemon, job)
+                .await?
+                .into_iter()
+                .map(|(target, (records_done, conflicts))| {
+                    let resting = Resting {
+                        job,
+                        records_done,
+                        conflicts,
+                    };
+                    (target, resting)
+                })
+                .collect();
+        }
+        let (view, view_rx) = watch::channel(view);
+        let (events, events_rx) = mpsc::unbounded_channel();
+        let (commands, commands_rx) = mpsc::unbounded_channel();
+        let fetches = daemon
+            .take_fetches()
+            .expect("one rotation per daemon takes its keyring fetches");
+        let seal = daemon.seal_state();
+        tracing::info!(state = %rotation.state(), current = %rotation.current(), next = ?rotation.next().map(|v| v.to_string()), rows_per_sec = throttle.rows_per_sec, batch_size = throttle.batch_size, "rotation state loaded");
+        let rotator = Self {
+            seal_epoch: seal.borrow().epoch,
+            daemon,
+            machine: rotation,
+            throttle,
+            running: None,
+            progress: BTreeMap::new(),
+            last_error: None,
+            retries: worker::Retries::default(),
+            new_shares: BTreeMap::new(),
+            view,
+            events,
+        };
+        let task = tokio::spawn(rotator.run(commands_rx, events_rx, fetches, seal));
+        Ok((RotationHandle::new(commands, view_rx), task))
     }
 
-    /// The rotation as the machine has it now.
-    pub fn rotation(&self) -> Rotation {
-        self.snapshot
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+    /// The orchestrator's loop: one message at a time until `Stop`.
+    async fn run(
+        mut self,
+        mut commands: mpsc::UnboundedReceiver<Command>,
+        mut events: mpsc::UnboundedReceiver<WorkerEvent>,
+        mut fetches: mpsc::UnboundedReceiver<Fetched>,
+        mut seal: watch::Receiver<SealState>,
+    ) {
+        // An unsealed daemon at start (never, today) or one unsealed before
+        // this task ran: the worker resumes.
+        self.start_worker();
+        loop {
+            tokio::select! {
+                // Commands first: a step the operator asked for is not
+                // starved by a busy worker's progress.
+                biased;
+                command = commands.recv() => match command {
+                    Some(Command::Stop { done }) => {
+                        self.stop_worker().await;
+                        let _ = done.send(());
+                        return;
+                    }
+                    Some(command) => self.handle(command).await,
+                    None => {
+                        self.stop_worker().await;
+                        return;
+                    }
+                },
+                Ok(()) = seal.changed() => {
+                    let state = *seal.borrow_and_update();
+                    self.seal_changed(state);
+                }
+                Some(fetch) = fetches.recv() => {
+                    if let Err(e) = self.acknowledge(&fetch.consumer).await {
+                        tracing::error!(consumer = %fetch.consumer, error = %e, "recording a consumer's acknowledgement failed");
+                    }
+                    let _ = fetch.recorded.send(());
+                }
+                Some(event) = events.recv() => self.worker_event(event).await,
+            }
+            self.publish();
+        }
+    }
+
+    /// What readers see, after every message.
+    fn publish(&self) {
+        self.view.send_modify(|view| {
+            view.rotation.clone_from(&self.machine);
+            view.throttle.clone_from(&self.throttle);
+            view.last_error.clone_from(&self.last_error);
+            view.retries.clone_from(&self.retries);
+            view.progress.clone_from(&self.progress);
+        });
+    }
+
+    /// The daemon sealed (a new epoch) or unsealed.
+    fn seal_changed(&mut self, state: SealState) {
+        if state.epoch != self.seal_epoch {
+            self.seal_epoch = state.epoch;
+            // Verified new shares could rebuild the new key: they go with
+            // the keys. The worker already stopped on the seal itself.
+            self.new_shares.clear();
+            if let Some(running) = self.running.take() {
+                running.control.abort();
+                tokio::spawn(async move {
+                    let _ = running.task.await;
+                });
+            }
+        }
+        if !state.sealed {
+            self.start_worker();
+        }
+    }
+
+    /// A worker's report.
+    async fn worker_event(&mut self, event: WorkerEvent) {
+        match event {
+            WorkerEvent::Progress { target, progress } => {
+                self.progress.insert(target, progress);
+            }
+            WorkerEvent::Retries(retries) => self.retries = retries,
+            WorkerEvent::Failed(error) => self.last_error = Some(error),
+            WorkerEvent::Drained(job) => {
+                self.last_error = None;
+                if let Err(e) = self.job_drained(job).await {
+                    tracing::error!(error = %e, "recording the drained job failed");
+                    self.last_error = Some(e.to_string());
+                }
+            }
+        }
     }
 
     /// Persists `next` with its audit entry and version states, then
     /// publishes it (snapshot, keyring plan).
-    async fn commit(
-        &self,
-        machine: &mut Rotation,
-        next: Rotation,
-        step: Step<'_>,
-    ) -> Result<(), RotationError> {
+    async fn commit(&mut self, next: Rotation, step: Step<'_>) -> Result<(), RotationError> {
         let Step {
             actor,
             action,
@@ -177,9 +387,10 @@ impl Rotator {
         let json = serde_json::to_string(&next).expect("the rotation serialises");
         let mut transition = Transition::audit_only(audit::draft(actor, action, detail));
         transition.rotation = Some(json);
+        transition.settings = Some(RuntimeSettings::of(&self.throttle).json());
         transition.version_states = version_states;
         transition.new_version = new_version;
-        self.daemon.store.apply(transition).await?;
+        self.daemon.apply(transition).await?;
         tracing::info!(
             actor,
             action,
@@ -188,8 +399,8 @@ impl Rotator {
             write_version = %next.write_version(),
             "rotation transition"
         );
-        *machine = next.clone();
-        *self.snapshot.write().unwrap_or_else(|p| p.into_inner()) = next.clone();
+        self.machine = next.clone();
+        self.publish();
         if self.daemon.plan().is_some() {
             self.daemon.set_plan(plan_of(&next)).await?;
         }
@@ -199,10 +410,10 @@ impl Rotator {
     /// Who may verify a new share, and how many must before `retire`.
     fn quorum(&self) -> VerifyQuorum {
         VerifyQuorum {
-            min_verified: usize::from(self.daemon.config.rotation.min_verified),
+            min_verified: usize::from(self.daemon.config().rotation.min_verified),
             keyholders: self
                 .daemon
-                .config
+                .config()
                 .keyholders()
                 .map(|p| p.name.clone())
                 .collect(),
@@ -210,36 +421,32 @@ impl Rotator {
     }
 
     fn require_unsealed(&self) -> Result<(), RotationError> {
-        if self.daemon.vault.is_sealed() {
+        if self.daemon.vault().is_sealed() {
             return Err(DaemonError::Sealed.into());
         }
         Ok(())
     }
 
     /// `rotate prepare`: make, split and deal the new key.
-    pub async fn prepare(
-        &self,
+    pub(crate) async fn prepare(
+        &mut self,
         operator: &Principal,
         requested: Option<KeyVersion>,
     ) -> Result<RotationStatus, RotationError> {
         self.require_unsealed()?;
-        let mut machine = self.machine.lock().await;
-        let known = self.daemon.store.versions().await?;
+        let known = self.daemon.store().versions().await?;
         let highest = known.iter().map(|r| r.version).max();
         // The default is the highest version ever made + 1, not the live
         // one + 1: a rolled-back version's number is taken for good.
         let requested = requested.or_else(|| highest.and_then(|h| h.next().ok()));
-        let mut next = machine.clone();
+        let mut next = self.machine.clone();
         let version = next.prepare(requested)?;
         if let Some(highest) = highest
             && version <= highest
         {
-            return Err(RotationError::Refused(format!(
-                "{version} was made before (the highest version ever made is {highest}); a version number is never reused, prepare {} or above",
-                highest.next().map(|v| v.to_string()).unwrap_or_default()
-            )));
+            return Err(RotationError::VersionReused { version, highest });
         }
-        let config = Arc::clone(&self.daemon.config);
+        let config = Arc::clone(self.daemon.config());
         let (key, new_version) = tokio::task::spawn_blocking(move || {
             crate::init::make_version(&config, version, VersionState::Prepared)
         })
@@ -261,26 +468,36 @@ impl Rotator {
             version_states: Vec::new(),
             new_version: Some(new_version),
         };
-        self.commit(&mut machine, next, step).await?;
-        self.daemon.vault.hold_pending(version, key);
-        lock(&self.new_shares).clear();
         // A throttle set during an earlier (perhaps rolled-back) rotation was
-        // for that job's load; each rotation starts at the configured one.
-        *lock(&self.throttle) = self.daemon.config.reencrypt.throttle();
-        Ok(self.status_of(&machine))
+        // for that job's load; each rotation starts at the configured one,
+        // stored with the step.
+        let earlier = std::mem::replace(
+            &mut self.throttle,
+            self.daemon.config().reencrypt.throttle(),
+        );
+        if let Err(e) = self.commit(next, step).await {
+            self.throttle = earlier;
+            return Err(e);
+        }
+        self.daemon.vault().hold_pending(version, key);
+        self.new_shares.clear();
+        Ok(self.status())
     }
 
     /// `rotate activate`: SharesVerified -> DualRead (consumers get both keys).
-    pub async fn activate(&self, operator: &Principal) -> Result<RotationStatus, RotationError> {
+    pub(crate) async fn activate(
+        &mut self,
+        operator: &Principal,
+    ) -> Result<RotationStatus, RotationError> {
         self.require_unsealed()?;
-        let mut machine = self.machine.lock().await;
-        let mut next = machine.clone();
+        let mut next = self.machine.clone();
         next.activate()?;
         let version = next.next().expect("dual read has a next version");
-        if self.daemon.vault.key(version).is_none() {
-            return Err(RotationError::Refused(format!(
-                "{version}'s key is not held (the daemon restarted since prepare); its keyholders must run `keyholder share verify` again"
-            )));
+        if self.daemon.vault().key(version).is_none() {
+            return Err(RotationError::KeyNotHeld {
+                version,
+                after_restart: true,
+            });
         }
         let detail = json!({"versions": next.live_versions().iter().map(|v| v.number()).collect::<Vec<_>>(), "write_version": next.write_version().number(), "new": version.number()});
         let step = Step {
@@ -290,26 +507,29 @@ impl Rotator {
             version_states: vec![(version, VersionState::Active)],
             new_version: None,
         };
-        self.commit(&mut machine, next, step).await?;
+        self.commit(next, step).await?;
         // The new key is live now; the shares that proved it are not needed.
-        lock(&self.new_shares).clear();
-        Ok(self.status_of(&machine))
+        self.new_shares.clear();
+        Ok(self.status())
     }
 
     /// A consumer fetched the keyring: its acknowledgement of both versions
     /// in DualRead, or proof that it writes the job's version while a job
     /// runs. Other fetches change nothing.
-    pub async fn acknowledge(&self, consumer: &str) -> Result<(), RotationError> {
-        let mut machine = self.machine.lock().await;
-        let consumers = &self.daemon.config.reencrypt.consumers;
-        if !machine.waiting_for(consumers).iter().any(|c| c == consumer) {
+    pub(crate) async fn acknowledge(&mut self, consumer: &str) -> Result<(), RotationError> {
+        let consumers = &self.daemon.config().reencrypt.consumers;
+        if !self
+            .machine
+            .waiting_for(consumers)
+            .iter()
+            .any(|c| c == consumer)
+        {
             return Ok(());
         }
-        let mut next = machine.clone();
+        let mut next = self.machine.clone();
         next.acknowledge(consumer);
         let detail = json!({"version": next.next().map(|v| v.number())});
         self.commit(
-            &mut machine,
             next,
             Step {
                 actor: consumer,
@@ -324,23 +544,27 @@ impl Rotator {
 
     /// `rotate switch`: prove both keys on sample records, then write the new
     /// version and start re-encrypting.
-    pub async fn switch(
-        self: &Arc<Self>,
+    pub(crate) async fn switch(
+        &mut self,
         operator: &Principal,
     ) -> Result<RotationStatus, RotationError> {
         self.require_unsealed()?;
-        let mut machine = self.machine.lock().await;
-        let consumers = self.daemon.config.reencrypt.consumers.clone();
-        machine.check_switch(&consumers)?;
+        let consumers = self.daemon.config().reencrypt.consumers.clone();
+        self.machine.check_switch(&consumers)?;
         let mut keys = BTreeMap::new();
-        for version in machine.live_versions() {
-            let key: Key = self.daemon.vault.key(version).ok_or_else(|| {
-                RotationError::Refused(format!("{version}'s key is not held; unseal first"))
-            })?;
+        for version in self.machine.live_versions() {
+            let key: Key =
+                self.daemon
+                    .vault()
+                    .key(version)
+                    .ok_or_else(|| RotationError::KeyNotHeld {
+                        version,
+                        after_restart: false,
+                    })?;
             keys.insert(version, key);
         }
         let report = self.daemon.verify_keys(keys).await?;
-        let mut next = machine.clone();
+        let mut next = self.machine.clone();
         next.switch(&consumers)?;
         let job = next.job().expect("reencrypting has a job");
         worker::reset_checkpoints(&self.daemon, job).await?;
@@ -359,21 +583,19 @@ impl Rotator {
             version_states: Vec::new(),
             new_version: None,
         };
-        self.commit(&mut machine, next, step).await?;
-        drop(machine);
+        self.commit(next, step).await?;
         self.start_worker();
         Ok(self.status())
     }
 
     /// `rotate pause` / `rotate resume`.
-    pub async fn set_paused(
-        self: &Arc<Self>,
+    pub(crate) async fn set_paused(
+        &mut self,
         operator: &Principal,
         paused: bool,
     ) -> Result<RotationStatus, RotationError> {
-        let mut machine = self.machine.lock().await;
-        let mut next = machine.clone();
-        let rescan = machine.state() == RotationState::Drained;
+        let mut next = self.machine.clone();
+        let rescan = self.machine.state() == RotationState::Drained;
         next.set_paused(paused)?;
         if rescan && let Some(job) = next.job() {
             // A record written late at the old version: scan again.
@@ -390,9 +612,8 @@ impl Rotator {
             version_states: Vec::new(),
             new_version: None,
         };
-        self.commit(&mut machine, next, step).await?;
-        drop(machine);
-        if let Some(running) = lock(&self.running).as_ref() {
+        self.commit(next, step).await?;
+        if let Some(running) = self.running.as_ref() {
             if paused {
                 running.control.pause();
             } else {
@@ -400,53 +621,52 @@ impl Rotator {
             }
         }
         if !paused {
-            *lock(&self.last_error) = None;
+            self.last_error = None;
             self.start_worker();
         }
         Ok(self.status())
     }
 
     /// `rotate throttle`: changes apply from the worker's next batch.
-    pub async fn throttle(
-        &self,
+    pub(crate) async fn throttle(
+        &mut self,
         operator: &Principal,
         request: &ThrottleRequest,
     ) -> Result<RotationStatus, RotationError> {
-        let mut throttle = lock(&self.throttle).clone();
+        let mut throttle = self.throttle.clone();
         if let Some(rate) = request.rows_per_sec {
             throttle.rows_per_sec = rate;
         }
         if let Some(size) = request.batch_size {
             throttle.batch_size = size;
         }
-        throttle
-            .validate()
-            .map_err(|e| RotationError::Refused(e.to_string()))?;
-        if let Some(running) = lock(&self.running).as_ref() {
+        throttle.validate().map_err(RotationError::Throttle)?;
+        // Stored with its audit entry first, so a restart resumes at it and
+        // a failed write changes nothing.
+        let mut transition = Transition::audit_only(audit::draft(
+            &operator.name,
+            "rotation_throttled",
+            json!({"rows_per_sec": throttle.rows_per_sec, "batch_size": throttle.batch_size}),
+        ));
+        transition.settings = Some(RuntimeSettings::of(&throttle).json());
+        self.daemon.apply(transition).await?;
+        if let Some(running) = self.running.as_ref() {
             running
                 .control
                 .set_throttle(throttle.clone())
-                .map_err(|e| RotationError::Refused(e.to_string()))?;
+                .map_err(RotationError::Throttle)?;
         }
-        *lock(&self.throttle) = throttle.clone();
-        self.daemon
-            .audit(
-                &operator.name,
-                "rotation_throttled",
-                json!({"rows_per_sec": throttle.rows_per_sec, "batch_size": throttle.batch_size}),
-            )
-            .await?;
+        self.throttle = throttle;
         Ok(self.status())
     }
 
     /// The worker finished a full scan with nothing left at `job.from`.
-    pub(super) async fn job_drained(&self, job: Job) -> Result<(), RotationError> {
-        let mut machine = self.machine.lock().await;
-        if machine.job() != Some(job) {
+    async fn job_drained(&mut self, job: Job) -> Result<(), RotationError> {
+        if self.machine.job() != Some(job) {
             return Ok(());
         }
-        let mut next = machine.clone();
-        next.drained(&self.daemon.config.reencrypt.consumers)?;
+        let mut next = self.machine.clone();
+        next.drained(&self.daemon.config().reencrypt.consumers)?;
         let rolled_back = next.state() == RotationState::Idle;
         let states = if rolled_back {
             vec![(job.from, VersionState::Retired)]
@@ -464,102 +684,46 @@ impl Rotator {
             version_states: states,
             new_version: None,
         };
-        self.commit(&mut machine, next, step).await?;
+        self.commit(next, step).await?;
         if rolled_back {
-            self.daemon.vault.forget(job.from);
+            self.daemon.vault().forget(job.from);
         }
         Ok(())
     }
 
     /// Starts the worker for the machine's job, unless one runs, the job is
     /// paused or the daemon is sealed.
-    pub fn start_worker(self: &Arc<Self>) {
-        let rotation = self.rotation();
-        let Some(job) = rotation.job() else { return };
-        if self.daemon.vault.is_sealed() {
+    fn start_worker(&mut self) {
+        let Some(job) = self.machine.job() else {
+            return;
+        };
+        if self.daemon.vault().is_sealed() {
             return;
         }
-        let mut running = lock(&self.running);
-        if running.as_ref().is_some_and(|r| !r.task.is_finished()) {
+        if self.running.as_ref().is_some_and(|r| !r.task.is_finished()) {
             return;
         }
-        let throttle = lock(&self.throttle).clone();
-        let control = ControlHandle::new(throttle).expect("the throttle was validated");
-        if rotation.paused() {
+        let control =
+            ControlHandle::new(self.throttle.clone()).expect("the throttle was validated");
+        if self.machine.paused() {
             control.pause();
         }
-        let task = tokio::spawn(worker::run(Arc::clone(self), job, control.clone()));
-        *running = Some(Running { control, task });
+        self.retries = worker::Retries::default();
+        let context = worker::Context {
+            daemon: Arc::clone(&self.daemon),
+            events: self.events.clone(),
+            view: self.view.subscribe(),
+            seal: self.daemon.seal_state(),
+        };
+        let task = tokio::spawn(worker::run(context, job, control.clone()));
+        self.running = Some(Running { control, task });
     }
 
     /// Stops the worker after its batch in flight; its checkpoint stays.
-    pub async fn stop_worker(&self) {
-        let running = lock(&self.running).take();
-        if let Some(running) = running {
+    async fn stop_worker(&mut self) {
+        if let Some(running) = self.running.take() {
             running.control.abort();
             let _ = running.task.await;
-        }
-    }
-
-    pub(super) fn set_progress(&self, target: &str, progress: watch::Receiver<Progress>) {
-        lock(&self.progress).insert(target.to_owned(), progress);
-    }
-
-    pub(super) fn set_error(&self, error: Option<String>) {
-        *lock(&self.last_error) = error;
-    }
-
-    pub(super) fn set_retries(&self, retries: worker::Retries) {
-        *lock(&self.retries) = retries;
-    }
-
-    /// Counts one transient failure and marks the worker waiting; returns
-    /// the count.
-    pub(super) fn note_retry(&self, error: String) -> u64 {
-        let mut retries = lock(&self.retries);
-        retries.count += 1;
-        retries.last = Some(error);
-        retries.waiting = true;
-        retries.count
-    }
-
-    pub(super) fn set_retrying(&self, waiting: bool) {
-        lock(&self.retries).waiting = waiting;
-    }
-
-    pub(super) fn daemon(&self) -> &Arc<Daemon> {
-        &self.daemon
-    }
-}
-
-impl crate::daemon::RotationHooks for Rotator {
-    fn status(&self) -> Option<RotationStatus> {
-        Some(Rotator::status(self))
-    }
-
-    fn keyring_fetched<'a>(&'a self, consumer: &'a str) -> futures::future::BoxFuture<'a, ()> {
-        Box::pin(async move {
-            if let Err(e) = self.acknowledge(consumer).await {
-                tracing::error!(consumer, error = %e, "recording a consumer's acknowledgement failed");
-            }
-        })
-    }
-
-    fn unsealed(self: Arc<Self>) {
-        self.start_worker();
-    }
-
-    fn sealed(self: Arc<Self>) {
-        // Verified new shares could rebuild the new key: they go with the keys.
-        lock(&self.new_shares).clear();
-        // Abort now, before the vault drops its keys, so a worker started by
-        // a quick re-unseal is never the one stopped; wait for it elsewhere.
-        let running = lock(&self.running).take();
-        if let Some(running) = running {
-            running.control.abort();
-            tokio::spawn(async move {
-                let _ = running.task.await;
-            });
         }
     }
 }

@@ -1,10 +1,14 @@
 //! The daemon's side of re-encryption: runs the engine
 //! ([`keyholder_reencrypt`]) over every configured target for the rotation's
 //! current [`Job`], keeps its checkpoints in the state store, and reports a
-//! drained job back to the driver only after a fresh full scan of every
+//! drained job to the orchestrator only after a fresh full scan of every
 //! target found no record left at the job's source version.
 //!
-//! It holds the vault's keyring only while a pass runs; sealing aborts it.
+//! It reports as [`WorkerEvent`]s on a channel (progress, retries, a
+//! failure, the drain) and never calls into the orchestrator; it reads the
+//! rotation from the orchestrator's `watch` and waits on changes, never
+//! polls. It holds the vault's keyring only while a pass runs; sealing
+//! aborts it (it watches the daemon's seal itself).
 //!
 //! A transient database failure (a deadlock, a lost connection, the server
 //! restarting; [`keyholder_reencrypt::Error::is_transient`]) is retried here,
@@ -13,6 +17,7 @@
 //! from the checkpoints. Only a persistent error stops the job, with the
 //! database's own words and what to do.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,15 +25,16 @@ use crypto_core::KeyVersion;
 use futures::FutureExt as _;
 use futures::future::BoxFuture;
 use keyholder_reencrypt::{
-    BoxError, Checkpoint, CheckpointStore, ControlHandle, PassOutcome, Reencryptor, ScanTotals,
-    Target,
+    BoxError, Checkpoint, CheckpointStore, ControlHandle, PassOutcome, Progress, Reencryptor,
+    RunState, ScanTotals, Target,
 };
 use serde_json::json;
+use tokio::sync::{mpsc, watch};
 
 use super::Job;
-use super::driver::{RotationError, Rotator};
+use super::driver::{RotationError, View};
 use crate::audit;
-use crate::daemon::{Daemon, DaemonError};
+use crate::daemon::{Daemon, DaemonError, SealState};
 use crate::store::StateStore;
 
 /// The first wait after a transient failure; it doubles up to [`MAX_BACKOFF`].
@@ -38,13 +44,46 @@ const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
 /// The retries of the running worker, as status shows them.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub(super) struct Retries {
+pub(crate) struct Retries {
     /// Transient failures met since the worker started.
-    pub(super) count: u64,
+    pub(crate) count: u64,
     /// The latest, in the database's words.
-    pub(super) last: Option<String>,
+    pub(crate) last: Option<String>,
     /// Waiting now to try again.
-    pub(super) waiting: bool,
+    pub(crate) waiting: bool,
+}
+
+/// What a worker tells the orchestrator.
+pub(crate) enum WorkerEvent {
+    /// A pass over `target` started; its progress is on `progress`.
+    Progress {
+        target: String,
+        progress: watch::Receiver<Progress>,
+    },
+    /// The retries so far (the whole count, not a delta).
+    Retries(Retries),
+    /// The job stopped on a persistent error; it needs a fix and a resume.
+    Failed(String),
+    /// A fresh full scan of every target found nothing left at the job's
+    /// source version, after every consumer fetched the keyring writing its
+    /// target version.
+    Drained(Job),
+}
+
+/// What a worker runs with.
+pub(crate) struct Context {
+    pub(crate) daemon: Arc<Daemon>,
+    pub(crate) events: mpsc::UnboundedSender<WorkerEvent>,
+    pub(crate) view: watch::Receiver<View>,
+    pub(crate) seal: watch::Receiver<SealState>,
+}
+
+impl Context {
+    fn report(&self, event: WorkerEvent) {
+        // The orchestrator outlives its workers; a closed channel means
+        // the daemon is stopping and nobody needs the report.
+        let _ = self.events.send(event);
+    }
 }
 
 /// Why the job could not go on.
@@ -163,7 +202,7 @@ impl CheckpointStore for StateCheckpoints {
 }
 
 fn targets(daemon: &Daemon) -> Result<Vec<Target>, RotationError> {
-    Ok(daemon.config.targets.clone())
+    Ok(daemon.config().targets.clone())
 }
 
 /// Records at `version` in every target, by a full scan now.
@@ -201,10 +240,38 @@ async fn job_counts_at(
     Ok(counts)
 }
 
+/// Each target's stored totals for `job` (records moved, conflicts), by
+/// target name; a target without a checkpoint is left out.
+pub(crate) async fn checkpoint_totals(
+    daemon: &Daemon,
+    job: Job,
+) -> Result<BTreeMap<String, (u64, u64)>, RotationError> {
+    let checkpoints = StateCheckpoints(Arc::clone(daemon.store()));
+    let mut totals = BTreeMap::new();
+    for target in targets(daemon)? {
+        let saved = checkpoints
+            .load(target.name(), job.from, job.to)
+            .await
+            .map_err(|e| {
+                RotationError::Worker(format!(
+                    "target {}: reading its checkpoint failed: {e}",
+                    target.name()
+                ))
+            })?;
+        if let Some(saved) = saved {
+            totals.insert(
+                target.name().to_owned(),
+                (saved.records_done, saved.conflicts),
+            );
+        }
+    }
+    Ok(totals)
+}
+
 /// Starts the job's passes from the beginning (a new switch or rollback, not
 /// a resume after a restart).
 pub async fn reset_checkpoints(daemon: &Daemon, job: Job) -> Result<(), RotationError> {
-    let checkpoints = StateCheckpoints(Arc::clone(&daemon.store));
+    let checkpoints = StateCheckpoints(Arc::clone(daemon.store()));
     for target in targets(daemon)? {
         checkpoints
             .clear(target.name(), job.from, job.to)
@@ -221,7 +288,7 @@ pub async fn rescan_checkpoints(daemon: &Daemon, job: Job) -> Result<(), Rotatio
 }
 
 async fn job_rescan_checkpoints(daemon: &Daemon, job: Job) -> Result<(), JobError> {
-    let checkpoints = StateCheckpoints(Arc::clone(&daemon.store));
+    let checkpoints = StateCheckpoints(Arc::clone(daemon.store()));
     for target in targets(daemon)? {
         let failed = |operation| {
             let target = target.name().to_owned();
@@ -244,31 +311,44 @@ async fn job_rescan_checkpoints(daemon: &Daemon, job: Job) -> Result<(), JobErro
     Ok(())
 }
 
-/// Runs the job over every target, then tells the driver it drained.
-/// Transient failures are retried here until the job drains, stops on a
-/// persistent error, or is aborted.
-pub async fn run(rotator: Arc<Rotator>, job: Job, control: ControlHandle) {
-    let daemon = Arc::clone(rotator.daemon());
-    rotator.set_retries(Retries::default());
+/// Runs the job over every target, then reports it drained. Transient
+/// failures are retried here until the job drains, stops on a persistent
+/// error, or is aborted (by the orchestrator or by a seal).
+pub(crate) async fn run(mut context: Context, job: Job, control: ControlHandle) {
+    let epoch = context.seal.borrow().epoch;
+    let mut seal = context.seal.clone();
+    let guard = control.clone();
+    // A seal aborts the job at once, whatever the orchestrator is doing.
+    let seal_guard = tokio::spawn(async move {
+        if seal.wait_for(|s| s.epoch != epoch).await.is_ok() {
+            guard.abort();
+        }
+    });
+    let mut retries = Retries::default();
+    let mut progress = BTreeMap::new();
     let mut attempt = 0u32;
     let result = loop {
-        let done_before = rotator.status().rows_done;
-        match passes(&rotator, &daemon, job, &control).await {
+        let done_before = rows_done(&progress, job);
+        match passes(&mut context, &mut progress, job, &control).await {
             Err(JobError::Transient(error)) => {
                 // A try that moved records got somewhere: this failure is a
                 // new one and waits the shortest time again.
-                if rotator.status().rows_done > done_before {
+                if rows_done(&progress, job) > done_before {
                     attempt = 0;
                 }
                 attempt = attempt.saturating_add(1);
                 let wait = backoff(attempt);
-                let count = rotator.note_retry(error.clone());
+                retries.count += 1;
+                retries.last = Some(error.clone());
+                retries.waiting = true;
+                context.report(WorkerEvent::Retries(retries.clone()));
                 tracing::warn!(
-                    from = %job.from, to = %job.to, retries = count, wait_ms = wait.as_millis() as u64, %error,
+                    from = %job.from, to = %job.to, retries = retries.count, wait_ms = wait.as_millis() as u64, %error,
                     "re-encryption met a transient database failure; trying again from the checkpoint on a fresh connection"
                 );
                 let aborted = wait_unless_aborted(&control, wait).await;
-                rotator.set_retrying(false);
+                retries.waiting = false;
+                context.report(WorkerEvent::Retries(retries.clone()));
                 if aborted {
                     break Ok(false);
                 }
@@ -276,43 +356,52 @@ pub async fn run(rotator: Arc<Rotator>, job: Job, control: ControlHandle) {
             other => break other.map_err(RotationError::from),
         }
     };
+    seal_guard.abort();
     match result {
-        Ok(true) => {
-            rotator.set_error(None);
-            if let Err(e) = rotator.job_drained(job).await {
-                tracing::error!(error = %e, "recording the drained job failed");
-                rotator.set_error(Some(e.to_string()));
-            }
-        }
+        Ok(true) => context.report(WorkerEvent::Drained(job)),
         Ok(false) => {
             tracing::info!(from = %job.from, to = %job.to, "re-encryption stopped; its checkpoint stays")
         }
         Err(e) => {
             tracing::error!(from = %job.from, to = %job.to, error = %e, "re-encryption stopped on an error; fix it and run `keyholder rotate resume`");
-            let _ = daemon
+            if let Err(audit_error) = context
+                .daemon
                 .audit(
                     audit::DAEMON,
                     "reencrypt_failed",
                     json!({"from": job.from.number(), "to": job.to.number(), "error": e.to_string()}),
                 )
-                .await;
-            rotator.set_error(Some(e.to_string()));
+                .await
+            {
+                tracing::error!(error = %audit_error, "writing the failed re-encryption to the audit log failed");
+            }
+            context.report(WorkerEvent::Failed(e.to_string()));
         }
     }
 }
 
+/// Records the job's passes moved so far, over every target.
+fn rows_done(progress: &BTreeMap<String, watch::Receiver<Progress>>, job: Job) -> u64 {
+    progress
+        .values()
+        .map(|p| p.borrow().clone())
+        .filter(|p| p.from == job.from && p.to == job.to)
+        .map(|p| p.records_done)
+        .sum()
+}
+
+/// Resolves once the job is aborted.
+async fn aborted(control: &ControlHandle) {
+    let mut state = control.subscribe();
+    // The handle lives as long as the job: the channel stays open.
+    let _ = state.wait_for(|c| c.state == RunState::Aborted).await;
+}
+
 /// Sleeps `wait`; true when the job was aborted meanwhile.
 async fn wait_unless_aborted(control: &ControlHandle, wait: Duration) -> bool {
-    let deadline = tokio::time::Instant::now() + wait;
-    loop {
-        if control.current().state == keyholder_reencrypt::RunState::Aborted {
-            return true;
-        }
-        let now = tokio::time::Instant::now();
-        if now >= deadline {
-            return false;
-        }
-        tokio::time::sleep((deadline - now).min(Duration::from_millis(100))).await;
+    tokio::select! {
+        () = tokio::time::sleep(wait) => false,
+        () = aborted(control) => true,
     }
 }
 
@@ -321,42 +410,54 @@ async fn wait_unless_aborted(control: &ControlHandle, wait: Duration) -> bool {
 const ROUNDS: u32 = 3;
 
 async fn passes(
-    rotator: &Rotator,
-    daemon: &Arc<Daemon>,
+    context: &mut Context,
+    progress: &mut BTreeMap<String, watch::Receiver<Progress>>,
     job: Job,
     control: &ControlHandle,
 ) -> Result<bool, JobError> {
+    let daemon = Arc::clone(&context.daemon);
     for round in 0..ROUNDS {
         if round > 0 {
-            job_rescan_checkpoints(daemon, job).await?;
+            job_rescan_checkpoints(&daemon, job).await?;
         }
-        if !run_targets(rotator, daemon, job, control).await? {
+        if !run_targets(context, progress, job, control).await? {
             return Ok(false);
         }
         // Until every consumer has the keyring that writes `job.to`, one of
         // them may still write `job.from`: a scan before that proves nothing.
+        // Each acknowledgement is a new rotation the orchestrator publishes.
+        let mut logged = Vec::new();
         loop {
-            let waiting = rotator
-                .rotation()
-                .waiting_for(&daemon.config.reencrypt.consumers);
+            let waiting = {
+                let view = context.view.borrow_and_update();
+                view.rotation
+                    .waiting_for(&daemon.config().reencrypt.consumers)
+            };
             if waiting.is_empty() {
                 break;
             }
-            if control.current().state == keyholder_reencrypt::RunState::Aborted {
-                return Ok(false);
+            if waiting != logged {
+                tracing::info!(?waiting, to = %job.to, "re-encryption waits for consumers to fetch the keyring writing the new version");
+                logged = waiting;
             }
-            tracing::info!(?waiting, to = %job.to, "re-encryption waits for consumers to fetch the keyring writing the new version");
-            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            tokio::select! {
+                changed = context.view.changed() => {
+                    if changed.is_err() {
+                        return Ok(false);
+                    }
+                }
+                () = aborted(control) => return Ok(false),
+            }
         }
         // The drained state rests on a fresh full scan of every target, not
         // on the passes' own bookkeeping.
-        let left = job_count_at(daemon, job.from).await?;
+        let left = job_count_at(&daemon, job.from).await?;
         if left == 0 {
             return Ok(true);
         }
         tracing::info!(left, from = %job.from, "records were written at the old version meanwhile; scanning again");
     }
-    let left = job_count_at(daemon, job.from).await?;
+    let left = job_count_at(&daemon, job.from).await?;
     Err(JobError::Stopped(RotationError::Worker(format!(
         "a full scan still found {left} record(s) at {} after {ROUNDS} rounds; an application is still writing {}; check that every consumer refreshed its keyring, then `keyholder rotate resume`",
         job.from, job.from
@@ -364,13 +465,14 @@ async fn passes(
 }
 
 async fn run_targets(
-    rotator: &Rotator,
-    daemon: &Arc<Daemon>,
+    context: &Context,
+    progress: &mut BTreeMap<String, watch::Receiver<Progress>>,
     job: Job,
     control: &ControlHandle,
 ) -> Result<bool, JobError> {
+    let daemon = &context.daemon;
     let keyring = daemon
-        .vault
+        .vault()
         .keyring()
         .ok_or_else(|| RotationError::Worker("the daemon is sealed".to_owned()))?;
     if keyring.write_version() != job.to {
@@ -381,7 +483,7 @@ async fn run_targets(
         ))));
     }
     let checkpoints: Arc<dyn CheckpointStore> =
-        Arc::new(StateCheckpoints(Arc::clone(&daemon.store)));
+        Arc::new(StateCheckpoints(Arc::clone(daemon.store())));
     for target in targets(daemon)? {
         let name = target.name().to_owned();
         let store = keyholder_reencrypt::open_store(&target).await?;
@@ -393,7 +495,11 @@ async fn run_targets(
             Arc::clone(&checkpoints),
             control,
         )?;
-        rotator.set_progress(&name, pass.progress());
+        progress.insert(name.clone(), pass.progress());
+        context.report(WorkerEvent::Progress {
+            target: name.clone(),
+            progress: pass.progress(),
+        });
         tracing::info!(target = %name, from = %job.from, to = %job.to, "re-encryption pass starting");
         match pass.run().await? {
             PassOutcome::Aborted(_) => return Ok(false),
@@ -415,7 +521,12 @@ async fn run_targets(
                     )
                     .await
                     .map_err(RotationError::from)?;
-                let _ = daemon.store.add_encryptions(job.to, moved).await;
+                // The count the AES-GCM usage limit rests on: a failure to
+                // record it stops the job rather than under-count.
+                daemon
+                    .add_encryptions(job.to, moved)
+                    .await
+                    .map_err(RotationError::from)?;
             }
         }
     }

@@ -24,9 +24,8 @@ use tokio_postgres::{Client, GenericClient};
 pub use location::PgLocation;
 
 use super::{
-    AuditDraft, Canary, ConsumerFetch, DealtShare, StateStore, StoreError, StoreFuture,
-    StoredEnvelope, Transition, VersionRecord, chained_time, corrupt, parse_state, state_name,
-    version_of,
+    AuditDraft, Canary, DealtShare, StateStore, StoreError, StoreFuture, StoredEnvelope,
+    Transition, VersionRecord, chained_time, corrupt, parse_state, state_name, version_of,
 };
 use crate::principal::Principal;
 
@@ -217,6 +216,15 @@ impl PostgresStore {
                 return Err(StoreError::UnknownVersion { version: *version });
             }
         }
+        if let Some(settings) = &t.settings {
+            tx.execute(
+                "INSERT INTO runtime_settings (id, settings) VALUES (1, $1)
+                 ON CONFLICT (id) DO UPDATE SET settings = excluded.settings",
+                &[settings],
+            )
+            .await
+            .map_err(pg("save runtime settings"))?;
+        }
         if let Some(rotation) = &t.rotation {
             tx.execute(
                 "INSERT INTO rotation (id, state) VALUES (1, $1)
@@ -344,10 +352,6 @@ impl StateStore for PostgresStore {
         })
     }
 
-    fn audit_log(&self) -> StoreFuture<'_, Vec<AuditEntry>> {
-        self.audit_page(0, u32::MAX)
-    }
-
     fn audit_page(&self, since: u64, limit: u32) -> StoreFuture<'_, Vec<AuditEntry>> {
         Box::pin(async move {
             let client = self.client().await?;
@@ -429,6 +433,17 @@ impl StateStore for PostgresStore {
         })
     }
 
+    fn runtime_settings(&self) -> StoreFuture<'_, Option<String>> {
+        Box::pin(async move {
+            let client = self.client().await?;
+            let row = client
+                .query_opt("SELECT settings FROM runtime_settings WHERE id = 1", &[])
+                .await
+                .map_err(pg("load runtime settings"))?;
+            Ok(row.map(|r| r.get(0)))
+        })
+    }
+
     fn checkpoint(&self, target: &str, direction: &str) -> StoreFuture<'_, Option<String>> {
         let (target, direction) = (target.to_owned(), direction.to_owned());
         Box::pin(async move {
@@ -485,29 +500,6 @@ impl StateStore for PostgresStore {
                 .await
                 .map(drop)
                 .map_err(pg("record fetch"))
-        })
-    }
-
-    fn fetches(&self) -> StoreFuture<'_, Vec<ConsumerFetch>> {
-        Box::pin(async move {
-            let client = self.client().await?;
-            let rows = client
-                .query(
-                    "SELECT principal, version, first_fetch, last_fetch FROM consumer_fetches ORDER BY principal, version",
-                    &[],
-                )
-                .await
-                .map_err(pg("read fetches"))?;
-            rows.into_iter()
-                .map(|r| {
-                    Ok(ConsumerFetch {
-                        principal: r.get(0),
-                        version: version_of(r.get(1))?,
-                        first: r.get(2),
-                        last: r.get(3),
-                    })
-                })
-                .collect()
         })
     }
 }

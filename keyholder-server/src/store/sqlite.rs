@@ -2,28 +2,31 @@
 //!
 //! The schema is versioned by `PRAGMA user_version` and migrated forward at
 //! open; the store format (semver, [`STORE_FORMAT`]) is recorded in the file
-//! and a file of another major format is refused. Calls run on the caller's
-//! thread: the file is local and the daemon's own load is tiny.
+//! and a file of another major format is refused. Every call runs on the
+//! runtime's blocking pool, never on an async worker thread: a call waiting
+//! on the file's lock (another process holding it, a slow disk, `VACUUM
+//! INTO`) must not stall the requests that do not need the store. Errors
+//! name the file and the operation.
 
 use std::collections::BTreeMap;
-use std::future::ready;
 use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
-use std::path::Path;
-use std::sync::Mutex;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use crypto_core::KeyVersion;
 use keyholder_api::{AuditEntry, GENESIS_HASH};
 use rusqlite::{Connection, OptionalExtension as _, TransactionBehavior, params};
 
 use super::{
-    AuditDraft, Canary, ConsumerFetch, DealtShare, STORE_FORMAT, StateStore, StoreError,
-    StoreFuture, StoredEnvelope, Transition, VersionRecord, chained_time, corrupt,
-    format_compatible, parse_state, state_name, version_of,
+    AuditDraft, Canary, DealtShare, STORE_FORMAT, StateStore, StoreError, StoreFuture,
+    StoredEnvelope, Transition, VersionRecord, chained_time, corrupt, format_compatible,
+    parse_state, state_name, version_of,
 };
 use crate::principal::Principal;
 
 /// Schema migrations; `user_version` counts those applied.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE store_format (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     format TEXT NOT NULL
@@ -92,16 +95,40 @@ CREATE TABLE consumer_fetches (
     last_fetch TEXT NOT NULL,
     PRIMARY KEY (principal, version)
 );
-"#];
+"#,
+    r#"
+CREATE TABLE runtime_settings (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    settings TEXT NOT NULL
+);
+"#,
+];
 
 /// The state store in one SQLite file.
 pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     conn: Mutex<Connection>,
-    path: std::path::PathBuf,
+    path: PathBuf,
 }
 
 fn sql(operation: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
-    move |source| StoreError::Sqlite { operation, source }
+    move |source| StoreError::Sqlite {
+        path: PathBuf::new(),
+        operation,
+        source,
+    }
+}
+
+fn io(path: &Path, operation: &'static str) -> impl FnOnce(std::io::Error) -> StoreError {
+    let path = path.to_owned();
+    move |source| StoreError::Io {
+        path,
+        operation,
+        source,
+    }
 }
 
 impl SqliteStore {
@@ -115,28 +142,54 @@ impl SqliteStore {
                 .create_new(true)
                 .mode(0o600)
                 .open(path)
-                .map_err(|e| corrupt(format!("cannot create {}: {e}", path.display())))?;
+                .map_err(io(path, "create the file"))?;
         }
-        let mut conn = Connection::open(path).map_err(sql("open"))?;
+        let at = |e: StoreError| e.at(path);
+        let mut conn = Connection::open(path).map_err(sql("open")).map_err(at)?;
         conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(sql("set journal mode"))?;
+            .map_err(sql("set journal mode"))
+            .map_err(at)?;
         conn.pragma_update(None, "foreign_keys", true)
-            .map_err(sql("enable foreign keys"))?;
+            .map_err(sql("enable foreign keys"))
+            .map_err(at)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))
-            .map_err(sql("set busy timeout"))?;
-        migrate(&mut conn)?;
+            .map_err(sql("set busy timeout"))
+            .map_err(at)?;
+        migrate(&mut conn).map_err(at)?;
         Ok(Self {
-            conn: Mutex::new(conn),
-            path: path.to_owned(),
+            inner: Arc::new(Inner {
+                conn: Mutex::new(conn),
+                path: path.to_owned(),
+            }),
         })
     }
 
-    fn with<T>(
-        &self,
-        f: impl FnOnce(&mut Connection) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
-        let mut conn = self.conn.lock().map_err(|_| StoreError::Poisoned)?;
-        f(&mut conn)
+    /// Runs `f` on the connection on the blocking pool; its error names the
+    /// file.
+    fn with<T, F>(&self, f: F) -> StoreFuture<'_, T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
+        Box::pin(async move {
+            let path = inner.path.clone();
+            tokio::task::spawn_blocking(move || {
+                // A panic mid-call rolled its transaction back as it
+                // unwound: the connection is sound, so a poisoned lock is
+                // taken over (the one policy for poisoned locks).
+                let mut conn = inner
+                    .conn
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                f(&mut conn)
+            })
+            .await
+            .map_err(|e| StoreError::Task {
+                reason: e.to_string(),
+            })?
+            .map_err(|e| e.at(&path))
+        })
     }
 
     fn load_versions(conn: &Connection) -> Result<Vec<VersionRecord>, StoreError> {
@@ -276,6 +329,13 @@ impl SqliteStore {
                 return Err(StoreError::UnknownVersion { version: *version });
             }
         }
+        if let Some(settings) = &t.settings {
+            tx.execute(
+                "INSERT INTO runtime_settings (id, settings) VALUES (1, ?1) ON CONFLICT (id) DO UPDATE SET settings = excluded.settings",
+                [settings],
+            )
+            .map_err(sql("save runtime settings"))?;
+        }
         if let Some(rotation) = &t.rotation {
             tx.execute(
                 "INSERT INTO rotation (id, state) VALUES (1, ?1) ON CONFLICT (id) DO UPDATE SET state = excluded.state",
@@ -376,10 +436,11 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
 
 impl StateStore for SqliteStore {
     fn sync_principals(&self, principals: &[Principal]) -> StoreFuture<'_, ()> {
-        let result = self.with(|conn| {
+        let principals = principals.to_vec();
+        self.with(move |conn| {
             let tx = conn.transaction().map_err(sql("begin principal sync"))?;
             tx.execute("DELETE FROM principals", []).map_err(sql("clear principals"))?;
-            for p in principals {
+            for p in &principals {
                 tx.execute(
                     "INSERT INTO principals (name, roles, cert_identity, age_recipient) VALUES (?1, ?2, ?3, ?4)",
                     params![p.name, p.roles_text(), p.cert_identity, p.age_recipient],
@@ -387,25 +448,20 @@ impl StateStore for SqliteStore {
                 .map_err(sql("insert principal"))?;
             }
             tx.commit().map_err(sql("commit principal sync"))
-        });
-        Box::pin(ready(result))
+        })
     }
 
     fn versions(&self) -> StoreFuture<'_, Vec<VersionRecord>> {
-        Box::pin(ready(self.with(|conn| Self::load_versions(conn))))
+        self.with(|conn| Self::load_versions(conn))
     }
 
     fn apply(&self, transition: Transition) -> StoreFuture<'_, AuditEntry> {
-        Box::pin(ready(self.with(|conn| Self::apply_now(conn, transition))))
-    }
-
-    fn audit_log(&self) -> StoreFuture<'_, Vec<AuditEntry>> {
-        self.audit_page(0, u32::MAX)
+        self.with(move |conn| Self::apply_now(conn, transition))
     }
 
     fn audit_page(&self, since: u64, limit: u32) -> StoreFuture<'_, Vec<AuditEntry>> {
         let since = i64::try_from(since).unwrap_or(i64::MAX);
-        let result = self.with(|conn| {
+        self.with(move |conn| {
             let mut stmt = conn
                 .prepare("SELECT seq, time, actor, action, detail, prev_hash, hash FROM audit WHERE seq > ?1 ORDER BY seq LIMIT ?2")
                 .map_err(sql("read audit log"))?;
@@ -423,12 +479,11 @@ impl StateStore for SqliteStore {
                 })
                 .map_err(sql("read audit log"))?;
             rows.collect::<Result<Vec<_>, _>>().map_err(sql("read audit log"))
-        });
-        Box::pin(ready(result))
+        })
     }
 
     fn add_encryptions(&self, version: KeyVersion, n: u64) -> StoreFuture<'_, ()> {
-        let result = self.with(|conn| {
+        self.with(move |conn| {
             let changed = conn
                 .execute(
                     "UPDATE key_versions SET encryptions = encryptions + ?2 WHERE version = ?1",
@@ -442,8 +497,7 @@ impl StateStore for SqliteStore {
                 return Err(StoreError::UnknownVersion { version });
             }
             Ok(())
-        });
-        Box::pin(ready(result))
+        })
     }
 
     fn share_envelope(
@@ -451,7 +505,8 @@ impl StateStore for SqliteStore {
         version: KeyVersion,
         principal: &str,
     ) -> StoreFuture<'_, Option<StoredEnvelope>> {
-        let result = self.with(|conn| {
+        let principal = principal.to_owned();
+        self.with(move |conn| {
             conn.query_row(
                 "SELECT principal, idx, age_armored FROM share_envelopes WHERE version = ?1 AND principal = ?2",
                 params![i64::from(version.number()), principal],
@@ -465,21 +520,32 @@ impl StateStore for SqliteStore {
             )
             .optional()
             .map_err(sql("read share envelope"))
-        });
-        Box::pin(ready(result))
+        })
     }
 
     fn load_rotation(&self) -> StoreFuture<'_, Option<String>> {
-        let result = self.with(|conn| {
+        self.with(move |conn| {
             conn.query_row("SELECT state FROM rotation WHERE id = 1", [], |r| r.get(0))
                 .optional()
                 .map_err(sql("load rotation"))
-        });
-        Box::pin(ready(result))
+        })
+    }
+
+    fn runtime_settings(&self) -> StoreFuture<'_, Option<String>> {
+        self.with(|conn| {
+            conn.query_row(
+                "SELECT settings FROM runtime_settings WHERE id = 1",
+                [],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(sql("load runtime settings"))
+        })
     }
 
     fn checkpoint(&self, target: &str, direction: &str) -> StoreFuture<'_, Option<String>> {
-        let result = self.with(|conn| {
+        let (target, direction) = (target.to_owned(), direction.to_owned());
+        self.with(move |conn| {
             conn.query_row(
                 "SELECT state FROM checkpoints WHERE target = ?1 AND direction = ?2",
                 params![target, direction],
@@ -487,12 +553,12 @@ impl StateStore for SqliteStore {
             )
             .optional()
             .map_err(sql("read checkpoint"))
-        });
-        Box::pin(ready(result))
+        })
     }
 
     fn put_checkpoint(&self, target: &str, direction: &str, json: String) -> StoreFuture<'_, ()> {
-        let result = self.with(|conn| {
+        let (target, direction) = (target.to_owned(), direction.to_owned());
+        self.with(move |conn| {
             // A checkpoint lost in a power cut is harmless (the pass resumes
             // from an earlier one and the compare-and-swap skips what moved),
             // so it does not wait for the disk; every other write of the
@@ -510,8 +576,7 @@ impl StateStore for SqliteStore {
             conn.pragma_update(None, "synchronous", "FULL")
                 .map_err(sql("write checkpoint"))?;
             written
-        });
-        Box::pin(ready(result))
+        })
     }
 
     fn record_fetch(
@@ -520,9 +585,11 @@ impl StateStore for SqliteStore {
         versions: &[KeyVersion],
         time: &str,
     ) -> StoreFuture<'_, ()> {
-        let result = self.with(|conn| {
+        let (principal, versions, time) =
+            (principal.to_owned(), versions.to_vec(), time.to_owned());
+        self.with(move |conn| {
             let tx = conn.transaction().map_err(sql("begin fetch record"))?;
-            for version in versions {
+            for version in &versions {
                 tx.execute(
                     "INSERT INTO consumer_fetches (principal, version, first_fetch, last_fetch) VALUES (?1, ?2, ?3, ?3)
                      ON CONFLICT (principal, version) DO UPDATE SET last_fetch = excluded.last_fetch",
@@ -531,59 +598,33 @@ impl StateStore for SqliteStore {
                 .map_err(sql("record fetch"))?;
             }
             tx.commit().map_err(sql("commit fetch record"))
-        });
-        Box::pin(ready(result))
+        })
     }
 
     fn snapshot(&self, label: &str, keep: u32) -> StoreFuture<'_, Option<String>> {
         let dir = self
+            .inner
             .path
             .parent()
             .unwrap_or(Path::new("."))
             .join("snapshots");
         let stamp = crate::audit::now_rfc3339().replace(':', "");
         let file = dir.join(format!("state-{stamp}-before-{label}.db"));
-        let result = self.with(|conn| {
+        self.with(move |conn| {
             std::fs::DirBuilder::new()
                 .recursive(true)
                 .mode(0o700)
                 .create(&dir)
-                .map_err(|e| corrupt(format!("cannot create {}: {e}", dir.display())))?;
+                .map_err(io(&dir, "create the snapshot directory"))?;
             // VACUUM INTO writes a consistent copy of the whole store in one
             // statement; it holds what the store holds, never a plaintext key.
             conn.execute("VACUUM INTO ?1", [file.display().to_string()])
                 .map_err(sql("snapshot the state store"))?;
             std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))
-                .map_err(|e| corrupt(format!("cannot restrict {}: {e}", file.display())))?;
+                .map_err(io(&file, "restrict the snapshot to its owner"))?;
             prune_snapshots(&dir, keep)?;
             Ok(Some(file.display().to_string()))
-        });
-        Box::pin(ready(result))
-    }
-
-    fn fetches(&self) -> StoreFuture<'_, Vec<ConsumerFetch>> {
-        let result = self.with(|conn| {
-            let mut stmt = conn
-                .prepare("SELECT principal, version, first_fetch, last_fetch FROM consumer_fetches ORDER BY principal, version")
-                .map_err(sql("read fetches"))?;
-            let rows = stmt
-                .query_map([], |r| {
-                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?))
-                })
-                .map_err(sql("read fetches"))?;
-            let mut out = Vec::new();
-            for row in rows {
-                let (principal, version, first, last) = row.map_err(sql("read fetches"))?;
-                out.push(ConsumerFetch {
-                    principal,
-                    version: version_of(version)?,
-                    first,
-                    last,
-                });
-            }
-            Ok(out)
-        });
-        Box::pin(ready(result))
+        })
     }
 }
 
@@ -591,10 +632,10 @@ impl StateStore for SqliteStore {
 /// of the store): the names start with their UTC time, so the name order is
 /// the age order. Other files in the directory are left alone.
 fn prune_snapshots(dir: &Path, keep: u32) -> Result<(), StoreError> {
-    let listing = |e: std::io::Error| corrupt(format!("cannot list {}: {e}", dir.display()));
+    let listing = || io(dir, "list the snapshots");
     let mut snapshots = Vec::new();
-    for entry in std::fs::read_dir(dir).map_err(listing)? {
-        let name = entry.map_err(listing)?.file_name();
+    for entry in std::fs::read_dir(dir).map_err(listing())? {
+        let name = entry.map_err(listing())?.file_name();
         let Some(name) = name.to_str() else { continue };
         if name.starts_with("state-") && name.contains("-before-") && name.ends_with(".db") {
             snapshots.push(name.to_owned());
@@ -604,12 +645,7 @@ fn prune_snapshots(dir: &Path, keep: u32) -> Result<(), StoreError> {
     let excess = snapshots.len().saturating_sub(keep as usize);
     for name in &snapshots[..excess] {
         let path = dir.join(name);
-        std::fs::remove_file(&path).map_err(|e| {
-            corrupt(format!(
-                "cannot remove the old snapshot {}: {e}",
-                path.display()
-            ))
-        })?;
+        std::fs::remove_file(&path).map_err(io(&path, "remove an old snapshot"))?;
         tracing::info!(snapshot = %path.display(), keep, "old state store snapshot removed");
     }
     Ok(())

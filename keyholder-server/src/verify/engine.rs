@@ -10,6 +10,7 @@
 use std::time::Duration;
 
 use crypto_core::KeyVersion;
+use futures::future::BoxFuture;
 use keyholder_reencrypt::Target;
 
 /// How long sampling keeps trying through transient failures.
@@ -38,13 +39,13 @@ impl RecordSampler for EngineSampler {
         self.target.name()
     }
 
-    /// Runs on a blocking thread of the daemon's runtime (verification is
-    /// CPU work off the async workers), so it may block on the store.
-    fn sample(&self, version: KeyVersion, n: u32) -> Result<Vec<SampledRecord>, String> {
-        let runtime = tokio::runtime::Handle::try_current()
-            .map_err(|_| "sampling a target needs the daemon's runtime".to_owned())?;
+    fn sample(
+        &self,
+        version: KeyVersion,
+        n: u32,
+    ) -> BoxFuture<'_, Result<Vec<SampledRecord>, String>> {
         let target = &self.target;
-        runtime.block_on(async {
+        Box::pin(async move {
             let deadline = tokio::time::Instant::now() + RETRY_FOR;
             let mut wait = FIRST_WAIT;
             let mut retries = 0u32;

@@ -24,10 +24,7 @@ fn init(dir: &Path, keyring: &str) {
 
 fn der(path: &Path) -> CertificateDer<'static> {
     let text = std::fs::read(path).unwrap();
-    rustls_pemfile::certs(&mut text.as_slice())
-        .next()
-        .unwrap()
-        .unwrap()
+    <CertificateDer<'static> as rustls_pki_types::pem::PemObject>::from_pem_slice(&text).unwrap()
 }
 
 fn serial(path: &Path) -> Vec<u8> {

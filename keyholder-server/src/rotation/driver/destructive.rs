@@ -3,29 +3,26 @@
 //! copies the state store aside before it acts. Retire also waits for
 //! `rotation.min_verified` keyholders to have verified the new share.
 
-use std::sync::Arc;
-
 use crypto_core::KeyVersion;
 use keyholder_api::{RetirePlan, RollbackPlan, RotationState, VersionState};
 use serde_json::json;
 
-use super::{RotationError, Rotator, Step, lock, worker};
+use super::{RotationError, Rotator, Step, worker};
 use crate::principal::Principal;
 use crate::rotation::{APPROVALS_NEEDED, Outcome, TransitionError};
 
 impl Rotator {
     /// `rotate retire VERSION [--execute]`: after a fresh full scan.
-    pub async fn retire(
-        &self,
+    pub(super) async fn retire(
+        &mut self,
         operator: &Principal,
         version: KeyVersion,
         execute: bool,
     ) -> Result<RetirePlan, RotationError> {
-        let mut machine = self.machine.lock().await;
         let per_target = worker::counts_at(&self.daemon, version).await?;
         let remaining = per_target.iter().map(|(_, n)| n).sum();
         let quorum = self.quorum();
-        let mut next = machine.clone();
+        let mut next = self.machine.clone();
         let outcome = next
             .retire(version, &operator.name, remaining, execute, &quorum)
             .map_err(|e| match e {
@@ -49,9 +46,9 @@ impl Rotator {
             ),
             format!(
                 "{} of {} keyholder(s) verified their share of {} ({} needed, rotation.min_verified)",
-                machine.verified_by().count(),
+                self.machine.verified_by().count(),
                 quorum.keyholders.len(),
-                machine.next().map(|v| v.to_string()).unwrap_or_default(),
+                self.machine.next().map(|v| v.to_string()).unwrap_or_default(),
                 quorum.min_verified
             ),
             format!("two distinct operators run `keyholder rotate retire {version} --execute`"),
@@ -83,15 +80,15 @@ impl Rotator {
                 version_states: states,
                 new_version: None,
             };
-            self.commit(&mut machine, next, step).await?;
+            self.commit(next, step).await?;
             if executed {
-                self.daemon.vault.forget(version);
+                self.daemon.vault().forget(version);
             }
         }
         Ok(RetirePlan {
             version,
             records_remaining: remaining,
-            approvals: machine.retire_approvals().map(str::to_owned).collect(),
+            approvals: self.machine.retire_approvals().map(str::to_owned).collect(),
             approvals_needed: APPROVALS_NEEDED as u8,
             executed,
             steps,
@@ -101,14 +98,13 @@ impl Rotator {
     /// `rotate rollback [--execute]`: the plan, one operator's approval, or
     /// (the second distinct operator's) the start of the rollback. A pause
     /// stays in force through it.
-    pub async fn rollback(
-        self: &Arc<Self>,
+    pub(super) async fn rollback(
+        &mut self,
         operator: &Principal,
         execute: bool,
     ) -> Result<RollbackPlan, RotationError> {
-        let mut machine = self.machine.lock().await;
-        let (from, to) = machine.check_rollback()?;
-        let moves = machine.rollback_moves_records();
+        let (from, to) = self.machine.check_rollback()?;
+        let moves = self.machine.rollback_moves_records();
         let records_to_move = if moves {
             worker::count_at(&self.daemon, from).await?
         } else {
@@ -124,16 +120,19 @@ impl Rotator {
                 "the worker moves {records_to_move} record(s) from {from} back to {to}, with the same checks as the forward path"
             ));
         }
-        if machine.paused() {
+        if self.machine.paused() {
             steps.push(
                 "the rotation is paused: the worker stays paused until `keyholder rotate resume`"
                     .to_owned(),
             );
         }
         steps.push(format!("{from} leaves the keyring and its key is dropped"));
-        let mut approvals: std::collections::BTreeSet<String> =
-            machine.rollback_approvals().map(str::to_owned).collect();
-        let mut next = machine.clone();
+        let mut approvals: std::collections::BTreeSet<String> = self
+            .machine
+            .rollback_approvals()
+            .map(str::to_owned)
+            .collect();
+        let mut next = self.machine.clone();
         let outcome = next.rollback(&operator.name, execute)?;
         if outcome != Outcome::Planned {
             approvals.insert(operator.name.clone());
@@ -149,7 +148,7 @@ impl Rotator {
                     version_states: Vec::new(),
                     new_version: None,
                 };
-                self.commit(&mut machine, next, step).await?;
+                self.commit(next, step).await?;
             }
             Outcome::Executed => {
                 if moves {
@@ -178,12 +177,11 @@ impl Rotator {
                     version_states: states,
                     new_version: None,
                 };
-                self.commit(&mut machine, next, step).await?;
-                if machine.state() == RotationState::Idle {
-                    lock(&self.new_shares).clear();
-                    self.daemon.vault.forget(from);
+                self.commit(next, step).await?;
+                if self.machine.state() == RotationState::Idle {
+                    self.new_shares.clear();
+                    self.daemon.vault().forget(from);
                 }
-                drop(machine);
                 self.start_worker();
             }
         }
@@ -201,8 +199,8 @@ impl Rotator {
     /// Copies the state store aside before a destructive step (the
     /// Scalingo lesson): the copy holds what the store holds, no key.
     async fn snapshot(&self, label: &str) -> Result<Option<String>, RotationError> {
-        let keep = self.daemon.config.rotation.keep_snapshots;
-        let path = self.daemon.store.snapshot(label, keep).await?;
+        let keep = self.daemon.config().rotation.keep_snapshots;
+        let path = self.daemon.store().snapshot(label, keep).await?;
         if let Some(path) = &path {
             tracing::info!(snapshot = %path, label, "state store snapshot taken");
         }

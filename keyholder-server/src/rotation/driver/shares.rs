@@ -4,45 +4,45 @@
 //! Verified shares stay in memory only, to rebuild the new key if the daemon
 //! restarted since `prepare`.
 
+use std::collections::BTreeMap;
+
 use crypto_core::{KeyVersion, Share};
-use keyholder_api::{ShareEnvelope, ShareLine, ShareOutcome, UnsealResponse, VersionState};
+use keyholder_api::{ShareEnvelope, ShareLine, UnsealResponse, VersionState};
+use keyholder_core::VersionFacts;
+use keyholder_core::admission::{self, Scope};
 use serde_json::json;
 
-use super::{RotationError, Rotator, Step, lock};
+use super::{RotationError, Rotator, Step};
 use crate::principal::Principal;
 use crate::rotation::TransitionError;
 use crate::store::StoreError;
 
 impl Rotator {
     /// `share fetch`: the caller's own new share, still age-encrypted.
-    pub async fn share_for(
-        &self,
+    pub(super) async fn share_for(
+        &mut self,
         keyholder: &Principal,
         version: KeyVersion,
     ) -> Result<ShareEnvelope, RotationError> {
         let retired = self
             .daemon
-            .store
+            .store()
             .versions()
             .await?
             .iter()
             .any(|r| r.version == version && r.state == VersionState::Retired);
         if retired {
             // Its key is gone on purpose; a share of it would rebuild it.
-            return Err(RotationError::Refused(format!(
-                "{version} is retired; its shares are no longer handed out (`keyholder status` shows the live versions)"
-            )));
+            return Err(RotationError::ShareRetired { version });
         }
         let envelope = self
             .daemon
-            .store
+            .store()
             .share_envelope(version, &keyholder.name)
             .await?
-            .ok_or_else(|| {
-                RotationError::Refused(format!(
-                    "no share of {version} was dealt to {}; check the version (`keyholder status`)",
-                    keyholder.name
-                ))
+            .ok_or_else(|| RotationError::NoShareDealt {
+                version,
+                keyholder: keyholder.name.clone(),
             })?;
         self.daemon
             .audit(
@@ -52,7 +52,7 @@ impl Rotator {
             )
             .await?;
         Ok(ShareEnvelope {
-            keyring: self.daemon.config.keyring.clone(),
+            keyring: self.daemon.config().keyring.clone(),
             version,
             index: envelope.index,
             age_armored: envelope.age_armored,
@@ -60,34 +60,17 @@ impl Rotator {
     }
 
     /// `share verify`: a keyholder proves they can decrypt their new share by
-    /// sending it back. Checked against its fingerprint and recipient.
-    pub async fn verify_share(
-        &self,
+    /// sending it back. Admitted by the same rules as at unseal
+    /// ([`admission::admit`]), for the new version only.
+    pub(super) async fn verify_share(
+        &mut self,
         keyholder: &Principal,
         lines: &[ShareLine],
     ) -> Result<UnsealResponse, RotationError> {
-        let mut machine = self.machine.lock().await;
-        let Some(version) = machine.next() else {
-            return Err(TransitionError::WrongState {
-                command: "share verify",
-                needed: "prepared or shares_verified",
-                actual: machine.state(),
-                hint: "; no new version is waiting for its keyholders",
-            }
-            .into());
-        };
-        if !machine.accepts_share_verify() {
-            return Err(TransitionError::WrongState {
-                command: "share verify",
-                needed: "a state between prepared and drained",
-                actual: machine.state(),
-                hint: "; no new version is waiting for its keyholders",
-            }
-            .into());
-        }
+        let version = self.version_to_verify()?;
         let record = self
             .daemon
-            .store
+            .store()
             .versions()
             .await?
             .into_iter()
@@ -97,52 +80,32 @@ impl Rotator {
         let mut accepted_any = false;
         // One audit entry for the submission, listing each line that parsed.
         let mut audited = Vec::new();
-        for (position, line) in lines.iter().enumerate() {
-            let outcome = |version, index, reason: Option<String>| ShareOutcome {
-                position: position + 1,
-                version,
-                index,
-                accepted: reason.is_none(),
-                reason,
-            };
-            let share = match Share::parse(line.expose()) {
-                Ok(share) => share,
-                Err(_) => {
-                    outcomes.push(outcome(None, None, Some("the share line does not parse (a copy error?); fetch it again with `keyholder share fetch`".into())));
-                    continue;
-                }
-            };
-            let index = share.index();
-            let refuse = match share.check_belongs_to(
-                &self.daemon.config.keyring,
-                version,
-                record.set,
-            ) {
-                Err(e) => Some(e.to_string()),
-                Ok(()) => match record.dealt.get(&index) {
-                    None => Some(format!("index {index} was never dealt")),
-                    Some(dealt) if dealt.principal != keyholder.name => Some(format!(
-                        "index {index} of {version} was dealt to {}, not to {}",
-                        dealt.principal, keyholder.name
-                    )),
-                    Some(dealt) if !dealt.fingerprint.matches(&share) => Some(format!(
-                        "index {index} of {version} does not match the share that was dealt (corrupted or forged)"
-                    )),
-                    Some(_) => None,
-                },
-            };
-            audited.push(json!({
-                "position": position + 1,
-                "version": share.version().number(),
-                "index": index,
-                "accepted": refuse.is_none(),
-                "reason": refuse,
-            }));
-            if refuse.is_none() {
-                accepted_any = true;
-                lock(&self.new_shares).insert(index, share.clone());
+        let facts = BTreeMap::from([(version, VersionFacts::from_record(&record, false))]);
+        for (i, line) in lines.iter().enumerate() {
+            let verdict = admission::admit(
+                line.expose(),
+                &keyholder.name,
+                &self.daemon.config().keyring,
+                &facts,
+                Scope::NewVersion(version),
+                // A keyholder may prove its share again: it counts once.
+                |_, _, _| false,
+            );
+            let outcome = admission::outcome(i + 1, &keyholder.name, &verdict);
+            if let Some(shown) = outcome.version {
+                audited.push(json!({
+                    "position": outcome.position,
+                    "version": shown.number(),
+                    "index": outcome.index,
+                    "accepted": outcome.accepted,
+                    "reason": outcome.reason,
+                }));
             }
-            outcomes.push(outcome(Some(share.version()), Some(index), refuse));
+            if let Ok(share) = verdict {
+                accepted_any = true;
+                self.new_shares.insert(share.index(), share);
+            }
+            outcomes.push(outcome);
         }
         if !audited.is_empty() {
             let refused = outcomes.iter().any(|o| !o.accepted);
@@ -159,33 +122,68 @@ impl Rotator {
                 .await?;
         }
         if accepted_any {
-            let mut next = machine.clone();
-            let reached = next.share_verified(&keyholder.name, self.daemon.config.threshold)?;
-            self.rebuild_new_key_if_lost(version, &record)?;
-            let states = if reached {
-                vec![(version, VersionState::SharesVerified)]
-            } else {
-                Vec::new()
-            };
-            let step = Step {
-                actor: &keyholder.name,
-                action: if reached {
-                    "rotation_shares_verified"
-                } else {
-                    "rotation_share_proven"
-                },
-                detail: json!({"version": version.number()}),
-                version_states: states,
-                new_version: None,
-            };
-            self.commit(&mut machine, next, step).await?;
+            self.count_verified(keyholder, &record).await?;
         }
         Ok(UnsealResponse {
-            sealed: self.daemon.vault.is_sealed(),
+            sealed: self.daemon.vault().is_sealed(),
             outcomes,
             progress: Vec::new(),
-            loaded: self.daemon.vault.held_versions(),
+            loaded: self.daemon.vault().held_versions(),
         })
+    }
+
+    /// The version whose shares `share verify` takes now.
+    fn version_to_verify(&self) -> Result<KeyVersion, RotationError> {
+        let Some(version) = self.machine.next() else {
+            return Err(TransitionError::WrongState {
+                command: "share verify",
+                needed: "prepared or shares_verified",
+                actual: self.machine.state(),
+                hint: "; no new version is waiting for its keyholders",
+            }
+            .into());
+        };
+        if !self.machine.accepts_share_verify() {
+            return Err(TransitionError::WrongState {
+                command: "share verify",
+                needed: "a state between prepared and drained",
+                actual: self.machine.state(),
+                hint: "; no new version is waiting for its keyholders",
+            }
+            .into());
+        }
+        Ok(version)
+    }
+
+    /// `keyholder` proved their share of `record`'s version: counted by the
+    /// machine (SharesVerified once `threshold` have), and the new key is
+    /// rebuilt if a restart lost it.
+    async fn count_verified(
+        &mut self,
+        keyholder: &Principal,
+        record: &crate::store::VersionRecord,
+    ) -> Result<(), RotationError> {
+        let version = record.version;
+        let mut next = self.machine.clone();
+        let reached = next.share_verified(&keyholder.name, self.daemon.config().threshold)?;
+        self.rebuild_new_key_if_lost(version, record)?;
+        let states = if reached {
+            vec![(version, VersionState::SharesVerified)]
+        } else {
+            Vec::new()
+        };
+        let step = Step {
+            actor: &keyholder.name,
+            action: if reached {
+                "rotation_shares_verified"
+            } else {
+                "rotation_share_proven"
+            },
+            detail: json!({"version": version.number()}),
+            version_states: states,
+            new_version: None,
+        };
+        self.commit(next, step).await
     }
 
     /// After a restart the new key is gone from memory; once `threshold`
@@ -195,10 +193,11 @@ impl Rotator {
         version: KeyVersion,
         record: &crate::store::VersionRecord,
     ) -> Result<(), RotationError> {
-        if self.daemon.vault.is_sealed() || self.daemon.vault.key(version).is_some() {
+        if self.daemon.vault().is_sealed() || self.daemon.vault().key(version).is_some() {
             return Ok(());
         }
-        let shares: Vec<Share> = lock(&self.new_shares)
+        let shares: Vec<Share> = self
+            .new_shares
             .values()
             .take(usize::from(record.threshold))
             .cloned()
@@ -207,8 +206,8 @@ impl Rotator {
             return Ok(());
         }
         let key = crypto_core::combine(&shares, &record.kcv)
-            .map_err(|e| RotationError::Refused(format!("rebuilding {version}: {e}")))?;
-        self.daemon.vault.hold_pending(version, key);
+            .map_err(|source| RotationError::Rebuild { version, source })?;
+        self.daemon.vault().hold_pending(version, key);
         tracing::info!(%version, kcv = %record.kcv.prefix(), "new key rebuilt from verified shares");
         Ok(())
     }

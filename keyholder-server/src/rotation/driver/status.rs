@@ -1,31 +1,83 @@
-//! The rotation part of the status document: the machine's state with the
-//! worker's progress summed over targets and the throttle in force.
+//! What readers of the rotation see ([`View`], published by the
+//! orchestrator through a `watch`), and the rotation part of the status
+//! document computed from it: the machine's state with the worker's progress
+//! summed over targets and the throttle in force.
+
+use std::collections::BTreeMap;
 
 use keyholder_api::{RotationState, RotationStatus};
+use keyholder_reencrypt::{Progress, Throttle};
+use tokio::sync::watch;
 
-use super::{Rotator, lock};
+use super::Rotator;
+use crate::rotation::worker::Retries;
 use crate::rotation::{Job, Rotation};
 
-impl Rotator {
-    /// The rotation part of the status document.
-    pub fn status(&self) -> RotationStatus {
-        self.status_of(&self.rotation())
+/// The rotation as the orchestrator last published it. The workers'
+/// progress is read live from their own `watch`es.
+#[derive(Clone)]
+pub(crate) struct View {
+    pub(crate) rotation: Rotation,
+    pub(crate) throttle: Throttle,
+    pub(crate) last_error: Option<String>,
+    pub(crate) retries: Retries,
+    pub(crate) progress: BTreeMap<String, watch::Receiver<Progress>>,
+    /// The stored checkpoints' totals per target, for the targets no pass
+    /// has reported on since the start: status shows the job's figures
+    /// right after a restart, before the unseal.
+    pub(crate) resting: BTreeMap<String, Resting>,
+    consumers: Vec<String>,
+}
+
+/// A target's totals from its stored checkpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Resting {
+    pub(crate) job: Job,
+    pub(crate) records_done: u64,
+    pub(crate) conflicts: u64,
+}
+
+/// The job whose figures status shows: the running one, or after the drain
+/// the last one.
+pub(crate) fn shown_job(rotation: &Rotation) -> Option<Job> {
+    rotation
+        .job()
+        .or(match (rotation.state(), rotation.next()) {
+            (RotationState::Drained | RotationState::Retired, Some(to)) => Some(Job {
+                from: rotation.current(),
+                to,
+            }),
+            _ => None,
+        })
+}
+
+impl View {
+    pub(crate) fn new(rotation: Rotation, throttle: Throttle, consumers: Vec<String>) -> Self {
+        Self {
+            rotation,
+            throttle,
+            last_error: None,
+            retries: Retries::default(),
+            progress: BTreeMap::new(),
+            resting: BTreeMap::new(),
+            consumers,
+        }
     }
 
-    pub(super) fn status_of(&self, rotation: &Rotation) -> RotationStatus {
+    /// The rotation part of the status document.
+    pub(crate) fn status(&self) -> RotationStatus {
+        let rotation = &self.rotation;
         // After the drain the last pass's figures stay on show.
-        let job = rotation
-            .job()
-            .or(match (rotation.state(), rotation.next()) {
-                (RotationState::Drained | RotationState::Retired, Some(to)) => Some(Job {
-                    from: rotation.current(),
-                    to,
-                }),
-                _ => None,
-            });
+        let job = shown_job(rotation);
         let (mut done, mut remaining, mut conflicts, mut rate) = (0, 0, 0, 0.0);
         if let Some(job) = job {
-            for progress in lock(&self.progress).values() {
+            for (target, resting) in &self.resting {
+                if resting.job == job && !self.progress.contains_key(target) {
+                    done += resting.records_done;
+                    conflicts += resting.conflicts;
+                }
+            }
+            for progress in self.progress.values() {
                 let p = progress.borrow();
                 if p.from == job.from && p.to == job.to {
                     done += p.records_done;
@@ -35,8 +87,7 @@ impl Rotator {
                 }
             }
         }
-        let throttle = lock(&self.throttle).clone();
-        let retries = lock(&self.retries).clone();
+        let running = rotation.job().is_some();
         RotationStatus {
             state: rotation.state(),
             from: (rotation.state() != RotationState::Idle).then(|| rotation.current()),
@@ -44,26 +95,29 @@ impl Rotator {
             rows_done: done,
             // Outside a job the drained state rests on a full scan that
             // found none; the pass's estimate would only mislead.
-            rows_remaining: if rotation.job().is_some() {
-                remaining
-            } else {
-                0
-            },
+            rows_remaining: if running { remaining } else { 0 },
             conflicts,
-            rows_per_sec: if rotation.job().is_some() { rate } else { 0.0 },
-            eta_seconds: (rotation.job().is_some() && rate > 0.0)
-                .then(|| (remaining as f64 / rate).ceil() as u64),
+            rows_per_sec: if running { rate } else { 0.0 },
+            eta_seconds: (running && rate > 0.0).then(|| (remaining as f64 / rate).ceil() as u64),
             paused: rotation.paused(),
             verified_by: rotation.verified_by().map(str::to_owned).collect(),
             acknowledged_by: rotation.acknowledged_by().map(str::to_owned).collect(),
-            waiting_for: rotation.waiting_for(&self.daemon.config.reencrypt.consumers),
+            waiting_for: rotation.waiting_for(&self.consumers),
             retire_approvals: rotation.retire_approvals().map(str::to_owned).collect(),
-            rows_per_sec_limit: throttle.rows_per_sec,
-            batch_size: throttle.batch_size,
-            last_error: lock(&self.last_error).clone(),
-            retries: retries.count,
-            last_transient_error: retries.last,
-            retrying: retries.waiting,
+            rows_per_sec_limit: self.throttle.rows_per_sec,
+            batch_size: self.throttle.batch_size,
+            last_error: self.last_error.clone(),
+            retries: self.retries.count,
+            last_transient_error: self.retries.last.clone(),
+            retrying: self.retries.waiting,
         }
+    }
+}
+
+impl Rotator {
+    /// The rotation part of the status document, as of now.
+    pub(super) fn status(&self) -> RotationStatus {
+        self.publish();
+        self.view.borrow().status()
     }
 }

@@ -12,7 +12,8 @@ use crate::store::{STORE_FORMAT, StoreError, corrupt, format_compatible};
 
 /// Schema migrations, in order; `store_meta.schema_version` counts those
 /// applied. Run with `search_path` set to the store's schema.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE principals (
     name TEXT PRIMARY KEY,
     roles TEXT NOT NULL,
@@ -83,7 +84,14 @@ CREATE TABLE consumer_fetches (
     last_fetch TEXT NOT NULL,
     PRIMARY KEY (principal, version)
 );
-"#];
+"#,
+    r#"
+CREATE TABLE runtime_settings (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    settings TEXT NOT NULL
+);
+"#,
+];
 
 /// `name` as a quoted identifier. Schema names are checked against
 /// [`crate::config::sql_ident_rule`] when parsed; quoting still keeps a

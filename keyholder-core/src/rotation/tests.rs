@@ -294,3 +294,157 @@ fn retire_waits_for_min_verified_keyholders_and_names_who_is_missing() {
     );
     assert!(!r.accepts_share_verify());
 }
+
+/// The machine at rest in each state it can be persisted in (DualWrite is
+/// passed through inside `switch`), reached by the forward path or a
+/// rollback.
+fn at(state: RotationState) -> Rotation {
+    let mut r = Rotation::idle(v(9));
+    let path: &[RotationState] = match state {
+        Idle => &[],
+        Prepared => &[Prepared],
+        SharesVerified => &[Prepared, SharesVerified],
+        DualRead => &[Prepared, SharesVerified, DualRead],
+        DualWrite | Reencrypting => &[Prepared, SharesVerified, DualRead, Reencrypting],
+        Drained => &[Prepared, SharesVerified, DualRead, Reencrypting, Drained],
+        Retired => &[
+            Prepared,
+            SharesVerified,
+            DualRead,
+            Reencrypting,
+            Drained,
+            Retired,
+        ],
+        RollingBack => &[
+            Prepared,
+            SharesVerified,
+            DualRead,
+            Reencrypting,
+            RollingBack,
+        ],
+    };
+    for step in path {
+        match step {
+            Prepared => {
+                r.prepare(None).unwrap();
+            }
+            SharesVerified => {
+                r.share_verified("alice", 2).unwrap();
+                r.share_verified("bob", 2).unwrap();
+            }
+            DualRead => r.activate().unwrap(),
+            Reencrypting => {
+                r.acknowledge("db1");
+                r.switch(&consumers()).unwrap();
+            }
+            Drained => {
+                r.acknowledge("db1");
+                r.drained(&consumers()).unwrap();
+            }
+            Retired => {
+                r.retire(v(9), "olga", 0, true, &two_of_three()).unwrap();
+                r.retire(v(9), "omar", 0, true, &two_of_three()).unwrap();
+            }
+            RollingBack => {
+                roll_back(&mut r);
+            }
+            Idle | DualWrite => unreachable!(),
+        }
+        assert_eq!(r.state(), *step, "reaching {state}");
+    }
+    r
+}
+
+/// Every command against every state: allowed exactly where the design
+/// says, and a refusal changes nothing.
+#[test]
+fn every_transition_is_allowed_or_refused_in_every_state() {
+    type Command = fn(&mut Rotation) -> Result<(), TransitionError>;
+    let commands: [(&str, Command, &[RotationState]); 10] = [
+        ("prepare", |r| r.prepare(None).map(drop), &[Idle, Retired]),
+        (
+            "share verify",
+            |r| r.share_verified("carol", 2).map(drop),
+            &[Prepared, SharesVerified, DualRead, Reencrypting, Drained],
+        ),
+        ("activate", Rotation::activate, &[SharesVerified]),
+        (
+            "switch",
+            |r| {
+                r.acknowledge("db1");
+                r.switch(&consumers())
+            },
+            &[DualRead],
+        ),
+        (
+            "drained",
+            |r| {
+                r.acknowledge("db1");
+                r.drained(&consumers())
+            },
+            &[Reencrypting, RollingBack],
+        ),
+        (
+            "pause",
+            |r| r.set_paused(true),
+            &[Reencrypting, RollingBack],
+        ),
+        (
+            "resume",
+            |r| r.set_paused(false),
+            &[Reencrypting, RollingBack, Drained],
+        ),
+        (
+            "retire",
+            |r| r.retire(v(9), "olga", 0, true, &two_of_three()).map(drop),
+            &[Drained],
+        ),
+        (
+            "retire plan",
+            |r| {
+                r.retire(v(9), "ophelia", 0, false, &two_of_three())
+                    .map(drop)
+            },
+            &[Drained],
+        ),
+        (
+            "rollback",
+            |r| r.rollback("olga", true).map(drop),
+            &[Prepared, SharesVerified, DualRead, Reencrypting, Drained],
+        ),
+    ];
+    let states = [
+        Idle,
+        Prepared,
+        SharesVerified,
+        DualRead,
+        Reencrypting,
+        Drained,
+        Retired,
+        RollingBack,
+    ];
+    for (name, command, allowed) in commands {
+        for state in states {
+            let before = at(state);
+            let mut after = before.clone();
+            let result = command(&mut after);
+            if allowed.contains(&state) {
+                assert!(result.is_ok(), "`{name}` in {state}: {result:?}");
+            } else {
+                let refusal = result.expect_err(&format!("`{name}` must be refused in {state}"));
+                // Acknowledging a consumer is not a transition; undo it to
+                // compare what the refused command itself changed.
+                let mut unchanged = before.clone();
+                unchanged.acknowledge("db1");
+                assert!(
+                    after == before || after == unchanged,
+                    "refused `{name}` in {state} changed the machine ({refusal})"
+                );
+                assert!(
+                    matches!(refusal, TransitionError::WrongState { actual, .. } if actual == state),
+                    "`{name}` in {state}: {refusal:?}"
+                );
+            }
+        }
+    }
+}

@@ -2,9 +2,9 @@
 //! be rebuilt. Pure: no I/O, no HTTP, the clock is passed in.
 //!
 //! Owns the rules of DESIGN.md "Seal state": a share is checked on arrival
-//! against the fingerprint recorded for its index and the principal it was
-//! dealt to, so a bad share is refused at once, by name, and the good shares
-//! already in are kept; one identity counts once per version and an index
+//! ([`crate::admission`]) against the fingerprint recorded for its index and
+//! the principal it was dealt to, so a bad share is refused at once, by name,
+//! and the good shares already in are kept; one identity counts once per version and an index
 //! once; progress expires after the TTL. Versions are keyed by [`KeyVersion`],
 //! so "v10" and "v9" are ordered as numbers whatever order they arrive in.
 //!
@@ -14,44 +14,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use crypto_core::{Kcv, Key, KeyVersion, KeyringId, SetId, Share};
-use keyholder_api::{ShareLine, ShareOutcome, UnsealProgress, VersionState};
+use crypto_core::{Key, KeyVersion, KeyringId, Share};
+use keyholder_api::{ShareLine, ShareOutcome, UnsealProgress};
 
-use crate::store::{DealtShare, VersionRecord};
-
-/// What the machine knows about one version: public facts only.
-#[derive(Clone, Debug)]
-pub struct VersionFacts {
-    /// The split set its shares belong to.
-    pub set: SetId,
-    /// Shares needed.
-    pub threshold: u8,
-    /// Shares dealt.
-    pub count: u8,
-    /// Its key check value.
-    pub kcv: Kcv,
-    /// Per index: fingerprint and recipient.
-    pub dealt: BTreeMap<u8, DealtShare>,
-    /// Its lifecycle state.
-    pub state: VersionState,
-    /// Whether unsealing needs it (a live version) or takes it when given.
-    pub required: bool,
-}
-
-impl VersionFacts {
-    /// The facts of a stored version; `live` says whether unsealing needs it.
-    pub fn from_record(record: &VersionRecord, live: bool) -> Self {
-        Self {
-            set: record.set,
-            threshold: record.threshold,
-            count: record.count,
-            kcv: record.kcv,
-            dealt: record.dealt.clone(),
-            state: record.state,
-            required: live,
-        }
-    }
-}
+use crate::admission::{self, Scope};
+use crate::facts::VersionFacts;
 
 struct Gathering {
     started: Instant,
@@ -190,33 +157,30 @@ impl SealMachine {
         self.expire(now);
         let mut outcomes = Vec::with_capacity(lines.len());
         for (i, line) in lines.iter().enumerate() {
-            let position = i + 1;
-            let outcome = match Share::parse(line.expose()) {
-                Err(e) => ShareOutcome {
-                    position,
-                    version: None,
-                    index: None,
-                    accepted: false,
-                    reason: Some(format!(
-                        "share {position} from {principal} was refused: {e}"
-                    )),
+            let verdict = admission::admit(
+                line.expose(),
+                principal,
+                &self.keyring,
+                &self.versions,
+                Scope::Unseal,
+                |version, index, principal| {
+                    self.gathering.get(&version).is_some_and(|g| {
+                        g.shares.contains_key(&index)
+                            || g.shares.values().any(|(p, _)| p == principal)
+                    })
                 },
-                Ok(share) => {
-                    let (version, index) = (share.version(), share.index());
-                    let (accepted, reason) = match self.take(principal, share, now) {
-                        Ok(note) => (true, note),
-                        Err(reason) => (false, Some(reason)),
-                    };
-                    ShareOutcome {
-                        position,
-                        version: Some(version),
-                        index: Some(index),
-                        accepted,
-                        reason,
-                    }
-                }
-            };
-            outcomes.push(outcome);
+            );
+            outcomes.push(admission::outcome(i + 1, principal, &verdict));
+            if let Ok(share) = verdict {
+                self.gathering
+                    .entry(share.version())
+                    .or_insert_with(|| Gathering {
+                        started: now,
+                        shares: BTreeMap::new(),
+                    })
+                    .shares
+                    .insert(share.index(), (principal.to_owned(), share));
+            }
         }
         let (rebuilt, failures) = self.rebuild_when_complete();
         Submission {
@@ -224,83 +188,6 @@ impl SealMachine {
             rebuilt,
             failures,
         }
-    }
-
-    /// Checks one share; `Ok(note)` when it is counted (or was already).
-    fn take(
-        &mut self,
-        principal: &str,
-        share: Share,
-        now: Instant,
-    ) -> Result<Option<String>, String> {
-        let (version, index) = (share.version(), share.index());
-        if share.keyring() != &self.keyring {
-            return Err(format!(
-                "{principal}'s share is for keyring `{}`, this daemon serves `{}`; submit the share file of this keyring",
-                share.keyring(),
-                self.keyring
-            ));
-        }
-        let Some(facts) = self.versions.get(&version) else {
-            let known: Vec<String> = self.versions.keys().map(ToString::to_string).collect();
-            return Err(format!(
-                "{version} is not a version of keyring {} (known: {}); it was refused, nothing else changed",
-                self.keyring,
-                known.join(", ")
-            ));
-        };
-        if facts.state == VersionState::Retired {
-            return Err(format!(
-                "{version} is retired; its shares are no longer used"
-            ));
-        }
-        if share.set() != facts.set {
-            return Err(format!(
-                "{principal}'s share of {version} index {index} is from split set {}, the daemon expects set {}: it belongs to an older or newer split of {version}",
-                share.set(),
-                facts.set
-            ));
-        }
-        if share.threshold() != facts.threshold || share.count() != facts.count {
-            return Err(format!(
-                "{principal}'s share of {version} index {index} says {} of {}, but {version} was split {} of {}",
-                share.threshold(),
-                share.count(),
-                facts.threshold,
-                facts.count
-            ));
-        }
-        let Some(dealt) = facts.dealt.get(&index) else {
-            return Err(format!(
-                "{version} has no share index {index}; it was refused"
-            ));
-        };
-        if !dealt.fingerprint.matches(&share) {
-            return Err(format!(
-                "{principal}'s share of {version} index {index} does not match the fingerprint recorded when it was dealt: it is corrupted or forged; decrypt the share file again (the shares already in are kept)"
-            ));
-        }
-        if dealt.principal != principal {
-            return Err(format!(
-                "share of {version} index {index} was dealt to {}, not {principal}; each keyholder submits only their own share with their own certificate",
-                dealt.principal
-            ));
-        }
-        let gathering = self.gathering.entry(version).or_insert_with(|| Gathering {
-            started: now,
-            shares: BTreeMap::new(),
-        });
-        if gathering.shares.values().any(|(p, _)| p == principal)
-            || gathering.shares.contains_key(&index)
-        {
-            return Ok(Some(format!(
-                "{principal}'s share of {version} is already counted; a keyholder counts once per version"
-            )));
-        }
-        gathering
-            .shares
-            .insert(index, (principal.to_owned(), share));
-        Ok(None)
     }
 
     fn rebuild_when_complete(&mut self) -> (Option<Rebuilt>, Vec<RebuildFailure>) {
@@ -354,6 +241,8 @@ impl SealMachine {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::facts::DealtShare;
+    use keyholder_api::VersionState;
     use zeroize::Zeroizing;
 
     const KEYHOLDERS: [&str; 3] = ["alice", "bob", "carol"];
