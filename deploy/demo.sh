@@ -8,13 +8,17 @@
 #   drained) -> retire v9 planned, then executed by two operators -> a final
 #   check whose digest equals the one before the rotation.
 #
-# Usage: deploy/demo.sh [--rows N] [--quick] [--mysql URL]
+# Usage: deploy/demo.sh [--rows N] [--quick] [--mysql URL] [--docker IMAGE]
 #   --rows N   records to seed (default 200000)
 #   --quick    CI mode: debug build (the one deploy/test.sh already made), a
 #              lighter application load, no progress bar
 #   --mysql URL  run on MySQL/MariaDB instead of SQLite, e.g.
 #              mysql://root@127.0.0.1:3306/test (password from MYSQL_PWD);
 #              its table `customers` is dropped and created afresh
+#   --docker IMAGE  keyholderd runs in a container of IMAGE (deploy/Dockerfile)
+#              as its non-root user, ./demo-run mounted at the same path, its
+#              port published on 127.0.0.1; everything else (the CLI, the
+#              application) talks to it from the host (deploy/docker-smoke.sh)
 #
 # Env: KEYHOLDER_DEMO_PORT (default 18443) for the daemon's address.
 #
@@ -30,9 +34,10 @@ RUN="$ROOT/demo-run"
 ROWS=200000
 QUICK=0
 MYSQL_URL=""
+DOCKER_IMAGE=""
 PORT="${KEYHOLDER_DEMO_PORT:-18443}"
 
-usage() { sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; }
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --rows)
@@ -42,6 +47,9 @@ while [[ $# -gt 0 ]]; do
         --mysql)
             [[ $# -ge 2 && "$2" == mysql://* ]] || { echo "demo: --mysql needs a mysql://user@host:port/db URL" >&2; exit 2; }
             MYSQL_URL="$2"; shift 2 ;;
+        --docker)
+            [[ $# -ge 2 && -n "$2" ]] || { echo "demo: --docker needs an image name" >&2; exit 2; }
+            DOCKER_IMAGE="$2"; shift 2 ;;
         -h|--help) usage; exit 0 ;;
         *) echo "demo: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
@@ -55,6 +63,7 @@ die() { printf '%sdemo: %s%s\n' "$R" "$*" "$N" >&2; exit 1; }
 
 # ------------------------------------------------------------- processes ---
 DAEMON_PID=""
+CONTAINER=""
 SERVE_PID=""
 WATCH_PID=""
 FINISHED=0
@@ -78,6 +87,7 @@ cleanup() {
     stop_pid "$WATCH_PID" "progress watcher"
     stop_pid "$SERVE_PID" "demo application"
     stop_pid "$DAEMON_PID" "keyholderd"
+    [[ -n "$CONTAINER" ]] && docker rm -f "$CONTAINER" >/dev/null 2>&1 || true
     rm -f "$RUN"/pids/*.pid 2>/dev/null || true
     if [[ $FINISHED -eq 0 && -d "$RUN" ]]; then
         echo >&2
@@ -189,7 +199,26 @@ share_file() { # the v9 share file keyholderd init wrote for $1
 }
 
 step "starting keyholderd (sealed: it holds no key yet)"
-"$KEYHOLDERD" run --config "$CONFIG" >"$RUN/keyholderd.log" 2>&1 &
+if [[ -n "$DOCKER_IMAGE" ]]; then
+    # The image's keyholderd runs as uid 10001 and checks that what it reads
+    # is its own: hand it the daemon's files (root on the host still reads
+    # and writes them). Inside, it listens on 0.0.0.0:8443, published on the
+    # host's loopback port the certificate names.
+    sed -i "s|^addr = \"127.0.0.1:$PORT\"|addr = \"0.0.0.0:8443\"|" "$CONFIG"
+    grep -q '^addr = "0.0.0.0:8443"' "$CONFIG" || die "could not point listen.addr at the container's port"
+    chown -R 10001:10001 "$RUN"
+    CONTAINER="keyholder-demo-$PORT"
+    docker rm -f "$CONTAINER" >/dev/null 2>&1 || true
+    # In the foreground (not -d): the docker client's pid stands for the
+    # daemon, and the signals the demo sends it reach keyholderd.
+    docker run --rm --name "$CONTAINER" \
+        --cap-drop ALL --cap-add IPC_LOCK --security-opt no-new-privileges \
+        --ulimit core=0 \
+        -v "$RUN:$RUN" -p "127.0.0.1:$PORT:8443" \
+        "$DOCKER_IMAGE" run --config "$CONFIG" >"$RUN/keyholderd.log" 2>&1 &
+else
+    "$KEYHOLDERD" run --config "$CONFIG" >"$RUN/keyholderd.log" 2>&1 &
+fi
 DAEMON_PID=$!
 remember keyholderd "$DAEMON_PID"
 for ((i = 0; i < 100; i++)); do

@@ -398,17 +398,25 @@ fn finished(state: RotationState) -> bool {
     )
 }
 
+/// How often `keyholder rotate status --watch` asks for the status.
+const WATCH_POLL: Duration = Duration::from_secs(1);
+
 /// Polls the status every second until the rotation is drained, retired or
-/// idle, or Ctrl-C; a progress bar on a terminal, a line per change otherwise.
+/// idle, or Ctrl-C. On a terminal (stdout) a progress bar; otherwise one line
+/// per poll, also when nothing changed, so a log shows the watch is alive
+/// (a paused rotation prints the same line again).
 async fn watch(client: &Client, output: Output) -> Result<(), CliError> {
-    let bar = indicatif::ProgressBar::new(0);
+    let tty = std::io::stdout().is_terminal() && output == Output::Text;
+    let bar = if tty {
+        indicatif::ProgressBar::with_draw_target(Some(0), indicatif::ProgressDrawTarget::stdout())
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
     bar.set_style(
         indicatif::ProgressStyle::with_template("{prefix} [{bar:40}] {pos}/{len} rows  {msg}")
             .expect("the template is valid")
             .progress_chars("=> "),
     );
-    let tty = std::io::stderr().is_terminal() && output == Output::Text;
-    let mut last_line = String::new();
     let mut ctrl_c = std::pin::pin!(tokio::signal::ctrl_c());
     loop {
         let status = client.status().await?;
@@ -441,10 +449,7 @@ async fn watch(client: &Client, output: Output) -> Result<(), CliError> {
                     .collect::<Vec<_>>()
                     .join(" |"),
             };
-            if line != last_line {
-                print(&format!("{line}\n"))?;
-                last_line = line;
-            }
+            print(&format!("{line}\n"))?;
         }
         if finished(r.state) {
             bar.finish_and_clear();
@@ -455,7 +460,7 @@ async fn watch(client: &Client, output: Output) -> Result<(), CliError> {
             };
         }
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = tokio::time::sleep(WATCH_POLL) => {}
             _ = &mut ctrl_c => {
                 bar.abandon();
                 return Ok(());
