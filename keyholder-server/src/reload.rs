@@ -65,6 +65,11 @@ pub struct Reloaded {
     pub changed: Vec<&'static str>,
 }
 
+/// Installs the SIGHUP handler (before anything else can take time).
+pub fn hangup() -> std::io::Result<tokio::signal::unix::Signal> {
+    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+}
+
 /// Who asked for a reload.
 #[derive(Clone, Copy, Debug)]
 pub enum Trigger<'a> {
@@ -236,16 +241,13 @@ impl Reloader {
         Ok(Reloaded { changed })
     }
 
-    /// Reloads on every SIGHUP until `stop`; a refusal is logged.
-    pub async fn on_sighup(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut hangup = match signal(SignalKind::hangup()) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot install a SIGHUP handler; reload with `keyholder admin reload`");
-                return;
-            }
-        };
+    /// Reloads on every SIGHUP (`hangup`, installed at start-up so an early
+    /// one does not end the process) until `stop`; a refusal is logged.
+    pub async fn on_sighup(
+        self: Arc<Self>,
+        mut hangup: tokio::signal::unix::Signal,
+        mut stop: watch::Receiver<bool>,
+    ) {
         loop {
             tokio::select! {
                 Some(()) = hangup.recv() => {
@@ -256,5 +258,50 @@ impl Reloader {
                 _ = stop.changed() => return,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::tests::{Dir, base, principal};
+
+    fn principals(extra: &str) -> String {
+        format!(
+            "{}{}{}{extra}",
+            principal("alice", "keyholder", "alice"),
+            principal("bob", "keyholder", "bob"),
+            principal("olivia", "operator", "olivia"),
+        )
+    }
+
+    #[test]
+    fn a_new_operator_applies_live_and_what_the_state_and_the_shares_depend_on_is_refused_by_name()
+    {
+        let dir = Dir::new();
+        let people = principals("");
+        let old = dir.load(&base(2, &people)).unwrap();
+        let added = format!("{people}{}", principal("olga", "operator", "olga"));
+        let new = dir.load(&base(2, &added)).unwrap();
+        assert!(fixed(&old, &new).is_empty());
+        assert_eq!(live(&old, &new), ["principals"]);
+
+        let text =
+            base(2, &people).replacen("addr = \"127.0.0.1:8443\"", "addr = \"127.0.0.1:8444\"", 1);
+        let moved = dir
+            .load(&text.replacen("keyring = \"orders\"", "keyring = \"payments\"", 1))
+            .unwrap();
+        assert_eq!(fixed(&old, &moved), ["keyring", "listen.addr"]);
+
+        // A keyholder added changes how shares are dealt.
+        let third = format!("{people}{}", principal("carol", "keyholder", "carol"));
+        let more = dir.load(&base(2, &third)).unwrap();
+        assert_eq!(
+            fixed(&old, &more),
+            ["principals (the keyholders: their names, order or age_recipient)"]
+        );
+        let wider = dir.load(&base(2, &third)).unwrap();
+        let stricter = dir.load(&base(3, &third)).unwrap();
+        assert_eq!(fixed(&wider, &stricter), ["shamir.threshold"]);
     }
 }

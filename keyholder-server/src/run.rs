@@ -34,6 +34,14 @@ pub enum RunError {
 /// Runs the daemon with `extra` routes (the rotation's) until a shutdown signal.
 pub async fn run(config: Config) -> Result<(), RunError> {
     hygiene::harden()?;
+    // From here a SIGHUP reloads (once the daemon runs) instead of ending
+    // the process.
+    let hangup = crate::reload::hangup().map_err(|e| {
+        RunError::Bind(std::io::Error::new(
+            e.kind(),
+            format!("cannot install the SIGHUP handler: {e}"),
+        ))
+    })?;
     let credentials = crate::reload::credentials(&config)?;
     let dates = transport::expiry::read(&config.listen)?;
     dates.log(std::time::SystemTime::now());
@@ -73,7 +81,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         credentials_tx,
         dates_tx,
     ));
-    tokio::spawn(Arc::clone(&reloader).on_sighup(stop_rx.clone()));
+    tokio::spawn(Arc::clone(&reloader).on_sighup(hangup, stop_rx.clone()));
     if let Some(addr) = listen.metrics_addr {
         let metrics = transport::bind(addr).await.map_err(RunError::Bind)?;
         tracing::info!(addr = %metrics.local_addr().map_err(RunError::Bind)?, "metrics listening (plain HTTP, loopback)");

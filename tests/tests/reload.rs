@@ -176,7 +176,17 @@ async fn reloads_certificate_crl_and_principals_while_unsealed_and_rotating_and_
     // (a) The server certificate renewed in place, then SIGHUP.
     let old_cert = file_certificate(&env.pki.server.cert);
     assert_eq!(served_certificate(&env), old_cert);
-    let renewed = env.pki.issue("server", &["localhost", "127.0.0.1"], false);
+    let old_expiry = env
+        .status()
+        .await
+        .certificates
+        .unwrap()
+        .server_cert_not_after;
+    let renewed = env.pki.issue_until(
+        "server",
+        &["localhost", "127.0.0.1"],
+        time::OffsetDateTime::now_utc() + time::Duration::days(200),
+    );
     assert_eq!(renewed.cert, env.pki.server.cert);
     let new_cert = file_certificate(&renewed.cert);
     assert_ne!(new_cert, old_cert);
@@ -185,6 +195,18 @@ async fn reloads_certificate_crl_and_principals_while_unsealed_and_rotating_and_
     assert_eq!(entries[0].0, "config_reloaded", "{entries:?}");
     assert_eq!(entries[0].1["via"], "sighup");
     assert_eq!(served_certificate(&env), new_cert);
+    // The expiry shown and exported is the new certificate's.
+    let new_expiry = env
+        .status()
+        .await
+        .certificates
+        .unwrap()
+        .server_cert_not_after;
+    assert_ne!(new_expiry, old_expiry);
+    let year = (time::OffsetDateTime::now_utc() + time::Duration::days(200))
+        .year()
+        .to_string();
+    assert!(new_expiry.starts_with(&year), "{new_expiry}");
     done = still_rotating(&env, done).await;
 
     // (b) A CRL revoking bob's certificate, reloaded with the CLI.
