@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod admin;
 mod audit;
 pub mod openapi;
 pub mod paths;
@@ -14,6 +15,7 @@ mod rotation;
 mod seal;
 mod version;
 
+pub use admin::ReloadResponse;
 pub use audit::{
     AUDIT_PAGE_MAX, AuditEntry, AuditLog, ChainError, ChainVerifier, GENESIS_HASH, verify_chain,
 };

@@ -19,9 +19,9 @@ use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
 
 use crate::{
     API_VERSION, API_VERSION_HEADER, ApiError, AuditEntry, AuditLog, CertificateExpiry, Health,
-    PrepareRequest, RetirePlan, RetireRequest, RollbackPlan, RollbackRequest, RotationState,
-    RotationStatus, ShareEnvelope, ShareOutcome, Status, ThrottleRequest, UnsealProgress,
-    UnsealRequest, UnsealResponse, VersionState, VersionStatus,
+    PrepareRequest, ReloadResponse, RetirePlan, RetireRequest, RollbackPlan, RollbackRequest,
+    RotationState, RotationStatus, ShareEnvelope, ShareOutcome, Status, ThrottleRequest,
+    UnsealProgress, UnsealRequest, UnsealResponse, VersionState, VersionStatus,
 };
 
 /// The OpenAPI document as pretty JSON with a final newline, byte for byte
@@ -47,13 +47,13 @@ pub fn document() -> String {
     paths(
         health, status, unseal, reset_unseal, seal, keyring, audit, openapi_json,
         rotation, prepare, share, verify, activate, switch, pause, resume, throttle, retire,
-        rollback,
+        rollback, reload,
     ),
     components(schemas(
         ApiError, Health, Status, CertificateExpiry, VersionStatus, VersionState, UnsealProgress, UnsealRequest,
         UnsealResponse, ShareOutcome, AuditLog, AuditEntry, RotationStatus, RotationState,
         PrepareRequest, ShareEnvelope, ThrottleRequest, RetireRequest, RetirePlan,
-        RollbackRequest, RollbackPlan, HookHandover, HandoverKey,
+        RollbackRequest, RollbackPlan, HookHandover, HandoverKey, ReloadResponse,
     )),
     modifiers(&Shared),
     tags(
@@ -61,6 +61,7 @@ pub fn document() -> String {
         (name = "keyring", description = "The keys handed to the database."),
         (name = "audit", description = "The hash-chained audit log."),
         (name = "rotation", description = "Replacing a key version without downtime."),
+        (name = "admin", description = "Running the daemon: the config reload."),
     ),
 )]
 struct ApiDoc;
@@ -268,6 +269,23 @@ fn keyring() {}
     responses((status = 200, description = "The entries after `since`, at most `limit`.", body = AuditLog)))]
 fn audit() {}
 
+/// Operators: re-read the config file and every file it names, validate all
+/// of it as start-up does and put it in force without sealing (`keyholder
+/// admin reload`; SIGHUP does the same).
+///
+/// New connections get the new server certificate, client CA, CRL and
+/// principals; open connections keep theirs. A change that needs a restart
+/// (keyring, state store, listen address, keyholders, targets, ...) is
+/// refused by name and nothing changes. Audited either way.
+#[utoipa::path(post, path = "/v1/admin/reload", tag = "admin",
+    responses(
+        (status = 200, description = "The config in force and what changed.", body = ReloadResponse),
+        (status = 408, description = "`request_timeout`.", body = ApiError),
+        (status = 413, description = "`body_too_large`: over 1 KiB.", body = ApiError),
+        (status = 422, description = "`reload_refused`: the new config is wrong or changes what needs a restart; the message says what. Nothing changed.", body = ApiError),
+    ))]
+fn reload() {}
+
 /// Any principal: this document.
 #[utoipa::path(get, path = "/v1/openapi.json", tag = "seal",
     responses((status = 200, description = "The OpenAPI 3.1 document of this API.", content_type = "application/json", body = Object)))]
@@ -436,6 +454,7 @@ mod tests {
             ROTATION_THROTTLE,
             ROTATION_RETIRE,
             ROTATION_ROLLBACK,
+            ADMIN_RELOAD,
         ];
         defined.sort_unstable();
         let doc = ApiDoc::openapi();
@@ -446,7 +465,7 @@ mod tests {
     #[test]
     fn every_operation_takes_the_version_header_and_names_its_errors() {
         let doc = ApiDoc::openapi();
-        assert_eq!(doc.paths.paths.len(), 18);
+        assert_eq!(doc.paths.paths.len(), 19);
         for (path, item) in &doc.paths.paths {
             for op in [&item.get, &item.post, &item.delete].into_iter().flatten() {
                 let params = op.parameters.as_deref().unwrap_or_default();

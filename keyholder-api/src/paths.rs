@@ -36,5 +36,7 @@ pub const ROTATION_THROTTLE: &str = "/v1/rotation/throttle";
 pub const ROTATION_RETIRE: &str = "/v1/rotation/retire";
 /// `POST`: plan, approve or perform the rollback.
 pub const ROTATION_ROLLBACK: &str = "/v1/rotation/rollback";
+/// `POST`: re-read and put in force the config, without sealing (operators).
+pub const ADMIN_RELOAD: &str = "/v1/admin/reload";
 /// `GET`: this API's OpenAPI 3.1 document (any principal).
 pub const OPENAPI: &str = "/v1/openapi.json";

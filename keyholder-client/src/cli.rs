@@ -137,6 +137,9 @@ pub enum Command {
     Hook(HookArgs),
     /// Print the audit log; --verify checks its hash chain (operator).
     Audit(AuditArgs),
+    /// Run the daemon without sealing it (operator).
+    #[command(subcommand)]
+    Admin(AdminCommand),
     /// Development/test PKI: certificates, age identities and a keyholder.toml.
     #[command(subcommand)]
     Pki(PkiCommand),
@@ -146,6 +149,15 @@ pub enum Command {
     Completions(CompletionsArgs),
     /// Write the man pages of keyholder and each of its commands into a directory.
     Man(ManArgs),
+}
+
+/// `keyholder admin`.
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    /// Make keyholderd re-read its config and every file it names (server certificate, client
+    /// CA, CRL, principals) and put it in force without sealing; a wrong config or a change that
+    /// needs a restart is refused by name and nothing changes (same as SIGHUP).
+    Reload,
 }
 
 /// `keyholder completions`.

@@ -523,6 +523,11 @@ impl Client {
         self.call(Method::POST, paths::SEAL, None).await
     }
 
+    /// `POST /v1/admin/reload`: the daemon re-reads and applies its config.
+    pub async fn reload(&self) -> Result<keyholder_api::ReloadResponse, ClientError> {
+        self.call(Method::POST, paths::ADMIN_RELOAD, None).await
+    }
+
     /// `GET /v1/keyring`: the hand-over, parsed (its errors never echo a key).
     pub async fn keyring(&self) -> Result<HookHandover, ClientError> {
         let body = self.send(Method::GET, paths::KEYRING, None).await?;

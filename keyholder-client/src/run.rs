@@ -13,9 +13,9 @@ use keyholder_api::{
 use serde::Serialize;
 
 use crate::cli::{
-    AuditArgs, Cli, Command, ConnectArgs, HookArgs, HookFormat, Output, PkiCommand, PkiInitArgs,
-    PkiRenewArgs, RecoverArgs, RotateCommand, ShareCommand, ShareFetchArgs, ShareVerifyArgs,
-    UnsealArgs,
+    AdminCommand, AuditArgs, Cli, Command, ConnectArgs, HookArgs, HookFormat, Output, PkiCommand,
+    PkiInitArgs, PkiRenewArgs, RecoverArgs, RotateCommand, ShareCommand, ShareFetchArgs,
+    ShareVerifyArgs, UnsealArgs,
 };
 use crate::client::{Client, ConnectOptions};
 use crate::error::CliError;
@@ -124,6 +124,20 @@ async fn online(
         Command::Rotate(command) => rotate(&connect_args, output, command).await?,
         Command::Hook(args) => return run_hook(&connect_args, args).await,
         Command::Audit(args) => audit(&connect_args, output, args).await?,
+        Command::Admin(AdminCommand::Reload) => {
+            let client = connect(&connect_args)?;
+            let reloaded = client.reload().await?;
+            show(output, &reloaded, |r| {
+                if r.changed.is_empty() {
+                    "reloaded: the config and its files were re-read; no setting changed (the TLS files are in force for new connections)\n".to_owned()
+                } else {
+                    format!(
+                        "reloaded: {} changed; new connections get the new config (still unsealed if it was)\n",
+                        r.changed.join(", ")
+                    )
+                }
+            })?;
+        }
         Command::Pki(_) | Command::Recover(_) | Command::Completions(_) | Command::Man(_) => {
             unreachable!("offline commands run without a runtime")
         }

@@ -6,6 +6,7 @@
 //! header; every request must carry a compatible one. Error bodies are
 //! [`ApiError`]s that never echo a request value.
 
+mod admin;
 mod audit;
 mod keyring;
 pub mod limits;
@@ -180,6 +181,7 @@ pub fn routes() -> Router<AppState> {
         .route(paths::KEYRING, get(keyring::keyring))
         .route(paths::AUDIT, get(audit::audit))
         .route(paths::OPENAPI, get(openapi))
+        .route(paths::ADMIN_RELOAD, axum::routing::post(admin::reload))
 }
 
 /// `GET /v1/openapi.json`: any principal. The document is built once, on
@@ -197,11 +199,16 @@ async fn openapi(Authenticated(_): Authenticated) -> impl IntoResponse {
 /// The complete API: our routes plus the rotation's, the version exchange on
 /// all of them, the role and size limits of bodies, JSON for every error
 /// (404s, 405s and 413s too).
-pub fn app(daemon: AppState, rotation: RotationHandle) -> Router {
+pub fn app(
+    daemon: AppState,
+    rotation: RotationHandle,
+    reloader: Arc<crate::reload::Reloader>,
+) -> Router {
     routes()
         .merge(crate::rotation::api::routes())
         .fallback(not_found)
         .layer(Extension(rotation))
+        .layer(Extension(reloader))
         .layer(axum::middleware::from_fn(limits::limit_body))
         .layer(axum::middleware::from_fn(limits::json_errors))
         .layer(axum::middleware::from_fn(api_version))

@@ -19,7 +19,7 @@ use crate::store::PgLocation;
 use crate::transport::identity::IdentityField;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 mod validate;
 
 pub use validate::sql_ident_rule;

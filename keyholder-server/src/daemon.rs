@@ -79,8 +79,9 @@ pub struct Fetched {
 
 /// The running daemon's state.
 pub struct Daemon {
-    /// The validated config.
-    config: Arc<Config>,
+    /// The validated config; a reload publishes a new one (`reload.rs`),
+    /// read per request or per step.
+    config: tokio::sync::watch::Sender<Arc<Config>>,
     /// The persisted state.
     store: Arc<dyn StateStore>,
     /// The keys, when unsealed.
@@ -165,7 +166,7 @@ impl Daemon {
         let seal = Mutex::new(Self::machine(&config, &versions, plan.as_ref()));
         let (fetches, fetched) = tokio::sync::mpsc::unbounded_channel();
         let daemon = Arc::new(Self {
-            config: Arc::new(config),
+            config: tokio::sync::watch::Sender::new(Arc::new(config)),
             store,
             vault: Vault::default(),
             metrics: Metrics::default(),
@@ -190,7 +191,7 @@ impl Daemon {
                 json!({"versions": versions, "sealed": true}),
             ))
             .await?;
-        tracing::info!(keyring = %daemon.config.keyring, ?versions, "started sealed");
+        tracing::info!(keyring = %daemon.config().keyring, ?versions, "started sealed");
         Ok(daemon)
     }
 
@@ -209,9 +210,17 @@ impl Daemon {
         SealMachine::new(config.keyring.clone(), facts, config.progress_ttl)
     }
 
-    /// The validated config.
-    pub fn config(&self) -> &Arc<Config> {
-        &self.config
+    /// The validated config in force (the last one reloaded).
+    pub fn config(&self) -> Arc<Config> {
+        Arc::clone(&self.config.borrow())
+    }
+
+    /// Puts a reloaded config in force after recording its principals;
+    /// `reload.rs` has validated it and refused what cannot change live.
+    pub(crate) async fn replace_config(&self, config: Arc<Config>) -> Result<(), DaemonError> {
+        self.store.sync_principals(&config.principals).await?;
+        self.config.send_replace(config);
+        Ok(())
     }
 
     /// The persisted state: for the rotation's steps, which write it with
@@ -296,7 +305,7 @@ impl Daemon {
             .into_iter()
             .map(|v| (v.version, v))
             .collect();
-        let keyring_id = self.config.keyring.clone();
+        let keyring_id = self.config().keyring.clone();
         // Sampling is for keys that can pass; a wrong key fails on its KCV
         // without waiting on a target.
         let worth_sampling: Vec<KeyVersion> = keys
@@ -306,7 +315,8 @@ impl Daemon {
             })
             .map(|(v, _)| *v)
             .collect();
-        let samples = verify::fetch(&self.samplers, worth_sampling, self.config.sample_size).await;
+        let samples =
+            verify::fetch(&self.samplers, worth_sampling, self.config().sample_size).await;
         tokio::task::spawn_blocking(move || {
             let verdict = verification::decide(&keyring_id, &keys, &versions, &samples);
             (keys, verdict)
@@ -331,7 +341,7 @@ impl Daemon {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .replace(plan.clone());
-        *self.lock_seal() = Self::machine(&self.config, &versions, Some(&plan));
+        *self.lock_seal() = Self::machine(&self.config(), &versions, Some(&plan));
         // Every rotation step sets the plan; only a changed one makes a new
         // keyring, so "keyring loaded" is logged once per real change.
         if previous.as_ref() != Some(&plan)
@@ -575,7 +585,7 @@ impl Daemon {
         report: &verify::Report,
         plan: &KeyringPlan,
     ) -> Result<(), DaemonError> {
-        let keyring = self.vault.load(&self.config.keyring, keys, plan)?;
+        let keyring = self.vault.load(&self.config().keyring, keys, plan)?;
         let counts = self.refresh_versions().await?;
         for record in counts.iter().filter(|r| keyring.contains(r.version)) {
             keyring
@@ -698,7 +708,7 @@ impl Daemon {
             machine.progress()
         };
         Status {
-            keyring: self.config.keyring.clone(),
+            keyring: self.config().keyring.clone(),
             sealed: keyring.is_none(),
             versions: versions
                 .iter()

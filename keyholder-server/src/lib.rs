@@ -23,6 +23,7 @@ pub mod init;
 pub mod manual;
 pub(crate) mod metrics;
 pub mod principal;
+pub(crate) mod reload;
 pub(crate) mod rotation;
 pub mod run;
 pub mod store;

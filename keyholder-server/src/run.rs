@@ -34,23 +34,40 @@ pub enum RunError {
 /// Runs the daemon with `extra` routes (the rotation's) until a shutdown signal.
 pub async fn run(config: Config) -> Result<(), RunError> {
     hygiene::harden()?;
-    let tls = tls::server_config(&config.listen)?;
+    // From here a SIGHUP reloads (once the daemon runs) instead of ending
+    // the process.
+    let hangup = crate::reload::hangup().map_err(|e| {
+        RunError::Bind(std::io::Error::new(
+            e.kind(),
+            format!("cannot install the SIGHUP handler: {e}"),
+        ))
+    })?;
+    let credentials = crate::reload::credentials(&config)?;
     let dates = transport::expiry::read(&config.listen)?;
     dates.log(std::time::SystemTime::now());
     let listen = config.listen.clone();
-    let principals = Arc::new(transport::identity::Directory {
-        field: config.listen.identity_field,
-        principals: config.principals.clone().into(),
-    });
     crate::check::warn_plaintext_postgres(&config);
     let daemon = Daemon::open(config).await?;
     daemon.metrics().set_certificates(&dates);
+    // A reload publishes new dates and credentials on these.
+    let (dates_tx, mut dates_rx) = tokio::sync::watch::channel(dates);
+    let (credentials_tx, credentials_rx) = tokio::sync::watch::channel(credentials);
     tokio::spawn(async move {
-        // A daemon runs for months: the warning comes back daily.
+        // A daemon runs for months: the warning comes back daily, with the
+        // dates of the files last loaded.
         let mut daily = tokio::time::interval(std::time::Duration::from_secs(24 * 3600));
         daily.tick().await;
         loop {
-            daily.tick().await;
+            tokio::select! {
+                _ = daily.tick() => {}
+                changed = dates_rx.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+            }
+            let dates = *dates_rx.borrow_and_update();
             dates.warn(std::time::SystemTime::now());
         }
     });
@@ -58,6 +75,13 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     let listener = transport::bind(listen.addr).await.map_err(RunError::Bind)?;
     let bound = listener.local_addr().map_err(RunError::Bind)?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let reloader = Arc::new(crate::reload::Reloader::new(
+        Arc::clone(&daemon),
+        rotation.clone(),
+        credentials_tx,
+        dates_tx,
+    ));
+    tokio::spawn(Arc::clone(&reloader).on_sighup(hangup, stop_rx.clone()));
     if let Some(addr) = listen.metrics_addr {
         let metrics = transport::bind(addr).await.map_err(RunError::Bind)?;
         tracing::info!(addr = %metrics.local_addr().map_err(RunError::Bind)?, "metrics listening (plain HTTP, loopback)");
@@ -71,16 +95,15 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         ));
     }
     tracing::info!(addr = %bound, "listening (mutual TLS 1.3)");
-    let app = crate::api::app(Arc::clone(&daemon), rotation.clone());
+    let app = crate::api::app(Arc::clone(&daemon), rotation.clone(), reloader);
     let summaries = tokio::spawn(crate::daemon::write_refusal_summaries(
         Arc::clone(&daemon),
         stop_rx.clone(),
     ));
     transport::serve_tls(
         listener,
-        tls,
+        credentials_rx,
         app,
-        principals,
         transport::Limits::from_listen(&listen),
         daemon.metrics().connections.clone(),
         transport::shutdown_signal(),

@@ -12,7 +12,9 @@
 //! keep-alive connection. A failed handshake (no certificate, another CA,
 //! expired or revoked) is logged at debug and counted; a WARN line says how
 //! many failed, at most once a minute, so a flood cannot fill the log. On
-//! shutdown the listener closes and open connections drain. Handlers never
+//! shutdown the listener closes and open connections drain. The TLS config
+//! and the principals come from a `watch` a reload publishes on: each new
+//! connection gets the ones in force at its accept. Handlers never
 //! see a certificate, only a [`Caller`] request extension.
 
 pub mod expiry;
@@ -144,18 +146,29 @@ impl Drop for Slot {
     }
 }
 
+/// What a new connection is served with: the TLS config (server
+/// certificate, client CA, CRL) and the principals. A reload publishes a new
+/// one on the `watch`; each connection reads the current one as it is
+/// accepted, and open connections keep theirs.
+#[derive(Clone)]
+pub struct Credentials {
+    /// The server's rustls config.
+    pub tls: Arc<rustls::ServerConfig>,
+    /// The principals and the field their certificates are read by.
+    pub principals: Arc<identity::Directory>,
+}
+
 /// Serves `router` over mutual TLS on `listener` until `shutdown` resolves,
-/// then drains open connections.
+/// then drains open connections. Each new connection is served with the
+/// [`Credentials`] `credentials` holds at its accept.
 pub async fn serve_tls(
     listener: TcpListener,
-    tls: Arc<rustls::ServerConfig>,
+    credentials: tokio::sync::watch::Receiver<Credentials>,
     router: Router,
-    principals: Arc<identity::Directory>,
     limits: Limits,
     metrics: ConnectionMetrics,
     shutdown: impl Future<Output = ()>,
 ) {
-    let acceptor = TlsAcceptor::from(tls);
     let graceful = GracefulShutdown::new();
     let open = Arc::new(Semaphore::new(limits.max_connections));
     let handshakes = Handshakes {
@@ -203,9 +216,10 @@ pub async fn serve_tls(
             _permit: connection_permit,
             open: metrics.open.clone(),
         };
-        let acceptor = acceptor.clone();
+        let current = credentials.borrow().clone();
+        let acceptor = TlsAcceptor::from(current.tls);
+        let principals = current.principals;
         let router = router.clone();
-        let principals = Arc::clone(&principals);
         let watcher = graceful.watcher();
         let noise = Arc::clone(&noise);
         let failures = metrics.handshake_failures.clone();

@@ -61,7 +61,8 @@ fn body_rule(method: &Method, path: &str) -> Option<BodyRule> {
         | paths::ROTATION_RESUME
         | paths::ROTATION_THROTTLE
         | paths::ROTATION_RETIRE
-        | paths::ROTATION_ROLLBACK => operator(SMALL_BODY_MAX),
+        | paths::ROTATION_ROLLBACK
+        | paths::ADMIN_RELOAD => operator(SMALL_BODY_MAX),
         _ => return None,
     })
 }

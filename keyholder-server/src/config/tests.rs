@@ -3,10 +3,10 @@ use std::os::unix::fs::PermissionsExt as _;
 
 use super::*;
 
-struct Dir(tempfile::TempDir);
+pub(crate) struct Dir(tempfile::TempDir);
 
 impl Dir {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let state = dir.path().join("state");
         fs::create_dir(&state).unwrap();
@@ -19,7 +19,7 @@ impl Dir {
         Self(dir)
     }
 
-    fn load(&self, text: &str) -> Result<Config, ConfigError> {
+    pub(crate) fn load(&self, text: &str) -> Result<Config, ConfigError> {
         let path = self.0.path().join("keyholder.toml");
         fs::write(&path, text).unwrap();
         fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
@@ -27,7 +27,7 @@ impl Dir {
     }
 }
 
-fn principal(name: &str, role: &str, identity: &str) -> String {
+pub(crate) fn principal(name: &str, role: &str, identity: &str) -> String {
     let recipient = if role == "keyholder" {
         format!("age_recipient = \"{}\"\n", fresh_recipient())
     } else {
@@ -38,7 +38,7 @@ fn principal(name: &str, role: &str, identity: &str) -> String {
     )
 }
 
-fn base(threshold: i64, principals: &str) -> String {
+pub(crate) fn base(threshold: i64, principals: &str) -> String {
     format!(
         "keyring = \"orders\"\nstate_dir = \"state\"\n[listen]\naddr = \"127.0.0.1:8443\"\ncert = \"server.pem\"\nkey = \"server.key\"\nclient_ca = \"ca.pem\"\n[shamir]\nthreshold = {threshold}\n{principals}"
     )

@@ -334,6 +334,7 @@ impl Rotator {
             view.last_error.clone_from(&self.last_error);
             view.retries.clone_from(&self.retries);
             view.progress.clone_from(&self.progress);
+            view.set_consumers(&self.daemon.config().reencrypt.consumers);
         });
     }
 
@@ -446,7 +447,7 @@ impl Rotator {
         {
             return Err(RotationError::VersionReused { version, highest });
         }
-        let config = Arc::clone(self.daemon.config());
+        let config = self.daemon.config();
         let (key, new_version) = tokio::task::spawn_blocking(move || {
             crate::init::make_version(&config, version, VersionState::Prepared)
         })

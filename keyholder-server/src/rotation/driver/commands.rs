@@ -60,6 +60,9 @@ pub(crate) enum Command {
         execute: bool,
         reply: Reply<RollbackPlan>,
     },
+    /// A config was reloaded: republish what status shows from it (the
+    /// consumers); every step reads the config in force itself.
+    Reload { done: oneshot::Sender<()> },
     /// Stop the worker (its checkpoint stays) and end the task.
     Stop { done: oneshot::Sender<()> },
 }
@@ -125,7 +128,7 @@ impl Rotator {
             } => {
                 let _ = reply.send(self.rollback(&operator, execute).await);
             }
-            Command::Stop { done } => {
+            Command::Reload { done } | Command::Stop { done } => {
                 let _ = done.send(());
             }
         }
@@ -154,6 +157,15 @@ impl RotationHandle {
             .send(command(reply))
             .map_err(|_| RotationError::Stopped)?;
         answer.await.map_err(|_| RotationError::Stopped)?
+    }
+
+    /// Tells the orchestrator a config was reloaded; returns once it has
+    /// republished its view (between two steps, never inside one).
+    pub async fn reloaded(&self) {
+        let (done, answer) = oneshot::channel();
+        if self.commands.send(Command::Reload { done }).is_ok() {
+            let _ = answer.await;
+        }
     }
 
     /// The rotation part of the status document; never waits on a step.

@@ -64,6 +64,13 @@ impl View {
         }
     }
 
+    /// The consumers of a reloaded config (`reencrypt.consumers`).
+    pub(crate) fn set_consumers(&mut self, consumers: &[String]) {
+        if self.consumers != consumers {
+            self.consumers = consumers.to_vec();
+        }
+    }
+
     /// The rotation part of the status document.
     pub(crate) fn status(&self) -> RotationStatus {
         let rotation = &self.rotation;
