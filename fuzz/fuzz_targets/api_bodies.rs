@@ -7,8 +7,11 @@ use keyholder_api::{
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|body: &[u8]| {
+    // The one refusal whose words do not depend on the body at all: a body
+    // that is that sentence itself "contains" it without being echoed.
+    let not_an_object = from_json::<UnsealRequest>(b"[]").err();
     if let Err(message) = from_json::<UnsealRequest>(body) {
-        if body.len() > 24 {
+        if body.len() > 24 && Some(&message) != not_an_object.as_ref() {
             if let Ok(text) = std::str::from_utf8(body) {
                 assert!(!message.contains(text));
             }
