@@ -37,6 +37,8 @@ const DEFAULT_KEEP_SNAPSHOTS: u32 = 5;
 const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default number of client connections open at once.
 const DEFAULT_MAX_CONNECTIONS: i64 = 256;
+/// Default time a cluster leader's lease lasts without a renewal.
+const DEFAULT_LEASE: Duration = Duration::from_secs(10);
 
 /// Why the config could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -112,6 +114,26 @@ struct RawConfig {
     reencrypt: RawReencrypt,
     #[serde(default)]
     rotation: RawRotation,
+    cluster: Option<RawCluster>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCluster {
+    node: String,
+    lease: Option<String>,
+    client_cert: PathBuf,
+    client_key: PathBuf,
+    server_ca: PathBuf,
+    #[serde(default)]
+    nodes: Vec<RawNode>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNode {
+    name: String,
+    addr: String,
 }
 
 #[derive(Deserialize)]
@@ -200,6 +222,55 @@ pub struct Config {
     pub reencrypt: Reencrypt,
     /// `[rotation]`: the rules a rotation must keep.
     pub rotation: RotationRules,
+    /// `[cluster]`: the other keyholderd nodes sharing this PostgreSQL
+    /// state store; `None` for a single daemon.
+    pub cluster: Option<Cluster>,
+}
+
+/// `[cluster]`: several keyholderd nodes on one PostgreSQL state store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cluster {
+    /// This node's name: one of `nodes`, and the name of the `node`
+    /// principal its client certificate maps to on its peers.
+    pub node: String,
+    /// How long a leader's lease lasts without a renewal; a leader that
+    /// cannot renew stops writing before it runs out.
+    pub lease: Duration,
+    /// This node's client certificate (PEM), presented to its peers.
+    pub client_cert: PathBuf,
+    /// Its private key (PEM, mode 0600).
+    pub client_key: PathBuf,
+    /// The CA that signed the peers' server certificates (PEM).
+    pub server_ca: PathBuf,
+    /// Every node of the cluster, this one included, in config order.
+    pub nodes: Vec<Node>,
+}
+
+/// One node of `[cluster]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Node {
+    /// Its name (the name rule); a principal of that name has the `node` role.
+    pub name: String,
+    /// Where its API is reached, `host:port` (the host as its server
+    /// certificate names it).
+    pub addr: String,
+}
+
+impl Cluster {
+    /// The other nodes.
+    pub fn peers(&self) -> impl Iterator<Item = &Node> {
+        self.nodes.iter().filter(|n| n.name != self.node)
+    }
+
+    /// Whether `name` is a node of this cluster.
+    pub fn has_node(&self, name: &str) -> bool {
+        self.nodes.iter().any(|n| n.name == name)
+    }
+
+    /// The node named `name`.
+    pub fn node_named(&self, name: &str) -> Option<&Node> {
+        self.nodes.iter().find(|n| n.name == name)
+    }
 }
 
 /// `[rotation]`.

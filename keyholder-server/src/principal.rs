@@ -17,6 +17,9 @@ pub enum Role {
     Operator,
     /// A database host: fetches the keyring through the hook.
     Database,
+    /// Another keyholderd of the same cluster (`[cluster]`): relays shares
+    /// and seals, and takes the keyring from an unsealed peer.
+    Node,
 }
 
 impl Role {
@@ -26,6 +29,7 @@ impl Role {
             Self::Keyholder => "keyholder",
             Self::Operator => "operator",
             Self::Database => "database",
+            Self::Node => "node",
         }
     }
 
@@ -35,6 +39,7 @@ impl Role {
             "keyholder" => Some(Self::Keyholder),
             "operator" => Some(Self::Operator),
             "database" => Some(Self::Database),
+            "node" => Some(Self::Node),
             _ => None,
         }
     }

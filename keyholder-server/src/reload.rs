@@ -102,7 +102,7 @@ fn fixed(old: &Config, new: &Config) -> Vec<&'static str> {
             .map(|p| (p.name.clone(), p.age_recipient.clone()))
             .collect::<Vec<_>>()
     };
-    let checks: [(&'static str, bool); 11] = [
+    let checks: [(&'static str, bool); 12] = [
         ("keyring", old.keyring != new.keyring),
         ("state_dir/state_store", differs(&old.state, &new.state)),
         ("listen.addr", old.listen.addr != new.listen.addr),
@@ -125,6 +125,7 @@ fn fixed(old: &Config, new: &Config) -> Vec<&'static str> {
         ("shamir.threshold", old.threshold != new.threshold),
         ("unseal.progress_ttl", old.progress_ttl != new.progress_ttl),
         ("targets", differs(&old.targets, &new.targets)),
+        ("cluster", old.cluster != new.cluster),
         (
             "principals (the keyholders: their names, order or age_recipient)",
             keyholders(old) != keyholders(new),

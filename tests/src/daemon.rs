@@ -265,22 +265,29 @@ impl Env {
 
     /// Starts `keyholderd run` and waits until it answers.
     pub async fn start(&self) -> Daemon {
-        let log = fs::OpenOptions::new()
+        self.start_node(&self.config, self.addr, &self.log).await
+    }
+
+    /// Starts `keyholderd run --config config`, logging to `log`, and
+    /// waits until it answers on `addr` (a cluster node's own config).
+    pub async fn start_node(&self, config: &Path, addr: SocketAddr, log: &Path) -> Daemon {
+        let log_text = || strip_ansi(&fs::read_to_string(log).unwrap_or_default());
+        let file = fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(&self.log)
+            .open(log)
             .unwrap();
         let child = Command::new(keyholderd())
             .arg("run")
             .arg("--config")
-            .arg(&self.config)
+            .arg(config)
             .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
             .spawn()
             .unwrap();
         let mut daemon = Daemon { child: Some(child) };
-        let operator = self.client(OPERATOR);
+        let operator = Client::new(addr, &self.pki.ca_pem, Some(&self.pki.client(OPERATOR)));
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             if let Ok(answer) = operator
@@ -291,12 +298,12 @@ impl Env {
                 return daemon;
             }
             if let Some(status) = daemon.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("keyholderd exited with {status}:\n{}", self.log_text());
+                panic!("keyholderd exited with {status}:\n{}", log_text());
             }
             assert!(
                 Instant::now() < deadline,
                 "keyholderd did not answer in time:\n{}",
-                self.log_text()
+                log_text()
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -326,7 +333,7 @@ impl Env {
 }
 
 /// `text` without ANSI escape sequences (`ESC [ ... letter`).
-fn strip_ansi(text: &str) -> String {
+pub(crate) fn strip_ansi(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut chars = text.chars();
     while let Some(c) = chars.next() {

@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod client;
+pub mod cluster;
 pub mod daemon;
 pub mod mysql;
 pub mod pg;
@@ -18,6 +19,7 @@ pub mod rotation;
 pub mod secrets;
 
 pub use client::Client;
+pub use cluster::ClusterEnv;
 pub use daemon::{Daemon, Env, EnvOptions, TargetSpec};
 pub use pki::Pki;
 pub use records::Table;

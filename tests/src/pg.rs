@@ -35,3 +35,38 @@ pub fn unique_name(prefix: &str) -> String {
         .as_nanos();
     format!("{prefix}_{}_{}", std::process::id(), nanos % 1_000_000_000)
 }
+
+/// A schema of one test's own on the server of `url`: a fresh state store
+/// for a daemon (or a cluster of them). Drop it with [`Schema::drop_it`].
+pub struct Schema {
+    /// A connection to the server.
+    pub client: tokio_postgres::Client,
+    /// The schema's name.
+    pub name: String,
+    url: String,
+}
+
+impl Schema {
+    /// A new, unused schema name on `url`'s server (created by the daemon).
+    pub async fn new(url: &str) -> Self {
+        Self {
+            client: connect(url).await,
+            name: unique_name("kh_e2e"),
+            url: url.to_owned(),
+        }
+    }
+
+    /// The `state_store` URL of this schema.
+    pub fn state_store(&self) -> String {
+        let separator = if self.url.contains('?') { '&' } else { '?' };
+        format!("{}{separator}schema={}", self.url, self.name)
+    }
+
+    /// Drops the schema and everything in it.
+    pub async fn drop_it(self) {
+        self.client
+            .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", self.name))
+            .await
+            .unwrap();
+    }
+}

@@ -8,38 +8,15 @@
 use crypto_core::KeyVersion;
 use keyholder_api::{AuditLog, Status, UnsealResponse};
 use keyholder_tests::daemon::OPERATOR;
-use keyholder_tests::pg;
+use keyholder_tests::pg::{self, Schema};
 use keyholder_tests::{Env, EnvOptions};
-
-/// A schema of this test's own, dropped when the test ends.
-struct Schema {
-    client: tokio_postgres::Client,
-    name: String,
-}
-
-impl Schema {
-    async fn new(url: &str) -> Self {
-        Self {
-            client: pg::connect(url).await,
-            name: pg::unique_name("kh_e2e"),
-        }
-    }
-
-    async fn drop_it(self) {
-        self.client
-            .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", self.name))
-            .await
-            .unwrap();
-    }
-}
 
 #[tokio::test]
 async fn the_daemon_keeps_its_state_in_postgres_and_restarts_sealed() {
     let Some(url) = pg::url() else { return };
     let schema = Schema::new(&url).await;
-    let separator = if url.contains('?') { '&' } else { '?' };
     let env = Env::new(EnvOptions {
-        state_store: Some(format!("{url}{separator}schema={}", schema.name)),
+        state_store: Some(schema.state_store()),
         ..EnvOptions::default()
     });
     assert!(

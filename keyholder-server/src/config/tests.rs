@@ -175,7 +175,7 @@ fn every_problem_is_reported_with_its_field() {
         "principals[1].name: \"\" is empty; every name must be set",
         "principals[2].name: duplicate name \"alice\"",
         "principals[2].cert_identity: \"alice\" is also the identity of \"alice\"; each certificate identity maps to one principal",
-        "principals[3].roles[0]: \"admin\" is not a role; use keyholder, operator or database",
+        "principals[3].roles[0]: \"admin\" is not a role; use keyholder, operator, database or node",
         "shamir.threshold: 1 is too low; a key needs at least 2 keyholders to rebuild",
         "unseal.progress_ttl: \"soon\" is not a duration; write it like \"15m\" or \"250ms\"",
         "verify.sample_size: 0 is out of range; use 1 to 100000",
@@ -457,5 +457,102 @@ fn a_mysql_target_loads_and_a_password_in_its_url_is_refused_by_name() {
     assert_eq!(
         found,
         ["targets[0].store: must start with sqlite:///, postgres:// or mysql://"]
+    );
+}
+
+fn cluster_config(nodes: &str, extra_principals: &str) -> String {
+    let three = ["alice", "bob", "carol"]
+        .map(|n| principal(n, "keyholder", n))
+        .concat();
+    let pg = base(2, &format!("{three}{extra_principals}")).replace(
+        "state_dir = \"state\"",
+        "state_store = \"postgres://keyholder@127.0.0.1/keyholder\"",
+    );
+    format!(
+        "{pg}[cluster]\nnode = \"kh-a\"\nlease = \"3s\"\nclient_cert = \"server.pem\"\nclient_key = \"server.key\"\nserver_ca = \"ca.pem\"\n{nodes}"
+    )
+}
+
+fn node(name: &str, addr: &str) -> String {
+    format!("[[cluster.nodes]]\nname = \"{name}\"\naddr = \"{addr}\"\n")
+}
+
+#[test]
+fn a_cluster_names_its_nodes_and_each_is_a_node_principal() {
+    let dir = Dir::new();
+    let nodes = ["kh-a", "kh-b", "kh-c"];
+    let principals = nodes.map(|n| principal(n, "node", n)).concat();
+    let listed = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| node(n, &format!("127.0.0.1:{}", 8443 + i)))
+        .collect::<String>();
+    let config = dir.load(&cluster_config(&listed, &principals)).unwrap();
+    let cluster = config.cluster.unwrap();
+    assert_eq!(cluster.node, "kh-a");
+    assert_eq!(cluster.lease, Duration::from_secs(3));
+    assert_eq!(
+        cluster.peers().map(|n| n.name.as_str()).collect::<Vec<_>>(),
+        ["kh-b", "kh-c"]
+    );
+    assert!(cluster.has_node("kh-c") && !cluster.has_node("kh-d"));
+}
+
+#[test]
+fn a_cluster_refuses_a_state_dir_strangers_and_bad_addresses_by_name() {
+    let dir = Dir::new();
+    let principals = [
+        principal("kh-a", "node", "kh-a"),
+        principal("kh-b", "database", "kh-b"),
+    ]
+    .concat();
+    let on_sqlite = cluster_config(
+        &format!(
+            "{}{}",
+            node("kh-b", "127.0.0.1:8444"),
+            node("kh-b", "https://x/y")
+        ),
+        &principals,
+    )
+    .replace(
+        "state_store = \"postgres://keyholder@127.0.0.1/keyholder\"",
+        "state_dir = \"state\"",
+    );
+    assert_eq!(
+        problems(dir.load(&on_sqlite)),
+        [
+            "cluster: needs state_store = \"postgres://...\": the nodes of a cluster share one PostgreSQL state store, never a state_dir",
+            "cluster.nodes[0].name: \"kh-b\" is not a principal with the node role; add [[principals]] name = \"kh-b\", roles = [\"node\"] with its client certificate's identity",
+            "cluster.nodes[1].name: duplicate node \"kh-b\"",
+            "cluster.nodes[1].name: \"kh-b\" is not a principal with the node role; add [[principals]] name = \"kh-b\", roles = [\"node\"] with its client certificate's identity",
+            "cluster.nodes[1].addr: \"https://x/y\" is not host:port; write it like \"kh-a.internal:8443\" (no scheme, no path)",
+            "cluster.node: \"kh-a\" is not one of cluster.nodes; list this node there too",
+        ]
+    );
+    let lone = base(
+        2,
+        &[
+            principal("alice", "keyholder", "alice"),
+            principal("bob", "keyholder", "bob"),
+            principal("kh-a", "node", "kh-a"),
+        ]
+        .concat(),
+    );
+    assert_eq!(
+        problems(dir.load(&lone)),
+        [
+            "principals: \"kh-a\" has the node role but there is no [cluster]; remove the role or configure the cluster"
+        ]
+    );
+    let mixed = base(
+        2,
+        &[
+            principal("alice", "keyholder", "alice"),
+            principal("bob", "keyholder", "bob"),
+        ]
+        .concat(),
+    ) + "[[principals]]\nname = \"kh-a\"\nroles = [\"node\", \"operator\"]\ncert_identity = \"kh-a\"\n";
+    assert!(
+        problems(dir.load(&mixed)).contains(&"principals[2].roles: gives node with other roles; a node is a keyholderd of the cluster, not a person or a database: give it the node role alone".to_owned())
     );
 }

@@ -10,9 +10,10 @@ use std::time::Duration;
 use crypto_core::KeyringId;
 
 use super::{
-    Config, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_KEEP_SNAPSHOTS,
-    DEFAULT_MAX_CONNECTIONS, DEFAULT_PROGRESS_TTL, DEFAULT_SAMPLE_SIZE, Listen, Problem, RawConfig,
-    RawListen, RawPrincipal, RawReencrypt, RawRotation, Reencrypt, RotationRules, StateLocation,
+    Cluster, Config, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_HEADER_READ_TIMEOUT,
+    DEFAULT_KEEP_SNAPSHOTS, DEFAULT_LEASE, DEFAULT_MAX_CONNECTIONS, DEFAULT_PROGRESS_TTL,
+    DEFAULT_SAMPLE_SIZE, Listen, Node, Problem, RawCluster, RawConfig, RawListen, RawPrincipal,
+    RawReencrypt, RawRotation, Reencrypt, RotationRules, StateLocation,
 };
 use crate::principal::{Principal, Role};
 use crate::store::PgLocation;
@@ -277,6 +278,13 @@ pub(super) fn validate(
     let targets = validate_targets(&raw.targets, check);
     let reencrypt = validate_reencrypt(&raw.reencrypt, &principals, check);
     let rotation = validate_rotation(&raw.rotation, threshold, keyholders, check);
+    let cluster = validate_cluster(
+        raw.cluster.as_ref(),
+        state.as_ref(),
+        &principals,
+        base,
+        check,
+    );
 
     Some(Config {
         path: path.to_owned(),
@@ -290,7 +298,116 @@ pub(super) fn validate(
         targets,
         reencrypt,
         rotation,
+        cluster,
     })
+}
+
+/// `[cluster]`: a PostgreSQL state store, 2 to 5 nodes with unique names,
+/// this node among them, each a `node` principal.
+fn validate_cluster(
+    raw: Option<&RawCluster>,
+    state: Option<&StateLocation>,
+    principals: &[Principal],
+    base: &Path,
+    check: &mut Checker,
+) -> Option<Cluster> {
+    let Some(raw) = raw else {
+        if let Some(p) = principals.iter().find(|p| p.has(Role::Node)) {
+            check.problem(
+                "principals",
+                format!("\"{}\" has the node role but there is no [cluster]; remove the role or configure the cluster", p.name),
+            );
+        }
+        return None;
+    };
+    if matches!(state, Some(StateLocation::Dir(_))) {
+        check.problem(
+            "cluster",
+            "needs state_store = \"postgres://...\": the nodes of a cluster share one PostgreSQL state store, never a state_dir",
+        );
+    }
+    check.name(&raw.node, "cluster.node");
+    let lease = check.duration(
+        raw.lease.as_deref(),
+        "cluster.lease",
+        DEFAULT_LEASE,
+        (Duration::from_secs(1), Duration::from_secs(120)),
+    );
+    let client_cert = check.path(base, &raw.client_cert, "cluster.client_cert");
+    if let Some(path) = &client_cert {
+        check.file_readable(path, "cluster.client_cert");
+    }
+    let client_key = check.path(base, &raw.client_key, "cluster.client_key");
+    if let Some(path) = &client_key {
+        check.file_private(path, "cluster.client_key");
+    }
+    let server_ca = check.path(base, &raw.server_ca, "cluster.server_ca");
+    if let Some(path) = &server_ca {
+        check.file_readable(path, "cluster.server_ca");
+    }
+    if !(2..=5).contains(&raw.nodes.len()) {
+        check.problem(
+            "cluster.nodes",
+            format!(
+                "{} node(s); a cluster has 2 to 5 (one [[cluster.nodes]] per keyholderd, this one included)",
+                raw.nodes.len()
+            ),
+        );
+    }
+    let mut names = BTreeSet::new();
+    let mut nodes = Vec::new();
+    for (i, node) in raw.nodes.iter().enumerate() {
+        let at = |field: &str| format!("cluster.nodes[{i}].{field}");
+        check.name(&node.name, &at("name"));
+        if !names.insert(node.name.as_str()) {
+            check.problem(at("name"), format!("duplicate node \"{}\"", node.name));
+        }
+        match principals.iter().find(|p| p.name == node.name) {
+            Some(p) if p.has(Role::Node) => {}
+            _ => check.problem(
+                at("name"),
+                format!("\"{}\" is not a principal with the node role; add [[principals]] name = \"{}\", roles = [\"node\"] with its client certificate's identity", node.name, node.name),
+            ),
+        }
+        if let Err(reason) = host_port(&node.addr) {
+            check.problem(at("addr"), format!("\"{}\" {reason}", node.addr));
+        }
+        nodes.push(Node {
+            name: node.name.clone(),
+            addr: node.addr.clone(),
+        });
+    }
+    if !names.contains(raw.node.as_str()) {
+        check.problem(
+            "cluster.node",
+            format!(
+                "\"{}\" is not one of cluster.nodes; list this node there too",
+                raw.node
+            ),
+        );
+    }
+    Some(Cluster {
+        node: raw.node.clone(),
+        lease,
+        client_cert: client_cert?,
+        client_key: client_key?,
+        server_ca: server_ca?,
+        nodes,
+    })
+}
+
+/// A node's address: `host:port`, no scheme or path.
+fn host_port(addr: &str) -> Result<(), &'static str> {
+    const SHAPE: &str =
+        "is not host:port; write it like \"kh-a.internal:8443\" (no scheme, no path)";
+    let (host, port) = addr.rsplit_once(':').ok_or(SHAPE)?;
+    if host.is_empty() || addr.contains('/') || addr.contains(char::is_whitespace) {
+        return Err(SHAPE);
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => Ok(()),
+        _ => Err("has no port between 1 and 65535"),
+    }
 }
 
 fn validate_rotation(
@@ -481,7 +598,7 @@ fn validate_principals(raw: &[RawPrincipal], check: &mut Checker) -> Vec<Princip
         if p.roles.is_empty() {
             check.problem(
                 at("roles"),
-                "is empty; give keyholder, operator or database",
+                "is empty; give keyholder, operator, database or node",
             );
         }
         for (j, role) in p.roles.iter().enumerate() {
@@ -493,9 +610,15 @@ fn validate_principals(raw: &[RawPrincipal], check: &mut Checker) -> Vec<Princip
                 Some(_) => {}
                 None => check.problem(
                     format!("principals[{i}].roles[{j}]"),
-                    format!("\"{role}\" is not a role; use keyholder, operator or database"),
+                    format!("\"{role}\" is not a role; use keyholder, operator, database or node"),
                 ),
             }
+        }
+        if roles.contains(&Role::Node) && roles.len() > 1 {
+            check.problem(
+                at("roles"),
+                "gives node with other roles; a node is a keyholderd of the cluster, not a person or a database: give it the node role alone",
+            );
         }
         if p.cert_identity.trim().is_empty() || p.cert_identity.trim() != p.cert_identity {
             check.problem(
