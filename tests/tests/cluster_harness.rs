@@ -3,7 +3,6 @@
 //! answers on its own address, on the PostgreSQL server named by
 //! `KEYHOLDER_TEST_PG` (skipped, saying so, when it is not set).
 
-use keyholder_tests::cluster::NODE_NAMES;
 use keyholder_tests::daemon::OPERATOR;
 use keyholder_tests::pg::{self, Schema};
 use keyholder_tests::{ClusterEnv, EnvOptions};
@@ -35,14 +34,14 @@ async fn three_node_configs_check_and_every_node_answers_on_its_own_address() {
         );
     }
     let mut daemons = Vec::new();
-    for i in 0..3 {
+    for (i, node) in cluster.nodes.iter().enumerate() {
         daemons.push(cluster.start(i).await);
         let health = cluster
             .client(i, OPERATOR)
             .send(reqwest::Method::GET, "/v1/health", None)
             .await
             .unwrap();
-        assert_eq!(health.status, 200, "{} ({})", health.body, NODE_NAMES[i]);
+        assert_eq!(health.status, 200, "{} ({})", health.body, node.name);
     }
     for mut daemon in daemons {
         assert!(daemon.stop());
