@@ -242,3 +242,105 @@ async fn reported_encryptions_cross_the_limits_and_the_keyring_is_still_served()
     assert!(line(warning).contains("WARN"), "{}", line(warning));
     assert!(line(exhausted).contains("ERROR"), "{}", line(exhausted));
 }
+
+/// The demo application (the database side of the demo) reports the
+/// encryptions its keyring did each time it refreshes through the hook: the
+/// version's total grows by exactly the last count its process reported.
+#[tokio::test]
+async fn the_demo_application_reports_its_encryptions_when_it_refreshes() {
+    let env = Env::new(EnvOptions::default());
+    let _daemon = env.start().await;
+    for name in ["alice", "bob"] {
+        let answer = env.client(name).unseal(&[&env.share_line(name, 1)]).await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+    }
+    let app = keyholder_tests::daemon::binary("keyholder-demo-app");
+    let keyholder = keyholder_tests::daemon::binary("keyholder");
+    let db = env.tmp.path().join("demo.db");
+    let db = db.to_str().unwrap();
+    let run = |args: &[&str]| {
+        let out = env
+            .keyholder_cli(DATABASE)
+            .args(["hook", "--wait", "10s", "--exec", "--"])
+            .arg(&app)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    run(&["schema", "--db", db]);
+    run(&["seed", "--db", db, "--rows", "50"]);
+    let before = v1(&env).await.encryptions;
+    let summary = run(&[
+        "serve",
+        "--db",
+        db,
+        "--duration",
+        "3s",
+        "--ops-per-sec",
+        "100",
+        "--write-ratio",
+        "1.0",
+        "--refresh-every",
+        "500ms",
+        "--",
+        keyholder.to_str().unwrap(),
+        "hook",
+        "--wait",
+        "5s",
+        "--format",
+        "json",
+    ]);
+    let field = |name: &str| -> u64 {
+        summary
+            .split_whitespace()
+            .find_map(|f| f.strip_prefix(&format!("{name}=")))
+            .unwrap_or_else(|| panic!("{name} missing from {summary}"))
+            .parse()
+            .unwrap()
+    };
+    assert!(
+        field("refreshes") > 0 && field("failures") == 0,
+        "{summary}"
+    );
+
+    let log: AuditLog = env
+        .client(OPERATOR)
+        .get("/v1/audit?limit=1000")
+        .await
+        .json();
+    let reports: Vec<serde_json::Value> = log
+        .entries
+        .iter()
+        .filter(|e| e.action == "keyring_fetched")
+        .map(|e| serde_json::from_str::<serde_json::Value>(&e.detail).unwrap()["reported"].clone())
+        .filter(|r| !r.is_null())
+        .collect();
+    assert!(!reports.is_empty(), "no fetch carried a report");
+    let process = reports[0]["process"].as_str().unwrap().to_owned();
+    assert_eq!(process.len(), 32, "{process}");
+    let counts: Vec<u64> = reports
+        .iter()
+        .map(|r| {
+            assert_eq!(r["process"], process.as_str(), "one serving process");
+            r["encryptions"][0]["count"].as_u64().unwrap()
+        })
+        .collect();
+    assert!(
+        counts.windows(2).all(|w| w[0] <= w[1]),
+        "cumulative: {counts:?}"
+    );
+    let last = *counts.last().unwrap();
+    // Two columns per rewritten row; the writes after the last refresh are
+    // not reported yet.
+    assert!(
+        last > 0 && last <= 2 * field("rows_written"),
+        "{counts:?} {summary}"
+    );
+    assert_eq!(v1(&env).await.encryptions, before + last);
+}
