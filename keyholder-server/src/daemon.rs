@@ -425,27 +425,18 @@ impl Daemon {
                 .message(change.version, change.after, level)
                 .unwrap_or_default();
             let (action, limit) = match level {
-                UsageLevel::Exhausted => {
-                    tracing::error!(
-                        version = change.version.number(),
-                        encryptions = change.after,
-                        limit = limits.limit,
-                        reported_by = reporter,
-                        "{message}"
-                    );
-                    ("encryptions_exhausted", limits.limit)
-                }
-                _ => {
-                    tracing::warn!(
-                        version = change.version.number(),
-                        encryptions = change.after,
-                        limit = limits.warn_at,
-                        reported_by = reporter,
-                        "{message}"
-                    );
-                    ("encryptions_warning", limits.warn_at)
-                }
+                UsageLevel::Exhausted => ("encryptions_exhausted", limits.limit),
+                _ => ("encryptions_warning", limits.warn_at),
             };
+            // WARN, not ERROR: an ERROR line means a fault of the daemon;
+            // this one is the operator's to act on (and is audited).
+            tracing::warn!(
+                version = change.version.number(),
+                encryptions = change.after,
+                limit,
+                reported_by = reporter,
+                "{message}"
+            );
             self.audit(
                 DAEMON,
                 action,
