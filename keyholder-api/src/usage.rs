@@ -27,6 +27,7 @@ pub struct KeyringRequest {
     pub process: String,
     /// The process's count per version, each version at most once (at
     /// most 32).
+    #[schema(max_items = 32)]
     pub encryptions: Vec<VersionEncryptions>,
 }
 
