@@ -160,6 +160,29 @@ impl Keyring {
         Ok(())
     }
 
+    /// Every version's encryption count, in numeric order: what a database
+    /// process reports to the daemon when it fetches a new keyring.
+    pub fn encryption_counts(&self) -> Vec<(KeyVersion, u64)> {
+        self.entries
+            .iter()
+            .map(|(version, entry)| (*version, entry.encryptions.load(Ordering::Relaxed)))
+            .collect()
+    }
+
+    /// Carries the counts of `previous` (the keyring this one replaces in
+    /// the same process) over to the versions both hold, so a refreshed
+    /// keyring goes on counting, and refusing at 2^32, where the old one
+    /// stopped. A count is only ever raised here, never lowered.
+    pub fn continue_counts_from(&self, previous: &Keyring) {
+        for (version, entry) in &self.entries {
+            if let Some(old) = previous.entries.get(version) {
+                entry
+                    .encryptions
+                    .fetch_max(old.encryptions.load(Ordering::Relaxed), Ordering::Relaxed);
+            }
+        }
+    }
+
     /// Versions past 2^31 encryptions: time to rotate.
     pub fn near_nonce_limit(&self) -> Vec<KeyVersion> {
         self.entries
@@ -233,6 +256,25 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "record is encrypted with v11, which is not in the keyring"
+        );
+    }
+
+    #[test]
+    fn a_refreshed_keyring_goes_on_counting_where_the_old_one_stopped() {
+        let (k9, k10) = (Key::generate(), Key::generate());
+        let old = Keyring::new(orders(), v(9), [(v(9), k9.clone())]).unwrap();
+        old.set_encryptions(v(9), NONCE_HARD_LIMIT - 1).unwrap();
+        old.encrypt(b"x", b"").unwrap();
+        let new = Keyring::new(orders(), v(9), [(v(9), k9), (v(10), k10)]).unwrap();
+        new.set_encryptions(v(10), 5).unwrap();
+        new.continue_counts_from(&old);
+        assert_eq!(
+            new.encryption_counts(),
+            [(v(9), NONCE_HARD_LIMIT), (v(10), 5)]
+        );
+        assert_eq!(
+            new.encrypt(b"x", b"").unwrap_err(),
+            Error::NonceLimitReached { version: v(9) }
         );
     }
 

@@ -2,7 +2,8 @@
 //! refusal never echoes the body (it may carry a share).
 #![no_main]
 use keyholder_api::{
-    PrepareRequest, RetireRequest, RollbackRequest, ThrottleRequest, UnsealRequest, from_json,
+    KeyringRequest, PrepareRequest, RetireRequest, RollbackRequest, ThrottleRequest,
+    UnsealRequest, from_json,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -21,4 +22,5 @@ fuzz_target!(|body: &[u8]| {
     let _ = from_json::<ThrottleRequest>(body);
     let _ = from_json::<RetireRequest>(body);
     let _ = from_json::<RollbackRequest>(body);
+    let _ = from_json::<KeyringRequest>(body);
 });

@@ -13,6 +13,7 @@ pub mod openapi;
 pub mod paths;
 mod rotation;
 mod seal;
+mod usage;
 mod version;
 
 pub use admin::ReloadResponse;
@@ -26,6 +27,9 @@ pub use rotation::{
 pub use seal::{
     CertificateExpiry, Health, MAX_SHARE_LINES, ShareLine, ShareOutcome, Status, UnsealProgress,
     UnsealRequest, UnsealResponse, VersionState, VersionStatus,
+};
+pub use usage::{
+    KeyringRequest, MAX_PROCESS_ID_LEN, MAX_USAGE_VERSIONS, UsageLevel, VersionEncryptions,
 };
 pub use version::{API_VERSION, API_VERSION_HEADER, IncompatibleVersion, check_compatible};
 

@@ -19,9 +19,10 @@ use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
 
 use crate::{
     API_VERSION, API_VERSION_HEADER, ApiError, AuditEntry, AuditLog, CertificateExpiry, Health,
-    PrepareRequest, ReloadResponse, RetirePlan, RetireRequest, RollbackPlan, RollbackRequest,
-    RotationState, RotationStatus, ShareEnvelope, ShareOutcome, Status, ThrottleRequest,
-    UnsealProgress, UnsealRequest, UnsealResponse, VersionState, VersionStatus,
+    KeyringRequest, PrepareRequest, ReloadResponse, RetirePlan, RetireRequest, RollbackPlan,
+    RollbackRequest, RotationState, RotationStatus, ShareEnvelope, ShareOutcome, Status,
+    ThrottleRequest, UnsealProgress, UnsealRequest, UnsealResponse, UsageLevel, VersionEncryptions,
+    VersionState, VersionStatus,
 };
 
 /// The OpenAPI document as pretty JSON with a final newline, byte for byte
@@ -45,7 +46,7 @@ pub fn document() -> String {
         license(name = "Apache-2.0", identifier = "Apache-2.0"),
     ),
     paths(
-        health, status, unseal, reset_unseal, seal, keyring, audit, openapi_json,
+        health, status, unseal, reset_unseal, seal, keyring, keyring_reporting, audit, openapi_json,
         rotation, prepare, share, verify, activate, switch, pause, resume, throttle, retire,
         rollback, reload,
     ),
@@ -53,7 +54,8 @@ pub fn document() -> String {
         ApiError, Health, Status, CertificateExpiry, VersionStatus, VersionState, UnsealProgress, UnsealRequest,
         UnsealResponse, ShareOutcome, AuditLog, AuditEntry, RotationStatus, RotationState,
         PrepareRequest, ShareEnvelope, ThrottleRequest, RetireRequest, RetirePlan,
-        RollbackRequest, RollbackPlan, HookHandover, HandoverKey, ReloadResponse,
+        RollbackRequest, RollbackPlan, HookHandover, HandoverKey, ReloadResponse, KeyringRequest,
+        VersionEncryptions, UsageLevel,
     )),
     modifiers(&Shared),
     tags(
@@ -262,6 +264,25 @@ fn seal() {}
         (status = 503, description = "`sealed`: the daemon holds no key yet.", body = ApiError),
     ))]
 fn keyring() {}
+
+/// Database principals: the keyring, as `GET` answers it, with the calling
+/// process's encryption counts (API 1.3; `keyholder hook` with
+/// `KEYHOLDER_USAGE`, the client library, the demo application).
+///
+/// The daemon keeps the largest count seen per principal, process and
+/// version and adds only the increase to the version's total, so a repeated
+/// or late report never counts twice. A version past the warning limit
+/// (2^31) or at the limit (2^32) is shown in the status and the metrics and
+/// audited once; the keyring is served all the same.
+#[utoipa::path(post, path = "/v1/keyring", tag = "keyring",
+    request_body = KeyringRequest,
+    responses(
+        (status = 200, description = "The hand-over.", body = HookHandover),
+        (status = 408, description = "`request_timeout`: the body did not arrive within 10 s.", body = ApiError),
+        (status = 413, description = "`body_too_large`: over 4 KiB.", body = ApiError),
+        (status = 503, description = "`sealed`: the daemon holds no key yet; nothing was recorded.", body = ApiError),
+    ))]
+fn keyring_reporting() {}
 
 /// Operators: one page of the audit log (`keyholder audit`).
 #[utoipa::path(get, path = "/v1/audit", tag = "audit",

@@ -7,7 +7,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use utoipa::ToSchema;
 use zeroize::Zeroizing;
 
-use crate::RotationStatus;
+use crate::{RotationStatus, UsageLevel};
 
 /// `GET /v1/health`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -42,10 +42,19 @@ pub struct VersionStatus {
     pub state: VersionState,
     /// Its key check value (hex); public, it proves a rebuilt key.
     pub kcv: String,
-    /// Encryptions the daemon counted under it (canaries, re-encryption).
+    /// Encryptions counted under it: the daemon's own (canaries,
+    /// re-encryption) and those the database processes reported when they
+    /// fetched the keyring (API 1.3).
     pub encryptions: u64,
     /// Whether the daemon holds its key right now.
     pub loaded: bool,
+    /// How close `encryptions` is to the version's usage limit (API 1.3;
+    /// `ok` from an older daemon).
+    #[serde(default)]
+    pub usage: UsageLevel,
+    /// What to do about it, when `usage` is not `ok` (API 1.3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage_message: Option<String>,
 }
 
 /// Unseal progress of one version.

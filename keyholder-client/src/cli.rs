@@ -321,6 +321,11 @@ pub struct HookArgs {
     /// Start the command after `--` with the keyring on an inherited pipe (fd in KEYHOLDER_KEYRING_FD).
     #[arg(long)]
     pub exec: bool,
+    /// Report the calling process's encryption counts with the fetch: the JSON of POST /v1/keyring,
+    /// `{"process": ID, "encryptions": [{"version": N, "count": N}]}`. A database process that
+    /// refreshes its keyring through the hook sets it.
+    #[arg(long, env = "KEYHOLDER_USAGE", value_name = "JSON")]
+    pub usage: Option<String>,
     /// The command and its arguments, after `--`.
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<std::ffi::OsString>,

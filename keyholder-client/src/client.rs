@@ -13,8 +13,8 @@ use std::time::Duration;
 use crypto_core::{HookHandover, KeyVersion};
 use keyholder_api::{
     API_VERSION, API_VERSION_HEADER, ApiError, AuditLog, Health, IncompatibleVersion,
-    PrepareRequest, RetirePlan, RetireRequest, RollbackPlan, RollbackRequest, RotationStatus,
-    ShareEnvelope, Status, ThrottleRequest, UnsealRequest, UnsealResponse, paths,
+    KeyringRequest, PrepareRequest, RetirePlan, RetireRequest, RollbackPlan, RollbackRequest,
+    RotationStatus, ShareEnvelope, Status, ThrottleRequest, UnsealRequest, UnsealResponse, paths,
 };
 use reqwest::{Method, StatusCode};
 use rustls::pki_types::pem::PemObject as _;
@@ -531,7 +531,34 @@ impl Client {
     /// `GET /v1/keyring`: the hand-over, parsed (its errors never echo a key).
     pub async fn keyring(&self) -> Result<HookHandover, ClientError> {
         let body = self.send(Method::GET, paths::KEYRING, None).await?;
-        let text = std::str::from_utf8(&body).map_err(|_| ClientError::MalformedResponse {
+        Self::handover(&body)
+    }
+
+    /// `POST /v1/keyring`: the hand-over, reporting the encryptions this
+    /// process did under each version (build `report` with
+    /// [`KeyringRequest::from_keyring`] from the keyring in use, and carry
+    /// the counts into the new one with
+    /// [`crypto_core::Keyring::continue_counts_from`]). A daemon older than
+    /// API 1.3 answers 405: the keyring is then fetched with `GET`, and the
+    /// report is not delivered.
+    pub async fn keyring_reporting(
+        &self,
+        report: &KeyringRequest,
+    ) -> Result<HookHandover, ClientError> {
+        let body = match self
+            .send(Method::POST, paths::KEYRING, Self::json(report))
+            .await
+        {
+            Err(ClientError::Api { status: 405, .. }) => {
+                self.send(Method::GET, paths::KEYRING, None).await?
+            }
+            other => other?,
+        };
+        Self::handover(&body)
+    }
+
+    fn handover(body: &[u8]) -> Result<HookHandover, ClientError> {
+        let text = std::str::from_utf8(body).map_err(|_| ClientError::MalformedResponse {
             reason: "the keyring is not UTF-8".to_owned(),
         })?;
         HookHandover::from_json(text).map_err(|e| ClientError::MalformedResponse {

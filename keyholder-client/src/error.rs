@@ -235,6 +235,14 @@ pub enum CliError {
     /// `--exec` without a command, or a command without `--exec`.
     #[error("{0}")]
     ExecUsage(&'static str),
+    /// `--usage` (`KEYHOLDER_USAGE`) does not hold a usage report.
+    #[error(
+        "--usage (KEYHOLDER_USAGE) is not a usage report: {reason}; it is the JSON body of POST /v1/keyring (docs/protocol.md), {{\"process\": ID, \"encryptions\": [{{\"version\": N, \"count\": N}}]}}"
+    )]
+    BadUsage {
+        /// What was wrong (never the value).
+        reason: String,
+    },
     /// The hook gave up waiting.
     #[error("gave up after {waited}: {last}; raise --wait, or see `keyholder status`")]
     HookTimedOut {
@@ -280,6 +288,7 @@ impl CliError {
             | Self::PassphraseAndSharesOnStdin { .. }
             | Self::BadKcv { .. }
             | Self::ThrottleNothing
+            | Self::BadUsage { .. }
             | Self::ExecUsage(_) => 2,
             _ => 1,
         }

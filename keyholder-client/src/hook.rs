@@ -1,7 +1,9 @@
 //! `keyholder hook`: the database host's start-up step. It waits (with
 //! backoff) until keyholderd is reachable and unsealed, fetches the keyring
 //! and hands it over — printed for a pipe, or through an inherited pipe to a
-//! child started with `--exec`.
+//! child started with `--exec`. A database process that refreshes its
+//! keyring by running the hook again passes its encryption counts in
+//! `KEYHOLDER_USAGE` (`--usage`); the hook sends them with the fetch.
 //!
 //! The hand-over never touches disk or argv: it lives in a zeroizing buffer,
 //! crosses to the child through a pipe whose read end is the only descriptor
@@ -19,6 +21,8 @@ use nix::unistd::Pid;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::time::Instant;
 use zeroize::Zeroizing;
+
+use keyholder_api::KeyringRequest;
 
 use crate::client::{Client, ClientError};
 use crate::error::CliError;
@@ -64,13 +68,23 @@ fn short_reason(error: &ClientError) -> String {
 }
 
 /// Fetches the keyring, retrying while the daemon is unreachable or sealed,
-/// until `wait` has passed. Progress goes to stderr.
-pub async fn fetch(client: &Client, wait: Duration) -> Result<Zeroizing<String>, CliError> {
+/// until `wait` has passed; with `usage`, the calling process's encryption
+/// counts go with each attempt (the daemon records them once the keyring
+/// is served). Progress goes to stderr.
+pub async fn fetch(
+    client: &Client,
+    wait: Duration,
+    usage: Option<&KeyringRequest>,
+) -> Result<Zeroizing<String>, CliError> {
     let start = Instant::now();
     let deadline = start + wait;
     let mut attempt = 0u32;
     loop {
-        match client.keyring().await {
+        let fetched = match usage {
+            Some(report) => client.keyring_reporting(report).await,
+            None => client.keyring().await,
+        };
+        match fetched {
             Ok(handover) => {
                 if attempt > 0 {
                     eprintln!(

@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use crypto_core::KeyVersion;
 use keyholder_api::{
     AuditEntry, RetirePlan, RollbackPlan, RotationState, RotationStatus, Status, UnsealProgress,
-    UnsealResponse, VersionState,
+    UnsealResponse, UsageLevel, VersionState,
 };
 
 /// The first 8 hex characters of a KCV (what logs and status show).
@@ -68,6 +68,16 @@ pub fn status(status: &Status) -> String {
             loaded,
             v.encryptions
         );
+        let alarm = match v.usage {
+            UsageLevel::Ok => continue,
+            UsageLevel::Warning => "WARNING",
+            UsageLevel::Exhausted => "EXHAUSTED",
+        };
+        let message = v
+            .usage_message
+            .as_deref()
+            .unwrap_or("past its usage limit: rotate now (keyholder rotate prepare)");
+        let _ = writeln!(out, "        {alarm}: {message}");
     }
     match status.write_version {
         Some(w) => {
@@ -355,6 +365,8 @@ mod tests {
             kcv: kcv.to_owned(),
             encryptions: u64::from(n) * 100,
             loaded: true,
+            usage: UsageLevel::Ok,
+            usage_message: None,
         }
     }
 
@@ -393,6 +405,28 @@ mod tests {
              rotation: none\n"
         );
         assert!(text.find("v9 ").unwrap() < text.find("v10 ").unwrap());
+    }
+
+    #[test]
+    fn status_says_to_rotate_a_version_past_its_usage_limits() {
+        let mut doc = sample();
+        doc.versions[0].usage = UsageLevel::Exhausted;
+        doc.versions[0].usage_message =
+            Some("v10 reached its limit: rotate to a new version now".into());
+        doc.versions[1].usage = UsageLevel::Warning;
+        let text = status(&doc);
+        assert!(
+            text.contains(
+                "loaded     900 encryptions\n        WARNING: past its usage limit: rotate now (keyholder rotate prepare)\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "loaded     1000 encryptions\n        EXHAUSTED: v10 reached its limit: rotate to a new version now\n"
+            ),
+            "{text}"
+        );
     }
 
     #[test]

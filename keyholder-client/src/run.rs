@@ -502,8 +502,16 @@ async fn run_hook(connect_args: &ConnectArgs, args: HookArgs) -> Result<u8, CliE
         }
         _ => {}
     }
+    let usage = args
+        .usage
+        .as_deref()
+        .map(|text| {
+            keyholder_api::from_json::<keyholder_api::KeyringRequest>(text.as_bytes())
+                .map_err(|reason| CliError::BadUsage { reason })
+        })
+        .transpose()?;
     let client = connect(connect_args)?;
-    let json = hook::fetch(&client, args.wait).await?;
+    let json = hook::fetch(&client, args.wait, usage.as_ref()).await?;
     drop(client);
     if args.exec {
         return hook::exec(json, &args.command).await;

@@ -84,6 +84,7 @@ impl From<DaemonError> for ApiFailure {
             }
             DaemonError::Plan(_) | DaemonError::Vault(_) => (StatusCode::CONFLICT, "keyring_plan"),
             DaemonError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            DaemonError::Usage(_) => (StatusCode::BAD_REQUEST, "bad_usage_report"),
         };
         if status == StatusCode::INTERNAL_SERVER_ERROR {
             tracing::error!(error = %e, "request failed");
@@ -178,7 +179,10 @@ pub fn routes() -> Router<AppState> {
             axum::routing::post(seal::unseal).delete(seal::reset),
         )
         .route(paths::SEAL, axum::routing::post(seal::seal))
-        .route(paths::KEYRING, get(keyring::keyring))
+        .route(
+            paths::KEYRING,
+            get(keyring::keyring).post(keyring::keyring_reporting),
+        )
         .route(paths::AUDIT, get(audit::audit))
         .route(paths::OPENAPI, get(openapi))
         .route(paths::ADMIN_RELOAD, axum::routing::post(admin::reload))
@@ -228,6 +232,7 @@ async fn metrics(
     Extension(rotation): Extension<RotationHandle>,
 ) -> impl IntoResponse {
     daemon.metrics().set_rotation(&rotation.status());
+    daemon.metrics().set_usage(&daemon.status().versions);
     (
         [(
             axum::http::header::CONTENT_TYPE,

@@ -115,6 +115,8 @@ struct RawConfig {
     #[serde(default)]
     rotation: RawRotation,
     cluster: Option<RawCluster>,
+    #[serde(default)]
+    usage: RawUsage,
 }
 
 #[derive(Deserialize)]
@@ -187,6 +189,13 @@ struct RawRotation {
 
 #[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawUsage {
+    warn_at: Option<i64>,
+    limit: Option<i64>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawReencrypt {
     batch_size: Option<i64>,
     rows_per_sec: Option<i64>,
@@ -225,6 +234,29 @@ pub struct Config {
     /// `[cluster]`: the other keyholderd nodes sharing this PostgreSQL
     /// state store; `None` for a single daemon.
     pub cluster: Option<Cluster>,
+    /// `[usage]`: the encryption counts at which a version is warned about
+    /// and shown exhausted.
+    pub usage: UsageLimits,
+}
+
+/// `[usage]`: the encryption counts a version is held to (AES-GCM with
+/// random nonces). They may only be lowered (for tests and drills), never
+/// raised past 2^31 and 2^32.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UsageLimits {
+    /// From this count on, the version is shown with a warning: rotate now.
+    pub warn_at: u64,
+    /// From this count on, the version is shown exhausted.
+    pub limit: u64,
+}
+
+impl Default for UsageLimits {
+    fn default() -> Self {
+        Self {
+            warn_at: crypto_core::NONCE_WARN_LIMIT,
+            limit: crypto_core::NONCE_HARD_LIMIT,
+        }
+    }
 }
 
 /// `[cluster]`: several keyholderd nodes on one PostgreSQL state store.

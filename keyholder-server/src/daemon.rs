@@ -16,14 +16,17 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 use crypto_core::{HookHandover, KeyVersion};
-use keyholder_api::{AuditLog, ShareLine, Status, UnsealResponse, VersionState, VersionStatus};
+use keyholder_api::{
+    AuditLog, KeyringRequest, ShareLine, Status, UnsealResponse, UsageLevel, VersionState,
+    VersionStatus,
+};
 use serde_json::json;
 
 use crate::audit::{self, DAEMON};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::principal::{Principal, Role};
-use crate::store::{StateStore, StoreError, VersionRecord};
+use crate::store::{StateStore, StoreError, UsageChange, VersionRecord};
 use crate::submissions::SubmissionLimiter;
 use crate::vault::{KeyringPlan, Vault, VaultError};
 use crate::verify::{self, RecordSampler};
@@ -55,6 +58,10 @@ pub enum DaemonError {
     /// The state store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A database process's usage report was refused; nothing of it was
+    /// recorded and no keyring was handed over.
+    #[error("usage report refused: {0}")]
+    Usage(#[from] crate::usage::ReportError),
 }
 
 /// Whether the daemon holds keys, as its `watch` publishes it. `epoch`
@@ -389,15 +396,59 @@ impl Daemon {
     /// Counts `n` encryptions under `version` (the usage limit of AES-GCM
     /// with random nonces rests on this count).
     pub async fn add_encryptions(&self, version: KeyVersion, n: u64) -> Result<(), DaemonError> {
-        self.store.add_encryptions(version, n).await?;
-        if let Some(record) = self
-            .versions
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter_mut()
-            .find(|r| r.version == version)
-        {
-            record.encryptions = record.encryptions.saturating_add(n);
+        let change = self.store.add_encryptions(version, n).await?;
+        self.counted(DAEMON, &[change]).await
+    }
+
+    /// Puts counts the store just wrote into the copy status shows, then
+    /// logs and audits each usage limit a version crossed (once per
+    /// crossing: the store's before and after say which call crossed it).
+    async fn counted(&self, reporter: &str, changes: &[UsageChange]) -> Result<(), DaemonError> {
+        let states: BTreeMap<KeyVersion, VersionState> = {
+            let mut versions = self.versions.write().unwrap_or_else(|p| p.into_inner());
+            for change in changes {
+                if let Some(record) = versions.iter_mut().find(|r| r.version == change.version) {
+                    record.encryptions = record.encryptions.max(change.after);
+                }
+            }
+            versions.iter().map(|r| (r.version, r.state)).collect()
+        };
+        let limits = self.config().usage;
+        for change in changes {
+            let Some(level) = change.crossed(&limits) else {
+                continue;
+            };
+            if states.get(&change.version) == Some(&VersionState::Retired) {
+                continue;
+            }
+            let message = limits
+                .message(change.version, change.after, level)
+                .unwrap_or_default();
+            let (action, limit) = match level {
+                UsageLevel::Exhausted => ("encryptions_exhausted", limits.limit),
+                _ => ("encryptions_warning", limits.warn_at),
+            };
+            // WARN, not ERROR: an ERROR line means a fault of the daemon;
+            // this one is the operator's to act on (and is audited).
+            tracing::warn!(
+                version = change.version.number(),
+                encryptions = change.after,
+                limit,
+                reported_by = reporter,
+                "{message}"
+            );
+            self.audit(
+                DAEMON,
+                action,
+                json!({
+                    "version": change.version.number(),
+                    "encryptions": change.after,
+                    "limit": limit,
+                    "reported_by": reporter,
+                    "message": message,
+                }),
+            )
+            .await?;
         }
         Ok(())
     }
@@ -707,21 +758,29 @@ impl Daemon {
             machine.expire(Instant::now());
             machine.progress()
         };
+        let config = self.config();
+        let limits = config.usage;
         Status {
-            keyring: self.config().keyring.clone(),
+            keyring: config.keyring.clone(),
             sealed: keyring.is_none(),
             versions: versions
                 .iter()
-                .map(|v| VersionStatus {
-                    version: v.version,
-                    state: v.state,
-                    kcv: v.kcv.to_hex(),
-                    encryptions: keyring
+                .map(|v| {
+                    let encryptions = keyring
                         .as_ref()
                         .and_then(|k| k.encryptions(v.version))
                         .unwrap_or(v.encryptions)
-                        .max(v.encryptions),
-                    loaded: held.contains(&v.version),
+                        .max(v.encryptions);
+                    let usage = limits.level_in(v.state, encryptions);
+                    VersionStatus {
+                        version: v.version,
+                        state: v.state,
+                        kcv: v.kcv.to_hex(),
+                        encryptions,
+                        loaded: held.contains(&v.version),
+                        usage,
+                        usage_message: limits.message(v.version, encryptions, usage),
+                    }
                 })
                 .collect(),
             write_version: keyring.as_ref().map(|k| k.write_version()),
@@ -737,10 +796,31 @@ impl Daemon {
         }
     }
 
-    /// The hand-over for a database principal; records its fetch as its
-    /// acknowledgement of every version in it.
-    pub async fn keyring_for(&self, principal: &Principal) -> Result<HookHandover, DaemonError> {
+    /// The hand-over for a database principal; records the encryption
+    /// counts its process reported with the fetch (`report`), then the fetch
+    /// as its acknowledgement of every version in it. A version past its
+    /// usage limit is handed over all the same: refusing would stop the
+    /// database.
+    pub async fn keyring_for(
+        &self,
+        principal: &Principal,
+        report: Option<KeyringRequest>,
+    ) -> Result<HookHandover, DaemonError> {
         let keyring = self.vault.keyring().ok_or(DaemonError::Sealed)?;
+        let mut reported = None;
+        if let Some(request) = report {
+            let known: Vec<KeyVersion> = self.known_versions().iter().map(|r| r.version).collect();
+            let report = crate::usage::check(request, &known)?;
+            let changes = self
+                .store
+                .record_usage(&principal.name, &report.process, &report.counts)
+                .await?;
+            self.counted(&principal.name, &changes).await?;
+            reported = Some(json!({
+                "process": report.process,
+                "encryptions": report.counts.iter().map(|(v, n)| json!({"version": v.number(), "count": n})).collect::<Vec<_>>(),
+            }));
+        }
         let versions: Vec<KeyVersion> = keyring.versions().collect();
         let now = audit::now_rfc3339();
         self.store
@@ -753,6 +833,7 @@ impl Daemon {
             json!({
                 "versions": versions.iter().map(|v| v.number()).collect::<Vec<_>>(),
                 "write_version": keyring.write_version().number(),
+                "reported": reported,
             }),
         )
         .await?;

@@ -93,7 +93,7 @@ impl ExitStatus for DaemonError {
         match self {
             Self::Store(e) => e.exit(),
             Self::Sealed | Self::NotInitialized | Self::Plan(_) | Self::Vault(_) => Exit::Data,
-            Self::Verification { .. } => Exit::Data,
+            Self::Verification { .. } | Self::Usage(_) => Exit::Data,
         }
     }
 }

@@ -29,5 +29,6 @@ pub mod run;
 pub mod store;
 pub(crate) mod submissions;
 pub mod transport;
+pub(crate) mod usage;
 pub(crate) mod vault;
 pub(crate) mod verify;

@@ -1,5 +1,5 @@
 //! Prometheus metrics: seal state, loaded versions, unseal submissions,
-//! keyring fetches, the rotation's state and re-encryption progress, and what
+//! keyring fetches, each version's encryptions and usage level, the rotation's state and re-encryption progress, and what
 //! the limits refused (connections, handshakes, rate-limited submissions).
 //! Served on the optional loopback plain port.
 //!
@@ -50,6 +50,22 @@ pub struct RotationGauges {
 pub struct CodeLabel {
     /// A SQLSTATE (`57P01`) or `connection`.
     pub code: String,
+}
+
+/// The label of a version's encryption count.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VersionLabel {
+    /// The version number.
+    pub version: u32,
+}
+
+/// The labels of a version's usage level gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UsageLabel {
+    /// The version number.
+    pub version: u32,
+    /// `ok`, `warning` or `exhausted`.
+    pub level: &'static str,
 }
 
 /// The label of an unseal submission counter.
@@ -115,6 +131,10 @@ pub struct Metrics {
     pub connections: ConnectionMetrics,
     /// When the TLS credentials run out.
     pub certificates: CertificateDates,
+    /// Encryptions counted per version (the daemon's and the reported).
+    pub version_encryptions: Family<VersionLabel, Gauge>,
+    /// 1 for the usage level each version is at, 0 for the others.
+    pub version_usage: Family<UsageLabel, Gauge>,
     /// The registry; add more metrics before serving.
     pub registry: Mutex<Registry>,
 }
@@ -228,8 +248,22 @@ impl Default for Metrics {
             "When each TLS credential runs out, Unix seconds: server_cert and client_ca notAfter, crl_next_update",
             certificates.expiry.clone(),
         );
+        let version_encryptions = Family::<VersionLabel, Gauge>::default();
+        registry.register(
+            "version_encryptions",
+            "Encryptions counted under each key version: the daemon's own and those database processes reported with their keyring fetches",
+            version_encryptions.clone(),
+        );
+        let version_usage = Family::<UsageLabel, Gauge>::default();
+        registry.register(
+            "version_usage",
+            "1 for the usage level of each key version (ok; warning from usage.warn_at, 2^31 by default: rotate now; exhausted from usage.limit, 2^32: rotate to a new version now)",
+            version_usage.clone(),
+        );
         sealed.set(1);
         Self {
+            version_encryptions,
+            version_usage,
             certificates,
             key_pages_locked,
             key_page_locks_refused,
@@ -317,6 +351,27 @@ impl Metrics {
                     code: code.to_owned(),
                 })
                 .set(1);
+        }
+    }
+
+    /// Publishes each version's encryption count and usage level.
+    pub fn set_usage(&self, versions: &[keyholder_api::VersionStatus]) {
+        use keyholder_api::UsageLevel;
+        self.version_encryptions.clear();
+        self.version_usage.clear();
+        for v in versions {
+            let version = v.version.number();
+            self.version_encryptions
+                .get_or_create(&VersionLabel { version })
+                .set(i64::try_from(v.encryptions).unwrap_or(i64::MAX));
+            for level in [UsageLevel::Ok, UsageLevel::Warning, UsageLevel::Exhausted] {
+                self.version_usage
+                    .get_or_create(&UsageLabel {
+                        version,
+                        level: level.as_str(),
+                    })
+                    .set(i64::from(level == v.usage));
+            }
         }
     }
 

@@ -139,7 +139,7 @@ fn fixed(old: &Config, new: &Config) -> Vec<&'static str> {
 
 /// The settings a reload applies, when they changed.
 fn live(old: &Config, new: &Config) -> Vec<&'static str> {
-    let checks: [(&'static str, bool); 9] = [
+    let checks: [(&'static str, bool); 10] = [
         ("listen.cert", old.listen.cert != new.listen.cert),
         ("listen.key", old.listen.key != new.listen.key),
         (
@@ -155,6 +155,7 @@ fn live(old: &Config, new: &Config) -> Vec<&'static str> {
         ("verify.sample_size", old.sample_size != new.sample_size),
         ("reencrypt", differs(&old.reencrypt, &new.reencrypt)),
         ("rotation", differs(&old.rotation, &new.rotation)),
+        ("usage", old.usage != new.usage),
     ];
     checks
         .into_iter()

@@ -4,7 +4,7 @@
 //! threshold, lifecycle state, encryption count), the per-index share
 //! fingerprints and who each index was dealt to, the age-encrypted share
 //! envelopes, canaries, the rotation blob, re-encryption checkpoints, consumer
-//! fetches and the hash-chained audit log.
+//! fetches, the encryption counts each database process reported and the hash-chained audit log.
 //!
 //! It must never hold a plaintext key or share: the only share material it
 //! sees is age ciphertext. Every state change is written in one transaction
@@ -225,6 +225,18 @@ pub struct AuditDraft {
     pub detail: String,
 }
 
+/// A version's encryption total went from `before` to `after` in one
+/// store call (its crossings of the usage limits are read from it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UsageChange {
+    /// The version.
+    pub version: KeyVersion,
+    /// Its total before the call.
+    pub before: u64,
+    /// Its total after the call.
+    pub after: u64,
+}
+
 /// One atomic change: everything in it is written in one transaction with its
 /// audit entry, or nothing is.
 #[derive(Clone, Debug)]
@@ -271,7 +283,18 @@ pub trait StateStore: Send + Sync {
     /// At most `limit` audit entries with a seq above `since`, in order.
     fn audit_page(&self, since: u64, limit: u32) -> StoreFuture<'_, Vec<AuditEntry>>;
     /// Adds `n` to the encryption count of `version`.
-    fn add_encryptions(&self, version: KeyVersion, n: u64) -> StoreFuture<'_, ()>;
+    fn add_encryptions(&self, version: KeyVersion, n: u64) -> StoreFuture<'_, UsageChange>;
+    /// Records a database process's cumulative encryption counts: keeps
+    /// the largest count seen per (`consumer`, `process`, version) and adds
+    /// only the increase to the version's total, in one transaction, so a
+    /// repeated or late report adds nothing. Returns the versions whose
+    /// total grew.
+    fn record_usage(
+        &self,
+        consumer: &str,
+        process: &str,
+        counts: &[(KeyVersion, u64)],
+    ) -> StoreFuture<'_, Vec<UsageChange>>;
     /// The share of `version` dealt to `principal`, age-encrypted.
     fn share_envelope(
         &self,

@@ -13,7 +13,7 @@ use keyholder_api::{VersionState, verify_chain};
 use keyholder_server::principal::{Principal, Role};
 use keyholder_server::store::{
     AuditDraft, Canary, DealtShare, NewVersion, PgLocation, PostgresStore, STORE_FORMAT,
-    SqliteStore, StateStore, StoreError, StoredEnvelope, Transition, VersionRecord,
+    SqliteStore, StateStore, StoreError, StoredEnvelope, Transition, UsageChange, VersionRecord,
 };
 
 /// One store under test and a way around it to its raw tables.
@@ -216,6 +216,7 @@ on_both_stores!(
     two_stores_on_one_database_never_fork_the_chain,
     rotation_and_checkpoints_round_trip,
     consumer_fetches_keep_first_and_last,
+    usage_reports_count_each_increase_once,
     another_major_format_is_refused,
     audit_times_never_go_backwards_and_pages_follow_the_chain,
     runtime_settings_are_written_with_their_audit_entry_and_survive_a_reopen,
@@ -318,7 +319,14 @@ async fn a_version_with_its_shares_round_trips(b: Backend) {
     assert_eq!(store.share_envelope(v(2), "mallory").await.unwrap(), None);
     assert_eq!(store.share_envelope(v(3), "bob").await.unwrap(), None);
 
-    store.add_encryptions(v(1), 41).await.unwrap();
+    assert_eq!(
+        store.add_encryptions(v(1), 41).await.unwrap(),
+        UsageChange {
+            version: v(1),
+            before: 1,
+            after: 42
+        }
+    );
     let mut activate = Transition::audit_only(draft("version_activated"));
     activate.version_states = vec![(v(1), VersionState::Active)];
     store.apply(activate).await.unwrap();
@@ -525,6 +533,97 @@ async fn consumer_fetches_keep_first_and_last(b: Backend) {
             fetch("db1", 1, "2025-01-01T00:00:00Z", "2025-01-01T00:00:00Z"),
             fetch("db1", 2, "2025-01-01T00:00:00Z", "2025-01-02T00:00:00Z"),
         ]
+    );
+}
+
+/// The largest cumulative count per (consumer, process, version) is kept
+/// and only its increase reaches the version's total: a repeated report and
+/// one arriving late add nothing, a new process (a restart) counts from 0,
+/// another consumer's process is its own.
+async fn usage_reports_count_each_increase_once(b: Backend) {
+    let store = b.store();
+    for n in [1, 2] {
+        store.apply(inserting(n)).await.unwrap();
+    }
+    // Each new version starts with the canary's 1 encryption.
+    let total = |versions: &[VersionRecord], n: u32| {
+        versions
+            .iter()
+            .find(|r| r.version == v(n))
+            .unwrap()
+            .encryptions
+    };
+    let change = |n, before, after| UsageChange {
+        version: v(n),
+        before,
+        after,
+    };
+    let first = store
+        .record_usage("db1", "p1", &[(v(1), 100), (v(2), 5)])
+        .await
+        .unwrap();
+    assert_eq!(first, [change(1, 1, 101), change(2, 1, 6)]);
+    // The same report again: nothing new.
+    assert_eq!(
+        store
+            .record_usage("db1", "p1", &[(v(1), 100), (v(2), 5)])
+            .await
+            .unwrap(),
+        []
+    );
+    // A later report, then an older one arriving after it.
+    assert_eq!(
+        store
+            .record_usage("db1", "p1", &[(v(1), 150)])
+            .await
+            .unwrap(),
+        [change(1, 101, 151)]
+    );
+    assert_eq!(
+        store
+            .record_usage("db1", "p1", &[(v(1), 120)])
+            .await
+            .unwrap(),
+        []
+    );
+    // The process restarted with a new id: its count starts again from 0.
+    assert_eq!(
+        store
+            .record_usage("db1", "p2", &[(v(1), 30)])
+            .await
+            .unwrap(),
+        [change(1, 151, 181)]
+    );
+    // Another consumer may choose the same process id: it is its own.
+    assert_eq!(
+        store.record_usage("app", "p1", &[(v(1), 7)]).await.unwrap(),
+        [change(1, 181, 188)]
+    );
+    let reopened = b.reopen().await.unwrap();
+    let versions = reopened.versions().await.unwrap();
+    assert_eq!((total(&versions, 1), total(&versions, 2)), (188, 6));
+    // What each process reported is kept across a reopen: a report it
+    // repeats after the daemon restarted adds nothing.
+    assert_eq!(
+        reopened
+            .record_usage("db1", "p1", &[(v(1), 150), (v(2), 5)])
+            .await
+            .unwrap(),
+        []
+    );
+    // A version the store does not know refuses the whole report.
+    let refused = reopened
+        .record_usage("db1", "p1", &[(v(1), 999), (v(9), 1)])
+        .await;
+    assert!(
+        matches!(&refused, Err(StoreError::UnknownVersion { version }) if *version == v(9)),
+        "{refused:?}"
+    );
+    let versions = reopened.versions().await.unwrap();
+    assert_eq!(
+        total(&versions, 1),
+        188,
+        "nothing of a refused report stays"
     );
 }
 

@@ -85,7 +85,7 @@ pub fn run(
     let running = || !stop.raised() && options.duration.is_none_or(|d| started.elapsed() < d);
     while running() {
         if let Some(refresh) = refresh.as_mut().filter(|refresh| refresh.due()) {
-            match refresh.fetch() {
+            match refresh.fetch(&keyring) {
                 Ok(fresh) => {
                     summary.refreshes += 1;
                     let (before, after) = (describe(&keyring), describe(&fresh));

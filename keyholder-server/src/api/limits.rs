@@ -27,6 +27,8 @@ use crate::transport::Caller;
 
 /// A share submission: a few share lines in JSON.
 const SHARES_BODY_MAX: usize = 16 * 1024;
+/// A usage report: a process id and at most 32 version counts.
+const USAGE_BODY_MAX: usize = 4 * 1024;
 /// Every other body (a version number, a flag, a throttle).
 const SMALL_BODY_MAX: usize = 1024;
 /// Time for a whole request body to arrive once its headers are in.
@@ -52,6 +54,10 @@ fn body_rule(method: &Method, path: &str) -> Option<BodyRule> {
         paths::UNSEAL | paths::ROTATION_VERIFY => BodyRule {
             roles: &[Role::Keyholder],
             max: SHARES_BODY_MAX,
+        },
+        paths::KEYRING => BodyRule {
+            roles: &[Role::Database],
+            max: USAGE_BODY_MAX,
         },
         paths::SEAL
         | paths::ROTATION_PREPARE

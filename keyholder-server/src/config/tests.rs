@@ -556,3 +556,46 @@ fn a_cluster_refuses_a_state_dir_strangers_and_bad_addresses_by_name() {
         problems(dir.load(&mixed)).contains(&"principals[2].roles: gives node with other roles; a node is a keyholderd of the cluster, not a person or a database: give it the node role alone".to_owned())
     );
 }
+
+#[test]
+fn usage_limits_may_only_be_lowered() {
+    let dir = Dir::new();
+    let keyholders = two_keyholders();
+    let with = |usage: &str| format!("{}[usage]\n{usage}", base(2, &keyholders));
+    let config = dir.load(&base(2, &keyholders)).unwrap();
+    assert_eq!(
+        config.usage,
+        UsageLimits {
+            warn_at: 1 << 31,
+            limit: 1 << 32
+        }
+    );
+    let lowered = dir.load(&with("warn_at = 100\nlimit = 200\n")).unwrap();
+    assert_eq!(
+        lowered.usage,
+        UsageLimits {
+            warn_at: 100,
+            limit: 200
+        }
+    );
+    // A lowered limit alone warns at its half, as 2^31 is of 2^32.
+    assert_eq!(
+        dir.load(&with("limit = 1000\n")).unwrap().usage.warn_at,
+        500
+    );
+    assert_eq!(
+        problems(dir.load(&with("warn_at = 2147483649\nlimit = 4294967297\n"))),
+        [
+            "usage.limit: 4294967297 is above 2^32 (4294967296); this setting may only lower the limit, never raise it past what AES-GCM with random nonces allows",
+            "usage.warn_at: 2147483649 is above 2^31 (2147483648); this setting may only lower the limit, never raise it past what AES-GCM with random nonces allows",
+        ]
+    );
+    assert_eq!(
+        problems(dir.load(&with("warn_at = 300\nlimit = 200\n"))),
+        ["usage.warn_at: 300 is not below usage.limit (200); the warning must come first"]
+    );
+    assert_eq!(
+        problems(dir.load(&with("limit = 0\n"))),
+        ["usage.limit: 0 is below 1; a limit counts encryptions"]
+    );
+}

@@ -13,7 +13,7 @@ use super::{
     Cluster, Config, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_HEADER_READ_TIMEOUT,
     DEFAULT_KEEP_SNAPSHOTS, DEFAULT_LEASE, DEFAULT_MAX_CONNECTIONS, DEFAULT_PROGRESS_TTL,
     DEFAULT_SAMPLE_SIZE, Listen, Node, Problem, RawCluster, RawConfig, RawListen, RawPrincipal,
-    RawReencrypt, RawRotation, Reencrypt, RotationRules, StateLocation,
+    RawReencrypt, RawRotation, RawUsage, Reencrypt, RotationRules, StateLocation, UsageLimits,
 };
 use crate::principal::{Principal, Role};
 use crate::store::PgLocation;
@@ -285,6 +285,7 @@ pub(super) fn validate(
         base,
         check,
     );
+    let usage = validate_usage(&raw.usage, check);
 
     Some(Config {
         path: path.to_owned(),
@@ -299,7 +300,42 @@ pub(super) fn validate(
         reencrypt,
         rotation,
         cluster,
+        usage,
     })
+}
+
+/// `[usage]`: each limit may only be lowered, and the warning must come
+/// before the limit.
+fn validate_usage(raw: &RawUsage, check: &mut Checker) -> UsageLimits {
+    let defaults = UsageLimits::default();
+    let mut limit_of = |value: Option<i64>, field: &str, max: u64, bound: &str| match value {
+        None => None,
+        Some(n) if n < 1 => {
+            check.problem(field, format!("{n} is below 1; a limit counts encryptions"));
+            None
+        }
+        Some(n) if n as u64 > max => {
+            check.problem(
+                field,
+                format!("{n} is above {bound} ({max}); this setting may only lower the limit, never raise it past what AES-GCM with random nonces allows"),
+            );
+            None
+        }
+        Some(n) => Some(n as u64),
+    };
+    let limit = limit_of(raw.limit, "usage.limit", defaults.limit, "2^32");
+    let warn_at = limit_of(raw.warn_at, "usage.warn_at", defaults.warn_at, "2^31");
+    let limit = limit.unwrap_or(defaults.limit);
+    // A lowered limit alone warns at its half, as 2^31 is of 2^32.
+    let warn_at = warn_at.unwrap_or(defaults.warn_at.min(limit / 2).max(1));
+    if warn_at >= limit {
+        check.problem(
+            "usage.warn_at",
+            format!("{warn_at} is not below usage.limit ({limit}); the warning must come first"),
+        );
+        return defaults;
+    }
+    UsageLimits { warn_at, limit }
 }
 
 /// `[cluster]`: a PostgreSQL state store, 2 to 5 nodes with unique names,

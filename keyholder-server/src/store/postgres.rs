@@ -25,7 +25,8 @@ pub use location::PgLocation;
 
 use super::{
     AuditDraft, Canary, DealtShare, StateStore, StoreError, StoreFuture, StoredEnvelope,
-    Transition, VersionRecord, chained_time, corrupt, parse_state, state_name, version_of,
+    Transition, UsageChange, VersionRecord, chained_time, corrupt, parse_state, state_name,
+    version_of,
 };
 use crate::principal::Principal;
 
@@ -379,20 +380,76 @@ impl StateStore for PostgresStore {
         })
     }
 
-    fn add_encryptions(&self, version: KeyVersion, n: u64) -> StoreFuture<'_, ()> {
+    fn add_encryptions(&self, version: KeyVersion, n: u64) -> StoreFuture<'_, UsageChange> {
         Box::pin(async move {
-            let client = self.client().await?;
-            let changed = client
-                .execute(
-                    "UPDATE key_versions SET encryptions = encryptions + $2 WHERE version = $1",
-                    &[&i64::from(version.number()), &count(n)],
+            let mut client = self.client().await?;
+            let tx = client
+                .transaction()
+                .await
+                .map_err(pg("begin counting encryptions"))?;
+            let change = add_to_total(&tx, version, n).await?;
+            tx.commit()
+                .await
+                .map_err(pg("commit counted encryptions"))?;
+            Ok(change)
+        })
+    }
+
+    fn record_usage(
+        &self,
+        consumer: &str,
+        process: &str,
+        counts: &[(KeyVersion, u64)],
+    ) -> StoreFuture<'_, Vec<UsageChange>> {
+        let (consumer, process) = (consumer.to_owned(), process.to_owned());
+        let mut counts = counts.to_vec();
+        // Rows are locked in version order, so two reports never deadlock.
+        counts.sort_unstable();
+        Box::pin(async move {
+            let mut client = self.client().await?;
+            let tx = client
+                .transaction()
+                .await
+                .map_err(pg("begin usage report"))?;
+            let mut changes = Vec::new();
+            for (version, reported) in counts {
+                let number = i64::from(version.number());
+                // The version's row lock orders every report of it (and
+                // another daemon's on the same store) before the read below.
+                tx.query_opt(
+                    "SELECT 1 FROM key_versions WHERE version = $1 FOR UPDATE",
+                    &[&number],
                 )
                 .await
-                .map_err(pg("count encryptions"))?;
-            if changed == 0 {
-                return Err(StoreError::UnknownVersion { version });
+                .map_err(pg("lock the version's count"))?
+                .ok_or(StoreError::UnknownVersion { version })?;
+                let seen = tx
+                    .query_opt(
+                        "SELECT encryptions FROM consumer_usage WHERE consumer = $1 AND process = $2 AND version = $3",
+                        &[&consumer, &process, &number],
+                    )
+                    .await
+                    .map_err(pg("read reported usage"))?
+                    .map(|row| row.get::<_, i64>(0))
+                    .map_or(Ok(0), |n| {
+                        u64::try_from(n)
+                            .map_err(|_| corrupt(format!("reported usage of {version}")))
+                    })?;
+                // Only a higher cumulative count says something new.
+                let Some(increase) = reported.checked_sub(seen).filter(|n| *n > 0) else {
+                    continue;
+                };
+                tx.execute(
+                    "INSERT INTO consumer_usage (consumer, process, version, encryptions) VALUES ($1, $2, $3, $4)
+                     ON CONFLICT (consumer, process, version) DO UPDATE SET encryptions = excluded.encryptions",
+                    &[&consumer, &process, &number, &count(reported)],
+                )
+                .await
+                .map_err(pg("record reported usage"))?;
+                changes.push(add_to_total(&tx, version, increase).await?);
             }
-            Ok(())
+            tx.commit().await.map_err(pg("commit usage report"))?;
+            Ok(changes)
         })
     }
 
@@ -502,4 +559,29 @@ impl StateStore for PostgresStore {
                 .map_err(pg("record fetch"))
         })
     }
+}
+
+/// Adds `n` to the total of `version` inside `tx`.
+async fn add_to_total(
+    tx: &tokio_postgres::Transaction<'_>,
+    version: KeyVersion,
+    n: u64,
+) -> Result<UsageChange, StoreError> {
+    let row = tx
+        .query_opt(
+            "UPDATE key_versions SET encryptions = encryptions + LEAST($2, 9223372036854775807 - encryptions)
+             WHERE version = $1 RETURNING encryptions",
+            &[&i64::from(version.number()), &count(n)],
+        )
+        .await
+        .map_err(pg("count encryptions"))?
+        .ok_or(StoreError::UnknownVersion { version })?;
+    let after: i64 = row.get(0);
+    let after =
+        u64::try_from(after).map_err(|_| corrupt(format!("encryption count of {version}")))?;
+    Ok(UsageChange {
+        version,
+        before: after.saturating_sub(n),
+        after,
+    })
 }

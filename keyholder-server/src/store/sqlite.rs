@@ -19,8 +19,8 @@ use rusqlite::{Connection, OptionalExtension as _, TransactionBehavior, params};
 
 use super::{
     AuditDraft, Canary, DealtShare, STORE_FORMAT, StateStore, StoreError, StoreFuture,
-    StoredEnvelope, Transition, VersionRecord, chained_time, corrupt, format_compatible,
-    parse_state, state_name, version_of,
+    StoredEnvelope, Transition, UsageChange, VersionRecord, chained_time, corrupt,
+    format_compatible, parse_state, state_name, version_of,
 };
 use crate::principal::Principal;
 
@@ -100,6 +100,15 @@ CREATE TABLE consumer_fetches (
 CREATE TABLE runtime_settings (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     settings TEXT NOT NULL
+);
+"#,
+    r#"
+CREATE TABLE consumer_usage (
+    consumer TEXT NOT NULL,
+    process TEXT NOT NULL,
+    version INTEGER NOT NULL REFERENCES key_versions (version),
+    encryptions INTEGER NOT NULL CHECK (encryptions >= 0),
+    PRIMARY KEY (consumer, process, version)
 );
 "#,
 ];
@@ -482,21 +491,65 @@ impl StateStore for SqliteStore {
         })
     }
 
-    fn add_encryptions(&self, version: KeyVersion, n: u64) -> StoreFuture<'_, ()> {
+    fn add_encryptions(&self, version: KeyVersion, n: u64) -> StoreFuture<'_, UsageChange> {
         self.with(move |conn| {
-            let changed = conn
-                .execute(
-                    "UPDATE key_versions SET encryptions = encryptions + ?2 WHERE version = ?1",
-                    params![
-                        i64::from(version.number()),
-                        i64::try_from(n).unwrap_or(i64::MAX)
-                    ],
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(sql("begin counting encryptions"))?;
+            let change = add_to_total(&tx, version, n)?;
+            tx.commit().map_err(sql("commit counted encryptions"))?;
+            Ok(change)
+        })
+    }
+
+    fn record_usage(
+        &self,
+        consumer: &str,
+        process: &str,
+        counts: &[(KeyVersion, u64)],
+    ) -> StoreFuture<'_, Vec<UsageChange>> {
+        let (consumer, process, counts) =
+            (consumer.to_owned(), process.to_owned(), counts.to_vec());
+        self.with(move |conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(sql("begin usage report"))?;
+            let mut changes = Vec::new();
+            for (version, count) in counts {
+                let number = i64::from(version.number());
+                tx.query_row(
+                    "SELECT 1 FROM key_versions WHERE version = ?1",
+                    [number],
+                    |_| Ok(()),
                 )
-                .map_err(sql("count encryptions"))?;
-            if changed == 0 {
-                return Err(StoreError::UnknownVersion { version });
+                .optional()
+                .map_err(sql("read encryptions"))?
+                .ok_or(StoreError::UnknownVersion { version })?;
+                let seen: Option<i64> = tx
+                    .query_row(
+                        "SELECT encryptions FROM consumer_usage WHERE consumer = ?1 AND process = ?2 AND version = ?3",
+                        params![consumer, process, number],
+                        |r| r.get(0),
+                    )
+                    .optional()
+                    .map_err(sql("read reported usage"))?;
+                let seen = seen.map_or(Ok(0), |n| {
+                    u64::try_from(n).map_err(|_| corrupt(format!("reported usage of {version}")))
+                })?;
+                // Only a higher cumulative count says something new.
+                let Some(increase) = count.checked_sub(seen).filter(|n| *n > 0) else {
+                    continue;
+                };
+                tx.execute(
+                    "INSERT INTO consumer_usage (consumer, process, version, encryptions) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (consumer, process, version) DO UPDATE SET encryptions = excluded.encryptions",
+                    params![consumer, process, number, i64::try_from(count).unwrap_or(i64::MAX)],
+                )
+                .map_err(sql("record reported usage"))?;
+                changes.push(add_to_total(&tx, version, increase)?);
             }
-            Ok(())
+            tx.commit().map_err(sql("commit usage report"))?;
+            Ok(changes)
         })
     }
 
@@ -626,6 +679,37 @@ impl StateStore for SqliteStore {
             Ok(Some(file.display().to_string()))
         })
     }
+}
+
+/// Adds `n` to the total of `version` inside `tx`.
+fn add_to_total(
+    tx: &rusqlite::Transaction<'_>,
+    version: KeyVersion,
+    n: u64,
+) -> Result<UsageChange, StoreError> {
+    let number = i64::from(version.number());
+    let before: Option<i64> = tx
+        .query_row(
+            "SELECT encryptions FROM key_versions WHERE version = ?1",
+            [number],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(sql("read encryptions"))?;
+    let before = before.ok_or(StoreError::UnknownVersion { version })?;
+    let before =
+        u64::try_from(before).map_err(|_| corrupt(format!("encryption count of {version}")))?;
+    let after = before.saturating_add(n).min(i64::MAX as u64);
+    tx.execute(
+        "UPDATE key_versions SET encryptions = ?2 WHERE version = ?1",
+        params![number, after as i64],
+    )
+    .map_err(sql("count encryptions"))?;
+    Ok(UsageChange {
+        version,
+        before,
+        after,
+    })
 }
 
 /// Removes all but the newest `keep` snapshots in `dir` (each is a whole copy

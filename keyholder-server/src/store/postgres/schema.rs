@@ -91,6 +91,15 @@ CREATE TABLE runtime_settings (
     settings TEXT NOT NULL
 );
 "#,
+    r#"
+CREATE TABLE consumer_usage (
+    consumer TEXT NOT NULL,
+    process TEXT NOT NULL,
+    version BIGINT NOT NULL REFERENCES key_versions (version),
+    encryptions BIGINT NOT NULL CHECK (encryptions >= 0),
+    PRIMARY KEY (consumer, process, version)
+);
+"#,
 ];
 
 /// `name` as a quoted identifier. Schema names are checked against
