@@ -94,8 +94,18 @@ pub async fn run(config: Config) -> Result<(), RunError> {
             },
         ));
     }
+    // A cluster node keeps its seal in step with its peers; a peer that is
+    // down never holds up the start.
+    let cluster = match daemon.config().cluster.as_ref() {
+        Some(cluster) => {
+            let sync = crate::cluster::sync::PeerSync::new(Arc::clone(&daemon), cluster)?;
+            tokio::spawn(Arc::clone(&sync).run(stop_rx.clone()));
+            Some(sync)
+        }
+        None => None,
+    };
     tracing::info!(addr = %bound, "listening (mutual TLS 1.3)");
-    let app = crate::api::app(Arc::clone(&daemon), rotation.clone(), reloader);
+    let app = crate::api::app(Arc::clone(&daemon), rotation.clone(), reloader, cluster);
     let summaries = tokio::spawn(crate::daemon::write_refusal_summaries(
         Arc::clone(&daemon),
         stop_rx.clone(),
