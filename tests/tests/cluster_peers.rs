@@ -325,6 +325,27 @@ async fn one_ceremony_unseals_the_cluster_a_restarted_node_takes_the_keyring_fro
     let log = audit(&cluster).await;
     keyholder_api::verify_chain(&log).expect("the nodes' audit chain verifies");
 
+    // No share or key in any node's log or in the audit log.
+    let mut secrets_of = encodings;
+    for (who, line) in [("alice", &alice), ("bob", &bob)] {
+        for encoding in secrets::encodings(&secrets::share_data(line)) {
+            secrets_of.push((format!("{who}'s share"), encoding));
+        }
+    }
+    let mut places: Vec<(String, Vec<u8>)> = (0..3)
+        .map(|i| {
+            (
+                format!("{}'s log", cluster.nodes[i].name),
+                cluster.log_text(i).into_bytes(),
+            )
+        })
+        .collect();
+    places.push((
+        "the audit log".to_owned(),
+        serde_json::to_vec(&log.iter().map(|e| &e.detail).collect::<Vec<_>>()).unwrap(),
+    ));
+    secrets::assert_absent(&places, &secrets_of);
+
     for daemon in &mut daemons {
         assert!(daemon.stop());
     }
