@@ -211,7 +211,26 @@ async fn one_ceremony_unseals_the_cluster_a_restarted_node_takes_the_keyring_fro
             &encodings,
         );
     }
+    // A keyholder cannot pass shares off as relayed by a node.
+    let answer = cluster
+        .client(2, "alice")
+        .post(
+            "/v1/cluster/shares",
+            &serde_json::json!({"keyholder": "bob", "shares": [&alice]}),
+        )
+        .await;
+    assert_eq!(answer.status, 403, "{}", answer.body);
+    assert_eq!(
+        answer.error().error,
+        "this is for the nodes of this cluster only; alice has keyholder, not the node role"
+    );
     let log = audit(&cluster).await;
+    assert!(
+        entries(&log, "cluster_call_refused")
+            .iter()
+            .any(|e| e.actor == "alice" && detail(e)["path"] == "/v1/cluster/shares"),
+        "{log:?}"
+    );
     let refused = entries(&log, "keyring_refused_to_node");
     for who in [OUTSIDER, DATABASE] {
         assert!(
