@@ -370,3 +370,148 @@ async fn one_ceremony_unseals_the_cluster_a_restarted_node_takes_the_keyring_fro
     }
     schema.drop_it().await;
 }
+
+/// A hostile peer: it holds kh-b's address and the cluster's server
+/// certificate (a node whose host was taken over), and answers every
+/// keyring request with keys of its own, age-encrypted to the requester's
+/// recipient as a real node would. Counts the requests it answered.
+async fn serve_wrong_keys(
+    listener: tokio::net::TcpListener,
+    server: keyholder_tests::pki::ClientFiles,
+    keyring: String,
+    answered: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use rustls_pki_types::pem::PemObject as _;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let chain: Vec<rustls_pki_types::CertificateDer<'static>> =
+        rustls_pki_types::CertificateDer::pem_file_iter(&server.cert)
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_file(&server.key).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    loop {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let Ok(mut tls) = acceptor.accept(tcp).await else {
+            continue;
+        };
+        let mut request = Vec::new();
+        let mut buf = [0u8; 4096];
+        let body = loop {
+            let n = tls.read(&mut buf).await.unwrap_or(0);
+            if n == 0 {
+                break None;
+            }
+            request.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&request).to_string();
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().parse().unwrap())
+                    })
+                    .unwrap_or(0);
+                if body.len() >= length {
+                    break Some(body.to_owned());
+                }
+            }
+        };
+        let Some(body) = body else { continue };
+        let request: keyholder_api::PeerKeyringRequest = serde_json::from_str(&body).unwrap();
+        let recipient: age::x25519::Recipient = request.recipient.parse().unwrap();
+        let wrong = crypto_core::Key::generate();
+        let handover = serde_json::json!({
+            "keyring": keyring,
+            "write_version": 1,
+            "keys": [{"version": 1, "key": wrong.expose_base64_for_handover().as_str()}],
+        })
+        .to_string();
+        let answer = serde_json::json!({
+            "node": "kh-b",
+            "generation": 0,
+            "age_armored": age::encrypt_and_armor(&recipient, handover.as_bytes()).unwrap(),
+        })
+        .to_string();
+        let response = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n{}: {}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{answer}",
+            keyholder_api::API_VERSION_HEADER,
+            keyholder_api::API_VERSION,
+            answer.len()
+        );
+        let _ = tls.write_all(response.as_bytes()).await;
+        let _ = tls.shutdown().await;
+        answered.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[tokio::test]
+async fn keys_from_a_peer_that_fail_their_proof_are_dropped_and_the_node_stays_sealed() {
+    let Some(url) = pg::url() else { return };
+    let schema = Schema::new(&url).await;
+    let cluster = ClusterEnv::new(
+        2,
+        "2s",
+        EnvOptions {
+            state_store: Some(schema.state_store()),
+            ..EnvOptions::default()
+        },
+        "",
+    );
+    let listener = tokio::net::TcpListener::bind(cluster.nodes[1].addr)
+        .await
+        .unwrap();
+    let mut node = cluster.start(0).await;
+    let keyring = status(&cluster, 0).await.keyring.to_string();
+    let answered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let server = cluster.env.pki.server.clone();
+    let hostile = tokio::spawn({
+        let answered = std::sync::Arc::clone(&answered);
+        serve_wrong_keys(listener, server, keyring, answered)
+    });
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let refused = loop {
+        let log = audit(&cluster).await;
+        if let Some(entry) = entries(&log, "unseal_from_peer_refused").first() {
+            break detail(entry);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "kh-a never refused the wrong keys:\n{}",
+            cluster.log_text(0)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(refused["node"], "kh-a");
+    assert_eq!(refused["peer"], "kh-b");
+    let failures = refused["failures"].as_array().unwrap();
+    assert!(
+        failures.iter().any(|f| f.as_str().unwrap().contains("v1")),
+        "{refused}"
+    );
+    assert!(answered.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+    let status = status(&cluster, 0).await;
+    assert!(status.sealed, "the wrong keys were dropped: {status:?}");
+    let log = audit(&cluster).await;
+    assert!(entries(&log, "unsealed").is_empty(), "{log:?}");
+    assert!(entries(&log, "unsealed_from_peer").is_empty(), "{log:?}");
+    assert!(
+        cluster
+            .log_text(0)
+            .contains("a key from a peer failed verification; staying sealed"),
+        "{}",
+        cluster.log_text(0)
+    );
+    hostile.abort();
+    assert!(node.stop());
+    schema.drop_it().await;
+}
