@@ -23,7 +23,6 @@ use crate::audit::DAEMON;
 use crate::config::{Cluster, Node};
 use crate::daemon::{Daemon, DaemonError};
 use crate::principal::{Principal, Role};
-use crate::transport::tls::TlsError;
 
 /// How often a node checks the cluster seal generation and, while sealed,
 /// asks its peers for the keyring.
@@ -95,16 +94,17 @@ pub struct PeerSync {
 }
 
 impl PeerSync {
-    /// The sync of `daemon`, a node of `cluster`.
-    pub fn new(daemon: Arc<Daemon>, cluster: &Cluster) -> Result<Arc<Self>, TlsError> {
-        Ok(Arc::new(Self {
-            client: PeerClient::new(cluster)?,
+    /// The sync of `daemon`, a node of `cluster`, calling its peers with
+    /// `client`.
+    pub fn new(daemon: Arc<Daemon>, cluster: &Cluster, client: PeerClient) -> Arc<Self> {
+        Arc::new(Self {
+            client,
             daemon,
             cluster: cluster.clone(),
             generation: Mutex::new(None),
             taking: tokio::sync::Mutex::new(()),
             last_failure: Mutex::new(HashMap::new()),
-        }))
+        })
     }
 
     /// This node's name.
