@@ -79,10 +79,13 @@ pub async fn seal(
     Authenticated(caller): Authenticated,
 ) -> Result<Json<Status>, ApiFailure> {
     require(&caller, &[Role::Operator])?;
-    let mut status = daemon.seal(&caller.name).await?;
+    // The keys are dropped even when the audit entry cannot be written; the
+    // peers are told either way.
+    let sealed = daemon.seal(&caller.name).await;
     if let Some(cluster) = &cluster {
         cluster.seal_cluster(&caller.name).await?;
     }
+    let mut status = sealed?;
     status.rotation = Some(rotation.status());
     Ok(Json(status))
 }

@@ -86,6 +86,9 @@ pub struct PeerSync {
     /// The cluster seal generation the held keys belong to; `None` while
     /// sealed, or unsealed by a ceremony not yet stamped by [`Self::tick`].
     generation: Mutex<Option<u64>>,
+    /// The last cluster seal generation read from the state store: a seal
+    /// while the store is unreachable tells the peers the one after it.
+    seen: std::sync::atomic::AtomicU64,
     /// One take-over from a peer at a time.
     taking: tokio::sync::Mutex<()>,
     /// The last failure logged per peer, so a peer that stays down is
@@ -102,6 +105,7 @@ impl PeerSync {
             daemon,
             cluster: cluster.clone(),
             generation: Mutex::new(None),
+            seen: std::sync::atomic::AtomicU64::new(0),
             taking: tokio::sync::Mutex::new(()),
             last_failure: Mutex::new(HashMap::new()),
         })
@@ -134,7 +138,11 @@ impl PeerSync {
     /// sealed node asks its peers for the keyring.
     async fn tick(&self) {
         let current = match self.daemon.store().cluster_seal_generation().await {
-            Ok(generation) => generation,
+            Ok(generation) => {
+                self.seen
+                    .fetch_max(generation, std::sync::atomic::Ordering::Relaxed);
+                generation
+            }
             Err(e) => {
                 self.log_failure(
                     "state store",
@@ -419,22 +427,34 @@ impl PeerSync {
 
     /// Records a seal of the whole cluster by `actor` (this node already
     /// sealed) and tells every peer at once; the peers' own checks notice
-    /// it within a second anyway.
+    /// it within a second anyway. When the state store cannot record it,
+    /// the peers are still told (the generation after the last one seen,
+    /// which seals every node holding keys) and the store's error is
+    /// returned: a peer that was not reached stays unsealed.
     pub async fn seal_cluster(self: &Arc<Self>, actor: &str) -> Result<u64, DaemonError> {
         *self.lock_generation() = None;
         let node = self.cluster.node.clone();
-        let actor = actor.to_owned();
-        let generation = self
+        let by = actor.to_owned();
+        let recorded = self
             .daemon
             .store()
             .seal_cluster(Box::new(move |generation| {
                 crate::audit::draft(
-                    &actor,
+                    &by,
                     "cluster_sealed",
                     json!({"node": node, "generation": generation}),
                 )
             }))
-            .await?;
+            .await;
+        let generation = match &recorded {
+            Ok(generation) => *generation,
+            Err(e) => {
+                tracing::error!(error = %e, "cluster: the cluster seal could not be recorded in the state store; telling the peers anyway");
+                self.seen.load(std::sync::atomic::Ordering::Relaxed) + 1
+            }
+        };
+        self.seen
+            .fetch_max(generation, std::sync::atomic::Ordering::Relaxed);
         tracing::info!(node = %self.cluster.node, generation, "cluster: sealed the cluster");
         let this = Arc::clone(self);
         tokio::spawn(async move {
@@ -448,7 +468,7 @@ impl PeerSync {
             });
             futures::future::join_all(calls).await;
         });
-        Ok(generation)
+        Ok(recorded?)
     }
 
     /// A peer (`by`) sealed the cluster at `generation`: seals here unless
