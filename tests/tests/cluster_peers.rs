@@ -72,6 +72,38 @@ async fn audit(cluster: &ClusterEnv) -> Vec<AuditEntry> {
     }
 }
 
+/// Polls the audit log until `done` holds: a node audits a step just after
+/// its status shows it, so an entry is awaited, never assumed.
+async fn wait_audit(
+    cluster: &ClusterEnv,
+    what: &str,
+    done: impl Fn(&[AuditEntry]) -> bool,
+) -> Vec<AuditEntry> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = audit(cluster).await;
+        if done(&log) {
+            return log;
+        }
+        assert!(Instant::now() < deadline, "never audited: {what}: {log:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Polls node `i`'s log until it contains `needle`.
+async fn wait_log(cluster: &ClusterEnv, i: usize, needle: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cluster.log_text(i).contains(needle) {
+        assert!(
+            Instant::now() < deadline,
+            "{} never logged {needle:?}:\n{}",
+            cluster.nodes[i].name,
+            cluster.log_text(i)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 fn detail(entry: &AuditEntry) -> serde_json::Value {
     serde_json::from_str(&entry.detail).unwrap()
 }
@@ -131,22 +163,22 @@ async fn one_ceremony_unseals_the_cluster_a_restarted_node_takes_the_keyring_fro
         .await;
         assert_eq!(status.write_version.map(|v| v.number()), Some(1));
     }
-    let log = audit(&cluster).await;
-    let relayed = entries(&log, "unseal_share_relayed");
-    for node in ["kh-b", "kh-c"] {
-        assert!(
-            relayed.iter().any(|e| e.actor == "alice"
-                && detail(e)["relayed_by"] == "kh-a"
-                && detail(e)["node"] == node
-                && detail(e)["accepted"] == 1),
-            "alice's share relayed by kh-a to {node}: {relayed:?}"
-        );
-    }
-    assert!(
-        cluster.log_text(1).contains("cluster: shares relayed"),
-        "kh-b relayed bob's share:\n{}",
-        cluster.log_text(1)
-    );
+    let log = wait_audit(
+        &cluster,
+        "alice's share relayed by kh-a to kh-b and kh-c",
+        |log| {
+            ["kh-b", "kh-c"].iter().all(|node| {
+                entries(log, "unseal_share_relayed").iter().any(|e| {
+                    e.actor == "alice"
+                        && detail(e)["relayed_by"] == "kh-a"
+                        && detail(e)["node"] == *node
+                        && detail(e)["accepted"] == 1
+                })
+            })
+        },
+    )
+    .await;
+    wait_log(&cluster, 1, "cluster: shares relayed").await;
     assert!(
         entries(&log, "unseal_share_accepted")
             .iter()
@@ -265,7 +297,12 @@ async fn one_ceremony_unseals_the_cluster_a_restarted_node_takes_the_keyring_fro
         "unseal from a peer: {} ms from the restart of kh-c to its status unsealed",
         restarted.elapsed().as_millis()
     );
-    let log = audit(&cluster).await;
+    let log = wait_audit(&cluster, "kh-c unsealed from a peer", |log| {
+        entries(log, "unsealed_from_peer")
+            .iter()
+            .any(|e| detail(e)["node"] == "kh-c")
+    })
+    .await;
     let from_peer = entries(&log, "unsealed_from_peer");
     let from_peer = from_peer
         .iter()
@@ -300,15 +337,16 @@ async fn one_ceremony_unseals_the_cluster_a_restarted_node_takes_the_keyring_fro
             restarted.elapsed().as_millis()
         );
     }
-    let log = audit(&cluster).await;
-    for node in ["kh-a", "kh-b", "kh-c"] {
-        assert!(
-            entries(&log, "unsealed_from_peer")
+    let log = wait_audit(&cluster, "every node came back from a peer", |log| {
+        ["kh-a", "kh-b", "kh-c"].iter().all(|node| {
+            entries(log, "unsealed_from_peer")
                 .iter()
-                .any(|e| detail(e)["node"] == node),
-            "{node} came back from a peer: {log:?}"
-        );
-    }
+                .filter(|e| detail(e)["node"] == *node)
+                .count()
+                >= 1
+        }) && entries(log, "unsealed_from_peer").len() >= 4
+    })
+    .await;
     let from_peer_before_seal = entries(&log, "unsealed_from_peer").len();
 
     // `keyholder seal` on one node seals all three.
@@ -333,7 +371,10 @@ async fn one_ceremony_unseals_the_cluster_a_restarted_node_takes_the_keyring_fro
         )
         .await;
     }
-    let log = audit(&cluster).await;
+    let log = wait_audit(&cluster, "kh-a and kh-c sealed with the cluster", |log| {
+        entries(log, "sealed_with_cluster").len() >= 2
+    })
+    .await;
     let sealed = entries(&log, "cluster_sealed");
     assert_eq!(sealed.len(), 1, "{sealed:?}");
     assert_eq!(sealed[0].actor, OPERATOR);
