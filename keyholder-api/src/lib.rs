@@ -11,6 +11,7 @@ mod admin;
 mod audit;
 pub mod openapi;
 pub mod paths;
+mod peer;
 mod rotation;
 mod seal;
 mod usage;
@@ -20,6 +21,7 @@ pub use admin::ReloadResponse;
 pub use audit::{
     AUDIT_PAGE_MAX, AuditEntry, AuditLog, ChainError, ChainVerifier, GENESIS_HASH, verify_chain,
 };
+pub use peer::{ClusterSeal, PeerKeyring, PeerKeyringRequest, RelayedShares};
 pub use rotation::{
     PrepareRequest, RetirePlan, RetireRequest, RollbackPlan, RollbackRequest, RotationState,
     RotationStatus, ShareEnvelope, ThrottleRequest,

@@ -18,11 +18,12 @@ use utoipa::openapi::{HeaderBuilder, RefOr, Required};
 use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
 
 use crate::{
-    API_VERSION, API_VERSION_HEADER, ApiError, AuditEntry, AuditLog, CertificateExpiry, Health,
-    KeyringRequest, PrepareRequest, ReloadResponse, RetirePlan, RetireRequest, RollbackPlan,
-    RollbackRequest, RotationState, RotationStatus, ShareEnvelope, ShareOutcome, Status,
-    ThrottleRequest, UnsealProgress, UnsealRequest, UnsealResponse, UsageLevel, VersionEncryptions,
-    VersionState, VersionStatus,
+    API_VERSION, API_VERSION_HEADER, ApiError, AuditEntry, AuditLog, CertificateExpiry,
+    ClusterSeal, Health, KeyringRequest, PeerKeyring, PeerKeyringRequest, PrepareRequest,
+    RelayedShares, ReloadResponse, RetirePlan, RetireRequest, RollbackPlan, RollbackRequest,
+    RotationState, RotationStatus, ShareEnvelope, ShareOutcome, Status, ThrottleRequest,
+    UnsealProgress, UnsealRequest, UnsealResponse, UsageLevel, VersionEncryptions, VersionState,
+    VersionStatus,
 };
 
 /// The OpenAPI document as pretty JSON with a final newline, byte for byte
@@ -41,21 +42,21 @@ pub fn document() -> String {
         title = "keyholder",
         description = "The API of keyholderd, spoken by the keyholder CLI and the database's hook. \
             Every request is HTTPS with a client certificate; the certificate's principal and its \
-            roles (keyholder, operator, database) decide what it may do. docs/protocol.md is the \
+            roles (keyholder, operator, database, node) decide what it may do. docs/protocol.md is the \
             prose of this document.",
         license(name = "Apache-2.0", identifier = "Apache-2.0"),
     ),
     paths(
         health, status, unseal, reset_unseal, seal, keyring, keyring_reporting, audit, openapi_json,
         rotation, prepare, share, verify, activate, switch, pause, resume, throttle, retire,
-        rollback, reload,
+        rollback, reload, cluster_shares, cluster_keyring, cluster_seal,
     ),
     components(schemas(
         ApiError, Health, Status, CertificateExpiry, VersionStatus, VersionState, UnsealProgress, UnsealRequest,
         UnsealResponse, ShareOutcome, AuditLog, AuditEntry, RotationStatus, RotationState,
         PrepareRequest, ShareEnvelope, ThrottleRequest, RetireRequest, RetirePlan,
         RollbackRequest, RollbackPlan, HookHandover, HandoverKey, ReloadResponse, KeyringRequest,
-        VersionEncryptions, UsageLevel,
+        VersionEncryptions, UsageLevel, RelayedShares, PeerKeyringRequest, PeerKeyring, ClusterSeal,
     )),
     modifiers(&Shared),
     tags(
@@ -64,6 +65,7 @@ pub fn document() -> String {
         (name = "audit", description = "The hash-chained audit log."),
         (name = "rotation", description = "Replacing a key version without downtime."),
         (name = "admin", description = "Running the daemon: the config reload."),
+        (name = "cluster", description = "Between the nodes of a cluster: relayed shares, the keyring for a sealed node, the cluster seal. Node principals of the cluster only."),
     ),
 )]
 struct ApiDoc;
@@ -307,6 +309,47 @@ fn audit() {}
     ))]
 fn reload() {}
 
+/// Nodes of the cluster: share lines a keyholder submitted to the calling
+/// node, which admitted them there. Admitted here as that keyholder's
+/// (counted once per keyholder), audited `unseal_share_relayed`, never
+/// relayed again. Any other caller is refused (403) and audited.
+#[utoipa::path(post, path = "/v1/cluster/shares", tag = "cluster",
+    request_body = RelayedShares,
+    responses(
+        (status = 200, description = "The outcome of each line here, as for `POST /v1/unseal`.", body = UnsealResponse),
+        (status = 404, description = "`not_found`: this daemon is not a node of a cluster.", body = ApiError),
+        (status = 408, description = "`request_timeout`.", body = ApiError),
+        (status = 413, description = "`body_too_large`: over 16 KiB; `too_many_shares`: over 16 lines.", body = ApiError),
+        (status = 422, description = "`verification_failed`: the rebuilt keys failed their proof; nothing was loaded.", body = ApiError),
+    ))]
+fn cluster_shares() {}
+
+/// Nodes of the cluster: every key this node holds, for a sealed node, as
+/// the hand-over JSON age-encrypted to the requester's ephemeral
+/// recipient. Audited `keyring_sent_to_node`; a caller that is not another
+/// node of this cluster (a database, a node the cluster does not list) is
+/// refused (403 with the reason) and audited `keyring_refused_to_node`.
+#[utoipa::path(post, path = "/v1/cluster/keyring", tag = "cluster",
+    request_body = PeerKeyringRequest,
+    responses(
+        (status = 200, description = "The keys, encrypted to the recipient.", body = PeerKeyring),
+        (status = 404, description = "`not_found`: this daemon is not a node of a cluster.", body = ApiError),
+        (status = 413, description = "`body_too_large`: over 1 KiB.", body = ApiError),
+        (status = 503, description = "`sealed`: this node holds no key (or held keys of a generation the cluster sealed, and dropped them).", body = ApiError),
+    ))]
+fn cluster_keyring() {}
+
+/// Nodes of the cluster: the calling node sealed the cluster at this
+/// generation; this node drops its keys unless they belong to a newer one.
+#[utoipa::path(post, path = "/v1/cluster/seal", tag = "cluster",
+    request_body = ClusterSeal,
+    responses(
+        (status = 200, description = "This node's health after the seal.", body = Health),
+        (status = 404, description = "`not_found`: this daemon is not a node of a cluster.", body = ApiError),
+        (status = 413, description = "`body_too_large`: over 1 KiB.", body = ApiError),
+    ))]
+fn cluster_seal() {}
+
 /// Any principal: this document.
 #[utoipa::path(get, path = "/v1/openapi.json", tag = "seal",
     responses((status = 200, description = "The OpenAPI 3.1 document of this API.", content_type = "application/json", body = Object)))]
@@ -476,6 +519,9 @@ mod tests {
             ROTATION_RETIRE,
             ROTATION_ROLLBACK,
             ADMIN_RELOAD,
+            CLUSTER_SHARES,
+            CLUSTER_KEYRING,
+            CLUSTER_SEAL,
         ];
         defined.sort_unstable();
         let doc = ApiDoc::openapi();
@@ -486,7 +532,7 @@ mod tests {
     #[test]
     fn every_operation_takes_the_version_header_and_names_its_errors() {
         let doc = ApiDoc::openapi();
-        assert_eq!(doc.paths.paths.len(), 19);
+        assert_eq!(doc.paths.paths.len(), 22);
         for (path, item) in &doc.paths.paths {
             for op in [&item.get, &item.post, &item.delete].into_iter().flatten() {
                 let params = op.parameters.as_deref().unwrap_or_default();

@@ -40,3 +40,11 @@ pub const ROTATION_ROLLBACK: &str = "/v1/rotation/rollback";
 pub const ADMIN_RELOAD: &str = "/v1/admin/reload";
 /// `GET`: this API's OpenAPI 3.1 document (any principal).
 pub const OPENAPI: &str = "/v1/openapi.json";
+/// `POST`: share lines relayed by the node they were submitted to (nodes
+/// of the cluster only).
+pub const CLUSTER_SHARES: &str = "/v1/cluster/shares";
+/// `POST`: the keyring for a sealed node, age-encrypted to its ephemeral
+/// recipient (nodes of the cluster only).
+pub const CLUSTER_KEYRING: &str = "/v1/cluster/keyring";
+/// `POST`: a node sealed the cluster (nodes of the cluster only).
+pub const CLUSTER_SEAL: &str = "/v1/cluster/seal";

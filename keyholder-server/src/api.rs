@@ -207,11 +207,14 @@ pub fn app(
     daemon: AppState,
     rotation: RotationHandle,
     reloader: Arc<crate::reload::Reloader>,
+    cluster: crate::cluster::peer_api::ClusterState,
 ) -> Router {
     routes()
         .merge(crate::rotation::api::routes())
+        .merge(crate::cluster::peer_api::routes())
         .fallback(not_found)
         .layer(Extension(rotation))
+        .layer(Extension(cluster))
         .layer(Extension(reloader))
         .layer(axum::middleware::from_fn(limits::limit_body))
         .layer(axum::middleware::from_fn(limits::json_errors))

@@ -295,7 +295,7 @@ impl Daemon {
     /// records are fetched here, for the keys whose KCV and canary pass, and
     /// the decision (crypto) runs on a blocking thread; hands the keys back
     /// with the verdict.
-    async fn prove(
+    pub(crate) async fn prove(
         &self,
         keys: BTreeMap<KeyVersion, crypto_core::Key>,
     ) -> Result<
@@ -460,6 +460,27 @@ impl Daemon {
         principal: &Principal,
         lines: &[ShareLine],
     ) -> Result<UnsealResponse, DaemonError> {
+        self.unseal_via(principal, lines, None).await
+    }
+
+    /// Takes shares `principal` submitted to another node of the cluster,
+    /// which admitted them there and relayed them (`relayed_by`): the same
+    /// admission, counted as that keyholder's, audited as relayed.
+    pub async fn unseal_relayed(
+        &self,
+        principal: &Principal,
+        lines: &[ShareLine],
+        relayed_by: &str,
+    ) -> Result<UnsealResponse, DaemonError> {
+        self.unseal_via(principal, lines, Some(relayed_by)).await
+    }
+
+    async fn unseal_via(
+        &self,
+        principal: &Principal,
+        lines: &[ShareLine],
+        relayed_by: Option<&str>,
+    ) -> Result<UnsealResponse, DaemonError> {
         if !self.vault.is_sealed() {
             return Ok(self.already_unsealed(lines.len()));
         }
@@ -480,7 +501,7 @@ impl Daemon {
             )
             .await?;
         }
-        self.audit_submission(principal, &submission.outcomes)
+        self.audit_submission(principal, &submission.outcomes, relayed_by)
             .await?;
         let failures: Vec<String> = submission
             .failures
@@ -546,11 +567,13 @@ impl Daemon {
     }
 
     /// One audit entry per submission, not per line: a submission holds at
-    /// most a few lines, and the rate limit bounds the submissions.
+    /// most a few lines, and the rate limit bounds the submissions. Shares
+    /// relayed by another node are `unseal_share_relayed`, naming it.
     async fn audit_submission(
         &self,
         principal: &Principal,
         outcomes: &[keyholder_api::ShareOutcome],
+        relayed_by: Option<&str>,
     ) -> Result<(), DaemonError> {
         let refused = outcomes.iter().filter(|o| !o.accepted).count();
         tracing::info!(
@@ -584,21 +607,21 @@ impl Daemon {
                 "reason": reason,
             }));
         }
-        let action = if refused == 0 {
-            "unseal_share_accepted"
-        } else {
-            "unseal_share_refused"
+        let mut detail = json!({
+            "accepted": outcomes.len() - refused,
+            "refused": refused,
+            "lines": lines,
+        });
+        let action = match relayed_by {
+            Some(node) => {
+                detail["relayed_by"] = json!(node);
+                detail["node"] = json!(self.config().cluster.as_ref().map(|c| c.node.clone()));
+                "unseal_share_relayed"
+            }
+            None if refused == 0 => "unseal_share_accepted",
+            None => "unseal_share_refused",
         };
-        self.audit(
-            &principal.name,
-            action,
-            json!({
-                "accepted": outcomes.len() - refused,
-                "refused": refused,
-                "lines": lines,
-            }),
-        )
-        .await
+        self.audit(&principal.name, action, detail).await
     }
 
     /// Logs and audits rebuilt keys that failed verification; the daemon
@@ -630,7 +653,7 @@ impl Daemon {
 
     /// Loads proven keys as the plan says, restores their encryption counts,
     /// logs and audits the keyring, and announces the unseal.
-    async fn load_proven(
+    pub(crate) async fn load_proven(
         &self,
         keys: BTreeMap<KeyVersion, crypto_core::Key>,
         report: &verify::Report,

@@ -84,6 +84,7 @@ impl ExitStatus for StoreError {
             | Self::VersionExists { .. }
             | Self::UnknownVersion { .. } => Exit::Data,
             Self::Task { .. } => Exit::Software,
+            Self::NoCluster => Exit::Usage,
         }
     }
 }

@@ -43,6 +43,12 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         ))
     })?;
     let credentials = crate::reload::credentials(&config)?;
+    // The peers' client is read with the other TLS files, before a port is bound.
+    let peer_client = config
+        .cluster
+        .as_ref()
+        .map(crate::cluster::peers::PeerClient::new)
+        .transpose()?;
     let dates = transport::expiry::read(&config.listen)?;
     dates.log(std::time::SystemTime::now());
     let listen = config.listen.clone();
@@ -94,8 +100,18 @@ pub async fn run(config: Config) -> Result<(), RunError> {
             },
         ));
     }
+    // A cluster node keeps its seal in step with its peers; a peer that is
+    // down never holds up the start.
+    let cluster = match (daemon.config().cluster.as_ref(), peer_client) {
+        (Some(cluster), Some(client)) => {
+            let sync = crate::cluster::sync::PeerSync::new(Arc::clone(&daemon), cluster, client);
+            tokio::spawn(Arc::clone(&sync).run(stop_rx.clone()));
+            Some(sync)
+        }
+        _ => None,
+    };
     tracing::info!(addr = %bound, "listening (mutual TLS 1.3)");
-    let app = crate::api::app(Arc::clone(&daemon), rotation.clone(), reloader);
+    let app = crate::api::app(Arc::clone(&daemon), rotation.clone(), reloader, cluster);
     let summaries = tokio::spawn(crate::daemon::write_refusal_summaries(
         Arc::clone(&daemon),
         stop_rx.clone(),

@@ -110,6 +110,11 @@ pub enum StoreError {
         /// The system's error.
         source: std::io::Error,
     },
+    /// A cluster call on a store that holds no cluster (SQLite).
+    #[error(
+        "this state store holds no cluster; a [cluster] needs the PostgreSQL state store (state_store = \"postgres://...\")"
+    )]
+    NoCluster,
     /// A store call's blocking task failed (it panicked); nothing of it was
     /// committed.
     #[error("state store: a call failed on its thread ({reason}); see the daemon's log")]
@@ -324,4 +329,20 @@ pub trait StateStore: Send + Sync {
         let _ = (label, keep);
         Box::pin(futures::future::ready(Ok(None)))
     }
+    /// The cluster seal generation (`[cluster]`): bumped by every seal of
+    /// the cluster, so a node holding keys of an older one knows to drop
+    /// them and never hands them out. A store without a cluster says 0.
+    fn cluster_seal_generation(&self) -> StoreFuture<'_, u64> {
+        Box::pin(futures::future::ready(Ok(0)))
+    }
+    /// Bumps the cluster seal generation and appends the audit entry
+    /// `audit` makes of the new one, in one transaction; returns the new
+    /// generation. A store without a cluster refuses.
+    fn seal_cluster(&self, audit: ClusterSealAudit) -> StoreFuture<'_, u64> {
+        let _ = audit;
+        Box::pin(futures::future::ready(Err(StoreError::NoCluster)))
+    }
 }
+
+/// Makes the audit entry of a cluster seal from the generation it made.
+pub type ClusterSealAudit = Box<dyn FnOnce(u64) -> AuditDraft + Send>;

@@ -220,6 +220,7 @@ on_both_stores!(
     another_major_format_is_refused,
     audit_times_never_go_backwards_and_pages_follow_the_chain,
     runtime_settings_are_written_with_their_audit_entry_and_survive_a_reopen,
+    the_cluster_seal_generation_rises_with_its_audit_entry_on_postgres_only,
 );
 
 fn v(n: u32) -> KeyVersion {
@@ -684,6 +685,34 @@ async fn another_major_format_is_refused(b: Backend) {
             "state store format 2.0.0 is not readable by this build (it reads {STORE_FORMAT}); run the keyholderd that wrote it"
         )
     );
+}
+
+async fn the_cluster_seal_generation_rises_with_its_audit_entry_on_postgres_only(b: Backend) {
+    let store = b.store();
+    assert_eq!(store.cluster_seal_generation().await.unwrap(), 0);
+    let seal = || -> keyholder_server::store::ClusterSealAudit {
+        Box::new(|generation| {
+            let mut entry = draft("cluster_sealed");
+            entry.detail = format!("{{\"generation\":{generation}}}");
+            entry
+        })
+    };
+    if matches!(b.kind, Kind::Sqlite { .. }) {
+        let refused = store.seal_cluster(seal()).await.unwrap_err();
+        assert!(matches!(refused, StoreError::NoCluster), "{refused}");
+        assert!(store.audit_page(0, 10).await.unwrap().is_empty());
+        return;
+    }
+    assert_eq!(store.seal_cluster(seal()).await.unwrap(), 1);
+    // A second daemon on the same store sees and bumps the same generation.
+    let other = b.reopen().await.unwrap();
+    assert_eq!(other.cluster_seal_generation().await.unwrap(), 1);
+    assert_eq!(other.seal_cluster(seal()).await.unwrap(), 2);
+    assert_eq!(store.cluster_seal_generation().await.unwrap(), 2);
+    let log = store.audit_page(0, 10).await.unwrap();
+    let details: Vec<&str> = log.iter().map(|e| e.detail.as_str()).collect();
+    assert_eq!(details, ["{\"generation\":1}", "{\"generation\":2}"]);
+    verify_chain(&log).unwrap();
 }
 
 #[tokio::test]

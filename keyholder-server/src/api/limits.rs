@@ -34,6 +34,9 @@ const SMALL_BODY_MAX: usize = 1024;
 /// Time for a whole request body to arrive once its headers are in.
 const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Every role: for the node-only endpoints, whose handlers check the caller.
+const EVERY_ROLE: &[Role] = &[Role::Keyholder, Role::Operator, Role::Database, Role::Node];
+
 /// Who may send a body to an endpoint, and how large.
 struct BodyRule {
     roles: &'static [Role],
@@ -69,6 +72,17 @@ fn body_rule(method: &Method, path: &str) -> Option<BodyRule> {
         | paths::ROTATION_RETIRE
         | paths::ROTATION_ROLLBACK
         | paths::ADMIN_RELOAD => operator(SMALL_BODY_MAX),
+        // Any principal's body is read: the handler refuses every caller
+        // but another node of the cluster and audits the refusal (a refused
+        // key transfer is in the audit log).
+        paths::CLUSTER_SHARES => BodyRule {
+            roles: EVERY_ROLE,
+            max: SHARES_BODY_MAX,
+        },
+        paths::CLUSTER_KEYRING | paths::CLUSTER_SEAL => BodyRule {
+            roles: EVERY_ROLE,
+            max: SMALL_BODY_MAX,
+        },
         _ => return None,
     })
 }

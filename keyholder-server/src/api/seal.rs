@@ -6,6 +6,7 @@ use axum::{Extension, Json};
 use keyholder_api::{Health, Status, UnsealResponse};
 
 use super::{ApiFailure, AppState, Authenticated, limits, require};
+use crate::cluster::peer_api::ClusterState;
 use crate::principal::Role;
 use crate::rotation::RotationHandle;
 
@@ -33,8 +34,10 @@ pub async fn status(
 }
 
 /// `POST /v1/unseal`: keyholders, within their failed-submission budget.
+/// In a cluster, the lines admitted here are relayed to every peer.
 pub async fn unseal(
     State(daemon): State<AppState>,
+    Extension(cluster): Extension<ClusterState>,
     Authenticated(caller): Authenticated,
     body: Bytes,
 ) -> Result<Json<UnsealResponse>, ApiFailure> {
@@ -43,7 +46,18 @@ pub async fn unseal(
     drop(body);
     let result = daemon.unseal(&caller, &request.shares).await;
     limits::settle(&daemon, &caller, &result);
-    Ok(Json(result?))
+    let response = result?;
+    if let Some(cluster) = &cluster {
+        let admitted = request
+            .shares
+            .into_iter()
+            .zip(&response.outcomes)
+            .filter(|(_, outcome)| outcome.accepted)
+            .map(|(line, _)| line)
+            .collect();
+        cluster.relay(caller.name.clone(), admitted);
+    }
+    Ok(Json(response))
 }
 
 /// `DELETE /v1/unseal`: a keyholder withdraws its own shares, an operator
@@ -56,14 +70,22 @@ pub async fn reset(
     Ok(Json(daemon.reset_unseal(&caller).await?))
 }
 
-/// `POST /v1/seal`: operators.
+/// `POST /v1/seal`: operators. In a cluster, it seals every node: a new
+/// cluster seal generation, told to the peers at once.
 pub async fn seal(
     State(daemon): State<AppState>,
     Extension(rotation): Extension<RotationHandle>,
+    Extension(cluster): Extension<ClusterState>,
     Authenticated(caller): Authenticated,
 ) -> Result<Json<Status>, ApiFailure> {
     require(&caller, &[Role::Operator])?;
-    let mut status = daemon.seal(&caller.name).await?;
+    // The keys are dropped even when the audit entry cannot be written; the
+    // peers are told either way.
+    let sealed = daemon.seal(&caller.name).await;
+    if let Some(cluster) = &cluster {
+        cluster.seal_cluster(&caller.name).await?;
+    }
+    let mut status = sealed?;
     status.rotation = Some(rotation.status());
     Ok(Json(status))
 }

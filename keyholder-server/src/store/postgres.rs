@@ -24,9 +24,9 @@ use tokio_postgres::{Client, GenericClient};
 pub use location::PgLocation;
 
 use super::{
-    AuditDraft, Canary, DealtShare, StateStore, StoreError, StoreFuture, StoredEnvelope,
-    Transition, UsageChange, VersionRecord, chained_time, corrupt, parse_state, state_name,
-    version_of,
+    AuditDraft, Canary, ClusterSealAudit, DealtShare, StateStore, StoreError, StoreFuture,
+    StoredEnvelope, Transition, UsageChange, VersionRecord, chained_time, corrupt, parse_state,
+    state_name, version_of,
 };
 use crate::principal::Principal;
 
@@ -557,6 +557,42 @@ impl StateStore for PostgresStore {
                 .await
                 .map(drop)
                 .map_err(pg("record fetch"))
+        })
+    }
+
+    fn cluster_seal_generation(&self) -> StoreFuture<'_, u64> {
+        Box::pin(async move {
+            let client = self.client().await?;
+            let row = client
+                .query_one("SELECT generation FROM cluster_seal WHERE id = 1", &[])
+                .await
+                .map_err(pg("read the cluster seal generation"))?;
+            u64::try_from(row.get::<_, i64>(0)).map_err(|_| corrupt("cluster seal generation"))
+        })
+    }
+
+    fn seal_cluster(&self, audit: ClusterSealAudit) -> StoreFuture<'_, u64> {
+        Box::pin(async move {
+            let mut client = self.client().await?;
+            let tx = client
+                .transaction()
+                .await
+                .map_err(pg("begin the cluster seal"))?;
+            tx.batch_execute("LOCK TABLE audit IN EXCLUSIVE MODE")
+                .await
+                .map_err(pg("lock the audit log"))?;
+            let row = tx
+                .query_one(
+                    "UPDATE cluster_seal SET generation = generation + 1 WHERE id = 1 RETURNING generation",
+                    &[],
+                )
+                .await
+                .map_err(pg("bump the cluster seal generation"))?;
+            let generation = u64::try_from(row.get::<_, i64>(0))
+                .map_err(|_| corrupt("cluster seal generation"))?;
+            append_audit(&tx, &audit(generation)).await?;
+            tx.commit().await.map_err(pg("commit the cluster seal"))?;
+            Ok(generation)
         })
     }
 }

@@ -37,7 +37,10 @@ fn pem_error(field: &'static str, path: &Path, reason: impl ToString) -> TlsErro
     }
 }
 
-fn certs(field: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+pub(crate) fn certs(
+    field: &'static str,
+    path: &Path,
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs = CertificateDer::pem_file_iter(path)
         .map_err(|e| pem_error(field, path, e))?
         .collect::<Result<Vec<_>, _>>()

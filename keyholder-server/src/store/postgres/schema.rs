@@ -100,6 +100,13 @@ CREATE TABLE consumer_usage (
     PRIMARY KEY (consumer, process, version)
 );
 "#,
+    r#"
+CREATE TABLE cluster_seal (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    generation BIGINT NOT NULL CHECK (generation >= 0)
+);
+INSERT INTO cluster_seal (id, generation) VALUES (1, 0);
+"#,
 ];
 
 /// `name` as a quoted identifier. Schema names are checked against

@@ -1,0 +1,163 @@
+//! The node-only endpoints: `POST /v1/cluster/shares`, `/v1/cluster/keyring`
+//! and `/v1/cluster/seal`. Thin: check that the caller is another node of
+//! this cluster (refusals are 403 with the reason, and audited), parse the
+//! body strictly, make one call on [`PeerSync`] or the daemon.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::post;
+use axum::{Extension, Json, Router};
+use keyholder_api::{
+    ClusterSeal, Health, MAX_SHARE_LINES, PeerKeyring, PeerKeyringRequest, RelayedShares,
+    UnsealResponse, paths,
+};
+use serde_json::json;
+
+use super::sync::PeerSync;
+use crate::api::{ApiFailure, AppState, Authenticated};
+use crate::principal::{Principal, Role};
+
+/// The cluster's part of the app: `None` for a daemon without `[cluster]`.
+pub type ClusterState = Option<Arc<PeerSync>>;
+
+/// The node-only routes.
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route(paths::CLUSTER_SHARES, post(shares))
+        .route(paths::CLUSTER_KEYRING, post(keyring))
+        .route(paths::CLUSTER_SEAL, post(seal))
+}
+
+/// The cluster of this daemon, or 404 for a daemon without one.
+fn cluster(state: &ClusterState) -> Result<&Arc<PeerSync>, ApiFailure> {
+    state.as_ref().ok_or_else(|| {
+        ApiFailure::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "this keyholderd is not a node of a cluster (no [cluster] in its config)",
+        )
+    })
+}
+
+/// Refuses a caller that is not another node of the cluster, auditing the
+/// refusal as `action`.
+async fn admit(
+    daemon: &AppState,
+    sync: &PeerSync,
+    caller: &Principal,
+    action: &str,
+    path: &str,
+) -> Result<(), ApiFailure> {
+    let Err(refusal) = sync.check_node(caller) else {
+        return Ok(());
+    };
+    let reason = refusal.to_string();
+    tracing::warn!(caller = %caller.name, path, %reason, "cluster: a node call was refused");
+    daemon
+        .audit(
+            &caller.name,
+            action,
+            json!({"node": sync.name(), "path": path, "reason": reason}),
+        )
+        .await?;
+    Err(ApiFailure::new(StatusCode::FORBIDDEN, "forbidden", reason))
+}
+
+/// `POST /v1/cluster/shares`: shares a keyholder submitted to the calling
+/// node, admitted here as that keyholder's; never relayed again.
+async fn shares(
+    State(daemon): State<AppState>,
+    Extension(state): Extension<ClusterState>,
+    Authenticated(caller): Authenticated,
+    body: Bytes,
+) -> Result<Json<UnsealResponse>, ApiFailure> {
+    let sync = cluster(&state)?;
+    admit(
+        &daemon,
+        sync,
+        &caller,
+        "cluster_call_refused",
+        paths::CLUSTER_SHARES,
+    )
+    .await?;
+    let relayed: RelayedShares = keyholder_api::from_json(&body).map_err(ApiFailure::bad_body)?;
+    drop(body);
+    if relayed.shares.len() > MAX_SHARE_LINES {
+        return Err(ApiFailure::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_many_shares",
+            format!(
+                "the relay carries {} share lines, at most {MAX_SHARE_LINES} are taken; nothing was processed",
+                relayed.shares.len()
+            ),
+        ));
+    }
+    let config = daemon.config();
+    let keyholder = config
+        .principals
+        .iter()
+        .find(|p| p.name == relayed.keyholder && p.has(Role::Keyholder))
+        .ok_or_else(|| {
+            ApiFailure::bad_body(format!(
+                "keyholder: \"{}\" is not a keyholder in this node's config; every node must list the same [[principals]]",
+                relayed.keyholder
+            ))
+        })?;
+    Ok(Json(
+        daemon
+            .unseal_relayed(keyholder, &relayed.shares, &caller.name)
+            .await?,
+    ))
+}
+
+/// `POST /v1/cluster/keyring`: the keys for a sealed node of this cluster,
+/// age-encrypted to the recipient it sent.
+async fn keyring(
+    State(daemon): State<AppState>,
+    Extension(state): Extension<ClusterState>,
+    Authenticated(caller): Authenticated,
+    body: Bytes,
+) -> Result<Json<PeerKeyring>, ApiFailure> {
+    let sync = cluster(&state)?;
+    admit(
+        &daemon,
+        sync,
+        &caller,
+        "keyring_refused_to_node",
+        paths::CLUSTER_KEYRING,
+    )
+    .await?;
+    let request: PeerKeyringRequest =
+        keyholder_api::from_json(&body).map_err(ApiFailure::bad_body)?;
+    match sync.keyring_for(&caller.name, &request.recipient).await? {
+        Ok(answer) => Ok(Json(answer)),
+        Err(reason) => Err(ApiFailure::bad_body(reason)),
+    }
+}
+
+/// `POST /v1/cluster/seal`: the calling node sealed the cluster.
+async fn seal(
+    State(daemon): State<AppState>,
+    Extension(state): Extension<ClusterState>,
+    Authenticated(caller): Authenticated,
+    body: Bytes,
+) -> Result<Json<Health>, ApiFailure> {
+    let sync = cluster(&state)?;
+    admit(
+        &daemon,
+        sync,
+        &caller,
+        "cluster_call_refused",
+        paths::CLUSTER_SEAL,
+    )
+    .await?;
+    let notice: ClusterSeal = keyholder_api::from_json(&body).map_err(ApiFailure::bad_body)?;
+    sync.notice_seal(&caller.name, notice.generation).await;
+    Ok(Json(Health {
+        status: "ok".to_owned(),
+        sealed: daemon.vault().is_sealed(),
+    }))
+}

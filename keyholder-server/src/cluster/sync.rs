@@ -1,0 +1,483 @@
+//! Keeps this node's seal in step with the cluster: the shares a keyholder
+//! submits here go to every peer, a sealed node takes the keyring from an
+//! unsealed peer, and a seal of the cluster (a new cluster seal generation
+//! in the state store) seals every node.
+//!
+//! Owns [`PeerSync`]: the peer client, the generation the held keys belong
+//! to, and the task that checks both every second. It proves keys taken
+//! from a peer exactly as an unseal does (`Daemon::prove`) before loading
+//! them, and never hands keys out at an older generation than the store's.
+//! It logs and audits node names, versions and generations, never a key or
+//! a share.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use keyholder_api::{PeerKeyring, ShareLine};
+use serde_json::json;
+
+use super::handover::{self, HandoverError};
+use super::peers::{PeerClient, PeerError};
+use crate::audit::DAEMON;
+use crate::config::{Cluster, Node};
+use crate::daemon::{Daemon, DaemonError};
+use crate::principal::{Principal, Role};
+
+/// How often a node checks the cluster seal generation and, while sealed,
+/// asks its peers for the keyring.
+const TICK: Duration = Duration::from_secs(1);
+
+/// Why a node call was refused; its message is the 403's and the audit's.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeRefusal {
+    /// The caller is not a `node` principal.
+    #[error("this is for the nodes of this cluster only; {name} has {roles}, not the node role")]
+    NotANode {
+        /// The caller.
+        name: String,
+        /// Its roles.
+        roles: String,
+    },
+    /// A `node` principal that `[cluster] nodes` does not list.
+    #[error(
+        "{name} has the node role but is not a node of this cluster ([cluster] nodes: {nodes})"
+    )]
+    NotInCluster {
+        /// The caller.
+        name: String,
+        /// The cluster's nodes.
+        nodes: String,
+    },
+    /// This node's own certificate.
+    #[error("{name} is this node; a node never calls itself")]
+    Itself {
+        /// The caller.
+        name: String,
+    },
+}
+
+/// Why a sealed node could not take the keyring from a peer.
+#[derive(Debug, thiserror::Error)]
+enum TakeError {
+    #[error(transparent)]
+    Peer(#[from] PeerError),
+    #[error(transparent)]
+    Handover(#[from] HandoverError),
+    #[error(transparent)]
+    Daemon(#[from] DaemonError),
+    #[error(
+        "node {peer} holds keys of cluster seal generation {theirs}, the cluster is at {ours}; keys the cluster sealed are never taken"
+    )]
+    Generation {
+        peer: String,
+        theirs: u64,
+        ours: u64,
+    },
+    #[error("node {peer}'s keys failed verification and were dropped: {failures}")]
+    Unproven { peer: String, failures: String },
+}
+
+/// This node's part in the cluster's seal.
+pub struct PeerSync {
+    daemon: Arc<Daemon>,
+    client: PeerClient,
+    cluster: Cluster,
+    /// The cluster seal generation the held keys belong to; `None` while
+    /// sealed, or unsealed by a ceremony not yet stamped by [`Self::tick`].
+    generation: Mutex<Option<u64>>,
+    /// The last cluster seal generation read from the state store: a seal
+    /// while the store is unreachable tells the peers the one after it.
+    seen: std::sync::atomic::AtomicU64,
+    /// One take-over from a peer at a time.
+    taking: tokio::sync::Mutex<()>,
+    /// The last failure logged per peer, so a peer that stays down is
+    /// logged once, not every second.
+    last_failure: Mutex<HashMap<String, String>>,
+}
+
+impl PeerSync {
+    /// The sync of `daemon`, a node of `cluster`, calling its peers with
+    /// `client`.
+    pub fn new(daemon: Arc<Daemon>, cluster: &Cluster, client: PeerClient) -> Arc<Self> {
+        Arc::new(Self {
+            client,
+            daemon,
+            cluster: cluster.clone(),
+            generation: Mutex::new(None),
+            seen: std::sync::atomic::AtomicU64::new(0),
+            taking: tokio::sync::Mutex::new(()),
+            last_failure: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// This node's name.
+    pub fn name(&self) -> &str {
+        &self.cluster.node
+    }
+
+    /// Checks every [`TICK`] (and at once on start) until `stop`.
+    pub async fn run(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let mut ticks = tokio::time::interval(TICK);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticks.tick() => {}
+                changed = stop.changed() => if changed.is_err() || *stop.borrow() {
+                    return;
+                },
+            }
+            if *stop.borrow() {
+                return;
+            }
+            self.tick().await;
+        }
+    }
+
+    /// One check: a node holding keys of an older generation seals; a
+    /// sealed node asks its peers for the keyring.
+    async fn tick(&self) {
+        let current = match self.daemon.store().cluster_seal_generation().await {
+            Ok(generation) => {
+                self.seen
+                    .fetch_max(generation, std::sync::atomic::Ordering::Relaxed);
+                generation
+            }
+            Err(e) => {
+                self.log_failure(
+                    "state store",
+                    format!("cannot read the cluster seal generation: {e}"),
+                );
+                return;
+            }
+        };
+        if self.daemon.vault().is_sealed() {
+            *self.lock_generation() = None;
+            if self.daemon.plan().is_some() {
+                self.take_from_peers(current).await;
+            }
+            return;
+        }
+        // Unsealed by a ceremony: its keys belong to the generation of now.
+        let held = *self.lock_generation().get_or_insert(current);
+        if held < current {
+            self.follow_seal(current, DAEMON).await;
+        }
+    }
+
+    fn lock_generation(&self) -> std::sync::MutexGuard<'_, Option<u64>> {
+        self.generation.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Logs `reason` for `peer` when it differs from the last one logged.
+    fn log_failure(&self, peer: &str, reason: String) {
+        let mut last = self.last_failure.lock().unwrap_or_else(|p| p.into_inner());
+        if last.get(peer) != Some(&reason) {
+            tracing::warn!(node = %self.cluster.node, peer, %reason, "cluster: a peer call failed");
+            last.insert(peer.to_owned(), reason);
+        }
+    }
+
+    fn clear_failure(&self, peer: &str) {
+        self.last_failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(peer);
+    }
+
+    /// Seals this node because the cluster was sealed at `generation`.
+    async fn follow_seal(&self, generation: u64, by: &str) {
+        *self.lock_generation() = None;
+        if let Err(e) = self.daemon.seal(by).await {
+            tracing::error!(error = %e, "cluster: sealed, but the seal could not be audited");
+        }
+        tracing::info!(node = %self.cluster.node, generation, by, "cluster: sealed with the cluster");
+        if let Err(e) = self
+            .daemon
+            .audit(
+                by,
+                "sealed_with_cluster",
+                json!({"node": self.cluster.node, "generation": generation}),
+            )
+            .await
+        {
+            tracing::error!(error = %e, "cluster: the seal could not be audited");
+        }
+    }
+
+    /// Asks each peer in turn for the keyring until one gives keys that
+    /// prove; every other outcome leaves this node sealed.
+    async fn take_from_peers(&self, current: u64) {
+        for peer in self.client.peers() {
+            let started = Instant::now();
+            match self.take_from(peer, current).await {
+                Ok(true) => {
+                    self.clear_failure(&peer.name);
+                    tracing::info!(
+                        node = %self.cluster.node,
+                        peer = %peer.name,
+                        generation = current,
+                        elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                        "cluster: unsealed from a peer"
+                    );
+                    return;
+                }
+                Ok(false) => return,
+                Err(TakeError::Peer(e)) if e.is_sealed() => {
+                    tracing::debug!(peer = %peer.name, "cluster: the peer is sealed too");
+                }
+                Err(e) => self.log_failure(&peer.name, e.to_string()),
+            }
+        }
+    }
+
+    /// Takes and proves `peer`'s keys; `Ok(false)` when this node was
+    /// unsealed meanwhile.
+    async fn take_from(&self, peer: &Node, current: u64) -> Result<bool, TakeError> {
+        let _one = self.taking.lock().await;
+        if !self.daemon.vault().is_sealed() {
+            return Ok(false);
+        }
+        // Made for this one request; dropped (and zeroized) when it ends.
+        let identity = age::x25519::Identity::generate();
+        let PeerKeyring {
+            node,
+            generation,
+            age_armored,
+        } = self
+            .client
+            .keyring(peer, identity.to_public().to_string())
+            .await?;
+        if node != peer.name {
+            return Err(PeerError::Malformed {
+                peer: peer.name.clone(),
+                reason: format!("it answered as node {node}"),
+            }
+            .into());
+        }
+        if generation != current {
+            return Err(TakeError::Generation {
+                peer: peer.name.clone(),
+                theirs: generation,
+                ours: current,
+            });
+        }
+        let keys = handover::decrypt(&identity, &age_armored, &self.daemon.config().keyring)?;
+        drop(identity);
+        let plan = self.daemon.plan().ok_or(DaemonError::NotInitialized)?;
+        let (keys, verdict) = self.daemon.prove(keys).await?;
+        let report = match verdict {
+            Ok(report) => report,
+            Err(failures) => {
+                drop(keys);
+                for failure in &failures {
+                    tracing::error!(
+                        peer = %peer.name,
+                        version = failure.version.number(),
+                        check = %failure.check,
+                        record_ids = ?failure.record_ids,
+                        "cluster: a key from a peer failed verification; staying sealed"
+                    );
+                }
+                let failures: Vec<String> = failures.iter().map(ToString::to_string).collect();
+                self.daemon
+                    .audit(
+                        DAEMON,
+                        "unseal_from_peer_refused",
+                        json!({"node": self.cluster.node, "peer": peer.name, "failures": failures}),
+                    )
+                    .await?;
+                return Err(TakeError::Unproven {
+                    peer: peer.name.clone(),
+                    failures: failures.join("; "),
+                });
+            }
+        };
+        let versions: Vec<u32> = keys.keys().map(|v| v.number()).collect();
+        *self.lock_generation() = Some(generation);
+        if let Err(e) = self.daemon.load_proven(keys, &report, &plan).await {
+            *self.lock_generation() = None;
+            return Err(e.into());
+        }
+        self.daemon
+            .audit(
+                DAEMON,
+                "unsealed_from_peer",
+                json!({
+                    "node": self.cluster.node,
+                    "peer": peer.name,
+                    "generation": generation,
+                    "versions": versions,
+                }),
+            )
+            .await?;
+        Ok(true)
+    }
+
+    /// Whether `caller` is another node of this cluster.
+    pub fn check_node(&self, caller: &Principal) -> Result<(), NodeRefusal> {
+        if !caller.has(Role::Node) {
+            return Err(NodeRefusal::NotANode {
+                name: caller.name.clone(),
+                roles: caller.roles_text(),
+            });
+        }
+        if !self.cluster.has_node(&caller.name) {
+            return Err(NodeRefusal::NotInCluster {
+                name: caller.name.clone(),
+                nodes: self
+                    .cluster
+                    .nodes
+                    .iter()
+                    .map(|n| n.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        }
+        if caller.name == self.cluster.node {
+            return Err(NodeRefusal::Itself {
+                name: caller.name.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The keys this node holds for `node` (checked by the caller),
+    /// encrypted to its `recipient`; refused unless this node's keys belong
+    /// to the cluster's current seal generation.
+    pub async fn keyring_for(
+        &self,
+        node: &str,
+        recipient: &str,
+    ) -> Result<Result<PeerKeyring, String>, DaemonError> {
+        let current = self.daemon.store().cluster_seal_generation().await?;
+        let Some(handover) = handover::held(self.daemon.vault()) else {
+            return Err(DaemonError::Sealed);
+        };
+        let held = *self.lock_generation();
+        if held.is_some_and(|h| h < current) {
+            drop(handover);
+            self.follow_seal(current, DAEMON).await;
+            return Err(DaemonError::Sealed);
+        }
+        let generation = held.unwrap_or(current);
+        let armored = match handover::encrypt(&handover, recipient) {
+            Ok(armored) => armored,
+            Err(e) => return Ok(Err(e.to_string())),
+        };
+        let versions: Vec<u32> = handover.keys.iter().map(|k| k.version.number()).collect();
+        let write_version = handover.write_version.number();
+        drop(handover);
+        self.daemon
+            .audit(
+                node,
+                "keyring_sent_to_node",
+                json!({
+                    "node": self.cluster.node,
+                    "to": node,
+                    "generation": generation,
+                    "versions": versions,
+                    "write_version": write_version,
+                }),
+            )
+            .await?;
+        tracing::info!(node = %self.cluster.node, to = node, generation, "cluster: keyring sent to a peer (age-encrypted)");
+        Ok(Ok(PeerKeyring {
+            node: self.cluster.node.clone(),
+            generation,
+            age_armored: armored,
+        }))
+    }
+
+    /// Relays the share lines `keyholder` submitted here (those admitted)
+    /// to every peer, in the background: a peer that is down costs it a
+    /// warning, never the keyholder's request.
+    pub fn relay(self: &Arc<Self>, keyholder: String, lines: Vec<ShareLine>) {
+        if lines.is_empty() {
+            return;
+        }
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            let calls = this.client.peers().iter().map(|peer| {
+                let this = &this;
+                let keyholder = &keyholder;
+                let lines = &lines;
+                async move {
+                    match this.client.relay_shares(peer, keyholder, lines).await {
+                        Ok(()) => tracing::info!(
+                            node = %this.cluster.node,
+                            peer = %peer.name,
+                            keyholder = %keyholder,
+                            lines = lines.len(),
+                            "cluster: shares relayed"
+                        ),
+                        Err(e) => tracing::warn!(
+                            node = %this.cluster.node,
+                            peer = %peer.name,
+                            keyholder = %keyholder,
+                            error = %e,
+                            "cluster: shares could not be relayed; that node takes the keyring from an unsealed peer later"
+                        ),
+                    }
+                }
+            });
+            futures::future::join_all(calls).await;
+        });
+    }
+
+    /// Records a seal of the whole cluster by `actor` (this node already
+    /// sealed) and tells every peer at once; the peers' own checks notice
+    /// it within a second anyway. When the state store cannot record it,
+    /// the peers are still told (the generation after the last one seen,
+    /// which seals every node holding keys) and the store's error is
+    /// returned: a peer that was not reached stays unsealed.
+    pub async fn seal_cluster(self: &Arc<Self>, actor: &str) -> Result<u64, DaemonError> {
+        *self.lock_generation() = None;
+        let node = self.cluster.node.clone();
+        let by = actor.to_owned();
+        let recorded = self
+            .daemon
+            .store()
+            .seal_cluster(Box::new(move |generation| {
+                crate::audit::draft(
+                    &by,
+                    "cluster_sealed",
+                    json!({"node": node, "generation": generation}),
+                )
+            }))
+            .await;
+        let generation = match &recorded {
+            Ok(generation) => *generation,
+            Err(e) => {
+                tracing::error!(error = %e, "cluster: the cluster seal could not be recorded in the state store; telling the peers anyway");
+                self.seen.load(std::sync::atomic::Ordering::Relaxed) + 1
+            }
+        };
+        self.seen
+            .fetch_max(generation, std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(node = %self.cluster.node, generation, "cluster: sealed the cluster");
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            let calls = this.client.peers().iter().map(|peer| {
+                let this = &this;
+                async move {
+                    if let Err(e) = this.client.seal(peer, generation).await {
+                        tracing::warn!(peer = %peer.name, error = %e, "cluster: a peer was not told of the seal; it seals at its next check");
+                    }
+                }
+            });
+            futures::future::join_all(calls).await;
+        });
+        Ok(recorded?)
+    }
+
+    /// A peer (`by`) sealed the cluster at `generation`: seals here unless
+    /// the keys held belong to a newer generation.
+    pub async fn notice_seal(&self, by: &str, generation: u64) {
+        let held = *self.lock_generation();
+        if held.is_some_and(|h| h >= generation) {
+            return;
+        }
+        self.follow_seal(generation, by).await;
+    }
+}
