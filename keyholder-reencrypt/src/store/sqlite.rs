@@ -23,6 +23,9 @@ use futures::future::BoxFuture;
 use rusqlite::types::{ToSqlOutput, Value};
 use rusqlite::{Connection, OpenFlags, StatementStatus, TransactionBehavior, params};
 
+mod wal;
+
+use self::wal::Checkpointer;
 use super::{
     DataStore, Pk, PkKind, RowSwap, SampleRecord, StoredRow, SwapOutcome, sample, version_prefix,
 };
@@ -36,6 +39,9 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// A target's table in a SQLite file.
 pub struct SqliteStore {
     target: Arc<Target>,
+    /// WAL checkpoints off the writer's path; `None` when the file is not
+    /// in WAL mode.
+    checkpointer: Option<Checkpointer>,
     path: std::path::PathBuf,
     kind: PkKind,
     reader: Arc<Mutex<Connection>>,
@@ -65,7 +71,7 @@ impl SqliteStore {
         let path = path.clone();
         let store_path = path.clone();
         let task_target = target.clone();
-        let (kind, reader, writer) = tokio::task::spawn_blocking(move || {
+        let (kind, reader, writer, checkpointer) = tokio::task::spawn_blocking(move || {
             let sql = |operation| {
                 let name = task_target.name().to_owned();
                 move |source| Error::Sqlite {
@@ -102,15 +108,23 @@ impl SqliteStore {
                 writer
                     .pragma_update(None, "synchronous", "NORMAL")
                     .map_err(sql("set synchronous"))?;
+                // The checkpointer thread copies the WAL instead (wal.rs).
+                writer
+                    .pragma_update(None, "wal_autocheckpoint", 0)
+                    .map_err(sql("set wal_autocheckpoint"))?;
             }
+            let checkpointer = wal
+                .then(|| Checkpointer::start(&path, task_target.name()))
+                .transpose()?;
             let reader = connect(&path).map_err(sql("open"))?;
             let kind = check_schema(&reader, &task_target)?;
-            Ok::<_, Error>((kind, reader, writer))
+            Ok::<_, Error>((kind, reader, writer, checkpointer))
         })
         .await
         .map_err(|error| task_error(&target, error))??;
         Ok(Self {
             target,
+            checkpointer,
             path: store_path,
             kind,
             reader: Arc::new(Mutex::new(reader)),
@@ -373,6 +387,7 @@ impl DataStore for SqliteStore {
     }
 
     fn swap_batch(&self, swaps: Vec<RowSwap>) -> BoxFuture<'_, Result<SwapOutcome>> {
+        let checkpointer = self.checkpointer.clone();
         self.with(&self.writer, move |connection, target| {
             let fail = sqlite_error(target, "write batch");
             let transaction = connection
@@ -404,6 +419,14 @@ impl DataStore for SqliteStore {
             transaction
                 .commit()
                 .map_err(sqlite_error(target, "commit batch"))?;
+            if let Some(checkpointer) = &checkpointer {
+                let bytes = swaps
+                    .iter()
+                    .flat_map(|swap| swap.cells.iter().flatten())
+                    .map(|cell| cell.new.len() as u64)
+                    .sum();
+                checkpointer.committed(bytes);
+            }
             Ok(outcome)
         })
     }
