@@ -21,9 +21,10 @@ use rusqlite::Connection;
 
 use crate::error::{Error, Result};
 
-/// Bytes of new values committed between checkpoints: about the 1,000 pages
-/// of 4 KiB after which SQLite's own automatic checkpoint would run.
-const CHECKPOINT_BYTES: u64 = 4 << 20;
+/// Bytes of new values committed between checkpoints: about 256 pages of
+/// 4 KiB, a quarter of the 1,000 after which the application's connections
+/// would run SQLite's automatic checkpoint inside their own commits.
+const CHECKPOINT_BYTES: u64 = 1 << 20;
 
 /// A handle on the checkpointer thread; the thread ends when the last
 /// handle is dropped.
