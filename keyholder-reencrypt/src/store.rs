@@ -141,7 +141,10 @@ pub trait DataStore: Send + Sync {
     ) -> BoxFuture<'a, Result<Vec<StoredRow>>>;
 
     /// Applies the swaps in one transaction: each record is written only where
-    /// its stored value is still the old one. All or nothing on error.
+    /// its stored value is still the old one. All or nothing on error; a
+    /// store that splits a large batch over several connections (PostgreSQL)
+    /// is all or nothing per part, and a part that committed before another
+    /// failed is harmless to redo: its records no longer hold the old value.
     fn swap_batch(&self, swaps: Vec<RowSwap>) -> BoxFuture<'_, Result<SwapOutcome>>;
 
     /// Counts records per version per column in a full scan; NULL values do

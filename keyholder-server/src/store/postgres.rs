@@ -520,9 +520,16 @@ impl StateStore for PostgresStore {
         let (target, direction) = (target.to_owned(), direction.to_owned());
         Box::pin(async move {
             let client = self.client().await?;
+            // A checkpoint lost in a crash is harmless (the pass resumes
+            // from an earlier one and the compare-and-swap skips what
+            // moved), so its commit does not wait for the WAL flush: the
+            // setting is local to this statement's own transaction. Every
+            // other write of the store commits synchronously, which flushes
+            // the WAL up to its own record and so every checkpoint before it.
             client
                 .execute(
-                    "INSERT INTO checkpoints (target, direction, state) VALUES ($1, $2, $3)
+                    "WITH kh_async AS (SELECT set_config('synchronous_commit', 'off', true))
+                     INSERT INTO checkpoints (target, direction, state) SELECT $1::text, $2::text, $3::text FROM kh_async
                      ON CONFLICT (target, direction) DO UPDATE SET state = excluded.state",
                     &[&target, &direction, &json],
                 )
