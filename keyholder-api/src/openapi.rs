@@ -18,7 +18,8 @@ use utoipa::openapi::{HeaderBuilder, RefOr, Required};
 use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
 
 use crate::{
-    API_VERSION, API_VERSION_HEADER, ApiError, AuditEntry, AuditLog, CertificateExpiry, Health,
+    API_VERSION, API_VERSION_HEADER, ApiError, AuditEntry, AuditLog, CertificateExpiry, ClusterNode,
+    ClusterStatus, Health,
     PrepareRequest, ReloadResponse, RetirePlan, RetireRequest, RollbackPlan, RollbackRequest,
     RotationState, RotationStatus, ShareEnvelope, ShareOutcome, Status, ThrottleRequest,
     UnsealProgress, UnsealRequest, UnsealResponse, VersionState, VersionStatus,
@@ -50,7 +51,7 @@ pub fn document() -> String {
         rollback, reload,
     ),
     components(schemas(
-        ApiError, Health, Status, CertificateExpiry, VersionStatus, VersionState, UnsealProgress, UnsealRequest,
+        ApiError, Health, Status, CertificateExpiry, ClusterStatus, ClusterNode, VersionStatus, VersionState, UnsealProgress, UnsealRequest,
         UnsealResponse, ShareOutcome, AuditLog, AuditEntry, RotationStatus, RotationState,
         PrepareRequest, ShareEnvelope, ThrottleRequest, RetireRequest, RetirePlan,
         RollbackRequest, RollbackPlan, HookHandover, HandoverKey, ReloadResponse,

@@ -376,6 +376,7 @@ mod tests {
             }],
             rotation: None,
             certificates: None,
+            cluster: None,
         }
     }
 

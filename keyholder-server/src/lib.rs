@@ -15,6 +15,7 @@
 pub(crate) mod api;
 pub(crate) mod audit;
 pub mod check;
+pub mod cluster;
 pub mod config;
 pub(crate) mod daemon;
 pub mod exit;
