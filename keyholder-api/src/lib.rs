@@ -24,9 +24,9 @@ pub use rotation::{
     RotationStatus, ShareEnvelope, ThrottleRequest,
 };
 pub use seal::{
-    ClusterNode, ClusterStatus,
-    CertificateExpiry, Health, MAX_SHARE_LINES, ShareLine, ShareOutcome, Status, UnsealProgress,
-    UnsealRequest, UnsealResponse, VersionState, VersionStatus,
+    CertificateExpiry, ClusterNode, ClusterStatus, Health, MAX_SHARE_LINES, ShareLine,
+    ShareOutcome, Status, UnsealProgress, UnsealRequest, UnsealResponse, VersionState,
+    VersionStatus,
 };
 pub use version::{API_VERSION, API_VERSION_HEADER, IncompatibleVersion, check_compatible};
 

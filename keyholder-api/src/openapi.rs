@@ -18,11 +18,11 @@ use utoipa::openapi::{HeaderBuilder, RefOr, Required};
 use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
 
 use crate::{
-    API_VERSION, API_VERSION_HEADER, ApiError, AuditEntry, AuditLog, CertificateExpiry, ClusterNode,
-    ClusterStatus, Health,
-    PrepareRequest, ReloadResponse, RetirePlan, RetireRequest, RollbackPlan, RollbackRequest,
-    RotationState, RotationStatus, ShareEnvelope, ShareOutcome, Status, ThrottleRequest,
-    UnsealProgress, UnsealRequest, UnsealResponse, VersionState, VersionStatus,
+    API_VERSION, API_VERSION_HEADER, ApiError, AuditEntry, AuditLog, CertificateExpiry,
+    ClusterNode, ClusterStatus, Health, PrepareRequest, ReloadResponse, RetirePlan, RetireRequest,
+    RollbackPlan, RollbackRequest, RotationState, RotationStatus, ShareEnvelope, ShareOutcome,
+    Status, ThrottleRequest, UnsealProgress, UnsealRequest, UnsealResponse, VersionState,
+    VersionStatus,
 };
 
 /// The OpenAPI document as pretty JSON with a final newline, byte for byte

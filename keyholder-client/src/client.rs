@@ -384,13 +384,12 @@ impl Client {
             let i = (start + step) % count;
             match self.send_at(i, method.clone(), path, body.clone()).await {
                 // A sealed node may have an unsealed peer: `hook --wait`
-                    // takes whichever node can answer.
+                // takes whichever node can answer.
                 Err(
                     e @ (ClientError::Unreachable { .. }
                     | ClientError::Timeout { .. }
                     | ClientError::Sealed { .. }),
-                ) if count > 1 =>
-                {
+                ) if count > 1 => {
                     unreachable = Some(e);
                 }
                 Err(ClientError::NotLeader {
@@ -445,7 +444,10 @@ impl Client {
             }
         })?;
         let status = response.status();
-        let bytes = response.bytes().await.map_err(|e| self.classify(addr, &e))?;
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| self.classify(addr, &e))?;
         let body = Zeroizing::new(bytes.to_vec());
         drop(bytes);
         if status.is_success() {

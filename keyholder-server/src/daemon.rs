@@ -177,15 +177,20 @@ impl Daemon {
         let (fetches, fetched) = tokio::sync::mpsc::unbounded_channel();
         let (leadership, leader_store) = match &config.cluster {
             Some(cluster) => {
-                let leadership = tokio::sync::watch::Sender::new(Leadership::Follower { leader: None });
-                let fenced: Arc<dyn StateStore> = Arc::new(crate::cluster::fence::FencedStore::new(
-                    Arc::clone(&store),
-                    cluster.node.clone(),
-                    leadership.subscribe(),
-                ));
+                let leadership =
+                    tokio::sync::watch::Sender::new(Leadership::Follower { leader: None });
+                let fenced: Arc<dyn StateStore> =
+                    Arc::new(crate::cluster::fence::FencedStore::new(
+                        Arc::clone(&store),
+                        cluster.node.clone(),
+                        leadership.subscribe(),
+                    ));
                 (leadership, fenced)
             }
-            None => (tokio::sync::watch::Sender::new(Leadership::Single), Arc::clone(&store)),
+            None => (
+                tokio::sync::watch::Sender::new(Leadership::Single),
+                Arc::clone(&store),
+            ),
         };
         let daemon = Arc::new(Self {
             config: tokio::sync::watch::Sender::new(Arc::new(config)),

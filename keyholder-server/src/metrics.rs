@@ -300,8 +300,9 @@ impl Metrics {
     /// Publishes the cluster as a lease round read it.
     pub fn set_cluster(&self, status: &keyholder_api::ClusterStatus) {
         let c = &self.cluster;
-        c.leader
-            .set(i64::from(status.leader.as_deref() == Some(status.node.as_str())));
+        c.leader.set(i64::from(
+            status.leader.as_deref() == Some(status.node.as_str()),
+        ));
         c.epoch.set(i64::try_from(status.epoch).unwrap_or(i64::MAX));
         c.lease_age
             .set(status.lease_age_ms.unwrap_or(0) as f64 / 1000.0);
@@ -310,7 +311,9 @@ impl Metrics {
                 node: node.name.clone(),
             };
             if let Some(age) = node.heartbeat_age_ms {
-                c.heartbeat_age.get_or_create(&label).set(age as f64 / 1000.0);
+                c.heartbeat_age
+                    .get_or_create(&label)
+                    .set(age as f64 / 1000.0);
             }
             c.node_sealed
                 .get_or_create(&label)

@@ -704,11 +704,17 @@ async fn a_stale_leader_epoch_is_refused_and_stores_nothing() {
     assert_eq!((seen.holder.as_deref(), seen.epoch), (Some("kh-a"), 1));
     // Its holder renews at its epoch.
     let renewed = a.lease_round(bid("kh-a", Some(1), 1_000)).await.unwrap();
-    assert_eq!((renewed.holder.as_deref(), renewed.epoch), (Some("kh-a"), 1));
+    assert_eq!(
+        (renewed.holder.as_deref(), renewed.epoch),
+        (Some("kh-a"), 1)
+    );
 
-    a.apply_fenced(fence("kh-a", 1), saving_rotation("epoch-1", draft("step_of_epoch_1")))
-        .await
-        .unwrap();
+    a.apply_fenced(
+        fence("kh-a", 1),
+        saving_rotation("epoch-1", draft("step_of_epoch_1")),
+    )
+    .await
+    .unwrap();
     a.put_checkpoint_fenced(fence("kh-a", 1), "orders", "v1->v2", "{\"n\":1}".to_owned())
         .await
         .unwrap();
@@ -720,7 +726,10 @@ async fn a_stale_leader_epoch_is_refused_and_stores_nothing() {
     // database's clock and kh-b takes it at the next epoch.
     tokio::time::sleep(std::time::Duration::from_millis(1_300)).await;
     let expired_write = a
-        .apply_fenced(fence("kh-a", 1), saving_rotation("late", draft("late_step")))
+        .apply_fenced(
+            fence("kh-a", 1),
+            saving_rotation("late", draft("late_step")),
+        )
         .await;
     assert!(
         matches!(
@@ -737,7 +746,10 @@ async fn a_stale_leader_epoch_is_refused_and_stores_nothing() {
     assert_eq!((took.holder.as_deref(), took.epoch), (Some("kh-b"), 2));
 
     let stale = a
-        .apply_fenced(fence("kh-a", 1), saving_rotation("stale", draft("stale_step")))
+        .apply_fenced(
+            fence("kh-a", 1),
+            saving_rotation("stale", draft("stale_step")),
+        )
         .await;
     assert!(
         matches!(
@@ -757,9 +769,15 @@ async fn a_stale_leader_epoch_is_refused_and_stores_nothing() {
     let checkpoint = a
         .put_checkpoint_fenced(fence("kh-a", 1), "orders", "v1->v2", "{\"n\":2}".to_owned())
         .await;
-    assert!(matches!(checkpoint, Err(StoreError::Fenced { .. })), "{checkpoint:?}");
+    assert!(
+        matches!(checkpoint, Err(StoreError::Fenced { .. })),
+        "{checkpoint:?}"
+    );
     let counted = a.add_encryptions_fenced(fence("kh-a", 1), v(1), 7).await;
-    assert!(matches!(counted, Err(StoreError::Fenced { .. })), "{counted:?}");
+    assert!(
+        matches!(counted, Err(StoreError::Fenced { .. })),
+        "{counted:?}"
+    );
     // kh-a's next round does not take the lease back.
     let back = a.lease_round(bid("kh-a", Some(1), 1_000)).await.unwrap();
     assert_eq!((back.holder.as_deref(), back.epoch), (Some("kh-b"), 2));
@@ -770,7 +788,11 @@ async fn a_stale_leader_epoch_is_refused_and_stores_nothing() {
         Some("epoch-1")
     );
     assert_eq!(
-        other.checkpoint("orders", "v1->v2").await.unwrap().as_deref(),
+        other
+            .checkpoint("orders", "v1->v2")
+            .await
+            .unwrap()
+            .as_deref(),
         Some("{\"n\":1}")
     );
     let versions = other.versions().await.unwrap();
@@ -786,7 +808,10 @@ async fn a_stale_leader_epoch_is_refused_and_stores_nothing() {
 
     // The new epoch is the one the store accepts.
     other
-        .apply_fenced(fence("kh-b", 2), saving_rotation("epoch-2", draft("step_of_epoch_2")))
+        .apply_fenced(
+            fence("kh-b", 2),
+            saving_rotation("epoch-2", draft("step_of_epoch_2")),
+        )
         .await
         .unwrap();
     assert_eq!(a.load_rotation().await.unwrap().as_deref(), Some("epoch-2"));

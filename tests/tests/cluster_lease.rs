@@ -169,7 +169,10 @@ async fn a_killed_leader_is_replaced_and_the_job_finishes_without_a_lost_update(
         ("bob", vec![v1_lines[1].clone()]),
     ])
     .await;
-    wait_on(&cluster, 0, "kh-a to lead", |s| leader_of(s) == Some("kh-a")).await;
+    wait_on(&cluster, 0, "kh-a to lead", |s| {
+        leader_of(s) == Some("kh-a")
+    })
+    .await;
     let v1 = env.rebuild_key(1, &[&v1_lines[0], &v1_lines[1]]).await;
     table.seed(&v1, v(1), RECORDS);
 
@@ -186,7 +189,10 @@ async fn a_killed_leader_is_replaced_and_the_job_finishes_without_a_lost_update(
     // The CLI, given every node, follows to the leader by itself.
     let output = cluster
         .keyholder_cli(OPERATOR)
-        .env("KEYHOLDER_ADDR", format!("{},{}", cluster.nodes[1].addr, cluster.nodes[0].addr))
+        .env(
+            "KEYHOLDER_ADDR",
+            format!("{},{}", cluster.nodes[1].addr, cluster.nodes[0].addr),
+        )
         .args(["rotate", "prepare"])
         .output()
         .unwrap();
@@ -227,7 +233,10 @@ async fn a_killed_leader_is_replaced_and_the_job_finishes_without_a_lost_update(
 
     // db1 fetches from a follower: the leader counts it from the store.
     let ring = db1_keyring(&cluster, 1).await;
-    assert_eq!(ring.versions().map(|v| v.number()).collect::<Vec<_>>(), [1, 2]);
+    assert_eq!(
+        ring.versions().map(|v| v.number()).collect::<Vec<_>>(),
+        [1, 2]
+    );
     wait_on(&cluster, 0, "db1's acknowledgement via the store", |s| {
         rotation(s).waiting_for.is_empty()
     })
@@ -236,10 +245,15 @@ async fn a_killed_leader_is_replaced_and_the_job_finishes_without_a_lost_update(
 
     let keys = BTreeMap::from([(1, v1.clone()), (2, v2.clone())]);
     let writer = Writer::start(table.clone(), keys);
-    // The application takes the keyring writing v2 from another follower.
-    writer.version.store(2, Ordering::SeqCst);
+    // The application takes the keyring writing v2 from the other
+    // follower, once that follower read the switch from the store.
+    wait_on(&cluster, 2, "the follower to see the switch", |s| {
+        rotation(s).state == RotationState::Reencrypting
+    })
+    .await;
     let ring = db1_keyring(&cluster, 2).await;
     assert_eq!(ring.write_version().number(), 2);
+    writer.version.store(2, Ordering::SeqCst);
 
     let before = wait_on(&cluster, 0, "the job to be under way", |s| {
         rotation(s).rows_done >= 300
@@ -271,14 +285,17 @@ async fn a_killed_leader_is_replaced_and_the_job_finishes_without_a_lost_update(
         }
     };
     let took = killed.elapsed();
-    let after = wait_on(&cluster, new_leader, "the new leader to move records", |s| {
-        rotation(s).rows_done > moved_at_kill
-    })
+    let after = wait_on(
+        &cluster,
+        new_leader,
+        "the new leader to move records",
+        |s| rotation(s).rows_done > moved_at_kill,
+    )
     .await;
     let writing = killed.elapsed();
     assert!(after.cluster.as_ref().unwrap().epoch > epoch_before);
     println!(
-        "failover: lease taken by {} {:.1}s after the SIGKILL, its first records moved {:.1}s after it (lease 3s)",
+        "failover: lease taken by {} {:.1}s after the SIGKILL, its first records moved {:.1}s after the SIGKILL (lease 3s)",
         cluster.nodes[new_leader].name,
         took.as_secs_f64(),
         writing.as_secs_f64()

@@ -474,7 +474,10 @@ impl StateStore for PostgresStore {
                 *slot = Some(open_client(&self.location).await?);
             }
             let client = slot.as_mut().expect("opened above");
-            let tx = client.transaction().await.map_err(pg("begin lease round"))?;
+            let tx = client
+                .transaction()
+                .await
+                .map_err(pg("begin lease round"))?;
             tx.execute(
                 "INSERT INTO node_heartbeats (node, addr, sealed, seen_at) VALUES ($1, $2, $3, clock_timestamp())
                  ON CONFLICT (node) DO UPDATE SET addr = excluded.addr, sealed = excluded.sealed, seen_at = excluded.seen_at",
@@ -502,7 +505,10 @@ impl StateStore for PostgresStore {
                 .map_err(pg("take or renew the lease"))?;
             }
             let row = tx
-                .query_one(&format!("SELECT {LEASE_COLUMNS} FROM lease WHERE id = 1"), &[])
+                .query_one(
+                    &format!("SELECT {LEASE_COLUMNS} FROM lease WHERE id = 1"),
+                    &[],
+                )
                 .await
                 .map_err(pg("read the lease"))?;
             let record = lease_of(&row)?;
@@ -515,7 +521,10 @@ impl StateStore for PostgresStore {
         Box::pin(async move {
             let client = self.client().await?;
             let row = client
-                .query_one(&format!("SELECT {LEASE_COLUMNS} FROM lease WHERE id = 1"), &[])
+                .query_one(
+                    &format!("SELECT {LEASE_COLUMNS} FROM lease WHERE id = 1"),
+                    &[],
+                )
                 .await
                 .map_err(pg("read the lease"))?;
             let lease = lease_of(&row)?;
