@@ -298,10 +298,9 @@ pub struct LeaseBid {
     pub addr: String,
     /// Whether it holds no key.
     pub sealed: bool,
-    /// Take the lease when it is free or expired, renew it when held.
+    /// Take the lease when it is free or expired, renew it while this node
+    /// holds it unexpired (at the same epoch: nobody took it over).
     pub want: bool,
-    /// The epoch this node holds, to renew at (`None`: it holds none).
-    pub held: Option<u64>,
     /// How long the lease lasts from now (the database's `now()`).
     pub lease: std::time::Duration,
 }

@@ -667,13 +667,12 @@ async fn sqlite_snapshots_keep_only_the_newest() {
     assert_eq!(left, expected);
 }
 
-fn bid(node: &str, held: Option<u64>, lease_ms: u64) -> LeaseBid {
+fn bid(node: &str, lease_ms: u64) -> LeaseBid {
     LeaseBid {
         node: node.to_owned(),
         addr: format!("{node}.example:8443"),
         sealed: false,
         want: true,
-        held,
         lease: std::time::Duration::from_millis(lease_ms),
     }
 }
@@ -697,13 +696,13 @@ async fn a_stale_leader_epoch_is_refused_and_stores_nothing() {
     let other = b.reopen().await.unwrap();
     a.apply(inserting(1)).await.unwrap();
 
-    let taken = a.lease_round(bid("kh-a", None, 1_000)).await.unwrap();
+    let taken = a.lease_round(bid("kh-a", 1_000)).await.unwrap();
     assert_eq!((taken.holder.as_deref(), taken.epoch), (Some("kh-a"), 1));
     // Held and unexpired: another node cannot take it.
-    let seen = other.lease_round(bid("kh-b", None, 1_000)).await.unwrap();
+    let seen = other.lease_round(bid("kh-b", 1_000)).await.unwrap();
     assert_eq!((seen.holder.as_deref(), seen.epoch), (Some("kh-a"), 1));
     // Its holder renews at its epoch.
-    let renewed = a.lease_round(bid("kh-a", Some(1), 1_000)).await.unwrap();
+    let renewed = a.lease_round(bid("kh-a", 1_000)).await.unwrap();
     assert_eq!(
         (renewed.holder.as_deref(), renewed.epoch),
         (Some("kh-a"), 1)
@@ -742,7 +741,7 @@ async fn a_stale_leader_epoch_is_refused_and_stores_nothing() {
         ),
         "{expired_write:?}"
     );
-    let took = other.lease_round(bid("kh-b", None, 1_000)).await.unwrap();
+    let took = other.lease_round(bid("kh-b", 1_000)).await.unwrap();
     assert_eq!((took.holder.as_deref(), took.epoch), (Some("kh-b"), 2));
 
     let stale = a
@@ -779,7 +778,7 @@ async fn a_stale_leader_epoch_is_refused_and_stores_nothing() {
         "{counted:?}"
     );
     // kh-a's next round does not take the lease back.
-    let back = a.lease_round(bid("kh-a", Some(1), 1_000)).await.unwrap();
+    let back = a.lease_round(bid("kh-a", 1_000)).await.unwrap();
     assert_eq!((back.holder.as_deref(), back.epoch), (Some("kh-b"), 2));
 
     // Nothing of epoch 1's refused writes is stored.
@@ -833,6 +832,6 @@ async fn a_stale_leader_epoch_is_refused_and_stores_nothing() {
 #[tokio::test]
 async fn sqlite_holds_no_cluster() {
     let b = Backend::sqlite().await;
-    let round = b.store().lease_round(bid("kh-a", None, 1_000)).await;
+    let round = b.store().lease_round(bid("kh-a", 1_000)).await;
     assert!(matches!(round, Err(StoreError::NotInCluster)), "{round:?}");
 }

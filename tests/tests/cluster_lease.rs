@@ -18,6 +18,7 @@ use keyholder_api::{ApiError, RotationState, RotationStatus, Status};
 use keyholder_tests::cluster::ClusterEnv;
 use keyholder_tests::daemon::{DATABASE, OPERATOR};
 use keyholder_tests::pg::{self, Schema};
+use keyholder_tests::proxy::Proxy;
 use keyholder_tests::records::{Table, plaintext};
 use keyholder_tests::rotation::v;
 use keyholder_tests::{Daemon, EnvOptions};
@@ -136,10 +137,21 @@ fn expected_digest(written: &BTreeMap<i64, String>) -> String {
     hex::encode(hash.finalize())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_killed_leader_is_replaced_and_the_job_finishes_without_a_lost_update() {
-    let Some(url) = pg::url() else { return };
-    let schema = Schema::new(&url).await;
+/// A cluster of three whose leader kh-a runs a job v1 -> v2 while the
+/// application writes; kh-a's state store URL goes through `via` when given.
+struct World {
+    cluster: ClusterEnv,
+    schema: Schema,
+    table: Table,
+    nodes: Vec<Daemon>,
+    writer: Writer,
+    v1: Key,
+    v2: Key,
+    _data: tempfile::TempDir,
+}
+
+async fn reencrypting(url: &str, via: Option<std::net::SocketAddr>) -> World {
+    let schema = Schema::new(url).await;
     let data = tempfile::tempdir().unwrap();
     let table = Table::create(&data.path().join("app.db"));
     let cluster = ClusterEnv::new(
@@ -156,6 +168,21 @@ async fn a_killed_leader_is_replaced_and_the_job_finishes_without_a_lost_update(
         },
         "",
     );
+    if let Some(proxy) = via {
+        let host = url
+            .split('@')
+            .nth(1)
+            .and_then(|rest| rest.split('/').next())
+            .expect("KEYHOLDER_TEST_PG names host:port");
+        let config = &cluster.nodes[0].config;
+        let text = std::fs::read_to_string(config).unwrap();
+        let rewritten = text.replacen(&format!("@{host}/"), &format!("@{proxy}/"), 1);
+        assert_ne!(
+            text, rewritten,
+            "the state store URL goes through the proxy"
+        );
+        std::fs::write(config, rewritten).unwrap();
+    }
     let env = &cluster.env;
     let mut nodes: Vec<Daemon> = Vec::new();
     for i in 0..3 {
@@ -255,6 +282,40 @@ async fn a_killed_leader_is_replaced_and_the_job_finishes_without_a_lost_update(
     assert_eq!(ring.write_version().number(), 2);
     writer.version.store(2, Ordering::SeqCst);
 
+    World {
+        cluster,
+        schema,
+        table,
+        nodes,
+        writer,
+        v1,
+        v2,
+        _data: data,
+    }
+}
+
+impl World {
+    /// Waits for the drain on node `i`, stops the application and checks
+    /// every record: at v2, holding what was last written.
+    async fn drained_without_a_lost_update(self, i: usize) -> (ClusterEnv, Vec<Daemon>, Schema) {
+        wait_on(&self.cluster, i, "the job to drain", |s| {
+            rotation(s).state == RotationState::Drained
+        })
+        .await;
+        let written = self.writer.finish();
+        assert!(!written.is_empty());
+        assert_eq!(self.table.count_at(1), 0, "{:?}", self.table.counts());
+        let keys = BTreeMap::from([(v(1), self.v1), (v(2), self.v2)]);
+        assert_eq!(self.table.digest(&keys), expected_digest(&written));
+        (self.cluster, self.nodes, self.schema)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_leader_is_replaced_and_the_job_finishes_without_a_lost_update() {
+    let Some(url) = pg::url() else { return };
+    let mut world = reencrypting(&url, None).await;
+    let cluster = &world.cluster;
     let before = wait_on(&cluster, 0, "the job to be under way", |s| {
         rotation(s).rows_done >= 300
     })
@@ -262,7 +323,7 @@ async fn a_killed_leader_is_replaced_and_the_job_finishes_without_a_lost_update(
     assert_eq!(rotation(&before).state, RotationState::Reencrypting);
     let moved_at_kill = rotation(&before).rows_done;
     let epoch_before = before.cluster.as_ref().unwrap().epoch;
-    nodes[0].kill();
+    world.nodes[0].kill();
     let killed = Instant::now();
 
     // Another node takes the lease and goes on from the shared checkpoint.
@@ -301,19 +362,118 @@ async fn a_killed_leader_is_replaced_and_the_job_finishes_without_a_lost_update(
         writing.as_secs_f64()
     );
 
-    wait_on(&cluster, new_leader, "the job to drain", |s| {
-        rotation(s).state == RotationState::Drained
+    let (_cluster, mut nodes, schema) = world.drained_without_a_lost_update(new_leader).await;
+    for node in &mut nodes[1..] {
+        node.stop();
+    }
+    schema.drop_it().await;
+}
+
+/// The first node's leadership as its status shows it: whether it leads.
+fn leads(status: &Status) -> bool {
+    status
+        .cluster
+        .as_ref()
+        .is_some_and(|c| c.leader.as_deref() == Some(c.node.as_str()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_cut_off_from_postgres_steps_down_and_a_new_epoch_takes_over() {
+    let Some(url) = pg::url() else { return };
+    let upstream: std::net::SocketAddr = url
+        .split('@')
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .and_then(|host| host.replace("localhost", "127.0.0.1").parse().ok())
+        .expect("KEYHOLDER_TEST_PG names an ip:port");
+    let proxy = Proxy::start(upstream).await;
+    let world = reencrypting(&url, Some(proxy.addr)).await;
+    let cluster = &world.cluster;
+    let before = wait_on(cluster, 0, "the job to be under way", |s| {
+        rotation(s).rows_done >= 300
     })
     .await;
-    let written = writer.finish();
-    assert!(!written.is_empty());
-    // The drain needs a full scan after the last write at v1; writes went
-    // on at v2, so nothing is left behind.
-    assert_eq!(table.count_at(1), 0, "{:?}", table.counts());
-    let all_keys = BTreeMap::from([(v(1), v1), (v(2), v2)]);
-    assert_eq!(table.digest(&all_keys), expected_digest(&written));
+    let epoch_before = before.cluster.as_ref().unwrap().epoch;
 
-    for node in &mut nodes[1..] {
+    // kh-a loses PostgreSQL: its connections drop, new ones are closed.
+    proxy.cut();
+    let cut = Instant::now();
+    let deadline = cut + WAIT;
+    while !cluster
+        .log_text(0)
+        .contains("lease not renewed in time; stepping down")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "kh-a never stepped down:\n{}",
+            cluster.log_text(0)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let stepped_down = cut.elapsed();
+    // Its status (served from memory) says it no longer leads.
+    let own = status(cluster, 0).await.expect("kh-a still answers");
+    assert!(!leads(&own), "{:?}", own.cluster);
+
+    let new_leader = loop {
+        let mut found = None;
+        for i in 1..3 {
+            if let Some(s) = status(cluster, i).await
+                && leads(&s)
+            {
+                found = Some((i, s));
+            }
+        }
+        if let Some(found) = found {
+            break found;
+        }
+        assert!(Instant::now() < deadline, "no node took the lease");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let took_over = cut.elapsed();
+    let (new_leader, seen) = new_leader;
+    println!(
+        "partition: kh-a stepped down {:.1}s after the cut (lease 3s, its margin a third of it); {} led at epoch {} {:.1}s after the cut",
+        stepped_down.as_secs_f64(),
+        cluster.nodes[new_leader].name,
+        seen.cluster.as_ref().unwrap().epoch,
+        took_over.as_secs_f64()
+    );
+    // It stepped down before the store could give the lease away.
+    assert!(stepped_down < took_over, "{stepped_down:?} {took_over:?}");
+
+    // The store holds the new epoch only: the lease row names the new
+    // leader at a higher epoch, so a write carrying kh-a's epoch fails the
+    // check every leader-only write makes in its transaction.
+    let row = world
+        .schema
+        .client
+        .query_one(
+            &format!(
+                "SELECT holder, epoch FROM \"{}\".lease WHERE id = 1",
+                world.schema.name
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+    let (holder, epoch): (Option<String>, i64) = (row.get(0), row.get(1));
+    assert_eq!(
+        holder.as_deref(),
+        Some(cluster.nodes[new_leader].name.as_str())
+    );
+    assert!(u64::try_from(epoch).unwrap() > epoch_before);
+
+    // Healed, kh-a follows the new leader instead of taking the lease back.
+    proxy.heal();
+    let leader_name = cluster.nodes[new_leader].name.clone();
+    wait_on(cluster, 0, "kh-a to follow the new leader", |s| {
+        leader_of(s) == Some(leader_name.as_str()) && !leads(s)
+    })
+    .await;
+
+    let (_cluster, mut nodes, schema) = world.drained_without_a_lost_update(new_leader).await;
+    for node in &mut nodes {
         node.stop();
     }
     schema.drop_it().await;

@@ -101,11 +101,10 @@ pub async fn run(daemon: Arc<Daemon>, cluster: Cluster, mut stop: watch::Receive
     let mut ticks = tokio::time::interval(every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let held = match *leadership.borrow() {
-            Leadership::Leader { epoch, until } if Instant::now() < until => Some((epoch, until)),
+        let deadline = match *leadership.borrow() {
+            Leadership::Leader { until, .. } if Instant::now() < until => Some(until),
             _ => None,
         };
-        let deadline = held.map(|(_, until)| until);
         tokio::select! {
             _ = ticks.tick() => {}
             _ = stop.wait_for(|s| *s) => return,
@@ -123,7 +122,6 @@ pub async fn run(daemon: Arc<Daemon>, cluster: Cluster, mut stop: watch::Receive
             sealed,
             // A sealed node cannot run the worker: it lets the lease go.
             want: !sealed,
-            held: held.map(|(epoch, _)| epoch),
             lease: cluster.lease,
         };
         let started = Instant::now();

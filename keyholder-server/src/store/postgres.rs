@@ -487,19 +487,19 @@ impl StateStore for PostgresStore {
             .map_err(pg("write heartbeat"))?;
             if bid.want {
                 let lease_ms = i64::try_from(bid.lease.as_millis()).unwrap_or(i64::MAX);
-                let held = bid.held.map(count).unwrap_or(-1);
-                // Renewed by its holder at the epoch it holds while
-                // unexpired; otherwise taken only once expired, at the
-                // next epoch. Waits for a fenced write holding the row.
+                // Renewed by its holder while unexpired (the epoch stays:
+                // nobody took it over); otherwise taken only once expired,
+                // at the next epoch. Waits for a fenced write holding the
+                // row.
                 tx.execute(
                     "UPDATE lease SET
-                        epoch = CASE WHEN holder = $1 AND epoch = $2 AND expires_at > clock_timestamp() THEN epoch ELSE epoch + 1 END,
-                        acquired_at = CASE WHEN holder = $1 AND epoch = $2 AND expires_at > clock_timestamp() THEN acquired_at ELSE clock_timestamp() END,
+                        epoch = CASE WHEN holder = $1 AND expires_at > clock_timestamp() THEN epoch ELSE epoch + 1 END,
+                        acquired_at = CASE WHEN holder = $1 AND expires_at > clock_timestamp() THEN acquired_at ELSE clock_timestamp() END,
                         holder = $1,
                         renewed_at = clock_timestamp(),
-                        expires_at = clock_timestamp() + $3::float8 * interval '1 millisecond'
-                     WHERE id = 1 AND (expires_at <= clock_timestamp() OR (holder = $1 AND epoch = $2))",
-                    &[&bid.node, &held, &(lease_ms as f64)],
+                        expires_at = clock_timestamp() + $2::float8 * interval '1 millisecond'
+                     WHERE id = 1 AND (expires_at <= clock_timestamp() OR holder = $1)",
+                    &[&bid.node, &(lease_ms as f64)],
                 )
                 .await
                 .map_err(pg("take or renew the lease"))?;
