@@ -281,6 +281,18 @@ impl Daemon {
         self.cluster_status.send_replace(Some(status));
     }
 
+    /// This node stepped down without reaching the store: status shows no
+    /// leader known until a lease round reads the lease again.
+    pub(crate) fn forget_cluster_leader(&self) {
+        self.cluster_status.send_modify(|status| {
+            if let Some(status) = status {
+                status.leader = None;
+                status.lease_age_ms = None;
+                self.metrics.set_cluster(status);
+            }
+        });
+    }
+
     /// Whether this node runs the rotation now (always outside a cluster).
     pub fn leads(&self) -> bool {
         self.leadership.borrow().leads()

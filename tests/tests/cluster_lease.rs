@@ -203,7 +203,12 @@ async fn reencrypting(url: &str, via: Option<std::net::SocketAddr>) -> World {
     let v1 = env.rebuild_key(1, &[&v1_lines[0], &v1_lines[1]]).await;
     table.seed(&v1, v(1), RECORDS);
 
-    // A follower refuses a rotation command and names the leader.
+    // A follower refuses a rotation command and names the leader (once
+    // its own lease round saw it).
+    wait_on(&cluster, 1, "kh-b to see kh-a lead", |s| {
+        leader_of(s) == Some("kh-a")
+    })
+    .await;
     let refused = cluster
         .client(1, OPERATOR)
         .post("/v1/rotation/prepare", &json!({}))
@@ -316,7 +321,7 @@ async fn a_killed_leader_is_replaced_and_the_job_finishes_without_a_lost_update(
     let Some(url) = pg::url() else { return };
     let mut world = reencrypting(&url, None).await;
     let cluster = &world.cluster;
-    let before = wait_on(&cluster, 0, "the job to be under way", |s| {
+    let before = wait_on(cluster, 0, "the job to be under way", |s| {
         rotation(s).rows_done >= 300
     })
     .await;
@@ -332,7 +337,7 @@ async fn a_killed_leader_is_replaced_and_the_job_finishes_without_a_lost_update(
         loop {
             let mut found = None;
             for i in 1..3 {
-                if let Some(s) = status(&cluster, i).await
+                if let Some(s) = status(cluster, i).await
                     && leader_of(&s) == Some(cluster.nodes[i].name.as_str())
                 {
                     found = Some(i);
@@ -346,12 +351,9 @@ async fn a_killed_leader_is_replaced_and_the_job_finishes_without_a_lost_update(
         }
     };
     let took = killed.elapsed();
-    let after = wait_on(
-        &cluster,
-        new_leader,
-        "the new leader to move records",
-        |s| rotation(s).rows_done > moved_at_kill,
-    )
+    let after = wait_on(cluster, new_leader, "the new leader to move records", |s| {
+        rotation(s).rows_done > moved_at_kill
+    })
     .await;
     let writing = killed.elapsed();
     assert!(after.cluster.as_ref().unwrap().epoch > epoch_before);

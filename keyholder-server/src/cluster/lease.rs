@@ -101,19 +101,21 @@ pub async fn run(daemon: Arc<Daemon>, cluster: Cluster, mut stop: watch::Receive
     let mut ticks = tokio::time::interval(every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        // A deadline already past fires at once: a leader whose renewal
+        // failed steps down before its next round.
         let deadline = match *leadership.borrow() {
-            Leadership::Leader { until, .. } if Instant::now() < until => Some(until),
+            Leadership::Leader { until, .. } => Some(until),
             _ => None,
         };
         tokio::select! {
-            _ = ticks.tick() => {}
-            _ = stop.wait_for(|s| *s) => return,
-            // A leader whose renewals fail steps down on time even while a
-            // round hangs.
+            biased;
             () = sleep_until_opt(deadline) => {
                 step_down(leadership, None, "lease not renewed in time; stepping down");
+                daemon.forget_cluster_leader();
                 continue;
             }
+            _ = ticks.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
         }
         let sealed = seal.borrow().sealed;
         let bid = LeaseBid {
