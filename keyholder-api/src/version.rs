@@ -69,7 +69,7 @@ mod tests {
         let err = check_compatible(Some("2.0.0")).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "the peer speaks keyholder API 2.0.0, this build speaks 1.2.0; upgrade the older side"
+            "the peer speaks keyholder API 2.0.0, this build speaks 1.3.0; upgrade the older side"
         );
         assert_eq!(check_compatible(None).unwrap_err().peer, None);
         assert_eq!(check_compatible(Some("one")).unwrap_err().peer, None);
