@@ -27,8 +27,9 @@ pub use rotation::{
     RotationStatus, ShareEnvelope, ThrottleRequest,
 };
 pub use seal::{
-    CertificateExpiry, Health, MAX_SHARE_LINES, ShareLine, ShareOutcome, Status, UnsealProgress,
-    UnsealRequest, UnsealResponse, VersionState, VersionStatus,
+    CertificateExpiry, ClusterNode, ClusterStatus, Health, MAX_SHARE_LINES, ShareLine,
+    ShareOutcome, Status, UnsealProgress, UnsealRequest, UnsealResponse, VersionState,
+    VersionStatus,
 };
 pub use usage::{
     KeyringRequest, MAX_PROCESS_ID_LEN, MAX_USAGE_VERSIONS, UsageLevel, VersionEncryptions,
@@ -45,6 +46,11 @@ pub struct ApiError {
     pub error: String,
     /// A stable snake_case code (`sealed`, `forbidden`, `bad_request`, ...).
     pub code: String,
+    /// With `not_leader` (HTTP 421, API 1.3): the API address of the
+    /// cluster node that leads (`host:port`), when one is known; send the
+    /// request there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<String>,
 }
 
 /// Parses a request or response body, naming the field that was wrong but

@@ -19,11 +19,11 @@ use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
 
 use crate::{
     API_VERSION, API_VERSION_HEADER, ApiError, AuditEntry, AuditLog, CertificateExpiry,
-    ClusterSeal, Health, KeyringRequest, PeerKeyring, PeerKeyringRequest, PrepareRequest,
-    RelayedShares, ReloadResponse, RetirePlan, RetireRequest, RollbackPlan, RollbackRequest,
-    RotationState, RotationStatus, ShareEnvelope, ShareOutcome, Status, ThrottleRequest,
-    UnsealProgress, UnsealRequest, UnsealResponse, UsageLevel, VersionEncryptions, VersionState,
-    VersionStatus,
+    ClusterNode, ClusterSeal, ClusterStatus, Health, KeyringRequest, PeerKeyring,
+    PeerKeyringRequest, PrepareRequest, RelayedShares, ReloadResponse, RetirePlan, RetireRequest,
+    RollbackPlan, RollbackRequest, RotationState, RotationStatus, ShareEnvelope, ShareOutcome,
+    Status, ThrottleRequest, UnsealProgress, UnsealRequest, UnsealResponse, UsageLevel,
+    VersionEncryptions, VersionState, VersionStatus,
 };
 
 /// The OpenAPI document as pretty JSON with a final newline, byte for byte
@@ -52,7 +52,7 @@ pub fn document() -> String {
         rollback, reload, cluster_shares, cluster_keyring, cluster_seal,
     ),
     components(schemas(
-        ApiError, Health, Status, CertificateExpiry, VersionStatus, VersionState, UnsealProgress, UnsealRequest,
+        ApiError, Health, Status, CertificateExpiry, ClusterStatus, ClusterNode, VersionStatus, VersionState, UnsealProgress, UnsealRequest,
         UnsealResponse, ShareOutcome, AuditLog, AuditEntry, RotationStatus, RotationState,
         PrepareRequest, ShareEnvelope, ThrottleRequest, RetireRequest, RetirePlan,
         RollbackRequest, RollbackPlan, HookHandover, HandoverKey, ReloadResponse, KeyringRequest,

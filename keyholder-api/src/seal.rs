@@ -92,6 +92,43 @@ pub struct Status {
     /// older daemon).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub certificates: Option<CertificateExpiry>,
+    /// The cluster, when the daemon is a node of one (API 1.3; absent
+    /// from a single daemon and an older one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterStatus>,
+}
+
+/// A keyholderd cluster as the answering node saw it at its last lease
+/// round (ages by the state store's clock).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ClusterStatus {
+    /// The node that answered.
+    pub node: String,
+    /// The node holding an unexpired lease, if any.
+    #[serde(default)]
+    pub leader: Option<String>,
+    /// The lease's epoch: one more at every change of leader.
+    pub epoch: u64,
+    /// Milliseconds since the leader took the lease.
+    #[serde(default)]
+    pub lease_age_ms: Option<u64>,
+    /// Every node of the cluster, in config order.
+    pub nodes: Vec<ClusterNode>,
+}
+
+/// One node of a cluster and its last heartbeat.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ClusterNode {
+    /// Its name.
+    pub name: String,
+    /// Its API address.
+    pub addr: String,
+    /// Whether it held no key at its last heartbeat.
+    #[serde(default)]
+    pub sealed: Option<bool>,
+    /// Milliseconds since its last heartbeat (`None`: never seen).
+    #[serde(default)]
+    pub heartbeat_age_ms: Option<u64>,
 }
 
 /// When the daemon's TLS credentials run out, as loaded: RFC 3339 times in

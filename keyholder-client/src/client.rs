@@ -27,7 +27,10 @@ use crate::files::{self, FileError};
 /// Where the daemon is and which certificate we present.
 #[derive(Debug, Clone)]
 pub struct ConnectOptions {
-    /// `host:port` or `https://host:port`.
+    /// `host:port` or `https://host:port`; a cluster's nodes comma-separated
+    /// (`https://a:8443,https://b:8443`): a request that cannot connect
+    /// goes to the next, and one a follower answers `not_leader` goes to
+    /// the leader it names.
     pub addr: String,
     /// The CA that signed the daemon's certificate (PEM).
     pub ca: PathBuf,
@@ -197,6 +200,18 @@ pub enum ClientError {
         /// The daemon's message.
         message: String,
     },
+    /// 421 `not_leader`: a cluster node that does not lead, and the leader
+    /// was not among the addresses given or did not take the request.
+    #[error("keyholderd refused: {message}{}", match .leader {
+        Some(leader) => format!(" (add {leader} to --addr, KEYHOLDER_ADDR)"),
+        None => String::new(),
+    })]
+    NotLeader {
+        /// The daemon's message.
+        message: String,
+        /// The leader's address, when the node knew it.
+        leader: Option<String>,
+    },
     /// Any other refusal, as the daemon worded it.
     #[error("keyholderd refused: {message} ({code}, HTTP {status})")]
     Api {
@@ -225,12 +240,14 @@ impl ClientError {
     }
 }
 
-/// A connection to one keyholderd.
+/// A connection to keyholderd: one node, or a cluster's nodes in turn.
 #[derive(Debug, Clone)]
 pub struct Client {
     http: reqwest::Client,
-    base: String,
-    addr: String,
+    /// Each node's URL base and its address as messages show it.
+    nodes: Vec<(String, String)>,
+    /// The node that answered last: the next request starts there.
+    current: Arc<std::sync::atomic::AtomicUsize>,
     options: ConnectOptions,
 }
 
@@ -294,7 +311,15 @@ impl Client {
     /// Reads the CA, our certificate and key (refusing a key others can
     /// read), and builds an HTTPS client that speaks only TLS 1.3.
     pub fn new(options: ConnectOptions) -> Result<Self, ClientError> {
-        let base = base_url(&options.addr)?;
+        let nodes = options
+            .addr
+            .split(',')
+            .map(|one| {
+                let base = base_url(one.trim())?;
+                let addr = base.trim_start_matches("https://").to_owned();
+                Ok((base, addr))
+            })
+            .collect::<Result<Vec<_>, ClientError>>()?;
         let ca_hint = "--ca must be the CA certificate that signed keyholderd's certificate";
         let mut roots = rustls::RootCertStore::empty();
         for cert in read_pem_certs(&options.ca, ca_hint)? {
@@ -328,33 +353,85 @@ impl Client {
             })?;
         Ok(Self {
             http,
-            addr: base.trim_start_matches("https://").to_owned(),
-            base,
+            nodes,
+            current: Arc::default(),
             options,
         })
     }
 
-    /// The daemon's address as shown in messages.
+    /// The address of the node that answered last, as shown in messages.
     pub fn addr(&self) -> &str {
-        &self.addr
+        &self.nodes[self.current()].1
     }
 
+    fn current(&self) -> usize {
+        self.current.load(std::sync::atomic::Ordering::Relaxed) % self.nodes.len()
+    }
+
+    /// Sends to the node that answered last, then to the next while one
+    /// cannot be reached; a `not_leader` answer is tried once at the leader
+    /// it names when that is one of the addresses.
     async fn send(
         &self,
         method: Method,
         path: &str,
         body: Option<Zeroizing<Vec<u8>>>,
     ) -> Result<Zeroizing<Vec<u8>>, ClientError> {
+        let count = self.nodes.len();
+        let start = self.current();
+        let mut unreachable = None;
+        for step in 0..count {
+            let i = (start + step) % count;
+            match self.send_at(i, method.clone(), path, body.clone()).await {
+                // A sealed node may have an unsealed peer: `hook --wait`
+                // takes whichever node can answer.
+                Err(
+                    e @ (ClientError::Unreachable { .. }
+                    | ClientError::Timeout { .. }
+                    | ClientError::Sealed { .. }),
+                ) if count > 1 => {
+                    unreachable = Some(e);
+                }
+                Err(ClientError::NotLeader {
+                    message,
+                    leader: Some(leader),
+                }) => {
+                    let Some(j) = self.nodes.iter().position(|(_, addr)| *addr == leader) else {
+                        return Err(ClientError::NotLeader {
+                            message,
+                            leader: Some(leader),
+                        });
+                    };
+                    self.current.store(j, std::sync::atomic::Ordering::Relaxed);
+                    return self.send_at(j, method, path, body).await;
+                }
+                other => {
+                    self.current.store(i, std::sync::atomic::Ordering::Relaxed);
+                    return other;
+                }
+            }
+        }
+        Err(unreachable.expect("at least one node was tried"))
+    }
+
+    async fn send_at(
+        &self,
+        i: usize,
+        method: Method,
+        path: &str,
+        body: Option<Zeroizing<Vec<u8>>>,
+    ) -> Result<Zeroizing<Vec<u8>>, ClientError> {
+        let (base, addr) = &self.nodes[i];
         let mut request = self
             .http
-            .request(method, format!("{}{path}", self.base))
+            .request(method, format!("{base}{path}"))
             .header(API_VERSION_HEADER, API_VERSION);
         if let Some(body) = body {
             request = request
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
                 .body(body.to_vec());
         }
-        let response = request.send().await.map_err(|e| self.classify(&e))?;
+        let response = request.send().await.map_err(|e| self.classify(addr, &e))?;
         let peer = response
             .headers()
             .get(API_VERSION_HEADER)
@@ -362,12 +439,15 @@ impl Client {
             .map(str::to_owned);
         keyholder_api::check_compatible(peer.as_deref()).map_err(|source| {
             ClientError::Incompatible {
-                addr: self.addr.clone(),
+                addr: addr.clone(),
                 source,
             }
         })?;
         let status = response.status();
-        let bytes = response.bytes().await.map_err(|e| self.classify(&e))?;
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| self.classify(addr, &e))?;
         let body = Zeroizing::new(bytes.to_vec());
         drop(bytes);
         if status.is_success() {
@@ -383,6 +463,10 @@ impl Client {
             },
             (StatusCode::SERVICE_UNAVAILABLE, "sealed") => ClientError::Sealed {
                 message: error.error,
+            },
+            (StatusCode::MISDIRECTED_REQUEST, "not_leader") => ClientError::NotLeader {
+                message: error.error,
+                leader: error.leader,
             },
             _ => ClientError::Api {
                 status: status.as_u16(),
@@ -409,12 +493,12 @@ impl Client {
     }
 
     /// Maps a transport failure to what the user must check.
-    fn classify(&self, error: &reqwest::Error) -> ClientError {
-        let addr = self.addr.clone();
+    fn classify(&self, addr: &str, error: &reqwest::Error) -> ClientError {
+        let addr = addr.to_owned();
         let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
         while let Some(current) = source {
             if let Some(tls) = current.downcast_ref::<rustls::Error>() {
-                return self.classify_tls(tls);
+                return self.classify_tls(&addr, tls);
             }
             if let Some(io) = current.downcast_ref::<std::io::Error>() {
                 // io::Error's `source()` skips the error it wraps; hyper-rustls
@@ -422,7 +506,7 @@ impl Client {
                 let mut inner: &std::io::Error = io;
                 while let Some(wrapped) = inner.get_ref() {
                     if let Some(tls) = wrapped.downcast_ref::<rustls::Error>() {
-                        return self.classify_tls(tls);
+                        return self.classify_tls(&addr, tls);
                     }
                     match wrapped.downcast_ref::<std::io::Error>() {
                         Some(next) => inner = next,
@@ -440,7 +524,7 @@ impl Client {
                         };
                     }
                     std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe => {
-                        return self.refused_during_handshake(io.to_string());
+                        return self.refused_during_handshake(&addr, io.to_string());
                     }
                     _ => {}
                 }
@@ -455,7 +539,7 @@ impl Client {
             // TLS 1.3: the client finishes its side of the handshake before
             // the server checks our certificate, so a refusal shows up as the
             // connection closing on the first request.
-            return self.refused_during_handshake("the connection was closed".to_owned());
+            return self.refused_during_handshake(&addr, "the connection was closed".to_owned());
         }
         if error.is_connect() {
             return ClientError::Unreachable { addr, reason };
@@ -463,17 +547,17 @@ impl Client {
         ClientError::Request { addr, reason }
     }
 
-    fn refused_during_handshake(&self, reason: String) -> ClientError {
+    fn refused_during_handshake(&self, addr: &str, reason: String) -> ClientError {
         ClientError::ClientCertRefused {
-            addr: self.addr.clone(),
+            addr: addr.to_owned(),
             cert: self.options.cert.clone(),
             reason,
         }
     }
 
-    fn classify_tls(&self, error: &rustls::Error) -> ClientError {
+    fn classify_tls(&self, addr: &str, error: &rustls::Error) -> ClientError {
         use rustls::CertificateError as C;
-        let addr = self.addr.clone();
+        let addr = addr.to_owned();
         let reason = error.to_string();
         match error {
             rustls::Error::InvalidCertificate(cert) => match cert {
@@ -492,7 +576,7 @@ impl Client {
                 | C::Revoked => ClientError::ServerCertInvalid { addr, reason },
                 _ => ClientError::Tls { addr, reason },
             },
-            rustls::Error::AlertReceived(_) => self.refused_during_handshake(reason),
+            rustls::Error::AlertReceived(_) => self.refused_during_handshake(&addr, reason),
             _ => ClientError::Tls { addr, reason },
         }
     }

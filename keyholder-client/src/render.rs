@@ -6,8 +6,8 @@ use std::fmt::Write as _;
 
 use crypto_core::KeyVersion;
 use keyholder_api::{
-    AuditEntry, RetirePlan, RollbackPlan, RotationState, RotationStatus, Status, UnsealProgress,
-    UnsealResponse, UsageLevel, VersionState,
+    AuditEntry, ClusterStatus, RetirePlan, RollbackPlan, RotationState, RotationStatus, Status,
+    UnsealProgress, UnsealResponse, UsageLevel, VersionState,
 };
 
 /// The first 8 hex characters of a KCV (what logs and status show).
@@ -101,6 +101,51 @@ pub fn status(status: &Status) -> String {
     match &status.rotation {
         Some(rotation) => out.push_str(&self::rotation(rotation)),
         None => out.push_str("rotation: none\n"),
+    }
+    if let Some(cluster) = &status.cluster {
+        out.push_str(&self::cluster(cluster));
+    }
+    out
+}
+
+fn seconds(ms: u64) -> String {
+    format!("{:.1}s", ms as f64 / 1000.0)
+}
+
+/// The cluster block of `status`: the answering node, the leader, the
+/// epoch and lease age, then each node's last heartbeat.
+pub fn cluster(cluster: &ClusterStatus) -> String {
+    let mut out = String::new();
+    let leader = match (&cluster.leader, cluster.lease_age_ms) {
+        (Some(leader), Some(age)) => format!("{leader} (lease held {})", seconds(age)),
+        (Some(leader), None) => leader.clone(),
+        (None, _) => "none (a lease is being taken over)".to_owned(),
+    };
+    let _ = writeln!(
+        out,
+        "cluster: answered by {}; leader {leader}; epoch {}",
+        cluster.node, cluster.epoch
+    );
+    for node in &cluster.nodes {
+        let seal = match node.sealed {
+            Some(true) => "sealed",
+            Some(false) => "unsealed",
+            None => "unknown",
+        };
+        let beat = node.heartbeat_age_ms.map_or_else(
+            || "never seen".to_owned(),
+            |ms| format!("heartbeat {} ago", seconds(ms)),
+        );
+        let role = if cluster.leader.as_deref() == Some(node.name.as_str()) {
+            " leader"
+        } else {
+            ""
+        };
+        let _ = writeln!(
+            out,
+            "  {:<12} {:<24} {:<8} {beat}{role}",
+            node.name, node.addr, seal
+        );
     }
     out
 }
@@ -358,6 +403,35 @@ mod tests {
         KeyVersion::new(n).unwrap()
     }
 
+    #[test]
+    fn the_cluster_block_names_the_leader_and_each_heartbeat() {
+        let node =
+            |name: &str, sealed: Option<bool>, age: Option<u64>| keyholder_api::ClusterNode {
+                name: name.to_owned(),
+                addr: format!("{name}.internal:8443"),
+                sealed,
+                heartbeat_age_ms: age,
+            };
+        let text = cluster(&ClusterStatus {
+            node: "kh-b".to_owned(),
+            leader: Some("kh-a".to_owned()),
+            epoch: 3,
+            lease_age_ms: Some(81_234),
+            nodes: vec![
+                node("kh-a", Some(false), Some(412)),
+                node("kh-b", Some(true), Some(1_380)),
+                node("kh-c", None, None),
+            ],
+        });
+        assert_eq!(
+            text,
+            "cluster: answered by kh-b; leader kh-a (lease held 81.2s); epoch 3\n\
+             \x20 kh-a         kh-a.internal:8443       unsealed heartbeat 0.4s ago leader\n\
+             \x20 kh-b         kh-b.internal:8443       sealed   heartbeat 1.4s ago\n\
+             \x20 kh-c         kh-c.internal:8443       unknown  never seen\n"
+        );
+    }
+
     fn version(n: u32, kcv: &str) -> VersionStatus {
         VersionStatus {
             version: v(n),
@@ -388,6 +462,7 @@ mod tests {
             }],
             rotation: None,
             certificates: None,
+            cluster: None,
         }
     }
 

@@ -51,6 +51,7 @@ impl ApiFailure {
             body: ApiError {
                 error: error.into(),
                 code: code.to_owned(),
+                leader: None,
             },
             retry_after: None,
         }
@@ -83,6 +84,11 @@ impl From<DaemonError> for ApiFailure {
                 (StatusCode::UNPROCESSABLE_ENTITY, "verification_failed")
             }
             DaemonError::Plan(_) | DaemonError::Vault(_) => (StatusCode::CONFLICT, "keyring_plan"),
+            // A step that lost the lease while it ran: nothing of it was
+            // stored; the new leader takes the request.
+            DaemonError::Store(
+                crate::store::StoreError::Fenced { .. } | crate::store::StoreError::NotLeader,
+            ) => (StatusCode::MISDIRECTED_REQUEST, "not_leader"),
             DaemonError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
             DaemonError::Usage(_) => (StatusCode::BAD_REQUEST, "bad_usage_report"),
         };

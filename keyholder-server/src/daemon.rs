@@ -23,6 +23,7 @@ use keyholder_api::{
 use serde_json::json;
 
 use crate::audit::{self, DAEMON};
+use crate::cluster::lease::Leadership;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::principal::{Principal, Role};
@@ -91,6 +92,15 @@ pub struct Daemon {
     config: tokio::sync::watch::Sender<Arc<Config>>,
     /// The persisted state.
     store: Arc<dyn StateStore>,
+    /// The same store for the leader-only writes (the rotation's steps, the
+    /// worker's checkpoints and counts): fenced by the lease's epoch in a
+    /// cluster, the store itself otherwise.
+    leader_store: Arc<dyn StateStore>,
+    /// Who leads the cluster, as this node's lease rounds see it
+    /// (`Single` outside a cluster).
+    leadership: tokio::sync::watch::Sender<crate::cluster::lease::Leadership>,
+    /// The cluster as the last lease round read it (status and metrics).
+    cluster_status: tokio::sync::watch::Sender<Option<keyholder_api::ClusterStatus>>,
     /// The keys, when unsealed.
     vault: Vault,
     /// Metrics.
@@ -172,9 +182,29 @@ impl Daemon {
         };
         let seal = Mutex::new(Self::machine(&config, &versions, plan.as_ref()));
         let (fetches, fetched) = tokio::sync::mpsc::unbounded_channel();
+        let (leadership, leader_store) = match &config.cluster {
+            Some(cluster) => {
+                let leadership =
+                    tokio::sync::watch::Sender::new(Leadership::Follower { leader: None });
+                let fenced: Arc<dyn StateStore> =
+                    Arc::new(crate::cluster::fence::FencedStore::new(
+                        Arc::clone(&store),
+                        cluster.node.clone(),
+                        leadership.subscribe(),
+                    ));
+                (leadership, fenced)
+            }
+            None => (
+                tokio::sync::watch::Sender::new(Leadership::Single),
+                Arc::clone(&store),
+            ),
+        };
         let daemon = Arc::new(Self {
             config: tokio::sync::watch::Sender::new(Arc::new(config)),
             store,
+            leader_store,
+            leadership,
+            cluster_status: tokio::sync::watch::Sender::new(None),
             vault: Vault::default(),
             metrics: Metrics::default(),
             submissions: SubmissionLimiter::default(),
@@ -234,6 +264,57 @@ impl Daemon {
     /// their audit entries. Handlers go through the daemon's methods.
     pub(crate) fn store(&self) -> &Arc<dyn StateStore> {
         &self.store
+    }
+
+    /// The store for leader-only writes (fenced in a cluster).
+    pub(crate) fn leader_store(&self) -> &Arc<dyn StateStore> {
+        &self.leader_store
+    }
+
+    /// Who leads the cluster, as this node knows it; a new value at every
+    /// change.
+    pub fn leadership(&self) -> tokio::sync::watch::Receiver<Leadership> {
+        self.leadership.subscribe()
+    }
+
+    /// Where the lease rounds publish this node's leadership.
+    pub(crate) fn leadership_sender(&self) -> &tokio::sync::watch::Sender<Leadership> {
+        &self.leadership
+    }
+
+    /// Publishes the cluster as a lease round read it.
+    pub(crate) fn set_cluster_status(&self, status: keyholder_api::ClusterStatus) {
+        self.metrics.set_cluster(&status);
+        self.cluster_status.send_replace(Some(status));
+    }
+
+    /// This node stepped down without reaching the store: status shows no
+    /// leader known until a lease round reads the lease again.
+    pub(crate) fn forget_cluster_leader(&self) {
+        self.cluster_status.send_modify(|status| {
+            if let Some(status) = status {
+                status.leader = None;
+                status.lease_age_ms = None;
+                self.metrics.set_cluster(status);
+            }
+        });
+    }
+
+    /// Whether this node runs the rotation now (always outside a cluster).
+    pub fn leads(&self) -> bool {
+        self.leadership.borrow().leads()
+    }
+
+    /// The leader's API address from `[cluster] nodes` and its name, when
+    /// another node leads; `None` when no leader is known.
+    pub fn leader_addr(&self) -> Option<(String, String)> {
+        let config = self.config();
+        let cluster = config.cluster.as_ref()?;
+        let leadership = self.leadership.borrow();
+        let name = leadership.leader(&cluster.node)?;
+        cluster
+            .node_named(name)
+            .map(|n| (n.name.clone(), n.addr.clone()))
     }
 
     /// The keys, when unsealed.
@@ -378,15 +459,16 @@ impl Daemon {
             .clone()
     }
 
-    /// Applies `transition` to the store; when it changes versions, the
-    /// copy status shows follows.
+    /// Applies a rotation step's `transition` to the store (fenced by the
+    /// lease in a cluster); when it changes versions, the copy status shows
+    /// follows.
     pub async fn apply(
         &self,
         transition: crate::store::Transition,
     ) -> Result<keyholder_api::AuditEntry, DaemonError> {
         let touches_versions =
             transition.new_version.is_some() || !transition.version_states.is_empty();
-        let entry = self.store.apply(transition).await?;
+        let entry = self.leader_store.apply(transition).await?;
         if touches_versions {
             self.refresh_versions().await?;
         }
@@ -396,7 +478,7 @@ impl Daemon {
     /// Counts `n` encryptions under `version` (the usage limit of AES-GCM
     /// with random nonces rests on this count).
     pub async fn add_encryptions(&self, version: KeyVersion, n: u64) -> Result<(), DaemonError> {
-        let change = self.store.add_encryptions(version, n).await?;
+        let change = self.leader_store.add_encryptions(version, n).await?;
         self.counted(DAEMON, &[change]).await
     }
 
@@ -684,6 +766,25 @@ impl Daemon {
         Ok(())
     }
 
+    /// Holds proven keys of versions this unsealed daemon lacked (taken
+    /// from a peer of the cluster) and republishes the keyring when the
+    /// plan makes them live.
+    pub(crate) fn hold_proven(
+        &self,
+        keys: BTreeMap<KeyVersion, crypto_core::Key>,
+    ) -> Result<(), DaemonError> {
+        for (version, key) in keys {
+            self.vault.hold_pending(version, key);
+        }
+        if let Some(plan) = self.plan()
+            && let Some(keyring) = self.vault.republish(&plan)?
+        {
+            self.metrics.set_loaded(keyring.versions().count());
+            self.log_keyring(&keyring);
+        }
+        Ok(())
+    }
+
     /// Logs the loaded keyring after processing: versions in order, the
     /// write version, KCV prefixes.
     fn log_keyring(&self, keyring: &crypto_core::Keyring) {
@@ -816,6 +917,7 @@ impl Daemon {
             // the rotation).
             rotation: None,
             certificates: self.metrics.certificates(),
+            cluster: self.cluster_status.borrow().clone(),
         }
     }
 

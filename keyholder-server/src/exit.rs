@@ -78,7 +78,7 @@ impl ExitStatus for StoreError {
     fn exit(&self) -> Exit {
         match self {
             Self::Sqlite { .. } | Self::Io { .. } => Exit::Io,
-            Self::Postgres { .. } => Exit::Unavailable,
+            Self::Postgres { .. } | Self::Fenced { .. } | Self::NotLeader => Exit::Unavailable,
             Self::Format { .. }
             | Self::Corrupt { .. }
             | Self::VersionExists { .. }
@@ -113,7 +113,7 @@ impl ExitStatus for RotationError {
             | Self::RecordsRemain { .. } => Exit::Data,
             Self::Throttle(_) => Exit::Usage,
             Self::Init(e) => e.exit(),
-            Self::Worker(_) => Exit::Unavailable,
+            Self::Worker(_) | Self::NotLeader { .. } => Exit::Unavailable,
             Self::Stopped => Exit::Software,
         }
     }

@@ -15,7 +15,7 @@
 pub(crate) mod api;
 pub(crate) mod audit;
 pub mod check;
-pub(crate) mod cluster;
+pub mod cluster;
 pub mod config;
 pub(crate) mod daemon;
 pub mod exit;

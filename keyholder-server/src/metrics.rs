@@ -135,6 +135,8 @@ pub struct Metrics {
     pub version_encryptions: Family<VersionLabel, Gauge>,
     /// 1 for the usage level each version is at, 0 for the others.
     pub version_usage: Family<UsageLabel, Gauge>,
+    /// The cluster, as the last lease round read it.
+    pub cluster: ClusterGauges,
     /// The registry; add more metrics before serving.
     pub registry: Mutex<Registry>,
 }
@@ -260,10 +262,37 @@ impl Default for Metrics {
             "1 for the usage level of each key version (ok; warning from usage.warn_at, 2^31 by default: rotate now; exhausted from usage.limit, 2^32: rotate to a new version now)",
             version_usage.clone(),
         );
+        let cluster = ClusterGauges::default();
+        registry.register(
+            "cluster_leader",
+            "1 while this node holds the cluster's lease",
+            cluster.leader.clone(),
+        );
+        registry.register(
+            "cluster_epoch",
+            "The cluster lease's epoch (one more at every change of leader)",
+            cluster.epoch.clone(),
+        );
+        registry.register(
+            "cluster_lease_age_seconds",
+            "Seconds since the leader took the lease",
+            cluster.lease_age.clone(),
+        );
+        registry.register(
+            "cluster_node_heartbeat_age_seconds",
+            "Seconds since each node's last heartbeat, by the state store's clock",
+            cluster.heartbeat_age.clone(),
+        );
+        registry.register(
+            "cluster_node_sealed",
+            "1 for each node that held no key at its last heartbeat",
+            cluster.node_sealed.clone(),
+        );
         sealed.set(1);
         Self {
             version_encryptions,
             version_usage,
+            cluster,
             certificates,
             key_pages_locked,
             key_page_locks_refused,
@@ -279,7 +308,53 @@ impl Default for Metrics {
     }
 }
 
+/// The cluster's gauges (all zero outside a cluster).
+#[derive(Default)]
+pub struct ClusterGauges {
+    /// 1 while this node leads.
+    pub leader: Gauge,
+    /// The lease's epoch.
+    pub epoch: Gauge,
+    /// Seconds since the leader took the lease.
+    pub lease_age: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// Seconds since each node's heartbeat.
+    pub heartbeat_age: Family<NodeLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    /// 1 for each sealed node.
+    pub node_sealed: Family<NodeLabel, Gauge>,
+}
+
+/// A cluster node's name, as a metric label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct NodeLabel {
+    /// The node's name.
+    pub node: String,
+}
+
 impl Metrics {
+    /// Publishes the cluster as a lease round read it.
+    pub fn set_cluster(&self, status: &keyholder_api::ClusterStatus) {
+        let c = &self.cluster;
+        c.leader.set(i64::from(
+            status.leader.as_deref() == Some(status.node.as_str()),
+        ));
+        c.epoch.set(i64::try_from(status.epoch).unwrap_or(i64::MAX));
+        c.lease_age
+            .set(status.lease_age_ms.unwrap_or(0) as f64 / 1000.0);
+        for node in &status.nodes {
+            let label = NodeLabel {
+                node: node.name.clone(),
+            };
+            if let Some(age) = node.heartbeat_age_ms {
+                c.heartbeat_age
+                    .get_or_create(&label)
+                    .set(age as f64 / 1000.0);
+            }
+            c.node_sealed
+                .get_or_create(&label)
+                .set(i64::from(node.sealed.unwrap_or(true)));
+        }
+    }
+
     /// Counts one submitted share.
     pub fn share(&self, accepted: bool) {
         let outcome = if accepted { "accepted" } else { "refused" };

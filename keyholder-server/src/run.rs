@@ -78,9 +78,16 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         }
     });
     let (rotation, orchestrator) = crate::rotation::Rotator::start(Arc::clone(&daemon)).await?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let lease = daemon.config().cluster.clone().map(|cluster| {
+        tokio::spawn(crate::cluster::lease::run(
+            Arc::clone(&daemon),
+            cluster,
+            stop_rx.clone(),
+        ))
+    });
     let listener = transport::bind(listen.addr).await.map_err(RunError::Bind)?;
     let bound = listener.local_addr().map_err(RunError::Bind)?;
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let reloader = Arc::new(crate::reload::Reloader::new(
         Arc::clone(&daemon),
         rotation.clone(),
@@ -127,6 +134,9 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     .await;
     let _ = stop_tx.send(true);
     let _ = summaries.await;
+    if let Some(lease) = lease {
+        let _ = lease.await;
+    }
     rotation.stop().await;
     let _ = orchestrator.await;
     daemon.vault().seal();

@@ -115,6 +115,25 @@ pub enum StoreError {
         "this state store holds no cluster; a [cluster] needs the PostgreSQL state store (state_store = \"postgres://...\")"
     )]
     NoCluster,
+    /// A leader-only write carried an epoch the lease no longer holds (a
+    /// newer leader took over, or the lease ran out): nothing of it was
+    /// stored.
+    #[error(
+        "state store: refused a write of leader epoch {epoch}: the lease is at epoch {current}{}; this node is not the leader",
+        if *.expired { " and ran out" } else { "" }
+    )]
+    Fenced {
+        /// The epoch the write carried.
+        epoch: u64,
+        /// The lease's epoch in the store.
+        current: u64,
+        /// The lease (still at `epoch`) ran out by the database's clock.
+        expired: bool,
+    },
+    /// A leader-only write on a cluster node that holds no lease (or whose
+    /// lease ran out by its own clock): it was not sent to the store.
+    #[error("this node does not hold the cluster's lease; only the leader writes the rotation")]
+    NotLeader,
     /// A store call's blocking task failed (it panicked); nothing of it was
     /// committed.
     #[error("state store: a call failed on its thread ({reason}); see the daemon's log")]
@@ -272,6 +291,62 @@ impl Transition {
     }
 }
 
+/// A leader's proof of its lease, carried by every leader-only write: the
+/// store refuses the write unless the lease row still names `node` at
+/// `epoch`, unexpired by the database's clock.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fence {
+    /// The leader's node name.
+    pub node: String,
+    /// The lease epoch it acquired.
+    pub epoch: u64,
+}
+
+/// One node's turn at the lease: its heartbeat, and whether it wants the
+/// lease (an unsealed node does; a sealed one only reports).
+#[derive(Clone, Debug)]
+pub struct LeaseBid {
+    /// The node's name.
+    pub node: String,
+    /// Its API address.
+    pub addr: String,
+    /// Whether it holds no key.
+    pub sealed: bool,
+    /// Take the lease when it is free or expired, renew it while this node
+    /// holds it unexpired (at the same epoch: nobody took it over).
+    pub want: bool,
+    /// How long the lease lasts from now (the database's `now()`).
+    pub lease: std::time::Duration,
+}
+
+/// The lease row as the store has it after a round.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaseRecord {
+    /// Who holds it (`None` before the first leader).
+    pub holder: Option<String>,
+    /// Its epoch: one more at every change of holder.
+    pub epoch: u64,
+    /// Whether it ran out by the database's clock.
+    pub expired: bool,
+    /// Milliseconds since the holder acquired it.
+    pub held_ms: u64,
+    /// Milliseconds since its last renewal.
+    pub renewed_ms: u64,
+}
+
+/// One node's last heartbeat.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Heartbeat {
+    /// The node's name.
+    pub node: String,
+    /// Its API address.
+    pub addr: String,
+    /// Whether it held no key.
+    pub sealed: bool,
+    /// Milliseconds since (by the database's clock).
+    pub age_ms: u64,
+}
+
 /// The daemon's state store. Calls return boxed futures so a network store
 /// (PostgreSQL) fits behind the same trait.
 pub trait StateStore: Send + Sync {
@@ -341,6 +416,55 @@ pub trait StateStore: Send + Sync {
     fn seal_cluster(&self, audit: ClusterSealAudit) -> StoreFuture<'_, u64> {
         let _ = audit;
         Box::pin(futures::future::ready(Err(StoreError::NoCluster)))
+    }
+
+    /// Applies a leader-only `transition` if `fence` still holds the lease.
+    /// A store outside a cluster (SQLite) has no lease: it applies it.
+    fn apply_fenced(&self, fence: Fence, transition: Transition) -> StoreFuture<'_, AuditEntry> {
+        let _ = fence;
+        self.apply(transition)
+    }
+    /// [`StateStore::put_checkpoint`] if `fence` still holds the lease.
+    fn put_checkpoint_fenced(
+        &self,
+        fence: Fence,
+        target: &str,
+        direction: &str,
+        json: String,
+    ) -> StoreFuture<'_, ()> {
+        let _ = fence;
+        self.put_checkpoint(target, direction, json)
+    }
+    /// [`StateStore::add_encryptions`] if `fence` still holds the lease.
+    fn add_encryptions_fenced(
+        &self,
+        fence: Fence,
+        version: KeyVersion,
+        n: u64,
+    ) -> StoreFuture<'_, UsageChange> {
+        let _ = fence;
+        self.add_encryptions(version, n)
+    }
+    /// One lease round of a cluster node: its heartbeat, and the lease
+    /// taken (when expired), renewed (by its holder at its epoch) or left.
+    fn lease_round(&self, bid: LeaseBid) -> StoreFuture<'_, LeaseRecord> {
+        let _ = bid;
+        Box::pin(futures::future::ready(Err(StoreError::NoCluster)))
+    }
+    /// The lease and every node's last heartbeat, in name order.
+    fn cluster_state(&self) -> StoreFuture<'_, (LeaseRecord, Vec<Heartbeat>)> {
+        Box::pin(futures::future::ready(Err(StoreError::NoCluster)))
+    }
+    /// The consumers that fetched a keyring holding `version`, with the
+    /// time of their last such fetch (whichever node served it).
+    fn fetches_of(&self, version: KeyVersion) -> StoreFuture<'_, Vec<(String, String)>> {
+        let _ = version;
+        Box::pin(futures::future::ready(Ok(Vec::new())))
+    }
+    /// The time of the last audit entry with `action`.
+    fn last_audit_time(&self, action: &str) -> StoreFuture<'_, Option<String>> {
+        let _ = action;
+        Box::pin(futures::future::ready(Ok(None)))
     }
 }
 

@@ -12,8 +12,9 @@ use crypto_core::KeyVersion;
 use keyholder_api::{VersionState, verify_chain};
 use keyholder_server::principal::{Principal, Role};
 use keyholder_server::store::{
-    AuditDraft, Canary, DealtShare, NewVersion, PgLocation, PostgresStore, STORE_FORMAT,
-    SqliteStore, StateStore, StoreError, StoredEnvelope, Transition, UsageChange, VersionRecord,
+    AuditDraft, Canary, DealtShare, Fence, LeaseBid, NewVersion, PgLocation, PostgresStore,
+    STORE_FORMAT, SqliteStore, StateStore, StoreError, StoredEnvelope, Transition, UsageChange,
+    VersionRecord,
 };
 
 /// One store under test and a way around it to its raw tables.
@@ -793,4 +794,173 @@ async fn sqlite_snapshots_keep_only_the_newest() {
     expected.push(snapshots.join("notes.txt").display().to_string());
     expected.sort();
     assert_eq!(left, expected);
+}
+
+fn bid(node: &str, lease_ms: u64) -> LeaseBid {
+    LeaseBid {
+        node: node.to_owned(),
+        addr: format!("{node}.example:8443"),
+        sealed: false,
+        want: true,
+        lease: std::time::Duration::from_millis(lease_ms),
+    }
+}
+
+fn fence(node: &str, epoch: u64) -> Fence {
+    Fence {
+        node: node.to_owned(),
+        epoch,
+    }
+}
+
+/// The cluster's fencing (#15): epoch 1 writes; once its lease ran out,
+/// epoch 2 takes over, and epoch 1's transition, checkpoint and encryption
+/// count are refused with nothing of them stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_leader_epoch_is_refused_and_stores_nothing() {
+    let Some(b) = Backend::postgres("fencing").await else {
+        return;
+    };
+    let a = Arc::clone(&b.store);
+    let other = b.reopen().await.unwrap();
+    a.apply(inserting(1)).await.unwrap();
+
+    let taken = a.lease_round(bid("kh-a", 1_000)).await.unwrap();
+    assert_eq!((taken.holder.as_deref(), taken.epoch), (Some("kh-a"), 1));
+    // Held and unexpired: another node cannot take it.
+    let seen = other.lease_round(bid("kh-b", 1_000)).await.unwrap();
+    assert_eq!((seen.holder.as_deref(), seen.epoch), (Some("kh-a"), 1));
+    // Its holder renews at its epoch.
+    let renewed = a.lease_round(bid("kh-a", 1_000)).await.unwrap();
+    assert_eq!(
+        (renewed.holder.as_deref(), renewed.epoch),
+        (Some("kh-a"), 1)
+    );
+
+    a.apply_fenced(
+        fence("kh-a", 1),
+        saving_rotation("epoch-1", draft("step_of_epoch_1")),
+    )
+    .await
+    .unwrap();
+    a.put_checkpoint_fenced(fence("kh-a", 1), "orders", "v1->v2", "{\"n\":1}".to_owned())
+        .await
+        .unwrap();
+    a.add_encryptions_fenced(fence("kh-a", 1), v(1), 5)
+        .await
+        .unwrap();
+
+    // kh-a stops renewing (partitioned); its lease runs out by the
+    // database's clock and kh-b takes it at the next epoch.
+    tokio::time::sleep(std::time::Duration::from_millis(1_300)).await;
+    let expired_write = a
+        .apply_fenced(
+            fence("kh-a", 1),
+            saving_rotation("late", draft("late_step")),
+        )
+        .await;
+    assert!(
+        matches!(
+            expired_write,
+            Err(StoreError::Fenced {
+                epoch: 1,
+                current: 1,
+                expired: true
+            })
+        ),
+        "{expired_write:?}"
+    );
+    let took = other.lease_round(bid("kh-b", 1_000)).await.unwrap();
+    assert_eq!((took.holder.as_deref(), took.epoch), (Some("kh-b"), 2));
+
+    let stale = a
+        .apply_fenced(
+            fence("kh-a", 1),
+            saving_rotation("stale", draft("stale_step")),
+        )
+        .await;
+    assert!(
+        matches!(
+            stale,
+            Err(StoreError::Fenced {
+                epoch: 1,
+                current: 2,
+                expired: false
+            })
+        ),
+        "{stale:?}"
+    );
+    assert_eq!(
+        stale.unwrap_err().to_string(),
+        "state store: refused a write of leader epoch 1: the lease is at epoch 2; this node is not the leader"
+    );
+    let checkpoint = a
+        .put_checkpoint_fenced(fence("kh-a", 1), "orders", "v1->v2", "{\"n\":2}".to_owned())
+        .await;
+    assert!(
+        matches!(checkpoint, Err(StoreError::Fenced { .. })),
+        "{checkpoint:?}"
+    );
+    let counted = a.add_encryptions_fenced(fence("kh-a", 1), v(1), 7).await;
+    assert!(
+        matches!(counted, Err(StoreError::Fenced { .. })),
+        "{counted:?}"
+    );
+    // kh-a's next round does not take the lease back.
+    let back = a.lease_round(bid("kh-a", 1_000)).await.unwrap();
+    assert_eq!((back.holder.as_deref(), back.epoch), (Some("kh-b"), 2));
+
+    // Nothing of epoch 1's refused writes is stored.
+    assert_eq!(
+        other.load_rotation().await.unwrap().as_deref(),
+        Some("epoch-1")
+    );
+    assert_eq!(
+        other
+            .checkpoint("orders", "v1->v2")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("{\"n\":1}")
+    );
+    let versions = other.versions().await.unwrap();
+    assert_eq!(versions[0].encryptions, 1 + 5);
+    let actions: Vec<String> = other
+        .audit_page(0, u32::MAX)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.action)
+        .collect();
+    assert_eq!(actions, ["version_made", "step_of_epoch_1"]);
+
+    // The new epoch is the one the store accepts.
+    other
+        .apply_fenced(
+            fence("kh-b", 2),
+            saving_rotation("epoch-2", draft("step_of_epoch_2")),
+        )
+        .await
+        .unwrap();
+    assert_eq!(a.load_rotation().await.unwrap().as_deref(), Some("epoch-2"));
+
+    // Both nodes' heartbeats were written with their rounds.
+    let (lease, beats) = other.cluster_state().await.unwrap();
+    assert_eq!((lease.holder.as_deref(), lease.epoch), (Some("kh-b"), 2));
+    let nodes: Vec<(&str, &str)> = beats
+        .iter()
+        .map(|h| (h.node.as_str(), h.addr.as_str()))
+        .collect();
+    assert_eq!(
+        nodes,
+        [("kh-a", "kh-a.example:8443"), ("kh-b", "kh-b.example:8443")]
+    );
+}
+
+/// Outside a cluster (SQLite) there is no lease: a round says so.
+#[tokio::test]
+async fn sqlite_holds_no_cluster() {
+    let b = Backend::sqlite().await;
+    let round = b.store().lease_round(bid("kh-a", 1_000)).await;
+    assert!(matches!(round, Err(StoreError::NoCluster)), "{round:?}");
 }

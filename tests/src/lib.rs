@@ -14,6 +14,7 @@ pub mod mysql;
 pub mod pg;
 pub mod pg_instance;
 pub mod pki;
+pub mod proxy;
 pub mod records;
 pub mod rotation;
 pub mod secrets;

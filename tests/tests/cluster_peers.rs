@@ -581,7 +581,7 @@ async fn keys_from_a_peer_that_fail_their_proof_are_dropped_and_the_node_stays_s
     assert!(
         cluster
             .log_text(0)
-            .contains("a key from a peer failed verification; staying sealed"),
+            .contains("a key from a peer failed verification; it was dropped"),
         "{}",
         cluster.log_text(0)
     );

@@ -32,6 +32,7 @@ async fn hostile_bodies_and_queries_are_refused_with_what_was_wrong() {
             ApiError {
                 error: error.to_owned(),
                 code: code.to_owned(),
+                leader: None,
             },
         )
     };

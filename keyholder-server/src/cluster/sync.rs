@@ -10,11 +10,12 @@
 //! It logs and audits node names, versions and generations, never a key or
 //! a share.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use keyholder_api::{PeerKeyring, ShareLine};
+use crypto_core::{Key, KeyVersion};
+use keyholder_api::{PeerKeyring, ShareLine, VersionState};
 use serde_json::json;
 
 use super::handover::{self, HandoverError};
@@ -162,7 +163,9 @@ impl PeerSync {
         let held = *self.lock_generation().get_or_insert(current);
         if held < current {
             self.follow_seal(current, DAEMON).await;
+            return;
         }
+        self.take_missing(current).await;
     }
 
     fn lock_generation(&self) -> std::sync::MutexGuard<'_, Option<u64>> {
@@ -238,6 +241,107 @@ impl PeerSync {
         if !self.daemon.vault().is_sealed() {
             return Ok(false);
         }
+        let keys = self.fetch(peer, current).await?;
+        let plan = self.daemon.plan().ok_or(DaemonError::NotInitialized)?;
+        let (keys, report) = self.proven(peer, keys).await?;
+        let versions: Vec<u32> = keys.keys().map(|v| v.number()).collect();
+        *self.lock_generation() = Some(current);
+        if let Err(e) = self.daemon.load_proven(keys, &report, &plan).await {
+            *self.lock_generation() = None;
+            return Err(e.into());
+        }
+        self.daemon
+            .audit(
+                DAEMON,
+                "unsealed_from_peer",
+                json!({
+                    "node": self.cluster.node,
+                    "peer": peer.name,
+                    "generation": current,
+                    "versions": versions,
+                }),
+            )
+            .await?;
+        Ok(true)
+    }
+
+    /// An unsealed node that lacks the key of a version the state store
+    /// holds (a rotation's new key, made on the leader) takes it from a
+    /// peer that has it, proven as unseal proves, so that any node can
+    /// take the lease and go on with the rotation.
+    async fn take_missing(&self, current: u64) {
+        let versions = match self.daemon.store().versions().await {
+            Ok(versions) => versions,
+            Err(e) => {
+                self.log_failure("state store", format!("cannot read the versions: {e}"));
+                return;
+            }
+        };
+        let held: BTreeSet<KeyVersion> = self.daemon.vault().held_versions().into_iter().collect();
+        let missing: BTreeSet<KeyVersion> = versions
+            .iter()
+            .filter(|r| r.state != VersionState::Retired && !held.contains(&r.version))
+            .map(|r| r.version)
+            .collect();
+        if missing.is_empty() {
+            return;
+        }
+        for peer in self.client.peers() {
+            match self.take_missing_from(peer, current, &missing).await {
+                Ok(true) => {
+                    self.clear_failure(&peer.name);
+                    return;
+                }
+                Ok(false) => {}
+                Err(TakeError::Peer(e)) if e.is_sealed() => {}
+                Err(e) => self.log_failure(&peer.name, e.to_string()),
+            }
+        }
+    }
+
+    /// Takes from `peer` the keys of `missing` it holds; `Ok(false)` when it
+    /// holds none of them.
+    async fn take_missing_from(
+        &self,
+        peer: &Node,
+        current: u64,
+        missing: &BTreeSet<KeyVersion>,
+    ) -> Result<bool, TakeError> {
+        let _one = self.taking.lock().await;
+        if self.daemon.vault().is_sealed() {
+            return Ok(false);
+        }
+        let mut keys = self.fetch(peer, current).await?;
+        keys.retain(|version, _| missing.contains(version));
+        if keys.is_empty() {
+            return Ok(false);
+        }
+        let (keys, _) = self.proven(peer, keys).await?;
+        let versions: Vec<u32> = keys.keys().map(|v| v.number()).collect();
+        self.daemon.hold_proven(keys)?;
+        tracing::info!(node = %self.cluster.node, peer = %peer.name, ?versions, "cluster: took the keys of new versions from a peer");
+        self.daemon
+            .audit(
+                DAEMON,
+                "keys_from_peer",
+                json!({
+                    "node": self.cluster.node,
+                    "peer": peer.name,
+                    "generation": current,
+                    "versions": versions,
+                }),
+            )
+            .await?;
+        Ok(true)
+    }
+
+    /// `peer`'s keys, age-encrypted to a recipient made for this one
+    /// request, of the cluster seal generation `current`.
+    async fn fetch(
+        &self,
+        peer: &Node,
+        current: u64,
+    ) -> Result<BTreeMap<KeyVersion, Key>, TakeError> {
         // Made for this one request; dropped (and zeroized) when it ends.
         let identity = age::x25519::Identity::generate();
         let PeerKeyring {
@@ -262,12 +366,23 @@ impl PeerSync {
                 ours: current,
             });
         }
-        let keys = handover::decrypt(&identity, &age_armored, &self.daemon.config().keyring)?;
-        drop(identity);
-        let plan = self.daemon.plan().ok_or(DaemonError::NotInitialized)?;
+        Ok(handover::decrypt(
+            &identity,
+            &age_armored,
+            &self.daemon.config().keyring,
+        )?)
+    }
+
+    /// `keys` proven as unseal proves them (KCV, canaries, sample records);
+    /// keys that fail are dropped, logged and audited.
+    async fn proven(
+        &self,
+        peer: &Node,
+        keys: BTreeMap<KeyVersion, Key>,
+    ) -> Result<(BTreeMap<KeyVersion, Key>, crate::verify::Report), TakeError> {
         let (keys, verdict) = self.daemon.prove(keys).await?;
-        let report = match verdict {
-            Ok(report) => report,
+        match verdict {
+            Ok(report) => Ok((keys, report)),
             Err(failures) => {
                 drop(keys);
                 for failure in &failures {
@@ -276,7 +391,7 @@ impl PeerSync {
                         version = failure.version.number(),
                         check = %failure.check,
                         record_ids = ?failure.record_ids,
-                        "cluster: a key from a peer failed verification; staying sealed"
+                        "cluster: a key from a peer failed verification; it was dropped"
                     );
                 }
                 let failures: Vec<String> = failures.iter().map(ToString::to_string).collect();
@@ -287,31 +402,12 @@ impl PeerSync {
                         json!({"node": self.cluster.node, "peer": peer.name, "failures": failures}),
                     )
                     .await?;
-                return Err(TakeError::Unproven {
+                Err(TakeError::Unproven {
                     peer: peer.name.clone(),
                     failures: failures.join("; "),
-                });
+                })
             }
-        };
-        let versions: Vec<u32> = keys.keys().map(|v| v.number()).collect();
-        *self.lock_generation() = Some(generation);
-        if let Err(e) = self.daemon.load_proven(keys, &report, &plan).await {
-            *self.lock_generation() = None;
-            return Err(e.into());
         }
-        self.daemon
-            .audit(
-                DAEMON,
-                "unsealed_from_peer",
-                json!({
-                    "node": self.cluster.node,
-                    "peer": peer.name,
-                    "generation": generation,
-                    "versions": versions,
-                }),
-            )
-            .await?;
-        Ok(true)
     }
 
     /// Whether `caller` is another node of this cluster.

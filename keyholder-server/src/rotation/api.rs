@@ -39,6 +39,15 @@ impl From<RotationError> for ApiFailure {
             e @ RotationError::RecordsRemain { .. } => {
                 ApiFailure::new(StatusCode::CONFLICT, "records_remain", e.to_string())
             }
+            RotationError::NotLeader { leader } => {
+                let e = RotationError::NotLeader {
+                    leader: leader.clone(),
+                };
+                let mut failure =
+                    ApiFailure::new(StatusCode::MISDIRECTED_REQUEST, "not_leader", e.to_string());
+                failure.body.leader = leader.map(|(_, addr)| addr);
+                failure
+            }
             e @ RotationError::Stopped => {
                 ApiFailure::new(StatusCode::SERVICE_UNAVAILABLE, "stopping", e.to_string())
             }

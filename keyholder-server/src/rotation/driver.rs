@@ -119,6 +119,15 @@ pub enum RotationError {
     /// A data store or the worker failed.
     #[error("{0}")]
     Worker(String),
+    /// A cluster node that does not lead was asked for a leader-only step.
+    #[error("{}", match .leader {
+        Some((name, addr)) => format!("this node is not the cluster's leader; {name} at {addr} leads: send the request there (the keyholder CLI does so by itself)"),
+        None => "this node is not the cluster's leader and no leader is known now (a lease is being taken over); try again in a few seconds".to_owned(),
+    })]
+    NotLeader {
+        /// The leader's node name and API address, when one is known.
+        leader: Option<(String, String)>,
+    },
     /// The orchestrator is gone (the daemon is shutting down).
     #[error("the rotation has stopped: keyholderd is shutting down")]
     Stopped,
@@ -214,6 +223,33 @@ struct Step<'a> {
     new_version: Option<crate::store::NewVersion>,
 }
 
+/// The stored checkpoints' totals of the job status shows.
+async fn resting_of(
+    daemon: &Daemon,
+    rotation: &Rotation,
+) -> Result<BTreeMap<String, Resting>, RotationError> {
+    let Some(job) = shown_job(rotation) else {
+        return Ok(BTreeMap::new());
+    };
+    Ok(worker::checkpoint_totals(daemon, job)
+        .await?
+        .into_iter()
+        .map(|(target, (records_done, conflicts))| {
+            let resting = Resting {
+                job,
+                records_done,
+                conflicts,
+            };
+            (target, resting)
+        })
+        .collect())
+}
+
+/// How often a cluster node re-reads the stored rotation: a follower for
+/// its view and keyring plan, the leader for the acknowledgements of
+/// consumers that fetched from the other nodes.
+const CLUSTER_POLL: std::time::Duration = std::time::Duration::from_secs(1);
+
 fn plan_of(rotation: &Rotation) -> KeyringPlan {
     KeyringPlan {
         live: rotation.live_versions().into_iter().collect(),
@@ -243,20 +279,7 @@ impl Rotator {
         let throttle = RuntimeSettings::restore(&daemon).await?;
         let consumers = daemon.config().reencrypt.consumers.clone();
         let mut view = View::new(rotation.clone(), throttle.clone(), consumers);
-        if let Some(job) = shown_job(&rotation) {
-            view.resting = worker::checkpoint_totals(&daemon, job)
-                .await?
-                .into_iter()
-                .map(|(target, (records_done, conflicts))| {
-                    let resting = Resting {
-                        job,
-                        records_done,
-                        conflicts,
-                    };
-                    (target, resting)
-                })
-                .collect();
-        }
+        view.resting = resting_of(&daemon, &rotation).await?;
         let (view, view_rx) = watch::channel(view);
         let (events, events_rx) = mpsc::unbounded_channel();
         let (commands, commands_rx) = mpsc::unbounded_channel();
@@ -290,6 +313,10 @@ impl Rotator {
         mut fetches: mpsc::UnboundedReceiver<Fetched>,
         mut seal: watch::Receiver<SealState>,
     ) {
+        let mut leadership = self.daemon.leadership();
+        let clustered = self.daemon.config().cluster.is_some();
+        let mut poll = tokio::time::interval(CLUSTER_POLL);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // An unsealed daemon at start (never, today) or one unsealed before
         // this task ran: the worker resumes.
         self.start_worker();
@@ -304,7 +331,15 @@ impl Rotator {
                         let _ = done.send(());
                         return;
                     }
-                    Some(command) => self.handle(command).await,
+                    Some(command) => {
+                        if self.daemon.leads() {
+                            self.handle(command).await;
+                        } else {
+                            command.refuse(|| RotationError::NotLeader {
+                                leader: self.daemon.leader_addr(),
+                            });
+                        }
+                    }
                     None => {
                         self.stop_worker().await;
                         return;
@@ -314,7 +349,18 @@ impl Rotator {
                     let state = *seal.borrow_and_update();
                     self.seal_changed(state);
                 }
+                Ok(()) = leadership.changed() => {
+                    let leads = leadership.borrow_and_update().leads();
+                    self.leadership_changed(leads).await;
+                }
+                _ = poll.tick(), if clustered => self.cluster_poll().await,
                 Some(fetch) = fetches.recv() => {
+                    // A follower's fetch is in the store: the leader reads
+                    // it there.
+                    if !self.daemon.leads() {
+                        let _ = fetch.recorded.send(());
+                        continue;
+                    }
                     if let Err(e) = self.acknowledge(&fetch.consumer).await {
                         tracing::error!(consumer = %fetch.consumer, error = %e, "recording a consumer's acknowledgement failed");
                     }
@@ -355,6 +401,100 @@ impl Rotator {
         if !state.sealed {
             self.start_worker();
         }
+    }
+
+    /// This node took or lost the cluster's lease.
+    async fn leadership_changed(&mut self, leads: bool) {
+        if leads {
+            // What the last leader stored is the truth: the rotation, the
+            // throttle and the checkpoints, as after a restart.
+            match self.reload().await {
+                Ok(()) => {
+                    tracing::info!(state = %self.machine.state(), "leading: rotation reloaded from the store");
+                    self.last_error = None;
+                    self.start_worker();
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "reloading the rotation on taking the lease failed");
+                    self.last_error = Some(e.to_string());
+                }
+            }
+        } else if let Some(running) = self.running.take() {
+            tracing::warn!("lost the cluster's lease: stopping the re-encryption worker");
+            running.control.abort();
+            tokio::spawn(async move {
+                let _ = running.task.await;
+            });
+        }
+    }
+
+    /// Reads the rotation, the throttle and the checkpoints' totals from
+    /// the store (another node may have changed them) and follows its plan.
+    async fn reload(&mut self) -> Result<(), RotationError> {
+        let Some(stored) = self.daemon.load_rotation().await? else {
+            return Ok(());
+        };
+        let throttle = RuntimeSettings::restore(&self.daemon).await?;
+        let resting = resting_of(&self.daemon, &stored).await?;
+        if self.machine != stored {
+            // A new key proven on another node is not held here.
+            self.new_shares.clear();
+        }
+        self.machine = stored;
+        self.throttle = throttle;
+        self.view.send_modify(|view| view.resting = resting);
+        if self.daemon.plan().is_some() {
+            self.daemon.set_plan(plan_of(&self.machine)).await?;
+        }
+        Ok(())
+    }
+
+    /// A cluster node's poll: a follower re-reads the stored rotation; the
+    /// leader takes the acknowledgements of fetches other nodes served.
+    async fn cluster_poll(&mut self) {
+        let result = if self.daemon.leads() {
+            self.stored_acknowledgements().await
+        } else {
+            self.progress.clear();
+            self.reload().await
+        };
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "cluster poll of the rotation failed");
+        }
+    }
+
+    /// Acknowledges the consumers whose fetch the store holds: in DualRead
+    /// a keyring with the new version, while a job runs one fetched after
+    /// the job started (its step's audit time).
+    async fn stored_acknowledgements(&mut self) -> Result<(), RotationError> {
+        let consumers = self.daemon.config().reencrypt.consumers.clone();
+        if self.machine.waiting_for(&consumers).is_empty() {
+            return Ok(());
+        }
+        let store = self.daemon.store();
+        let (version, since) = match (self.machine.state(), self.machine.job()) {
+            (RotationState::DualRead, _) => match self.machine.next() {
+                Some(next) => (next, None),
+                None => return Ok(()),
+            },
+            (RotationState::Reencrypting, Some(job)) => {
+                (job.to, store.last_audit_time("rotation_switched").await?)
+            }
+            (RotationState::RollingBack, Some(job)) => {
+                (job.to, store.last_audit_time("rotation_rolled_back").await?)
+            }
+            _ => return Ok(()),
+        };
+        let fetched = store.fetches_of(version).await?;
+        for consumer in self.machine.waiting_for(&consumers) {
+            let counts = fetched.iter().any(|(principal, last)| {
+                principal == &consumer && since.as_deref().is_none_or(|s| last.as_str() > s)
+            });
+            if counts {
+                self.acknowledge(&consumer).await?;
+            }
+        }
+        Ok(())
     }
 
     /// A worker's report.
@@ -698,6 +838,9 @@ impl Rotator {
         let Some(job) = self.machine.job() else {
             return;
         };
+        if !self.daemon.leads() {
+            return;
+        }
         if self.daemon.vault().is_sealed() {
             return;
         }

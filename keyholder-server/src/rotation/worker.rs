@@ -246,7 +246,7 @@ pub(crate) async fn checkpoint_totals(
     daemon: &Daemon,
     job: Job,
 ) -> Result<BTreeMap<String, (u64, u64)>, RotationError> {
-    let checkpoints = StateCheckpoints(Arc::clone(daemon.store()));
+    let checkpoints = StateCheckpoints(Arc::clone(daemon.leader_store()));
     let mut totals = BTreeMap::new();
     for target in targets(daemon)? {
         let saved = checkpoints
@@ -271,7 +271,7 @@ pub(crate) async fn checkpoint_totals(
 /// Starts the job's passes from the beginning (a new switch or rollback, not
 /// a resume after a restart).
 pub async fn reset_checkpoints(daemon: &Daemon, job: Job) -> Result<(), RotationError> {
-    let checkpoints = StateCheckpoints(Arc::clone(daemon.store()));
+    let checkpoints = StateCheckpoints(Arc::clone(daemon.leader_store()));
     for target in targets(daemon)? {
         checkpoints
             .clear(target.name(), job.from, job.to)
@@ -288,7 +288,7 @@ pub async fn rescan_checkpoints(daemon: &Daemon, job: Job) -> Result<(), Rotatio
 }
 
 async fn job_rescan_checkpoints(daemon: &Daemon, job: Job) -> Result<(), JobError> {
-    let checkpoints = StateCheckpoints(Arc::clone(daemon.store()));
+    let checkpoints = StateCheckpoints(Arc::clone(daemon.leader_store()));
     for target in targets(daemon)? {
         let failed = |operation| {
             let target = target.name().to_owned();
@@ -483,7 +483,7 @@ async fn run_targets(
         ))));
     }
     let checkpoints: Arc<dyn CheckpointStore> =
-        Arc::new(StateCheckpoints(Arc::clone(daemon.store())));
+        Arc::new(StateCheckpoints(Arc::clone(daemon.leader_store())));
     for target in targets(daemon)? {
         let name = target.name().to_owned();
         let store = keyholder_reencrypt::open_store(&target).await?;

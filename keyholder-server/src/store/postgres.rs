@@ -24,9 +24,9 @@ use tokio_postgres::{Client, GenericClient};
 pub use location::PgLocation;
 
 use super::{
-    AuditDraft, Canary, ClusterSealAudit, DealtShare, StateStore, StoreError, StoreFuture,
-    StoredEnvelope, Transition, UsageChange, VersionRecord, chained_time, corrupt, parse_state,
-    state_name, version_of,
+    AuditDraft, Canary, ClusterSealAudit, DealtShare, Fence, Heartbeat, LeaseBid, LeaseRecord,
+    StateStore, StoreError, StoreFuture, StoredEnvelope, Transition, UsageChange, VersionRecord,
+    chained_time, corrupt, parse_state, state_name, version_of,
 };
 use crate::principal::Principal;
 
@@ -36,6 +36,9 @@ pub struct PostgresStore {
     /// One connection: the daemon's load is a few statements per API call,
     /// and a transaction needs the connection to itself.
     client: Mutex<Client>,
+    /// The lease rounds' own connection (opened at the first round): a
+    /// renewal never waits behind a slow state statement.
+    lease_client: Mutex<Option<Client>>,
 }
 
 fn pg(operation: &'static str) -> impl FnOnce(tokio_postgres::Error) -> StoreError {
@@ -73,6 +76,7 @@ impl PostgresStore {
         Ok(Self {
             location: location.clone(),
             client: Mutex::new(client),
+            lease_client: Mutex::new(None),
         })
     }
 
@@ -153,13 +157,20 @@ impl PostgresStore {
         Ok(out)
     }
 
-    async fn apply_now(client: &mut Client, t: Transition) -> Result<AuditEntry, StoreError> {
+    async fn apply_now(
+        client: &mut Client,
+        fence: Option<&Fence>,
+        t: Transition,
+    ) -> Result<AuditEntry, StoreError> {
         let tx = client.transaction().await.map_err(pg("begin transition"))?;
         // Taken first: transitions of daemons sharing this store are
         // serialized whole, in audit order. Plain reads still pass.
         tx.batch_execute("LOCK TABLE audit IN EXCLUSIVE MODE")
             .await
             .map_err(pg("lock the audit log"))?;
+        if let Some(fence) = fence {
+            check_fence(&tx, fence).await?;
+        }
         if let Some(new) = &t.new_version {
             let v = &new.record;
             let n = i64::from(v.version.number());
@@ -240,6 +251,52 @@ impl PostgresStore {
         Ok(entry)
     }
 }
+
+/// Refuses unless the lease row names `fence`'s node at its epoch,
+/// unexpired by the database's clock. `FOR SHARE` holds the row until the
+/// caller's transaction ends, so a takeover (an UPDATE of it) waits for the
+/// fenced write to commit or roll back: no write of an old epoch lands
+/// after a new epoch exists.
+async fn check_fence(tx: &impl GenericClient, fence: &Fence) -> Result<(), StoreError> {
+    let row = tx
+        .query_one(
+            "SELECT holder, epoch, expires_at > clock_timestamp() FROM lease WHERE id = 1 FOR SHARE",
+            &[],
+        )
+        .await
+        .map_err(pg("check the lease"))?;
+    let holder: Option<String> = row.get(0);
+    let current = u64::try_from(row.get::<_, i64>(1)).map_err(|_| corrupt("lease epoch"))?;
+    let live: bool = row.get(2);
+    if holder.as_deref() == Some(fence.node.as_str()) && current == fence.epoch && live {
+        return Ok(());
+    }
+    Err(StoreError::Fenced {
+        epoch: fence.epoch,
+        current,
+        expired: current == fence.epoch && !live,
+    })
+}
+
+fn millis(n: i64) -> u64 {
+    u64::try_from(n).unwrap_or(0)
+}
+
+fn lease_of(row: &tokio_postgres::Row) -> Result<LeaseRecord, StoreError> {
+    Ok(LeaseRecord {
+        holder: row.get(0),
+        epoch: u64::try_from(row.get::<_, i64>(1)).map_err(|_| corrupt("lease epoch"))?,
+        expired: row.get(2),
+        held_ms: millis(row.get(3)),
+        renewed_ms: millis(row.get(4)),
+    })
+}
+
+/// The lease's columns as [`lease_of`] reads them; ages in milliseconds by
+/// the database's clock (0 before the first leader).
+const LEASE_COLUMNS: &str = "holder, epoch, expires_at <= clock_timestamp(),
+    CASE WHEN acquired_at = '-infinity' THEN 0 ELSE (extract(epoch FROM clock_timestamp() - acquired_at) * 1000)::BIGINT END,
+    CASE WHEN renewed_at = '-infinity' THEN 0 ELSE (extract(epoch FROM clock_timestamp() - renewed_at) * 1000)::BIGINT END";
 
 async fn open_client(location: &PgLocation) -> Result<Client, StoreError> {
     let client = location
@@ -349,7 +406,167 @@ impl StateStore for PostgresStore {
     fn apply(&self, transition: Transition) -> StoreFuture<'_, AuditEntry> {
         Box::pin(async move {
             let mut client = self.client().await?;
-            Self::apply_now(&mut client, transition).await
+            Self::apply_now(&mut client, None, transition).await
+        })
+    }
+
+    fn apply_fenced(&self, fence: Fence, transition: Transition) -> StoreFuture<'_, AuditEntry> {
+        Box::pin(async move {
+            let mut client = self.client().await?;
+            Self::apply_now(&mut client, Some(&fence), transition).await
+        })
+    }
+
+    fn put_checkpoint_fenced(
+        &self,
+        fence: Fence,
+        target: &str,
+        direction: &str,
+        json: String,
+    ) -> StoreFuture<'_, ()> {
+        let (target, direction) = (target.to_owned(), direction.to_owned());
+        Box::pin(async move {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await.map_err(pg("begin checkpoint"))?;
+            check_fence(&tx, &fence).await?;
+            tx.execute(
+                "INSERT INTO checkpoints (target, direction, state) VALUES ($1, $2, $3)
+                 ON CONFLICT (target, direction) DO UPDATE SET state = excluded.state",
+                &[&target, &direction, &json],
+            )
+            .await
+            .map_err(pg("write checkpoint"))?;
+            tx.commit().await.map_err(pg("commit checkpoint"))
+        })
+    }
+
+    fn add_encryptions_fenced(
+        &self,
+        fence: Fence,
+        version: KeyVersion,
+        n: u64,
+    ) -> StoreFuture<'_, UsageChange> {
+        Box::pin(async move {
+            let mut client = self.client().await?;
+            let tx = client
+                .transaction()
+                .await
+                .map_err(pg("begin encryption count"))?;
+            check_fence(&tx, &fence).await?;
+            let change = add_to_total(&tx, version, n).await?;
+            tx.commit().await.map_err(pg("commit encryption count"))?;
+            Ok(change)
+        })
+    }
+
+    fn lease_round(&self, bid: LeaseBid) -> StoreFuture<'_, LeaseRecord> {
+        Box::pin(async move {
+            let mut slot = self.lease_client.lock().await;
+            if slot.as_ref().is_none_or(Client::is_closed) {
+                *slot = Some(open_client(&self.location).await?);
+            }
+            let client = slot.as_mut().expect("opened above");
+            let tx = client
+                .transaction()
+                .await
+                .map_err(pg("begin lease round"))?;
+            tx.execute(
+                "INSERT INTO node_heartbeats (node, addr, sealed, seen_at) VALUES ($1, $2, $3, clock_timestamp())
+                 ON CONFLICT (node) DO UPDATE SET addr = excluded.addr, sealed = excluded.sealed, seen_at = excluded.seen_at",
+                &[&bid.node, &bid.addr, &bid.sealed],
+            )
+            .await
+            .map_err(pg("write heartbeat"))?;
+            if bid.want {
+                let lease_ms = i64::try_from(bid.lease.as_millis()).unwrap_or(i64::MAX);
+                // Renewed by its holder while unexpired (the epoch stays:
+                // nobody took it over); otherwise taken only once expired,
+                // at the next epoch. Waits for a fenced write holding the
+                // row.
+                tx.execute(
+                    "UPDATE lease SET
+                        epoch = CASE WHEN holder = $1 AND expires_at > clock_timestamp() THEN epoch ELSE epoch + 1 END,
+                        acquired_at = CASE WHEN holder = $1 AND expires_at > clock_timestamp() THEN acquired_at ELSE clock_timestamp() END,
+                        holder = $1,
+                        renewed_at = clock_timestamp(),
+                        expires_at = clock_timestamp() + $2::float8 * interval '1 millisecond'
+                     WHERE id = 1 AND (expires_at <= clock_timestamp() OR holder = $1)",
+                    &[&bid.node, &(lease_ms as f64)],
+                )
+                .await
+                .map_err(pg("take or renew the lease"))?;
+            }
+            let row = tx
+                .query_one(
+                    &format!("SELECT {LEASE_COLUMNS} FROM lease WHERE id = 1"),
+                    &[],
+                )
+                .await
+                .map_err(pg("read the lease"))?;
+            let record = lease_of(&row)?;
+            tx.commit().await.map_err(pg("commit lease round"))?;
+            Ok(record)
+        })
+    }
+
+    fn cluster_state(&self) -> StoreFuture<'_, (LeaseRecord, Vec<Heartbeat>)> {
+        Box::pin(async move {
+            let client = self.client().await?;
+            let row = client
+                .query_one(
+                    &format!("SELECT {LEASE_COLUMNS} FROM lease WHERE id = 1"),
+                    &[],
+                )
+                .await
+                .map_err(pg("read the lease"))?;
+            let lease = lease_of(&row)?;
+            let rows = client
+                .query(
+                    "SELECT node, addr, sealed, (extract(epoch FROM clock_timestamp() - seen_at) * 1000)::BIGINT
+                     FROM node_heartbeats ORDER BY node",
+                    &[],
+                )
+                .await
+                .map_err(pg("read heartbeats"))?;
+            let beats = rows
+                .iter()
+                .map(|r| Heartbeat {
+                    node: r.get(0),
+                    addr: r.get(1),
+                    sealed: r.get(2),
+                    age_ms: millis(r.get(3)),
+                })
+                .collect();
+            Ok((lease, beats))
+        })
+    }
+
+    fn fetches_of(&self, version: KeyVersion) -> StoreFuture<'_, Vec<(String, String)>> {
+        Box::pin(async move {
+            let client = self.client().await?;
+            let rows = client
+                .query(
+                    "SELECT principal, last_fetch FROM consumer_fetches WHERE version = $1 ORDER BY principal",
+                    &[&i64::from(version.number())],
+                )
+                .await
+                .map_err(pg("read consumer fetches"))?;
+            Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+        })
+    }
+
+    fn last_audit_time(&self, action: &str) -> StoreFuture<'_, Option<String>> {
+        let action = action.to_owned();
+        Box::pin(async move {
+            let client = self.client().await?;
+            let row = client
+                .query_opt(
+                    "SELECT time FROM audit WHERE action = $1 ORDER BY seq DESC LIMIT 1",
+                    &[&action],
+                )
+                .await
+                .map_err(pg("read the audit log"))?;
+            Ok(row.map(|r| r.get(0)))
         })
     }
 

@@ -67,6 +67,37 @@ pub(crate) enum Command {
     Stop { done: oneshot::Sender<()> },
 }
 
+impl Command {
+    /// Answers a leader-only command with `refusal` (on a node that does
+    /// not lead); the daemon's own commands are answered as done.
+    pub(super) fn refuse(self, refusal: impl Fn() -> RotationError) {
+        match self {
+            Self::Prepare { reply, .. }
+            | Self::Activate { reply, .. }
+            | Self::Switch { reply, .. }
+            | Self::SetPaused { reply, .. }
+            | Self::Throttle { reply, .. } => {
+                let _ = reply.send(Err(refusal()));
+            }
+            Self::ShareFor { reply, .. } => {
+                let _ = reply.send(Err(refusal()));
+            }
+            Self::VerifyShare { reply, .. } => {
+                let _ = reply.send(Err(refusal()));
+            }
+            Self::Retire { reply, .. } => {
+                let _ = reply.send(Err(refusal()));
+            }
+            Self::Rollback { reply, .. } => {
+                let _ = reply.send(Err(refusal()));
+            }
+            Self::Reload { done } | Self::Stop { done } => {
+                let _ = done.send(());
+            }
+        }
+    }
+}
+
 impl Rotator {
     /// Performs one command and answers it. A caller that went away (its
     /// connection closed) does not undo the step.

@@ -107,6 +107,26 @@ CREATE TABLE cluster_seal (
 );
 INSERT INTO cluster_seal (id, generation) VALUES (1, 0);
 "#,
+    // The cluster's leader lease (#15): one row, times by the database's
+    // clock only; and each node's last heartbeat.
+    r#"
+CREATE TABLE lease (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    holder TEXT,
+    epoch BIGINT NOT NULL CHECK (epoch >= 0),
+    acquired_at TIMESTAMPTZ NOT NULL,
+    renewed_at TIMESTAMPTZ NOT NULL,
+    expires_at TIMESTAMPTZ NOT NULL
+);
+INSERT INTO lease (id, holder, epoch, acquired_at, renewed_at, expires_at)
+    VALUES (1, NULL, 0, '-infinity', '-infinity', '-infinity');
+CREATE TABLE node_heartbeats (
+    node TEXT PRIMARY KEY,
+    addr TEXT NOT NULL,
+    sealed BOOLEAN NOT NULL,
+    seen_at TIMESTAMPTZ NOT NULL
+);
+"#,
 ];
 
 /// `name` as a quoted identifier. Schema names are checked against
