@@ -384,11 +384,15 @@ impl Client {
             let i = (start + step) % count;
             match self.send_at(i, method.clone(), path, body.clone()).await {
                 // A sealed node may have an unsealed peer: `hook --wait`
-                // takes whichever node can answer.
+                // takes whichever node can answer. A node that closes the
+                // connection in the handshake is most often one shutting
+                // down (a rolling restart); a certificate every node
+                // refuses is still reported, by the last one.
                 Err(
                     e @ (ClientError::Unreachable { .. }
                     | ClientError::Timeout { .. }
-                    | ClientError::Sealed { .. }),
+                    | ClientError::Sealed { .. }
+                    | ClientError::ClientCertRefused { .. }),
                 ) if count > 1 => {
                     unreachable = Some(e);
                 }

@@ -766,6 +766,37 @@ impl Daemon {
         Ok(())
     }
 
+    /// A follower of a cluster takes the plan of the stored rotation before
+    /// it hands a keyring out: its own poll of the rotation lags the
+    /// leader's step by up to a second, and a database must not get the
+    /// keyring writing the old version once the leader switched (its fetch
+    /// counts as the acknowledgement of the new one). The leader's plan is
+    /// already the stored one; with the store unreachable the keyring in
+    /// memory is served.
+    async fn follow_stored_plan(&self) {
+        if self.config().cluster.is_none() || self.leads() || self.vault.is_sealed() {
+            return;
+        }
+        let stored = match self.store.load_rotation().await.map_err(DaemonError::from) {
+            Ok(text) => parse_rotation(text),
+            Err(e) => Err(e),
+        };
+        let result = match stored {
+            Ok(Some(rotation)) => {
+                self.set_plan(KeyringPlan {
+                    live: rotation.live_versions().into_iter().collect(),
+                    write: rotation.write_version(),
+                })
+                .await
+            }
+            Ok(None) => Ok(()),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "cluster: the stored rotation could not be read before a keyring fetch; serving the keyring in memory");
+        }
+    }
+
     /// Holds proven keys of versions this unsealed daemon lacked (taken
     /// from a peer of the cluster) and republishes the keyring when the
     /// plan makes them live.
@@ -931,6 +962,7 @@ impl Daemon {
         principal: &Principal,
         report: Option<KeyringRequest>,
     ) -> Result<HookHandover, DaemonError> {
+        self.follow_stored_plan().await;
         let keyring = self.vault.keyring().ok_or(DaemonError::Sealed)?;
         let mut reported = None;
         if let Some(request) = report {

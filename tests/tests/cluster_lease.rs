@@ -4,7 +4,11 @@
 //! v1 -> v2 over a SQLite target while the test writes records as an
 //! application would, and the leader killed (SIGKILL) in the middle of the
 //! re-encryption: another node takes the lease and finishes the job, every
-//! record ends at v2 with the plaintext the application last wrote.
+//! record ends at v2 with the plaintext the application last wrote. The same
+//! world cut off from PostgreSQL (a proxy the test cuts), and restarted one
+//! node at a time during the job: each node comes back unsealed from a peer,
+//! no share is submitted again, and the real `keyholder hook`, given every
+//! node, never fails.
 //!
 //! Build the binaries first: `cargo build --workspace --bins`.
 
@@ -473,6 +477,149 @@ async fn a_leader_cut_off_from_postgres_steps_down_and_a_new_epoch_takes_over() 
     .await;
 
     let (_cluster, mut nodes, schema) = world.drained_without_a_lost_update(new_leader).await;
+    for node in &mut nodes {
+        node.stop();
+    }
+    schema.drop_it().await;
+}
+
+/// The real `keyholder hook` of db1, given every node's address, run again
+/// and again until stopped: the keyring a database start would get.
+struct Hooks {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<(u32, Vec<String>)>,
+}
+
+impl Hooks {
+    fn start(cluster: &ClusterEnv) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let files = cluster.env.pki.client(DATABASE);
+        let (addrs, ca) = (cluster.addrs(), cluster.env.pki.ca_pem.clone());
+        let thread = {
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                let (mut runs, mut failures) = (0, Vec::new());
+                while !stop.load(Ordering::SeqCst) {
+                    let out =
+                        std::process::Command::new(keyholder_tests::daemon::binary("keyholder"))
+                            .env("KEYHOLDER_ADDR", &addrs)
+                            .env("KEYHOLDER_CACERT", &ca)
+                            .env("KEYHOLDER_CLIENT_CERT", &files.cert)
+                            .env("KEYHOLDER_CLIENT_KEY", &files.key)
+                            .args(["hook", "--wait", "30s", "--format", "json"])
+                            .stdin(std::process::Stdio::null())
+                            .output()
+                            .unwrap();
+                    runs += 1;
+                    // Never printed: the hook's output holds the keys.
+                    let ring = std::str::from_utf8(&out.stdout)
+                        .map_err(|e| e.to_string())
+                        .and_then(|text| {
+                            Keyring::from_handover_json(text.trim()).map_err(|e| e.to_string())
+                        });
+                    let wrong = match &ring {
+                        Ok(r) if r.write_version() == v(2) => None,
+                        Ok(r) => Some(format!("writes {}", r.write_version())),
+                        Err(e) => {
+                            Some(format!("{} bytes that do not parse: {e}", out.stdout.len()))
+                        }
+                    };
+                    if !out.status.success() || wrong.is_some() {
+                        failures.push(format!(
+                            "{}: {}: {}",
+                            out.status,
+                            wrong.unwrap_or_default(),
+                            String::from_utf8_lossy(&out.stderr)
+                        ));
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                (runs, failures)
+            })
+        };
+        Self { stop, thread }
+    }
+
+    fn finish(self) -> (u32, Vec<String>) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread.join().unwrap()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_of_every_node_during_the_rotation_needs_no_ceremony_and_fails_no_hook() {
+    let Some(url) = pg::url() else { return };
+    let mut world = reencrypting(&url, None).await;
+    // Slow enough that the job outlasts three restarts and a failover.
+    let throttled = world
+        .cluster
+        .client(0, OPERATOR)
+        .post("/v1/rotation/throttle", &json!({"rows_per_sec": 60}))
+        .await;
+    assert_eq!(throttled.status, 200, "{}", throttled.body);
+    wait_on(&world.cluster, 0, "the job to be under way", |s| {
+        rotation(s).rows_done >= 100
+    })
+    .await;
+    let hooks = Hooks::start(&world.cluster);
+    for i in 0..3 {
+        assert!(
+            world.nodes[i].stop(),
+            "{} stopped cleanly",
+            world.cluster.nodes[i].name
+        );
+        let restarted = Instant::now();
+        world.nodes[i] = world.cluster.start(i).await;
+        // Back from a peer with every key, no share submitted.
+        wait_on(&world.cluster, i, "the node to hold every key again", |s| {
+            !s.sealed && s.versions.iter().all(|v| v.loaded)
+        })
+        .await;
+        let status = status(&world.cluster, i).await.unwrap();
+        println!(
+            "rolling restart: {} back unsealed {:.2}s after its start; job at {} rows, state {}",
+            world.cluster.nodes[i].name,
+            restarted.elapsed().as_secs_f64(),
+            rotation(&status).rows_done,
+            rotation(&status).state
+        );
+        assert_eq!(
+            rotation(&status).state,
+            RotationState::Reencrypting,
+            "the restarts happen during the job"
+        );
+        // The job goes on (after a failover when the leader restarted)
+        // before the next node restarts.
+        let moved = rotation(&status).rows_done;
+        wait_on(&world.cluster, i, "the job to move on", |s| {
+            rotation(s).rows_done >= moved + 60
+        })
+        .await;
+    }
+    let (runs, failures) = hooks.finish();
+    println!(
+        "rolling restart: {runs} hook runs, {} failed",
+        failures.len()
+    );
+    assert!(failures.is_empty(), "hooks failed: {failures:#?}");
+    assert!(runs >= 3, "{runs} hook runs");
+
+    // No ceremony: after the first one, no share was ever submitted again.
+    let answer = world
+        .cluster
+        .client(1, OPERATOR)
+        .get("/v1/audit?limit=1000")
+        .await;
+    let log: keyholder_api::AuditLog = answer.json();
+    let submitted = log
+        .entries
+        .iter()
+        .filter(|e| e.action == "unseal_share_accepted")
+        .count();
+    assert_eq!(submitted, 2, "alice and bob once, at the start");
+    assert!(log.entries.iter().any(|e| e.action == "unsealed_from_peer"));
+
+    let (_cluster, mut nodes, schema) = world.drained_without_a_lost_update(1).await;
     for node in &mut nodes {
         node.stop();
     }
