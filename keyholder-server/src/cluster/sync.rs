@@ -95,7 +95,16 @@ pub struct PeerSync {
     /// The last failure logged per peer, so a peer that stays down is
     /// logged once, not every second.
     last_failure: Mutex<HashMap<String, String>>,
+    /// Versions no peer held when last asked, and when: asked again only
+    /// after [`MISSING_RETRY`], so a key only keyholders can rebuild (a
+    /// prepared version after every node restarted) does not cost each
+    /// peer a hand-over and an audit entry every second.
+    not_found: Mutex<Option<(BTreeSet<KeyVersion>, Instant)>>,
 }
+
+/// How long a node waits before asking its peers again for keys none of
+/// them held.
+const MISSING_RETRY: Duration = Duration::from_secs(60);
 
 impl PeerSync {
     /// The sync of `daemon`, a node of `cluster`, calling its peers with
@@ -109,6 +118,7 @@ impl PeerSync {
             seen: std::sync::atomic::AtomicU64::new(0),
             taking: tokio::sync::Mutex::new(()),
             last_failure: Mutex::new(HashMap::new()),
+            not_found: Mutex::new(None),
         })
     }
 
@@ -286,6 +296,18 @@ impl PeerSync {
         if missing.is_empty() {
             return;
         }
+        {
+            let not_found = self.not_found.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((versions, at)) = &*not_found
+                && *versions == missing
+                && at.elapsed() < MISSING_RETRY
+            {
+                return;
+            }
+        }
+        // A peer that failed may hold them: only "none of them has the
+        // keys" waits for the retry.
+        let mut every_peer_answered = true;
         for peer in self.client.peers() {
             match self.take_missing_from(peer, current, &missing).await {
                 Ok(true) => {
@@ -294,9 +316,21 @@ impl PeerSync {
                 }
                 Ok(false) => {}
                 Err(TakeError::Peer(e)) if e.is_sealed() => {}
-                Err(e) => self.log_failure(&peer.name, e.to_string()),
+                Err(e) => {
+                    every_peer_answered = false;
+                    self.log_failure(&peer.name, e.to_string());
+                }
             }
         }
+        if !every_peer_answered {
+            return;
+        }
+        tracing::info!(
+            node = %self.cluster.node,
+            versions = ?missing.iter().map(|v| v.number()).collect::<Vec<_>>(),
+            "cluster: no peer holds these keys; asking again in a minute (or unseal with their shares)"
+        );
+        *self.not_found.lock().unwrap_or_else(|p| p.into_inner()) = Some((missing, Instant::now()));
     }
 
     /// Takes from `peer` the keys of `missing` it holds; `Ok(false)` when it
