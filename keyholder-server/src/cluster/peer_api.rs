@@ -42,17 +42,18 @@ fn cluster(state: &ClusterState) -> Result<&Arc<PeerSync>, ApiFailure> {
     })
 }
 
-/// Refuses a caller that is not another node of the cluster, auditing the
-/// refusal as `action`.
-async fn admit(
+/// This daemon's cluster, for a caller that is another node of it; any
+/// other caller is refused and the refusal audited as `action`.
+async fn admit<'a>(
     daemon: &AppState,
-    sync: &PeerSync,
+    state: &'a ClusterState,
     caller: &Principal,
     action: &str,
     path: &str,
-) -> Result<(), ApiFailure> {
+) -> Result<&'a Arc<PeerSync>, ApiFailure> {
+    let sync = cluster(state)?;
     let Err(refusal) = sync.check_node(caller) else {
-        return Ok(());
+        return Ok(sync);
     };
     let reason = refusal.to_string();
     tracing::warn!(caller = %caller.name, path, %reason, "cluster: a node call was refused");
@@ -74,10 +75,9 @@ async fn shares(
     Authenticated(caller): Authenticated,
     body: Bytes,
 ) -> Result<Json<UnsealResponse>, ApiFailure> {
-    let sync = cluster(&state)?;
     admit(
         &daemon,
-        sync,
+        &state,
         &caller,
         "cluster_call_refused",
         paths::CLUSTER_SHARES,
@@ -121,10 +121,9 @@ async fn keyring(
     Authenticated(caller): Authenticated,
     body: Bytes,
 ) -> Result<Json<PeerKeyring>, ApiFailure> {
-    let sync = cluster(&state)?;
-    admit(
+    let sync = admit(
         &daemon,
-        sync,
+        &state,
         &caller,
         "keyring_refused_to_node",
         paths::CLUSTER_KEYRING,
@@ -145,10 +144,9 @@ async fn seal(
     Authenticated(caller): Authenticated,
     body: Bytes,
 ) -> Result<Json<Health>, ApiFailure> {
-    let sync = cluster(&state)?;
-    admit(
+    let sync = admit(
         &daemon,
-        sync,
+        &state,
         &caller,
         "cluster_call_refused",
         paths::CLUSTER_SEAL,

@@ -280,18 +280,16 @@ impl PeerSync {
     /// peer that has it, proven as unseal proves, so that any node can
     /// take the lease and go on with the rotation.
     async fn take_missing(&self, current: u64) {
-        let versions = match self.daemon.store().versions().await {
-            Ok(versions) => versions,
-            Err(e) => {
-                self.log_failure("state store", format!("cannot read the versions: {e}"));
-                return;
-            }
-        };
-        let held: BTreeSet<KeyVersion> = self.daemon.vault().held_versions().into_iter().collect();
-        let missing: BTreeSet<KeyVersion> = versions
+        // The stored versions as this node last read them: a follower
+        // re-reads them with the rotation every second, the leader with
+        // every step.
+        let missing: BTreeSet<KeyVersion> = self
+            .daemon
+            .status()
+            .versions
             .iter()
-            .filter(|r| r.state != VersionState::Retired && !held.contains(&r.version))
-            .map(|r| r.version)
+            .filter(|v| v.state != VersionState::Retired && !v.loaded)
+            .map(|v| v.version)
             .collect();
         if missing.is_empty() {
             return;
