@@ -139,7 +139,7 @@ impl Keyring {
             .ok_or(Error::UnknownVersion {
                 version: envelope.version(),
             })?;
-        entry.cipher.open(&envelope, aad)
+        entry.cipher.open(envelope, aad)
     }
 
     /// Encryptions done under `version`.
