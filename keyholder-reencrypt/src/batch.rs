@@ -14,7 +14,7 @@ use std::sync::Arc;
 use crypto_core::{KeyVersion, Keyring, envelope};
 
 use crate::error::{Error, Result};
-use crate::store::{CellSwap, DataStore, Pk, RowSwap, StoredRow};
+use crate::store::{CellSwap, Pk, RowSwap, StoredRow};
 use crate::target::{SqlIdent, Target};
 
 /// Below this many rows per thread, splitting the crypto costs more than it saves.
@@ -50,24 +50,18 @@ pub(crate) struct Reencrypted {
     pub(crate) at_from: u64,
 }
 
-/// Reads up to `limit` rows after `after` holding records at `from`, then
-/// re-encrypts them on the blocking pool, split over the available cores.
+/// Re-encrypts a page read in key order on the blocking pool, split over
+/// up to `cores` threads.
 pub(crate) async fn prepare(
-    store: Arc<dyn DataStore>,
     target: Arc<Target>,
     keyring: Arc<Keyring>,
     from: KeyVersion,
-    after: Option<Pk>,
-    limit: u32,
+    rows: Vec<StoredRow>,
+    cores: usize,
 ) -> Result<PreparedBatch> {
-    let rows = store.read_page(from, after.as_ref(), limit).await?;
     let rows_read = rows.len();
     let last_pk = rows.last().map(|row| row.pk.clone());
-    // The crypto is split over the cores so it keeps pace with the store.
-    let workers = std::thread::available_parallelism()
-        .map_or(1, usize::from)
-        .min(rows_read.div_ceil(MIN_ROWS_PER_WORKER))
-        .max(1);
+    let workers = cores.min(rows_read.div_ceil(MIN_ROWS_PER_WORKER)).max(1);
     let chunk = rows_read.div_ceil(workers).max(1);
     let mut rows = rows.into_iter();
     let mut tasks = Vec::with_capacity(workers);

@@ -147,6 +147,11 @@ pub trait DataStore: Send + Sync {
     /// failed is harmless to redo: its records no longer hold the old value.
     fn swap_batch(&self, swaps: Vec<RowSwap>) -> BoxFuture<'_, Result<SwapOutcome>>;
 
+    /// Throttled (`true`), a batch keeps to one connection, so one server
+    /// core, at a time: the application's queries come first. Unthrottled,
+    /// a store may split a batch to use more of the server.
+    fn set_gentle(&self, _gentle: bool) {}
+
     /// Counts records per version per column in a full scan; NULL values do
     /// not count. A value that is not an envelope is an error naming
     /// table/column/pk.

@@ -21,6 +21,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crypto_core::KeyVersion;
@@ -55,6 +56,8 @@ pub struct PostgresStore {
     writer: Client,
     /// The second writer: the other half of a large batch.
     writer2: Client,
+    /// Throttled: a batch is never split ([`DataStore::set_gentle`]).
+    gentle: AtomicBool,
     read_first: Statement,
     read_after: Statement,
     swap: Statement,
@@ -199,6 +202,7 @@ impl PostgresStore {
             reader,
             writer,
             writer2,
+            gentle: AtomicBool::new(false),
         })
     }
 
@@ -516,7 +520,7 @@ impl DataStore for PostgresStore {
 
     fn swap_batch(&self, swaps: Vec<RowSwap>) -> BoxFuture<'_, Result<SwapOutcome>> {
         async move {
-            if swaps.len() < SPLIT_ROWS {
+            if swaps.len() < SPLIT_ROWS || self.gentle.load(Ordering::Relaxed) {
                 return self.swap_part(&self.writer, &self.swap, &swaps).await;
             }
             // Disjoint keys, locked without waiting: the halves never wait
@@ -532,6 +536,10 @@ impl DataStore for PostgresStore {
             Ok(outcome)
         }
         .boxed()
+    }
+
+    fn set_gentle(&self, gentle: bool) {
+        self.gentle.store(gentle, Ordering::Relaxed);
     }
 
     fn inventory(&self) -> BoxFuture<'_, Result<Inventory>> {

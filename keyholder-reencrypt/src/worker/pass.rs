@@ -1,16 +1,21 @@
 //! The running state of one pass: scans, sweeps, throttling, pause / abort,
 //! checkpoints, invariants and progress.
 //!
-//! Owns the loop of a [`Reencryptor`] once it runs. Reads a page ahead (and
-//! re-encrypts it) while the current batch waits and commits. It must never
+//! Owns the loop of a [`Reencryptor`] once it runs. A reader task reads pages
+//! ahead (up to [`READ_AHEAD`]) and starts each one's crypto, so the writer
+//! finds its next batch ready; throttled, the crypto keeps to one core and
+//! the store to one connection. It must never
 //! write a batch before the operator's control allows it, never advance a
 //! checkpoint past a batch that did not commit, never log a stored value, and
 //! never call a pass drained while a record it could not decrypt is left.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use crypto_core::KeyVersion;
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -32,12 +37,26 @@ enum Step {
     Abort,
 }
 
-/// A page being read and re-encrypted in its own task; aborted if dropped.
-struct Prefetch(JoinHandle<Result<PreparedBatch>>, u32);
+/// How many pages may be read (and be re-encrypting) ahead of the one the
+/// writer holds: enough for the reader, the crypto and the writer to work at
+/// once on different pages; few, so a pause or an abort leaves little read
+/// for nothing and memory stays small (a page of 1,000 rows is ~1 MB).
+const READ_AHEAD: usize = 2;
 
-impl Drop for Prefetch {
+/// A page read, its crypto running on the blocking pool, and the page size
+/// it was read with.
+type Ahead = Result<(JoinHandle<Result<PreparedBatch>>, u32)>;
+
+/// The pages of one scan, read in key order by a task of their own and
+/// re-encrypted as they arrive; the task stops when dropped.
+struct ReadAhead {
+    pages: mpsc::Receiver<Ahead>,
+    reader: JoinHandle<()>,
+}
+
+impl Drop for ReadAhead {
     fn drop(&mut self) {
-        self.0.abort();
+        self.reader.abort();
     }
 }
 
@@ -46,6 +65,8 @@ pub(super) struct Pass {
     worker: Reencryptor,
     checkpoint: Checkpoint,
     batch: AdaptiveBatch,
+    /// The batch size the reader reads the next page with.
+    page_size: Arc<AtomicU32>,
     bucket: TokenBucket,
     rate: RateWindow,
     start_versions: BTreeMap<KeyVersion, u64>,
@@ -68,6 +89,7 @@ impl Pass {
         Self {
             checkpoint: Checkpoint::start(worker.target.name(), worker.from, worker.to()),
             batch: AdaptiveBatch::new(throttle.batch_size),
+            page_size: Arc::new(AtomicU32::new(throttle.batch_size)),
             bucket: TokenBucket::new(throttle.rows_per_sec, Instant::now()),
             rate: RateWindow::default(),
             start_versions: BTreeMap::new(),
@@ -218,58 +240,87 @@ impl Pass {
     }
 
     /// One keyset scan from the checkpoint's position to the end of the table.
+    /// Three stages work at once on different pages: the reader reads the
+    /// next page, the crypto re-encrypts the one before, and this loop
+    /// writes (throttled, pausable) the one before that.
     async fn scan(&mut self) -> Result<Step> {
-        let mut prefetch: Option<Prefetch> = None;
+        let mut ahead = self.read_ahead();
         loop {
             if let Step::Abort = self.wait_for_go().await {
                 return Ok(Step::Abort);
             }
-            let (prepared, limit) = match prefetch.take() {
-                Some(mut next) => {
-                    let joined = (&mut next.0).await;
-                    (joined.map_err(|error| self.task_error(error))??, next.1)
-                }
-                None => {
-                    let limit = self.batch.current();
-                    (
-                        self.prepare(self.checkpoint.last_pk.clone(), limit).await?,
-                        limit,
-                    )
-                }
+            let Some(page) = ahead.pages.recv().await else {
+                // The reader sends every page up to a short one, or an error.
+                return Err(Error::Task {
+                    target: self.worker.target.name().to_owned(),
+                    reason: "the page reader stopped before the end of the table".to_owned(),
+                });
             };
+            let (crypto, limit) = page?;
+            let prepared = crypto.await.map_err(|error| self.task_error(error))??;
             if prepared.rows_read == 0 {
                 return Ok(Step::Go);
             }
             let full = prepared.rows_read >= limit as usize;
-            if full {
-                // Overlap: the next page is read and re-encrypted while this
-                // one waits for its turn and commits.
-                let limit = self.batch.current();
-                let next = self.prepare(prepared.last_pk.clone(), limit);
-                prefetch = Some(Prefetch(tokio::spawn(next), limit));
-            }
             if let Step::Abort = self.write(prepared, full).await? {
                 return Ok(Step::Abort);
             }
+            self.page_size
+                .store(self.batch.current(), Ordering::Relaxed);
             if !full {
                 return Ok(Step::Go);
             }
         }
     }
 
-    fn prepare(
-        &self,
-        after: Option<Pk>,
-        limit: u32,
-    ) -> impl Future<Output = Result<PreparedBatch>> + Send + 'static {
-        batch::prepare(
-            self.worker.store.clone(),
-            self.worker.target.clone(),
-            self.worker.keyring.clone(),
-            self.worker.from,
-            after,
-            limit,
-        )
+    /// Starts the reader of this scan at the checkpoint's position.
+    fn read_ahead(&self) -> ReadAhead {
+        let (sender, pages) = mpsc::channel::<Ahead>(READ_AHEAD);
+        let worker = &self.worker;
+        let (store, target, keyring, from) = (
+            worker.store.clone(),
+            worker.target.clone(),
+            worker.keyring.clone(),
+            worker.from,
+        );
+        let page_size = self.page_size.clone();
+        self.page_size
+            .store(self.batch.current(), Ordering::Relaxed);
+        let control = worker.control.clone();
+        let all_cores = std::thread::available_parallelism().map_or(1, usize::from);
+        let mut after = self.checkpoint.last_pk.clone();
+        let reader = tokio::spawn(async move {
+            loop {
+                let limit = page_size.load(Ordering::Relaxed);
+                let rows = match store.read_page(from, after.as_ref(), limit).await {
+                    Ok(rows) => rows,
+                    Err(error) => {
+                        let _ = sender.send(Err(error)).await;
+                        return;
+                    }
+                };
+                let last = rows.len() < limit as usize;
+                // Throttled, the crypto keeps to one core: the database's
+                // own work comes first (`foreground` in keyholder-bench).
+                let cores = if control.borrow().throttle.rows_per_sec == 0 {
+                    all_cores
+                } else {
+                    1
+                };
+                after = rows.last().map(|row| row.pk.clone()).or(after);
+                let crypto = tokio::spawn(batch::prepare(
+                    target.clone(),
+                    keyring.clone(),
+                    from,
+                    rows,
+                    cores,
+                ));
+                if sender.send(Ok((crypto, limit))).await.is_err() || last {
+                    return;
+                }
+            }
+        });
+        ReadAhead { pages, reader }
     }
 
     /// Throttles, writes one batch, checks it and saves the checkpoint.
@@ -369,6 +420,9 @@ impl Pass {
             self.batch.set_ceiling(control.throttle.batch_size);
             self.bucket
                 .set_rate(control.throttle.rows_per_sec, Instant::now());
+            self.worker
+                .store
+                .set_gentle(control.throttle.rows_per_sec != 0);
             match control.state {
                 RunState::Aborted => return Step::Abort,
                 RunState::Running => {
