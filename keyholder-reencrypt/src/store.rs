@@ -148,8 +148,9 @@ pub trait DataStore: Send + Sync {
     fn swap_batch(&self, swaps: Vec<RowSwap>) -> BoxFuture<'_, Result<SwapOutcome>>;
 
     /// Throttled (`true`), a batch keeps to one connection, so one server
-    /// core, at a time: the application's queries come first. Unthrottled,
-    /// a store may split a batch to use more of the server.
+    /// core, and a server-side store writes it in short statements: the
+    /// application's queries come first. Unthrottled, a store may split a
+    /// batch to use more of the server.
     fn set_gentle(&self, _gentle: bool) {}
 
     /// Counts records per version per column in a full scan; NULL values do

@@ -87,13 +87,14 @@ pub async fn forward_pass(db: Db) {
 /// An application writes fresh v9 or v10 values into random rows during the
 /// pass. No write is lost, every record ends at v10, conflicts were counted.
 pub async fn concurrent_writer(db: Db) {
-    // Few rows, a page read ahead and a slow rate: many writes land between
-    // a page's read and its write.
+    // Few rows, pages read ahead and a slow rate: many writes land between
+    // a page's read and its write. Throttled, PostgreSQL writes a batch in
+    // statements of 100 rows: 250 makes three, conflicts in each.
     let rows = 1_000;
     db.seed(rows).await;
     let checkpoints = Arc::new(MemoryCheckpoints::new());
     let control = ControlHandle::new(Throttle {
-        batch_size: 50,
+        batch_size: 250,
         rows_per_sec: 600,
         ..Throttle::default()
     })
