@@ -8,8 +8,8 @@
 //! This is the re-encryption pass's inner loop (a decrypt, an encrypt and a
 //! proving decrypt per record), so each operation makes one buffer and works
 //! in it: AES-GCM runs in place, and the base64 is SIMD (`base64-simd`); the
-//! general-purpose `base64` engine and a buffer per step were half of the
-//! crypto's cost per record.
+//! general-purpose `base64` engine and a buffer per step were over a third
+//! of a seal and an open (317 of 835 ns for 200 bytes; now 152 of 646).
 
 use std::fmt::Write as _;
 

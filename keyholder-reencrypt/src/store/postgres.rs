@@ -6,7 +6,10 @@
 //! unnest(...)`), so one round trip and one implicit transaction of its own;
 //! a large batch is split in two halves of disjoint keys written at once on
 //! the two writers, so the server updates on two cores (a profile showed the
-//! server's update, not the engine, bounding a pass). SQL text is built only
+//! server's update, not the engine, bounding a pass); throttled, a page is
+//! read and written in statements of [`GENTLE_ROWS`] rows on one connection
+//! instead, so the application's queries never wait long behind one of
+//! ours ([`DataStore::set_gentle`]). SQL text is built only
 //! from checked [`SqlIdent`]s; every value is bound. It must never write
 //! outside a compare-and-swap, and never wait on a row lock an application
 //! holds: a batch locks the rows it can without waiting, swaps only those,
