@@ -42,6 +42,10 @@ enum Step {
 /// once on different pages; few, so a pause or an abort leaves little read
 /// for nothing and memory stays small (a page of 1,000 rows is ~1 MB).
 const READ_AHEAD: usize = 2;
+/// Pages of more rows than this are read one ahead only: at the largest
+/// batch size (100,000 rows, ~100 MB a page) a pass holds three pages, not
+/// four.
+const LARGE_PAGE: u32 = 10_000;
 
 /// A page read, its crypto running on the blocking pool, and the page size
 /// it was read with.
@@ -275,7 +279,12 @@ impl Pass {
 
     /// Starts the reader of this scan at the checkpoint's position.
     fn read_ahead(&self) -> ReadAhead {
-        let (sender, pages) = mpsc::channel::<Ahead>(READ_AHEAD);
+        let depth = if self.batch.current() > LARGE_PAGE {
+            1
+        } else {
+            READ_AHEAD
+        };
+        let (sender, pages) = mpsc::channel::<Ahead>(depth);
         let worker = &self.worker;
         let (store, target, keyring, from) = (
             worker.store.clone(),
