@@ -296,6 +296,8 @@ impl Pass {
         self.page_size
             .store(self.batch.current(), Ordering::Relaxed);
         let control = worker.control.clone();
+        // Before the first read (`wait_for_go` keeps it current after).
+        store.set_gentle(control.borrow().throttle.rows_per_sec != 0);
         let all_cores = std::thread::available_parallelism().map_or(1, usize::from);
         let mut after = self.checkpoint.last_pk.clone();
         let reader = tokio::spawn(async move {
