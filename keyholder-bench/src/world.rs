@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use crypto_core::{Key, KeyVersion, envelope};
 use keyholder_api::{RotationState, RotationStatus};
 pub use keyholder_tests::rotation::v;
-use keyholder_tests::{Daemon, Env, EnvOptions};
+use keyholder_tests::{Client, Daemon, Env, EnvOptions};
 use serde_json::json;
 
 /// Where the target's table lives.
@@ -110,6 +110,20 @@ pub struct World {
     v9_lines: [String; 2],
     v10: Option<(Key, [String; 2])>,
     peak_rss_kib: u64,
+    /// The operator's client for status polls, kept so its connection is
+    /// reused: a new client per poll cost a TLS handshake every 10 ms on
+    /// both sides, taken from the pass being measured.
+    status: Client,
+}
+
+/// When a pass was seen to reach each step (status polled every 10 ms).
+pub struct Milestones {
+    /// The first record moved: the inventory before it is over.
+    pub first_write: Instant,
+    /// The moved count reached every record: the final scans begin.
+    pub all_moved: Instant,
+    /// Drained: the final scans found nothing left.
+    pub drained: Instant,
 }
 
 impl World {
@@ -132,7 +146,9 @@ impl World {
         let daemon = env.start().await;
         let v9_lines = [env.share_line("alice", 9), env.share_line("bob", 9)];
         let v9 = env.rebuild_key(9, &[&v9_lines[0], &v9_lines[1]]).await;
+        let status = env.client(keyholder_tests::daemon::OPERATOR);
         let mut world = Self {
+            status,
             env,
             daemon: Some(daemon),
             v9,
@@ -197,34 +213,49 @@ impl World {
         started
     }
 
-    /// Polls until the rotation is drained; the instant it was seen.
-    pub async fn wait_drained(&self, timeout: Duration) -> Instant {
+    /// Polls until the rotation is drained; when it was seen to write its
+    /// first record, to have moved `records` and to be drained.
+    pub async fn wait_drained(&self, records: u64, timeout: Duration) -> Milestones {
         let deadline = Instant::now() + timeout;
+        let (mut first_write, mut all_moved) = (None, None);
         loop {
             let status = self.rotation().await;
+            let now = Instant::now();
+            if status.rows_done > 0 {
+                first_write.get_or_insert(now);
+            }
+            if status.rows_done >= records {
+                all_moved.get_or_insert(now);
+            }
             if status.state == RotationState::Drained {
-                return Instant::now();
+                return Milestones {
+                    first_write: first_write.unwrap_or(now),
+                    all_moved: all_moved.unwrap_or(now),
+                    drained: now,
+                };
             }
             assert!(
                 status.last_error.is_none(),
                 "the pass failed: {:?}",
                 status.last_error
             );
-            assert!(
-                Instant::now() < deadline,
-                "not drained in {timeout:?}: {status:?}"
-            );
+            assert!(now < deadline, "not drained in {timeout:?}: {status:?}");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 
-    /// The rotation's status.
+    /// The rotation's status, on the kept connection (a fresh one after the
+    /// daemon restarted).
     pub async fn rotation(&self) -> RotationStatus {
-        let answer = self
-            .env
-            .client(keyholder_tests::daemon::OPERATOR)
-            .get("/v1/rotation")
-            .await;
+        let answer = match self.status.try_get("/v1/rotation").await {
+            Some(answer) => answer,
+            None => {
+                self.env
+                    .client(keyholder_tests::daemon::OPERATOR)
+                    .get("/v1/rotation")
+                    .await
+            }
+        };
         assert_eq!(answer.status, 200, "{}", answer.body);
         answer.json()
     }

@@ -151,6 +151,12 @@ impl Client {
             .expect("request failed")
     }
 
+    /// `GET path`; `None` when the connection or handshake failed (a kept
+    /// connection to a daemon that restarted, say).
+    pub async fn try_get(&self, path: &str) -> Option<Answer> {
+        self.send(reqwest::Method::GET, path, None).await.ok()
+    }
+
     /// `POST path` with a JSON body.
     pub async fn post(&self, path: &str, body: &serde_json::Value) -> Answer {
         self.send(reqwest::Method::POST, path, Some(body.to_string()))
