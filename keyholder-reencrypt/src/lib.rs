@@ -18,7 +18,9 @@
 //! - invariants after each batch (every new record decrypts to the old
 //!   plaintext; written + conflicts + left undecryptable = read) and at the
 //!   end (no record left at the old version in a full scan but the
-//!   undecryptable ones; counts per version add up per column).
+//!   undecryptable ones; counts per version add up per column to a
+//!   `count(column)` read in the same snapshot, so the application's
+//!   inserts and deletes meanwhile cannot fail it).
 //!
 //! Rollback is the same pass with a keyring whose write version is the older
 //! version.

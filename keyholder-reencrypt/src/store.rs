@@ -158,9 +158,13 @@ pub trait DataStore: Send + Sync {
     /// table/column/pk.
     fn inventory(&self) -> BoxFuture<'_, Result<Inventory>>;
 
-    /// Non-NULL values per column, counted independently of [`DataStore::inventory`]
-    /// so the two can be checked against each other.
-    fn count_records(&self) -> BoxFuture<'_, Result<BTreeMap<SqlIdent, u64>>>;
+    /// The inventory and, read in the same snapshot of the table, the
+    /// non-NULL values per column counted independently of it
+    /// (`count(column)`), so the two can be checked against each other. One
+    /// snapshot, because the application goes on inserting and deleting
+    /// rows: read one after the other, a row inserted between the two reads
+    /// made them disagree and failed a pass that had moved every record.
+    fn counted_inventory(&self) -> BoxFuture<'_, Result<(Inventory, BTreeMap<SqlIdent, u64>)>>;
 
     /// Up to `n` random records at `version`, across all columns.
     fn sample(&self, version: KeyVersion, n: u32) -> BoxFuture<'_, Result<Vec<SampleRecord>>>;

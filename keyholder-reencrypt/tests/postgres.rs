@@ -55,6 +55,15 @@ async fn pg_fifty_thousand_records_move_to_v10_unchanged() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_inserts_during_the_pass_do_not_fail_it() {
+    let Some(db) = postgres("inserts").await else {
+        return;
+    };
+    scenarios::inserts_during_the_pass(db.clone()).await;
+    drop_table(&db).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pg_concurrent_writer_loses_no_update() {
     let Some(db) = postgres("writer").await else {
         return;

@@ -32,6 +32,12 @@ async fn concurrent_writer_loses_no_update() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inserts_during_the_pass_do_not_fail_it() {
+    let (_dir, db) = sqlite();
+    scenarios::inserts_during_the_pass(db).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resumes_after_five_crashes() {
     let (dir, db) = sqlite();
     let checkpoints = Arc::new(SqliteCheckpoints::open(&dir.path().join("state.db")).unwrap());
@@ -154,8 +160,8 @@ impl DataStore for Lagging {
     fn inventory(&self) -> BoxFuture<'_, Result<Inventory>> {
         self.inner.inventory()
     }
-    fn count_records(&self) -> BoxFuture<'_, Result<BTreeMap<SqlIdent, u64>>> {
-        self.inner.count_records()
+    fn counted_inventory(&self) -> BoxFuture<'_, Result<(Inventory, BTreeMap<SqlIdent, u64>)>> {
+        self.inner.counted_inventory()
     }
     fn sample(
         &self,

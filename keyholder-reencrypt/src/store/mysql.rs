@@ -325,6 +325,97 @@ fn prefix_params(version: KeyVersion) -> (Value, Value) {
     )
 }
 
+impl MysqlStore {
+    /// The inventory and, with `count`, `count(column)` of every column, in
+    /// one consistent snapshot (a read-only REPEATABLE READ transaction
+    /// started WITH CONSISTENT SNAPSHOT).
+    async fn scan(&self, count: bool) -> Result<(Inventory, Option<BTreeMap<SqlIdent, u64>>)> {
+        let sql = &self.sql;
+        let columns = self.target.columns().len();
+        // (column index, group key, count) and the first row seen in it.
+        let (groups, first_rows, counted) = self
+            .run(&self.pool, "inventory", |mut conn: Conn| async move {
+                let mut options = TxOpts::default();
+                options
+                    .with_isolation_level(IsolationLevel::RepeatableRead)
+                    .with_consistent_snapshot(true)
+                    .with_readonly(true);
+                let mut transaction = conn.start_transaction(options).await?;
+                let mut groups: Vec<(usize, String, u64)> = Vec::new();
+                let mut first_rows: Vec<String> = Vec::new();
+                let mut stream = transaction.exec_iter(&sql.inventory, ()).await?;
+                stream
+                    .for_each(|row| {
+                        let mut values = row.unwrap().into_iter();
+                        let pk = values.next();
+                        for (index, value) in values.enumerate().take(columns) {
+                            let key = match &value {
+                                Value::NULL => continue,
+                                Value::Bytes(bytes) => match std::str::from_utf8(bytes) {
+                                    Ok(text) => inventory::group_key(text),
+                                    Err(_) => "\u{fffd}",
+                                },
+                                _ => "",
+                            };
+                            match groups
+                                .iter_mut()
+                                .find(|(column, known, _)| *column == index && known == key)
+                            {
+                                Some(group) => group.2 += 1,
+                                None => {
+                                    groups.push((index, key.to_owned(), 1));
+                                    first_rows.push(
+                                        read_pk(&self.target, self.kind, pk.clone())
+                                            .map_or_else(|_| "?".to_owned(), |pk| pk.to_string()),
+                                    );
+                                }
+                            }
+                        }
+                    })
+                    .await?;
+                drop(stream);
+                let counted: Option<mysql_async::Row> = if count {
+                    transaction.query_first(&sql.count).await?
+                } else {
+                    None
+                };
+                transaction.commit().await?;
+                Ok((groups, first_rows, counted))
+            })
+            .await?;
+        let named = groups.clone();
+        let inventory = inventory::tally(self.target.columns(), groups).map_err(|bad| {
+            let row = named
+                .iter()
+                .position(|(column, key, _)| *column == bad.column && *key == bad.prefix)
+                .map_or_else(|| "?".to_owned(), |at| first_rows[at].clone());
+            Error::MalformedRecord {
+                table: self.target.table().to_string(),
+                column: self.target.columns()[bad.column].to_string(),
+                pk: row,
+            }
+        })?;
+        let counts = count.then(|| {
+            let values = counted.map(mysql_async::Row::unwrap).unwrap_or_default();
+            self.target
+                .columns()
+                .iter()
+                .zip(values)
+                .map(|(column, value)| {
+                    let count = match value {
+                        Value::Int(count) => count as u64,
+                        Value::UInt(count) => count,
+                        Value::Bytes(text) => String::from_utf8_lossy(&text).parse().unwrap_or(0),
+                        _ => 0,
+                    };
+                    (column.clone(), count)
+                })
+                .collect()
+        });
+        Ok((inventory, counts))
+    }
+}
+
 impl DataStore for MysqlStore {
     fn pk_kind(&self) -> PkKind {
         self.kind
@@ -433,90 +524,13 @@ impl DataStore for MysqlStore {
     }
 
     fn inventory(&self) -> BoxFuture<'_, Result<Inventory>> {
-        async move {
-            let sql = &self.sql;
-            let columns = self.target.columns().len();
-            // (column index, group key, count) and the first row seen in it.
-            let (groups, first_rows) = self
-                .run(&self.pool, "inventory", |mut conn: Conn| async move {
-                    let mut groups: Vec<(usize, String, u64)> = Vec::new();
-                    let mut first_rows: Vec<String> = Vec::new();
-                    let mut stream = conn.exec_iter(&sql.inventory, ()).await?;
-                    stream
-                        .for_each(|row| {
-                            let mut values = row.unwrap().into_iter();
-                            let pk = values.next();
-                            for (index, value) in values.enumerate().take(columns) {
-                                let key = match &value {
-                                    Value::NULL => continue,
-                                    Value::Bytes(bytes) => match std::str::from_utf8(bytes) {
-                                        Ok(text) => inventory::group_key(text),
-                                        Err(_) => "\u{fffd}",
-                                    },
-                                    _ => "",
-                                };
-                                match groups
-                                    .iter_mut()
-                                    .find(|(column, known, _)| *column == index && known == key)
-                                {
-                                    Some(group) => group.2 += 1,
-                                    None => {
-                                        groups.push((index, key.to_owned(), 1));
-                                        first_rows.push(
-                                            read_pk(&self.target, self.kind, pk.clone())
-                                                .map_or_else(
-                                                    |_| "?".to_owned(),
-                                                    |pk| pk.to_string(),
-                                                ),
-                                        );
-                                    }
-                                }
-                            }
-                        })
-                        .await?;
-                    Ok((groups, first_rows))
-                })
-                .await?;
-            let named = groups.clone();
-            inventory::tally(self.target.columns(), groups).map_err(|bad| {
-                let row = named
-                    .iter()
-                    .position(|(column, key, _)| *column == bad.column && *key == bad.prefix)
-                    .map_or_else(|| "?".to_owned(), |at| first_rows[at].clone());
-                Error::MalformedRecord {
-                    table: self.target.table().to_string(),
-                    column: self.target.columns()[bad.column].to_string(),
-                    pk: row,
-                }
-            })
-        }
-        .boxed()
+        async move { Ok(self.scan(false).await?.0) }.boxed()
     }
 
-    fn count_records(&self) -> BoxFuture<'_, Result<BTreeMap<SqlIdent, u64>>> {
+    fn counted_inventory(&self) -> BoxFuture<'_, Result<(Inventory, BTreeMap<SqlIdent, u64>)>> {
         async move {
-            let sql = &self.sql;
-            let row: Option<mysql_async::Row> = self
-                .run(&self.pool, "count records", |mut conn: Conn| async move {
-                    conn.query_first(&sql.count).await
-                })
-                .await?;
-            let values = row.map(mysql_async::Row::unwrap).unwrap_or_default();
-            Ok(self
-                .target
-                .columns()
-                .iter()
-                .zip(values)
-                .map(|(column, value)| {
-                    let count = match value {
-                        Value::Int(count) => count as u64,
-                        Value::UInt(count) => count,
-                        Value::Bytes(text) => String::from_utf8_lossy(&text).parse().unwrap_or(0),
-                        _ => 0,
-                    };
-                    (column.clone(), count)
-                })
-                .collect())
+            let (inventory, counts) = self.scan(true).await?;
+            Ok((inventory, counts.unwrap_or_default()))
         }
         .boxed()
     }

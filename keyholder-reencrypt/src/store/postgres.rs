@@ -352,6 +352,64 @@ impl PostgresStore {
             .collect())
     }
 
+    /// The inventory, in one statement on the reader.
+    async fn inventory_now(&self) -> Result<Inventory> {
+        let rows = self
+            .checked("inventory", self.reader.query(&self.inventory, &[]))
+            .await?;
+        let groups = rows
+            .iter()
+            .map(|row| {
+                (
+                    row.get::<_, i64>(0) as usize,
+                    row.get::<_, String>(1),
+                    row.get::<_, i64>(2) as u64,
+                )
+            })
+            .collect();
+        match inventory::tally(self.target.columns(), groups) {
+            Ok(inventory) => Ok(inventory),
+            Err(bad) => {
+                let column = &self.target.columns()[bad.column];
+                let pk = self.target.primary_key();
+                let cast = match self.kind {
+                    PkKind::Int => "::bigint",
+                    PkKind::Text => "::text",
+                };
+                let sql = format!(
+                    "SELECT {pk}{cast} FROM {table} WHERE {column} IS NOT NULL AND {prefix} = $1::text ORDER BY {pk} LIMIT 1",
+                    table = self.target.table(),
+                    prefix = prefix_expr(column)
+                );
+                let row = self
+                    .checked("inventory", self.reader.query_opt(&sql, &[&bad.prefix]))
+                    .await?;
+                Err(Error::MalformedRecord {
+                    table: self.target.table().to_string(),
+                    column: column.to_string(),
+                    pk: row.map_or_else(
+                        || "?".to_owned(),
+                        |row| read_pk(&row, self.kind).to_string(),
+                    ),
+                })
+            }
+        }
+    }
+
+    /// `count(column)` of every column, in one statement on the reader.
+    async fn count_now(&self) -> Result<BTreeMap<SqlIdent, u64>> {
+        let row = self
+            .checked("count records", self.reader.query_one(&self.count, &[]))
+            .await?;
+        Ok(self
+            .target
+            .columns()
+            .iter()
+            .enumerate()
+            .map(|(index, column)| (column.clone(), row.get::<_, i64>(index) as u64))
+            .collect())
+    }
+
     /// One sampling probe: up to `limit` rows of `statement` from `start`.
     async fn probe(&self, statement: &Statement, start: &Pk, limit: u32) -> Result<Vec<StoredRow>> {
         let limit = i64::from(limit);
@@ -590,56 +648,27 @@ impl DataStore for PostgresStore {
     }
 
     fn inventory(&self) -> BoxFuture<'_, Result<Inventory>> {
-        async move {
-            let rows = self.checked("inventory", self.reader.query(&self.inventory, &[])).await?;
-            let groups = rows
-                .iter()
-                .map(|row| {
-                    (
-                        row.get::<_, i64>(0) as usize,
-                        row.get::<_, String>(1),
-                        row.get::<_, i64>(2) as u64,
-                    )
-                })
-                .collect();
-            match inventory::tally(self.target.columns(), groups) {
-                Ok(inventory) => Ok(inventory),
-                Err(bad) => {
-                    let column = &self.target.columns()[bad.column];
-                    let pk = self.target.primary_key();
-                    let cast = match self.kind {
-                        PkKind::Int => "::bigint",
-                        PkKind::Text => "::text",
-                    };
-                    let sql = format!(
-                        "SELECT {pk}{cast} FROM {table} WHERE {column} IS NOT NULL AND {prefix} = $1::text ORDER BY {pk} LIMIT 1",
-                        table = self.target.table(),
-                        prefix = prefix_expr(column)
-                    );
-                    let row = self.checked("inventory", self.reader.query_opt(&sql, &[&bad.prefix])).await?;
-                    Err(Error::MalformedRecord {
-                        table: self.target.table().to_string(),
-                        column: column.to_string(),
-                        pk: row.map_or_else(|| "?".to_owned(), |row| read_pk(&row, self.kind).to_string()),
-                    })
-                }
-            }
-        }
-        .boxed()
+        self.inventory_now().boxed()
     }
 
-    fn count_records(&self) -> BoxFuture<'_, Result<BTreeMap<SqlIdent, u64>>> {
+    fn counted_inventory(&self) -> BoxFuture<'_, Result<(Inventory, BTreeMap<SqlIdent, u64>)>> {
         async move {
-            let row = self
-                .checked("count records", self.reader.query_one(&self.count, &[]))
-                .await?;
-            Ok(self
-                .target
-                .columns()
-                .iter()
-                .enumerate()
-                .map(|(index, column)| (column.clone(), row.get::<_, i64>(index) as u64))
-                .collect())
+            // Both statements in one snapshot: a REPEATABLE READ transaction
+            // takes it at its first statement.
+            self.checked(
+                "inventory",
+                self.reader
+                    .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY"),
+            )
+            .await?;
+            let read = async { Ok((self.inventory_now().await?, self.count_now().await?)) }.await;
+            let end = if read.is_ok() { "COMMIT" } else { "ROLLBACK" };
+            let ended = self
+                .checked("inventory", self.reader.batch_execute(end))
+                .await;
+            let both = read?;
+            ended?;
+            Ok(both)
         }
         .boxed()
     }

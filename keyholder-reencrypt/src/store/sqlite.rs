@@ -345,6 +345,77 @@ fn sample_by_probes(
     Ok((probes.finish(), steps))
 }
 
+/// The inventory of `target` in one scan on `connection`.
+fn inventory_on(connection: &Connection, target: &Target, kind: PkKind) -> Result<Inventory> {
+    let table = target.table();
+    // One scan, tallied here: SQLite's GROUP BY on the prefix sorts
+    // every row, and took most of a pass's time on a large table.
+    let list = target
+        .columns()
+        .iter()
+        .map(|column| format!(", substr({column}, 1, {PREFIX_CHARS})"))
+        .collect::<String>();
+    let sql = format!("SELECT {pk}{list} FROM {table}", pk = target.primary_key());
+    // (column index, group key, count) and the first row seen in it.
+    let mut groups: Vec<(usize, String, u64)> = Vec::new();
+    let mut first_rows: Vec<Pk> = Vec::new();
+    connection
+        .prepare_cached(&sql)
+        .and_then(|mut statement| {
+            let mut rows = statement.query([])?;
+            while let Some(row) = rows.next()? {
+                for index in 0..target.columns().len() {
+                    let Some(key) = group_key(row.get_ref(index + 1)?) else {
+                        continue;
+                    };
+                    match groups
+                        .iter_mut()
+                        .find(|(column, known, _)| *column == index && known == key)
+                    {
+                        Some(group) => group.2 += 1,
+                        None => {
+                            groups.push((index, key.to_owned(), 1));
+                            first_rows.push(read_pk(row, kind)?);
+                        }
+                    }
+                }
+            }
+            Ok(())
+        })
+        .map_err(sqlite_error(target, "inventory"))?;
+    let named = groups.clone();
+    inventory::tally(target.columns(), groups).map_err(|bad| {
+        let row = named
+            .iter()
+            .position(|(column, key, _)| *column == bad.column && *key == bad.prefix)
+            .map_or_else(|| "?".to_owned(), |at| first_rows[at].to_string());
+        Error::MalformedRecord {
+            table: table.to_string(),
+            column: target.columns()[bad.column].to_string(),
+            pk: row,
+        }
+    })
+}
+
+/// `count(column)` of every column of `target` on `connection`.
+fn count_on(connection: &Connection, target: &Target) -> Result<BTreeMap<SqlIdent, u64>> {
+    let list = target
+        .columns()
+        .iter()
+        .map(|column| format!("count({column})"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sql = format!("SELECT {list} FROM {}", target.table());
+    let counts = connection
+        .query_row(&sql, [], |row| {
+            (0..target.columns().len())
+                .map(|index| row.get::<_, i64>(index).map(|count| count as u64))
+                .collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .map_err(sqlite_error(target, "count records"))?;
+    Ok(target.columns().iter().cloned().zip(counts).collect())
+}
+
 impl DataStore for SqliteStore {
     fn pk_kind(&self) -> PkKind {
         self.kind
@@ -451,74 +522,24 @@ impl DataStore for SqliteStore {
     fn inventory(&self) -> BoxFuture<'_, Result<Inventory>> {
         let kind = self.kind;
         self.with(&self.reader, move |connection, target| {
-            let table = target.table();
-            // One scan, tallied here: SQLite's GROUP BY on the prefix sorts
-            // every row, and took most of a pass's time on a large table.
-            let list = target
-                .columns()
-                .iter()
-                .map(|column| format!(", substr({column}, 1, {PREFIX_CHARS})"))
-                .collect::<String>();
-            let sql = format!("SELECT {pk}{list} FROM {table}", pk = target.primary_key());
-            // (column index, group key, count) and the first row seen in it.
-            let mut groups: Vec<(usize, String, u64)> = Vec::new();
-            let mut first_rows: Vec<Pk> = Vec::new();
-            connection
-                .prepare_cached(&sql)
-                .and_then(|mut statement| {
-                    let mut rows = statement.query([])?;
-                    while let Some(row) = rows.next()? {
-                        for index in 0..target.columns().len() {
-                            let Some(key) = group_key(row.get_ref(index + 1)?) else {
-                                continue;
-                            };
-                            match groups
-                                .iter_mut()
-                                .find(|(column, known, _)| *column == index && known == key)
-                            {
-                                Some(group) => group.2 += 1,
-                                None => {
-                                    groups.push((index, key.to_owned(), 1));
-                                    first_rows.push(read_pk(row, kind)?);
-                                }
-                            }
-                        }
-                    }
-                    Ok(())
-                })
-                .map_err(sqlite_error(target, "inventory"))?;
-            let named = groups.clone();
-            inventory::tally(target.columns(), groups).map_err(|bad| {
-                let row = named
-                    .iter()
-                    .position(|(column, key, _)| *column == bad.column && *key == bad.prefix)
-                    .map_or_else(|| "?".to_owned(), |at| first_rows[at].to_string());
-                Error::MalformedRecord {
-                    table: table.to_string(),
-                    column: target.columns()[bad.column].to_string(),
-                    pk: row,
-                }
-            })
+            inventory_on(connection, target, kind)
         })
     }
 
-    fn count_records(&self) -> BoxFuture<'_, Result<BTreeMap<SqlIdent, u64>>> {
+    fn counted_inventory(&self) -> BoxFuture<'_, Result<(Inventory, BTreeMap<SqlIdent, u64>)>> {
+        let kind = self.kind;
         self.with(&self.reader, move |connection, target| {
-            let list = target
-                .columns()
-                .iter()
-                .map(|column| format!("count({column})"))
-                .collect::<Vec<_>>()
-                .join(", ");
-            let sql = format!("SELECT {list} FROM {}", target.table());
-            let counts = connection
-                .query_row(&sql, [], |row| {
-                    (0..target.columns().len())
-                        .map(|index| row.get::<_, i64>(index).map(|count| count as u64))
-                        .collect::<rusqlite::Result<Vec<_>>>()
-                })
-                .map_err(sqlite_error(target, "count records"))?;
-            Ok(target.columns().iter().cloned().zip(counts).collect())
+            // A read transaction: in WAL mode both statements see the
+            // snapshot its first read took.
+            let transaction = connection
+                .transaction_with_behavior(TransactionBehavior::Deferred)
+                .map_err(sqlite_error(target, "inventory"))?;
+            let inventory = inventory_on(&transaction, target, kind)?;
+            let counts = count_on(&transaction, target)?;
+            transaction
+                .commit()
+                .map_err(sqlite_error(target, "inventory"))?;
+            Ok((inventory, counts))
         })
     }
 

@@ -172,7 +172,17 @@ impl Pass {
             self.publish();
             // The inventory may call the pass drained: only on durable writes.
             self.worker.store.make_durable().await?;
-            let inventory = self.worker.store.inventory().await?;
+            let (inventory, counted) = self.worker.store.counted_inventory().await?;
+            if inventory.per_column() != counted {
+                return Err(Error::Invariant {
+                    target: name,
+                    detail: format!(
+                        "records per column by version {:?} do not add up to the records per column {:?}",
+                        inventory.per_column(),
+                        counted
+                    ),
+                });
+            }
             let remaining = inventory.at(from);
             self.undecryptable_known = self.undecryptable_total;
             // The next scan starts over, as a sweep: conflicts and late
@@ -200,17 +210,6 @@ impl Pass {
             tracing::info!(target = %name, sweep = self.checkpoint.sweep, remaining, "sweeping records still at the old version");
         };
 
-        let counted = self.worker.store.count_records().await?;
-        if after.per_column() != counted {
-            return Err(Error::Invariant {
-                target: name,
-                detail: format!(
-                    "records per column by version {:?} do not add up to the records per column {:?}",
-                    after.per_column(),
-                    counted
-                ),
-            });
-        }
         if after.total() != before.total() {
             tracing::warn!(target = %name, before = before.total(), after = after.total(), "record count changed during the pass (application inserts or deletes)");
         }

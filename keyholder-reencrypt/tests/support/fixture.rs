@@ -365,6 +365,89 @@ impl Db {
         })
     }
 
+    /// An application inserting new rows (ids from `first`, both columns
+    /// written at v10, as after the switch) one per statement, as fast as it
+    /// can, until `stop`; returns how many it inserted.
+    pub fn spawn_inserter(
+        &self,
+        first: i64,
+        stop: Arc<AtomicBool>,
+    ) -> tokio::task::JoinHandle<i64> {
+        let db = self.clone();
+        tokio::spawn(async move {
+            let new = keyring(10);
+            let client = match &db {
+                Db::Postgres { url, .. } => Some(pg_connect(url).await),
+                Db::Sqlite(_) | Db::Mysql { .. } => None,
+            };
+            let mut mysql = match &db {
+                Db::Mysql { url, .. } => Some(mysql_connect(url).await),
+                _ => None,
+            };
+            let sqlite = match &db {
+                Db::Sqlite(path) => Some(Arc::new(std::sync::Mutex::new({
+                    let connection = rusqlite::Connection::open(path).unwrap();
+                    connection
+                        .busy_timeout(std::time::Duration::from_secs(10))
+                        .unwrap();
+                    connection
+                }))),
+                Db::Postgres { .. } | Db::Mysql { .. } => None,
+            };
+            let mut id = first;
+            while !stop.load(Ordering::SeqCst) {
+                let [a, b] = ["a", "b"].map(|column| {
+                    new.encrypt(
+                        format!("inserted-{id}-{column}").as_bytes(),
+                        &db.aad(column, id),
+                    )
+                    .unwrap()
+                });
+                match (&client, &sqlite, &db) {
+                    (_, _, Db::Mysql { table, .. }) => {
+                        mysql
+                            .as_mut()
+                            .unwrap()
+                            .exec_drop(
+                                format!("INSERT INTO {table} (id, a, b) VALUES (?, ?, ?)"),
+                                (id, a, b),
+                            )
+                            .await
+                            .unwrap();
+                    }
+                    (Some(client), _, Db::Postgres { table, .. }) => {
+                        client
+                            .execute(
+                                &format!("INSERT INTO {table} (id, a, b) VALUES ($1, $2, $3)"),
+                                &[&id, &a, &b],
+                            )
+                            .await
+                            .unwrap();
+                    }
+                    (_, Some(connection), _) => {
+                        let connection = connection.clone();
+                        tokio::task::spawn_blocking(move || {
+                            connection
+                                .lock()
+                                .unwrap()
+                                .execute(
+                                    "INSERT INTO records (id, a, b) VALUES (?1, ?2, ?3)",
+                                    rusqlite::params![id, a, b],
+                                )
+                                .unwrap();
+                        })
+                        .await
+                        .unwrap();
+                    }
+                    _ => unreachable!(),
+                }
+                id += 1;
+                tokio::task::yield_now().await;
+            }
+            id - first
+        })
+    }
+
     /// An application that updates `per_transaction` random rows (in random
     /// order, both columns) in each transaction, as fast as it can, until
     /// `stop`. Returns the last plaintexts it wrote and how many transactions
