@@ -366,16 +366,18 @@ impl Db {
     }
 
     /// An application inserting new rows (ids from `first`, both columns
-    /// written at v10, as after the switch) one per statement, as fast as it
-    /// can, until `stop`; returns how many it inserted.
+    /// written at v10, as after the switch) and deleting random rows of the
+    /// seed (ids below `first`), one statement each, as fast as it can,
+    /// until `stop`; returns how many rows it inserted and deleted.
     pub fn spawn_inserter(
         &self,
         first: i64,
         stop: Arc<AtomicBool>,
-    ) -> tokio::task::JoinHandle<i64> {
+    ) -> tokio::task::JoinHandle<(i64, i64)> {
         let db = self.clone();
         tokio::spawn(async move {
             let new = keyring(10);
+            let mut deleted = 0;
             let client = match &db {
                 Db::Postgres { url, .. } => Some(pg_connect(url).await),
                 Db::Sqlite(_) | Db::Mysql { .. } => None,
@@ -403,17 +405,22 @@ impl Db {
                     )
                     .unwrap()
                 });
-                match (&client, &sqlite, &db) {
+                let victim = rand::random_range(1..first);
+                deleted += match (&client, &sqlite, &db) {
                     (_, _, Db::Mysql { table, .. }) => {
+                        let mysql = mysql.as_mut().unwrap();
                         mysql
-                            .as_mut()
-                            .unwrap()
                             .exec_drop(
                                 format!("INSERT INTO {table} (id, a, b) VALUES (?, ?, ?)"),
                                 (id, a, b),
                             )
                             .await
                             .unwrap();
+                        mysql
+                            .exec_drop(format!("DELETE FROM {table} WHERE id = ?"), (victim,))
+                            .await
+                            .unwrap();
+                        mysql.affected_rows() as i64
                     }
                     (Some(client), _, Db::Postgres { table, .. }) => {
                         client
@@ -423,28 +430,34 @@ impl Db {
                             )
                             .await
                             .unwrap();
+                        client
+                            .execute(&format!("DELETE FROM {table} WHERE id = $1"), &[&victim])
+                            .await
+                            .unwrap() as i64
                     }
                     (_, Some(connection), _) => {
                         let connection = connection.clone();
                         tokio::task::spawn_blocking(move || {
+                            let connection = connection.lock().unwrap();
                             connection
-                                .lock()
-                                .unwrap()
                                 .execute(
                                     "INSERT INTO records (id, a, b) VALUES (?1, ?2, ?3)",
                                     rusqlite::params![id, a, b],
                                 )
                                 .unwrap();
+                            connection
+                                .execute("DELETE FROM records WHERE id = ?1", [victim])
+                                .unwrap() as i64
                         })
                         .await
-                        .unwrap();
+                        .unwrap()
                     }
                     _ => unreachable!(),
-                }
+                };
                 id += 1;
                 tokio::task::yield_now().await;
             }
-            id - first
+            (id - first, deleted)
         })
     }
 
