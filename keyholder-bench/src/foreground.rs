@@ -1,10 +1,10 @@
 //! `foreground`: what the application feels. The example application
 //! ([`crate::app`]) at a fixed open-loop rate, alone; then the pass runs
 //! alone for a short window (its rate measured there); then the application
-//! while the pass runs throttled to 25% of the rate it had alone, then
-//! unthrottled; p50 / p99 / p99.9 / max of each operation. The throttled
-//! phase, the one with a target, comes first, so a pass that drains before
-//! the end cuts only the unthrottled window short.
+//! while the pass runs throttled to 25% (`--share`) of the rate it had
+//! alone, then unthrottled; p50 / p99 / p99.9 / max of each operation. The
+//! throttled phase, the one with a target, comes first, so a pass that
+//! drains before the end cuts only the unthrottled window short.
 
 use std::time::{Duration, Instant};
 
@@ -30,7 +30,7 @@ fn load(options: &Options, rows: i64) -> Load {
 const PASS_ALONE: Duration = Duration::from_secs(1);
 
 struct Phase {
-    name: &'static str,
+    name: String,
     latencies: Latencies,
     reencrypt_rows_per_sec: f64,
 }
@@ -86,7 +86,7 @@ pub async fn run(options: &Options) -> (serde_json::Value, u64) {
                 let count = values.len();
                 let [p50, p99_, p999, max] = app::percentiles(values);
                 table.row(vec![
-                    phase.name.to_owned(),
+                    phase.name.clone(),
                     format!("{:.0}", phase.reencrypt_rows_per_sec),
                     op.to_owned(),
                     count.to_string(),
@@ -106,7 +106,7 @@ pub async fn run(options: &Options) -> (serde_json::Value, u64) {
                 .copied()
                 .collect();
             let [_, all_p99, _, _] = app::percentiles(&mut all);
-            p99.push((phase.name, all_p99, phase.latencies.errors));
+            p99.push((phase.name.clone(), all_p99, phase.latencies.errors));
             json_phases.push(json!({
                 "phase": phase.name,
                 "reencrypt_rows_per_sec": phase.reencrypt_rows_per_sec,
@@ -121,7 +121,7 @@ pub async fn run(options: &Options) -> (serde_json::Value, u64) {
         let alone = p99[0].1;
         let throttled = p99
             .iter()
-            .find(|p| p.0 == "throttled 25%")
+            .find(|p| p.0.starts_with("throttled"))
             .map_or(0.0, |p| p.1);
         let unthrottled = p99
             .iter()
@@ -130,15 +130,20 @@ pub async fn run(options: &Options) -> (serde_json::Value, u64) {
         let errors: u64 = p99.iter().map(|p| p.2).sum();
         let held = throttled <= 1.25 * alone && errors == 0;
         summary.push(format!(
-            "{} p99 alone {:.2} ms, throttled {:.2} ms ({}), unthrottled {:.2} ms ({}), {} errors (target <= 1.25x, 0 errors: {})",
+            "{} p99 alone {:.2} ms, throttled {}% {:.2} ms ({}), unthrottled {:.2} ms ({}), {} errors (target <= 1.25x at 25%, 0 errors: {})",
             store.kind(),
             alone,
+            options.share,
             throttled,
             ratio(throttled / alone),
             unthrottled,
             ratio(unthrottled / alone),
             errors,
-            verdict(held)
+            if options.share == 25 {
+                verdict(held)
+            } else {
+                "not judged at another share"
+            }
         ));
         figures.push(json!({"store": store.kind(), "rows": rows, "phases": json_phases}));
     }
@@ -146,8 +151,8 @@ pub async fn run(options: &Options) -> (serde_json::Value, u64) {
     (json!(figures), peak)
 }
 
-/// Alone, throttled at 25% of the pass's rate without the application,
-/// unthrottled.
+/// Alone, throttled at `--share` percent (25) of the pass's rate without the
+/// application, unthrottled.
 async fn phases(options: &Options, store: Store, rows: i64) -> (Vec<Phase>, u64) {
     let mut world = World::start(store.clone(), Tuning::default()).await;
     let keys = [(crate::world::v(9), world.v9.clone())];
@@ -160,7 +165,7 @@ async fn phases(options: &Options, store: Store, rows: i64) -> (Vec<Phase>, u64)
     world.prepare_and_activate().await;
     let load = load(options, rows);
     let mut phases = vec![Phase {
-        name: "alone",
+        name: "alone".to_owned(),
         latencies: apply(&store, load).await,
         reencrypt_rows_per_sec: 0.0,
     }];
@@ -170,7 +175,7 @@ async fn phases(options: &Options, store: Store, rows: i64) -> (Vec<Phase>, u64)
     while world.rotation().await.rows_done == 0 {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    // The pass's own rate, with no application: what "25%" is of.
+    // The pass's own rate, with no application: what the share is of.
     let before = (Instant::now(), world.rotation().await.rows_done);
     tokio::time::sleep(PASS_ALONE.min(Duration::from_secs_f64(options.seconds))).await;
     let alone =
@@ -179,12 +184,12 @@ async fn phases(options: &Options, store: Store, rows: i64) -> (Vec<Phase>, u64)
         "  (foreground {}: the pass alone moved {alone:.0} rows/s)",
         store.kind()
     );
-    let throttle = (alone / 4.0).max(1.0) as u64;
+    let throttle = (alone * f64::from(options.share) / 100.0).max(1.0) as u64;
     world.throttle(throttle, crate::reencrypt::BATCH).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (latencies, achieved) = with_pass(&world, &store, load).await;
     phases.push(Phase {
-        name: "throttled 25%",
+        name: format!("throttled {}%", options.share),
         latencies,
         reencrypt_rows_per_sec: achieved,
     });
@@ -192,7 +197,7 @@ async fn phases(options: &Options, store: Store, rows: i64) -> (Vec<Phase>, u64)
     world.throttle(0, crate::reencrypt::BATCH).await;
     let (latencies, unthrottled) = with_pass(&world, &store, load).await;
     phases.push(Phase {
-        name: "unthrottled",
+        name: "unthrottled".to_owned(),
         latencies,
         reencrypt_rows_per_sec: unthrottled,
     });

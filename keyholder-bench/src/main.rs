@@ -56,6 +56,10 @@ struct Cli {
     /// without either they are skipped, saying so).
     #[arg(long, env = "KEYHOLDER_TEST_PG")]
     pg: Option<String>,
+    /// Percent of the pass's own rate that foreground's throttled phase
+    /// runs it at (the target, p99 <= 1.25x alone, is set at 25).
+    #[arg(long, default_value_t = 25, value_parser = clap::value_parser!(u32).range(1..=100))]
+    share: u32,
     /// Write every figure to this file as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -66,6 +70,8 @@ pub struct Options {
     pub rows: i64,
     pub seconds: f64,
     pub pg: Option<String>,
+    /// Percent of the pass's own rate for foreground's throttled phase.
+    pub share: u32,
 }
 
 fn main() -> ExitCode {
@@ -78,6 +84,7 @@ fn main() -> ExitCode {
         rows: cli.rows,
         seconds: cli.seconds,
         pg: cli.pg.filter(|url| !url.is_empty()),
+        share: cli.share,
     };
     if options.pg.is_none() {
         println!("PostgreSQL runs skipped: no --pg URL and KEYHOLDER_TEST_PG is not set");
