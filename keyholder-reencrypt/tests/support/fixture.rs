@@ -278,6 +278,32 @@ impl Db {
         (format!("{:x}", hash.finalize()), versions)
     }
 
+    /// One application connection to the store, as the writers below use
+    /// it: exactly one of the three is `Some`.
+    async fn app_connections(
+        &self,
+    ) -> (
+        Option<tokio_postgres::Client>,
+        Option<mysql_async::Conn>,
+        Option<Arc<std::sync::Mutex<rusqlite::Connection>>>,
+    ) {
+        match self {
+            Db::Postgres { url, .. } => (Some(pg_connect(url).await), None, None),
+            Db::Mysql { url, .. } => (None, Some(mysql_connect(url).await), None),
+            Db::Sqlite(path) => {
+                let connection = rusqlite::Connection::open(path).unwrap();
+                connection
+                    .busy_timeout(std::time::Duration::from_secs(10))
+                    .unwrap();
+                (
+                    None,
+                    None,
+                    Some(Arc::new(std::sync::Mutex::new(connection))),
+                )
+            }
+        }
+    }
+
     /// An application writing fresh values (at v9 or v10) into random rows
     /// until `stop`; returns the last plaintexts it wrote per (id, column).
     pub fn spawn_writer(
@@ -291,24 +317,7 @@ impl Db {
             let old = keyring(9);
             let new = keyring(10);
             let mut last = HashMap::new();
-            let client = match &db {
-                Db::Postgres { url, .. } => Some(pg_connect(url).await),
-                Db::Sqlite(_) | Db::Mysql { .. } => None,
-            };
-            let mut mysql = match &db {
-                Db::Mysql { url, .. } => Some(mysql_connect(url).await),
-                _ => None,
-            };
-            let sqlite = match &db {
-                Db::Sqlite(path) => Some(Arc::new(std::sync::Mutex::new({
-                    let connection = rusqlite::Connection::open(path).unwrap();
-                    connection
-                        .busy_timeout(std::time::Duration::from_secs(10))
-                        .unwrap();
-                    connection
-                }))),
-                Db::Postgres { .. } | Db::Mysql { .. } => None,
-            };
+            let (client, mut mysql, sqlite) = db.app_connections().await;
             let mut counter = 0u64;
             while !stop.load(Ordering::SeqCst) {
                 counter += 1;
@@ -378,24 +387,7 @@ impl Db {
         tokio::spawn(async move {
             let new = keyring(10);
             let mut deleted = 0;
-            let client = match &db {
-                Db::Postgres { url, .. } => Some(pg_connect(url).await),
-                Db::Sqlite(_) | Db::Mysql { .. } => None,
-            };
-            let mut mysql = match &db {
-                Db::Mysql { url, .. } => Some(mysql_connect(url).await),
-                _ => None,
-            };
-            let sqlite = match &db {
-                Db::Sqlite(path) => Some(Arc::new(std::sync::Mutex::new({
-                    let connection = rusqlite::Connection::open(path).unwrap();
-                    connection
-                        .busy_timeout(std::time::Duration::from_secs(10))
-                        .unwrap();
-                    connection
-                }))),
-                Db::Postgres { .. } | Db::Mysql { .. } => None,
-            };
+            let (client, mut mysql, sqlite) = db.app_connections().await;
             let mut id = first;
             while !stop.load(Ordering::SeqCst) {
                 let [a, b] = ["a", "b"].map(|column| {
