@@ -9,7 +9,8 @@ use std::collections::BTreeMap;
 
 use crypto_core::KeyVersion;
 
-use crate::target::SqlIdent;
+use crate::error::Error;
+use crate::target::{SqlIdent, Target};
 
 /// Records per version, per column, of one target at one moment.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -80,6 +81,53 @@ pub(crate) fn group_key(text: &str) -> &str {
 pub(crate) struct MalformedGroup {
     pub(crate) column: usize,
     pub(crate) prefix: String,
+    /// Its place among the groups given to [`tally`].
+    pub(crate) index: usize,
+}
+
+/// The groups of a scan a store tallies row by row itself (SQLite, MySQL),
+/// each with the key of the first row seen in it, to name a group that is
+/// not a version.
+#[derive(Default)]
+pub(crate) struct RowTally {
+    groups: Vec<(usize, String, u64)>,
+    first_rows: Vec<String>,
+}
+
+impl RowTally {
+    /// Counts one value of column `column` in group `key`; `first_row`
+    /// names its row when the group is new.
+    pub(crate) fn add<E>(
+        &mut self,
+        column: usize,
+        key: &str,
+        first_row: impl FnOnce() -> Result<String, E>,
+    ) -> Result<(), E> {
+        match self
+            .groups
+            .iter_mut()
+            .find(|(known_column, known, _)| *known_column == column && known == key)
+        {
+            Some(group) => group.2 += 1,
+            None => {
+                let row = first_row()?;
+                self.groups.push((column, key.to_owned(), 1));
+                self.first_rows.push(row);
+            }
+        }
+        Ok(())
+    }
+
+    /// The inventory of `target`; a group that is not a version is an
+    /// [`Error::MalformedRecord`] naming the first row seen in it.
+    pub(crate) fn finish(self, target: &Target) -> Result<Inventory, Error> {
+        let first_rows = self.first_rows;
+        tally(target.columns(), self.groups).map_err(|bad| Error::MalformedRecord {
+            table: target.table().to_string(),
+            column: target.columns()[bad.column].to_string(),
+            pk: first_rows[bad.index].clone(),
+        })
+    }
 }
 
 /// Builds an inventory from `(column index, prefix, count)` groups, where the
@@ -95,9 +143,12 @@ pub(crate) fn tally(
             .map(|column| (column.clone(), BTreeMap::new()))
             .collect(),
     };
-    for (column, prefix, count) in groups {
-        let version = crypto_core::envelope::peek_version(&prefix)
-            .map_err(|_| MalformedGroup { column, prefix })?;
+    for (index, (column, prefix, count)) in groups.into_iter().enumerate() {
+        let version = crypto_core::envelope::peek_version(&prefix).map_err(|_| MalformedGroup {
+            column,
+            prefix,
+            index,
+        })?;
         *inventory
             .columns
             .get_mut(&columns[column])

@@ -332,8 +332,7 @@ impl MysqlStore {
     async fn scan(&self, count: bool) -> Result<(Inventory, Option<BTreeMap<SqlIdent, u64>>)> {
         let sql = &self.sql;
         let columns = self.target.columns().len();
-        // (column index, group key, count) and the first row seen in it.
-        let (groups, first_rows, counted) = self
+        let (groups, counted) = self
             .run(&self.pool, "inventory", |mut conn: Conn| async move {
                 let mut options = TxOpts::default();
                 options
@@ -341,8 +340,7 @@ impl MysqlStore {
                     .with_consistent_snapshot(true)
                     .with_readonly(true);
                 let mut transaction = conn.start_transaction(options).await?;
-                let mut groups: Vec<(usize, String, u64)> = Vec::new();
-                let mut first_rows: Vec<String> = Vec::new();
+                let mut groups = inventory::RowTally::default();
                 let mut stream = transaction.exec_iter(&sql.inventory, ()).await?;
                 stream
                     .for_each(|row| {
@@ -357,19 +355,12 @@ impl MysqlStore {
                                 },
                                 _ => "",
                             };
-                            match groups
-                                .iter_mut()
-                                .find(|(column, known, _)| *column == index && known == key)
-                            {
-                                Some(group) => group.2 += 1,
-                                None => {
-                                    groups.push((index, key.to_owned(), 1));
-                                    first_rows.push(
-                                        read_pk(&self.target, self.kind, pk.clone())
-                                            .map_or_else(|_| "?".to_owned(), |pk| pk.to_string()),
-                                    );
-                                }
-                            }
+                            let Ok(()) = groups.add(index, key, || {
+                                Ok::<_, std::convert::Infallible>(
+                                    read_pk(&self.target, self.kind, pk.clone())
+                                        .map_or_else(|_| "?".to_owned(), |pk| pk.to_string()),
+                                )
+                            });
                         }
                     })
                     .await?;
@@ -380,21 +371,10 @@ impl MysqlStore {
                     None
                 };
                 transaction.commit().await?;
-                Ok((groups, first_rows, counted))
+                Ok((groups, counted))
             })
             .await?;
-        let named = groups.clone();
-        let inventory = inventory::tally(self.target.columns(), groups).map_err(|bad| {
-            let row = named
-                .iter()
-                .position(|(column, key, _)| *column == bad.column && *key == bad.prefix)
-                .map_or_else(|| "?".to_owned(), |at| first_rows[at].clone());
-            Error::MalformedRecord {
-                table: self.target.table().to_string(),
-                column: self.target.columns()[bad.column].to_string(),
-                pk: row,
-            }
-        })?;
+        let inventory = groups.finish(&self.target)?;
         let counts = count.then(|| {
             let values = counted.map(mysql_async::Row::unwrap).unwrap_or_default();
             self.target

@@ -356,9 +356,7 @@ fn inventory_on(connection: &Connection, target: &Target, kind: PkKind) -> Resul
         .map(|column| format!(", substr({column}, 1, {PREFIX_CHARS})"))
         .collect::<String>();
     let sql = format!("SELECT {pk}{list} FROM {table}", pk = target.primary_key());
-    // (column index, group key, count) and the first row seen in it.
-    let mut groups: Vec<(usize, String, u64)> = Vec::new();
-    let mut first_rows: Vec<Pk> = Vec::new();
+    let mut groups = inventory::RowTally::default();
     connection
         .prepare_cached(&sql)
         .and_then(|mut statement| {
@@ -368,33 +366,13 @@ fn inventory_on(connection: &Connection, target: &Target, kind: PkKind) -> Resul
                     let Some(key) = group_key(row.get_ref(index + 1)?) else {
                         continue;
                     };
-                    match groups
-                        .iter_mut()
-                        .find(|(column, known, _)| *column == index && known == key)
-                    {
-                        Some(group) => group.2 += 1,
-                        None => {
-                            groups.push((index, key.to_owned(), 1));
-                            first_rows.push(read_pk(row, kind)?);
-                        }
-                    }
+                    groups.add(index, key, || read_pk(row, kind).map(|pk| pk.to_string()))?;
                 }
             }
             Ok(())
         })
         .map_err(sqlite_error(target, "inventory"))?;
-    let named = groups.clone();
-    inventory::tally(target.columns(), groups).map_err(|bad| {
-        let row = named
-            .iter()
-            .position(|(column, key, _)| *column == bad.column && *key == bad.prefix)
-            .map_or_else(|| "?".to_owned(), |at| first_rows[at].to_string());
-        Error::MalformedRecord {
-            table: table.to_string(),
-            column: target.columns()[bad.column].to_string(),
-            pk: row,
-        }
-    })
+    groups.finish(target)
 }
 
 /// `count(column)` of every column of `target` on `connection`.
