@@ -6,6 +6,9 @@
 # every one fixed), then it fuzzes from its seeds (fuzz/seeds/<target>) and
 # the working corpus (fuzz/corpus/<target>, not committed). Uses nightly when
 # installed, else stable with RUSTC_BOOTSTRAP=1 (libFuzzer's sanitizer flags).
+# A run of a minute or less per target is a smoke, whose time is the build's:
+# it builds with 16 codegen units (cargo-fuzz's default of 1 gives faster
+# fuzzing but compiles each crate on one core); longer runs keep the default.
 set -euo pipefail
 cd "$(dirname "$0")"
 seconds=${1:?usage: fuzz/run.sh SECONDS [TARGET...]}
@@ -16,20 +19,23 @@ if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
 else
     fuzz=(env RUSTC_BOOTSTRAP=1 cargo fuzz)
 fi
+build=()
+[ "$seconds" -gt 60 ] || build=(--codegen-units 16)
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || mapfile -t targets < <("${fuzz[@]}" list)
-"${fuzz[@]}" build
+# `run` rebuilds unless it is given the flags `build` was.
+"${fuzz[@]}" build "${build[@]}"
 for target in "${targets[@]}"; do
     if [ -d "regressions/$target" ]; then
         echo "== $target: replaying $(ls "regressions/$target" | wc -l) kept crash input(s)"
-        "${fuzz[@]}" run "$target" "regressions/$target" -- -runs=0
+        "${fuzz[@]}" run "${build[@]}" "$target" "regressions/$target" -- -runs=0
     fi
     mkdir -p "corpus/$target"
     dirs=("corpus/$target")
     [ -d "seeds/$target" ] && dirs+=("seeds/$target")
     echo "== $target: fuzzing for ${seconds}s"
     log=$(mktemp)
-    if ! "${fuzz[@]}" run "$target" "${dirs[@]}" -- -max_total_time="$seconds" \
+    if ! "${fuzz[@]}" run "${build[@]}" "$target" "${dirs[@]}" -- -max_total_time="$seconds" \
         -rss_limit_mb=2048 -print_final_stats=1 >"$log" 2>&1; then
         tail -n 60 "$log"
         echo "fuzz target $target failed: keep the input under fuzz/regressions/$target once fixed"
