@@ -115,6 +115,14 @@ pub struct RotationStatus {
     /// Whether the worker is waiting now (with backoff) to try again.
     #[serde(default)]
     pub retrying: bool,
+    /// Seconds the running workers' batches held what they locked in their
+    /// targets (summed over targets, since each worker started): on SQLite
+    /// the database's one write lock, on PostgreSQL and MySQL the batch's
+    /// rows. Its rate over an interval is the share of that interval the
+    /// pass held them; on SQLite, about the share of the application's
+    /// writes that find the database locked and wait.
+    #[serde(default)]
+    pub locked_seconds: f64,
 }
 
 /// `POST /v1/rotation/prepare`.

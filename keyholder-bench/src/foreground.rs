@@ -39,6 +39,9 @@ struct Phase {
     name: String,
     latencies: Latencies,
     reencrypt_rows_per_sec: f64,
+    /// The share of the phase the pass's batches held their locks in the
+    /// target (`RotationStatus.locked_seconds`), 0 to 1.
+    locked_share: f64,
 }
 
 /// Runs the scenario on SQLite and, with a URL, PostgreSQL.
@@ -72,6 +75,7 @@ pub async fn run(options: &Options) -> (serde_json::Value, u64) {
             &[
                 "phase",
                 "reencrypt rows/s",
+                "locked %",
                 "op",
                 "ops",
                 "p50",
@@ -94,6 +98,7 @@ pub async fn run(options: &Options) -> (serde_json::Value, u64) {
                 table.row(vec![
                     phase.name.clone(),
                     format!("{:.0}", phase.reencrypt_rows_per_sec),
+                    format!("{:.1}", 100.0 * phase.locked_share),
                     op.to_owned(),
                     count.to_string(),
                     ms(p50),
@@ -116,6 +121,7 @@ pub async fn run(options: &Options) -> (serde_json::Value, u64) {
             json_phases.push(json!({
                 "phase": phase.name,
                 "reencrypt_rows_per_sec": phase.reencrypt_rows_per_sec,
+                "locked_share": phase.locked_share,
                 "seconds": phase.latencies.seconds,
                 "errors": phase.latencies.errors,
                 "first_error": phase.latencies.first_error,
@@ -187,6 +193,7 @@ async fn phases(options: &Options, store: Store, rows: i64) -> (Vec<Phase>, u64)
         name: "alone".to_owned(),
         latencies: apply(&store, load).await,
         reencrypt_rows_per_sec: 0.0,
+        locked_share: 0.0,
     }];
 
     world.switch().await;
@@ -206,19 +213,21 @@ async fn phases(options: &Options, store: Store, rows: i64) -> (Vec<Phase>, u64)
     let throttle = (alone * f64::from(options.share) / 100.0).max(1.0) as u64;
     world.throttle(throttle, crate::reencrypt::BATCH).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let (latencies, achieved) = with_pass(&world, &store, load).await;
+    let (latencies, achieved, locked_share) = with_pass(&world, &store, load).await;
     phases.push(Phase {
         name: format!("throttled {}%", options.share),
         latencies,
         reencrypt_rows_per_sec: achieved,
+        locked_share,
     });
     // 0 is unlimited.
     world.throttle(0, crate::reencrypt::BATCH).await;
-    let (latencies, unthrottled) = with_pass(&world, &store, load).await;
+    let (latencies, unthrottled, locked_share) = with_pass(&world, &store, load).await;
     phases.push(Phase {
         name: "unthrottled".to_owned(),
         latencies,
         reencrypt_rows_per_sec: unthrottled,
+        locked_share,
     });
     // The application alone once more, the pass paused (or drained): a
     // machine whose own latency moved during the run shows here, and the
@@ -230,6 +239,7 @@ async fn phases(options: &Options, store: Store, rows: i64) -> (Vec<Phase>, u64)
         name: ALONE_AGAIN.to_owned(),
         latencies: apply(&store, load).await,
         reencrypt_rows_per_sec: 0.0,
+        locked_share: 0.0,
     });
     let rss = world.peak_rss_kib();
     world.stop();
@@ -243,10 +253,12 @@ async fn phases(options: &Options, store: Store, rows: i64) -> (Vec<Phase>, u64)
     (phases, rss)
 }
 
-/// The application's load while the pass runs, and the pass's rate then
-/// (records moved over the phase, from the rotation status).
-async fn with_pass(world: &World, store: &Store, load: Load) -> (Latencies, f64) {
-    let before = (Instant::now(), world.rotation().await.rows_done);
+/// The application's load while the pass runs, the pass's rate then
+/// (records moved over the phase, from the rotation status) and the share
+/// of the phase its batches held their locks.
+async fn with_pass(world: &World, store: &Store, load: Load) -> (Latencies, f64, f64) {
+    let status = world.rotation().await;
+    let before = (Instant::now(), status.rows_done, status.locked_seconds);
     let latencies = apply(store, load).await;
     let after = world.rotation().await;
     if after.state == keyholder_api::RotationState::Drained {
@@ -254,8 +266,13 @@ async fn with_pass(world: &World, store: &Store, load: Load) -> (Latencies, f64)
             "  (the pass drained during this phase: give foreground more --rows for a full window)"
         );
     }
-    let rate = (after.rows_done - before.1) as f64 / before.0.elapsed().as_secs_f64();
-    (latencies, rate)
+    let seconds = before.0.elapsed().as_secs_f64();
+    let rate = (after.rows_done - before.1) as f64 / seconds;
+    (
+        latencies,
+        rate,
+        (after.locked_seconds - before.2).max(0.0) / seconds,
+    )
 }
 
 /// Runs the application's load on its own threads (outside the runtime:

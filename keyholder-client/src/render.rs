@@ -570,6 +570,7 @@ mod tests {
             retries: 0,
             last_transient_error: None,
             retrying: false,
+            locked_seconds: 0.0,
         };
         assert_eq!(
             rotation(&r),
@@ -604,6 +605,7 @@ mod tests {
             retries: 0,
             last_transient_error: None,
             retrying: false,
+            locked_seconds: 0.0,
         };
         let text = rotation(&r);
         assert!(text.contains("\n  rows: counting...\n"), "{text}");
@@ -639,6 +641,7 @@ mod tests {
                 "target `orders`: postgres connect failed: error connecting to server".into(),
             ),
             retrying: true,
+            locked_seconds: 0.0,
         };
         assert!(rotation(&r).ends_with(
             "  database retries: 3, retrying now; last: target `orders`: postgres connect failed: error connecting to server\n"

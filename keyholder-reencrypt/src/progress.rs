@@ -76,6 +76,12 @@ pub struct Progress {
     pub waiting_for_replicas: bool,
     /// The batch size in use (after adaptation).
     pub batch_size: u32,
+    /// Seconds this run's batches held what they locked in the target
+    /// ([`SwapOutcome::locked`](crate::store::SwapOutcome::locked)). Its
+    /// rate is the share of the time the pass held them: on SQLite, the
+    /// share of the time the application's writers find the database
+    /// locked and wait.
+    pub locked_seconds: f64,
 }
 
 impl Progress {
@@ -98,6 +104,7 @@ impl Progress {
             paused: false,
             waiting_for_replicas: false,
             batch_size,
+            locked_seconds: 0.0,
         }
     }
 }

@@ -94,6 +94,11 @@ pub struct SwapOutcome {
     /// Records not written because their value changed since it was read:
     /// the row's key and the column's index.
     pub conflicts: Vec<(Pk, usize)>,
+    /// How long the batch held what it locked in the target, waits for a
+    /// lock not counted: on SQLite the database's one write lock, from
+    /// `BEGIN IMMEDIATE` to the end of the commit; on PostgreSQL and MySQL
+    /// its rows' locks, from its first write statement to its commit.
+    pub locked: Duration,
 }
 
 /// A random record of one version, for test-decrypting a key before unseal

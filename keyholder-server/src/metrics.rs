@@ -36,6 +36,8 @@ pub struct RotationGauges {
     pub rows_per_sec: Gauge<f64, std::sync::atomic::AtomicU64>,
     /// 1 while an operator paused the worker.
     pub paused: Gauge,
+    /// Seconds the workers' batches held their locks in the targets.
+    pub locked_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
     /// Transient database failures the running worker retried.
     pub retries: Gauge,
     /// 1 while the worker waits to try again after one.
@@ -194,6 +196,11 @@ impl Default for Metrics {
             "reencrypt_paused",
             "1 while an operator paused the re-encryption worker",
             rotation.paused.clone(),
+        );
+        registry.register(
+            "reencrypt_locked_seconds",
+            "Seconds the running workers' batches held their locks in the targets (on SQLite the database's write lock); its rate is the share of the time they did",
+            rotation.locked_seconds.clone(),
         );
         let key_pages_locked = Gauge::default();
         let key_page_locks_refused = Gauge::default();
@@ -412,6 +419,7 @@ impl Metrics {
         self.rotation.conflicts.set(clamp(status.conflicts));
         self.rotation.rows_per_sec.set(status.rows_per_sec);
         self.rotation.paused.set(i64::from(status.paused));
+        self.rotation.locked_seconds.set(status.locked_seconds);
         self.rotation.retries.set(clamp(status.retries));
         self.rotation.retrying.set(i64::from(status.retrying));
         self.rotation.last_transient_error.clear();
@@ -495,6 +503,7 @@ mod tests {
                 "target `orders`: postgres write batch failed: SQLSTATE 57P01: terminating connection due to administrator command".to_owned(),
             ),
             retrying: true,
+            locked_seconds: 12.25,
         });
         let text = metrics.render();
         for line in [
@@ -505,6 +514,7 @@ mod tests {
             "keyholder_reencrypt_conflicts 3",
             "keyholder_reencrypt_rows_per_second 41000.5",
             "keyholder_reencrypt_paused 0",
+            "keyholder_reencrypt_locked_seconds 12.25",
             "keyholder_reencrypt_retries 4",
             "keyholder_reencrypt_retrying 1",
             "keyholder_reencrypt_last_transient_error{code=\"57P01\"} 1",

@@ -18,7 +18,7 @@ mod sql;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crypto_core::KeyVersion;
 use futures::FutureExt as _;
@@ -443,6 +443,7 @@ impl DataStore for MysqlStore {
                     let mut options = TxOpts::default();
                     options.with_isolation_level(IsolationLevel::ReadCommitted);
                     let mut transaction = conn.start_transaction(options).await?;
+                    let started = Instant::now();
                     // The rows no application transaction holds, locked for
                     // this batch; the others are conflicts, read again by the
                     // next sweep.
@@ -490,6 +491,7 @@ impl DataStore for MysqlStore {
                         return Ok(Err(writes.len() as u64 - changed));
                     }
                     transaction.commit().await?;
+                    outcome.locked = started.elapsed();
                     Ok(Ok(outcome))
                 })
                 .await?;

@@ -25,7 +25,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crypto_core::KeyVersion;
 use futures::FutureExt as _;
@@ -283,9 +283,13 @@ impl PostgresStore {
                 PkKind::Text => params.push(&text_keys),
             }
             params.extend(cells.iter().map(|array| array as &(dyn ToSql + Sync)));
+            // One statement, committed on its own: its rows stay locked
+            // until its answer.
+            let started = Instant::now();
             let rows = self
                 .checked("write batch", writer.query(swap, &params))
                 .await?;
+            let locked = started.elapsed();
 
             let mut written: BTreeMap<Pk, Vec<bool>> = BTreeMap::new();
             for row in &rows {
@@ -295,7 +299,10 @@ impl PostgresStore {
                     .collect();
                 written.insert(pk, flags);
             }
-            let mut outcome = SwapOutcome::default();
+            let mut outcome = SwapOutcome {
+                locked,
+                ..SwapOutcome::default()
+            };
             for row in swaps {
                 let flags = written.get(&row.pk);
                 for (index, cell) in row.cells.iter().enumerate() {
@@ -622,6 +629,7 @@ impl DataStore for PostgresStore {
                     let done = self.swap_part(&self.writer, &self.swap, part).await?;
                     outcome.applied += done.applied;
                     outcome.conflicts.extend(done.conflicts);
+                    outcome.locked += done.locked;
                 }
                 return Ok(outcome);
             }
@@ -638,6 +646,8 @@ impl DataStore for PostgresStore {
             )?;
             outcome.applied += rest.applied;
             outcome.conflicts.extend(rest.conflicts);
+            // The halves run at the same time.
+            outcome.locked = outcome.locked.max(rest.locked);
             Ok(outcome)
         }
         .boxed()

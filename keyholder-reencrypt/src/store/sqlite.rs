@@ -15,7 +15,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crypto_core::KeyVersion;
 use futures::FutureExt as _;
@@ -459,6 +459,8 @@ impl DataStore for SqliteStore {
             let transaction = connection
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(sqlite_error(target, "begin batch"))?;
+            // The write lock is ours from here to the end of the commit.
+            let started = Instant::now();
             let mut outcome = SwapOutcome::default();
             let result = (|| {
                 for (index, column) in target.columns().iter().enumerate() {
@@ -485,6 +487,7 @@ impl DataStore for SqliteStore {
             transaction
                 .commit()
                 .map_err(sqlite_error(target, "commit batch"))?;
+            outcome.locked = started.elapsed();
             if let Some(checkpointer) = &checkpointer {
                 let bytes = swaps
                     .iter()

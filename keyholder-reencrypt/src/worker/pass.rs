@@ -85,6 +85,8 @@ pub(super) struct Pass {
     undecryptable_total: u64,
     /// How many the latest complete scan found.
     undecryptable_known: u64,
+    /// How long this run's batches held their locks in the target.
+    locked: Duration,
 }
 
 impl Pass {
@@ -104,6 +106,7 @@ impl Pass {
             phase: Phase::Starting,
             undecryptable: Vec::new(),
             undecryptable_total: 0,
+            locked: Duration::ZERO,
             undecryptable_known: 0,
             worker,
         }
@@ -391,6 +394,7 @@ impl Pass {
         self.checkpoint.records_done += outcome.applied;
         self.checkpoint.conflicts += conflicts;
         self.checkpoint.batches += 1;
+        self.locked += outcome.locked;
         self.save().await?;
         if full {
             let target = self.worker.control.borrow().throttle.max_batch_latency;
@@ -550,6 +554,7 @@ impl Pass {
             progress.paused = self.paused;
             progress.waiting_for_replicas = self.waiting_for_replicas;
             progress.batch_size = self.batch.current();
+            progress.locked_seconds = self.locked.as_secs_f64();
         });
     }
 

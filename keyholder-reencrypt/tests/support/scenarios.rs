@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use keyholder_reencrypt::*;
 
@@ -46,7 +46,9 @@ pub async fn forward_pass(db: Db) {
     )
     .unwrap();
     let progress = pass.progress();
+    let started = Instant::now();
     let report = drained(pass.run().await.unwrap());
+    let elapsed = started.elapsed().as_secs_f64();
 
     let (digest_after, versions_after) = db.digest().await;
     assert_eq!(digest_after, digest_before, "plaintexts changed");
@@ -69,6 +71,13 @@ pub async fn forward_pass(db: Db) {
     assert_eq!(snapshot.records_done, at_v9 as u64);
     assert_eq!(snapshot.records_remaining, 0);
     assert_eq!(snapshot.eta_seconds, Some(0));
+    // The batches' time in the target's locks: some, and never more than
+    // the pass took (PostgreSQL's two halves of a batch count once).
+    assert!(
+        snapshot.locked_seconds > 0.0 && snapshot.locked_seconds <= elapsed,
+        "locked {} s in a pass of {elapsed} s",
+        snapshot.locked_seconds
+    );
 
     let samples = store.sample(v(10), 20).await.unwrap();
     assert_eq!(samples.len(), 20);

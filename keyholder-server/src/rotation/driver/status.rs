@@ -77,6 +77,7 @@ impl View {
         // After the drain the last pass's figures stay on show.
         let job = shown_job(rotation);
         let (mut done, mut remaining, mut conflicts, mut rate) = (0, 0, 0, 0.0);
+        let mut locked = 0.0;
         if let Some(job) = job {
             for (target, resting) in &self.resting {
                 if resting.job == job && !self.progress.contains_key(target) {
@@ -91,6 +92,7 @@ impl View {
                     remaining += p.records_remaining;
                     conflicts += p.conflicts;
                     rate += p.rows_per_sec;
+                    locked += p.locked_seconds;
                 }
             }
         }
@@ -117,6 +119,7 @@ impl View {
             retries: self.retries.count,
             last_transient_error: self.retries.last.clone(),
             retrying: self.retries.waiting,
+            locked_seconds: locked,
         }
     }
 }
