@@ -361,3 +361,60 @@ async fn pass_holds_the_configured_rate_in_paused_time() {
     let elapsed = timed_pass(0, Duration::from_millis(10)).await;
     assert_eq!(elapsed, Duration::from_millis(200));
 }
+
+/// Runs `sql` in the `sqlite3` shell, another process: SQLite's locks are
+/// per process, so only another one sees what this one's locks say.
+fn sqlite3_shell(path: &std::path::Path, sql: &str) -> String {
+    let output = std::process::Command::new("sqlite3")
+        .arg(path)
+        .arg(sql)
+        .output()
+        .expect("the sqlite3 shell (Debian's sqlite3) runs");
+    assert!(
+        output.status.success(),
+        "sqlite3: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap().trim().to_owned()
+}
+
+/// `make_durable` must not open the database file: closing that descriptor
+/// would drop every SQLite lock of this process on it, and the next process
+/// to close its last connection would delete the WAL under the store, whose
+/// later commits no other process would ever see. Here the shell opens and
+/// closes the file between the sync and a batch; the batch must be visible
+/// to the next process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_after_the_durability_sync_is_seen_by_other_processes() {
+    let (_dir, db) = sqlite();
+    let Db::Sqlite(path) = &db else {
+        unreachable!()
+    };
+    db.seed(10).await;
+    let store = open_store(&db.target()).await.unwrap();
+    let page = store.read_page(fixture::v(9), None, 1).await.unwrap();
+    let row = &page[0];
+    let old = row.values[0].clone().unwrap();
+    store.make_durable().await.unwrap();
+    // Another process opens and closes the database.
+    assert_eq!(sqlite3_shell(path, "SELECT count(*) FROM records"), "10");
+    let outcome = store
+        .swap_batch(vec![RowSwap {
+            pk: row.pk.clone(),
+            cells: vec![
+                Some(CellSwap {
+                    old,
+                    new: "V10:moved".to_owned(),
+                }),
+                None,
+            ],
+        }])
+        .await
+        .unwrap();
+    assert_eq!(outcome.applied, 1);
+    assert_eq!(
+        sqlite3_shell(path, "SELECT count(*) FROM records WHERE a = 'V10:moved'"),
+        "1",
+        "a committed batch is invisible to other processes: the store lost its locks"
+    );
+}

@@ -541,15 +541,26 @@ impl DataStore for SqliteStore {
         let path = self.path.clone();
         self.with(&self.writer, move |_, target| {
             // What the batches committed is in the WAL or, once a checkpoint
-            // moved it (and synced the database, which checkpoints do), in
-            // the database file: syncing both, and the directory that holds
-            // them, makes every committed batch durable.
+            // moved it, in the database file, which the checkpoint synced
+            // (the checkpointer's connection keeps SQLite's default
+            // `synchronous`; the application's run at its own). Syncing the
+            // WAL and the directory that holds it makes every committed
+            // batch durable.
+            //
+            // Never the database file itself: SQLite keeps its locks on it
+            // as POSIX advisory locks, which belong to the process, and
+            // closing any other descriptor of that file drops them all. A
+            // process whose locks were dropped looks gone to the others: one
+            // closing its last connection then checkpoints and deletes the
+            // WAL under this process's connections, whose later commits go
+            // to a file no one else reads (SQLite's "How To Corrupt",
+            // 2.2). Nothing here opens the database file but SQLite.
             let wal = path.with_file_name(format!(
                 "{}-wal",
                 path.file_name().unwrap_or_default().to_string_lossy()
             ));
             let directory = path.parent().map(Path::to_owned).unwrap_or_default();
-            for file in [path.as_path(), wal.as_path(), directory.as_path()] {
+            for file in [wal.as_path(), directory.as_path()] {
                 match std::fs::File::open(file).and_then(|file| file.sync_all()) {
                     Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
                     Err(error) => {
