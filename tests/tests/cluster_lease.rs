@@ -313,7 +313,21 @@ impl World {
         assert!(!written.is_empty());
         assert_eq!(self.table.count_at(1), 0, "{:?}", self.table.counts());
         let keys = BTreeMap::from([(v(1), self.v1), (v(2), self.v2)]);
-        assert_eq!(self.table.digest(&keys), expected_digest(&written));
+        if self.table.digest(&keys) != expected_digest(&written) {
+            // Name the records that differ (test data, no secret).
+            let differ: Vec<String> = self
+                .table
+                .plaintexts(&keys)
+                .into_iter()
+                .filter_map(|(id, version, found)| {
+                    let expected = written.get(&id).cloned().unwrap_or_else(|| plaintext(id));
+                    (found != expected)
+                        .then(|| format!("{id} at v{version}: {found:?}, expected {expected:?}"))
+                })
+                .take(20)
+                .collect();
+            panic!("records differ from what was last written: {differ:#?}");
+        }
         (self.cluster, self.nodes, self.schema)
     }
 }
