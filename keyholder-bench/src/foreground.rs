@@ -257,8 +257,8 @@ async fn phases(options: &Options, store: Store, rows: i64) -> (Vec<Phase>, u64)
 /// (records moved over the phase, from the rotation status) and the share
 /// of the phase its batches held their locks.
 async fn with_pass(world: &World, store: &Store, load: Load) -> (Latencies, f64, f64) {
-    let status = world.rotation().await;
-    let before = (Instant::now(), status.rows_done, status.locked_seconds);
+    let before = world.rotation().await;
+    let started = Instant::now();
     let latencies = apply(store, load).await;
     let after = world.rotation().await;
     if after.state == keyholder_api::RotationState::Drained {
@@ -266,13 +266,10 @@ async fn with_pass(world: &World, store: &Store, load: Load) -> (Latencies, f64,
             "  (the pass drained during this phase: give foreground more --rows for a full window)"
         );
     }
-    let seconds = before.0.elapsed().as_secs_f64();
-    let rate = (after.rows_done - before.1) as f64 / seconds;
-    (
-        latencies,
-        rate,
-        (after.locked_seconds - before.2).max(0.0) / seconds,
-    )
+    let seconds = started.elapsed().as_secs_f64();
+    let rate = (after.rows_done - before.rows_done) as f64 / seconds;
+    let locked = (after.locked_seconds - before.locked_seconds).max(0.0);
+    (latencies, rate, locked / seconds)
 }
 
 /// Runs the application's load on its own threads (outside the runtime:

@@ -102,43 +102,42 @@ impl Table {
     /// with the key of its own version: what a failed [`Table::digest`]
     /// comparison names the differing records from.
     pub fn plaintexts(&self, keys: &BTreeMap<KeyVersion, Key>) -> Vec<(i64, u32, String)> {
+        self.stored()
+            .into_iter()
+            .map(|(id, version, record)| {
+                let plain = keys
+                    .get(&version)
+                    .and_then(|key| envelope::open(key, version, &record, b"").ok())
+                    .map_or_else(
+                        || "<does not decrypt>".to_owned(),
+                        |plain| String::from_utf8_lossy(&plain).into_owned(),
+                    );
+                (id, version.number(), plain)
+            })
+            .collect()
+    }
+
+    /// Every (id, version, stored record) in id order.
+    fn stored(&self) -> Vec<(i64, KeyVersion, String)> {
         let conn = self.open();
         let mut stmt = conn
             .prepare("SELECT id, ssn FROM customers ORDER BY id")
             .unwrap();
-        let rows = stmt
-            .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))
-            .unwrap();
-        rows.map(|row| {
-            let (id, record) = row.unwrap();
-            let version = envelope::peek_version(&record).unwrap();
-            let plain = keys
-                .get(&version)
-                .and_then(|key| envelope::open(key, version, &record, b"").ok())
-                .map_or_else(
-                    || "<does not decrypt>".to_owned(),
-                    |plain| String::from_utf8_lossy(&plain).into_owned(),
-                );
-            (id, version.number(), plain)
-        })
-        .collect()
+        stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))
+            .unwrap()
+            .map(|row| {
+                let (id, record) = row.unwrap();
+                (id, envelope::peek_version(&record).unwrap(), record)
+            })
+            .collect()
     }
 
     /// SHA-256 over every (id, plaintext) in id order, decrypting each record
     /// with the key of its own version; panics naming the first record that
     /// does not decrypt.
     pub fn digest(&self, keys: &BTreeMap<KeyVersion, Key>) -> String {
-        let conn = self.open();
-        let mut stmt = conn
-            .prepare("SELECT id, ssn FROM customers ORDER BY id")
-            .unwrap();
         let mut hash = sha2::Sha256::new();
-        let rows = stmt
-            .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))
-            .unwrap();
-        for row in rows {
-            let (id, record) = row.unwrap();
-            let version = envelope::peek_version(&record).unwrap();
+        for (id, version, record) in self.stored() {
             let key = keys
                 .get(&version)
                 .unwrap_or_else(|| panic!("record {id} is at {version}, a key the test lacks"));
