@@ -266,7 +266,9 @@ pub enum RotateCommand {
     Switch,
     /// The rotation's state and progress; --watch follows it with a progress bar.
     Status {
-        /// Poll until drained, retired or idle (Ctrl-C stops watching).
+        /// Poll every second until drained, retired or idle (Ctrl-C stops
+        /// watching); while records move, also the share of the time since
+        /// the last poll the pass held its locks in the targets.
         #[arg(long)]
         watch: bool,
     },

@@ -240,6 +240,17 @@ pub fn rotation(r: &RotationStatus) -> String {
     out
 }
 
+/// The share of the time between two polls that the running pass held its
+/// locks in the targets, in percent, from two readings of
+/// `RotationStatus.locked_seconds` taken `elapsed` apart; summed over
+/// targets, so two busy targets can pass 100. `None` without a usable
+/// earlier reading: the counter went back (the daemon restarted, or another
+/// node took the job over) or no time passed.
+pub fn locked_share(before: f64, after: f64, elapsed: std::time::Duration) -> Option<f64> {
+    let elapsed = elapsed.as_secs_f64();
+    (after >= before && elapsed > 0.0).then(|| (after - before) * 100.0 / elapsed)
+}
+
 /// The outcome of `unseal` or `share verify`: each share, then each version.
 /// `inputs` names where each submitted share came from (by position) and
 /// `thresholds` gives each submitted version's threshold, from the lines.
@@ -546,6 +557,18 @@ mod tests {
              v9 1/2 (alice)\n\
              v10 2/2 rebuilt\n"
         );
+    }
+
+    #[test]
+    fn locked_share_is_the_difference_over_the_time_between_polls() {
+        let second = std::time::Duration::from_secs(1);
+        assert_eq!(locked_share(2.0, 2.25, second), Some(25.0));
+        assert_eq!(locked_share(2.0, 2.0, second * 2), Some(0.0));
+        // Two targets both busy for the whole interval.
+        assert_eq!(locked_share(0.0, 3.0, second * 2), Some(150.0));
+        // The counter went back (a restart, another node): no figure.
+        assert_eq!(locked_share(5.0, 0.5, second), None);
+        assert_eq!(locked_share(1.0, 1.0, std::time::Duration::ZERO), None);
     }
 
     #[test]

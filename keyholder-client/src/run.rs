@@ -3,7 +3,7 @@
 
 use std::io::{IsTerminal as _, Write as _};
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crypto_core::KeyVersion;
 use keyholder_api::{
@@ -432,12 +432,26 @@ async fn watch(client: &Client, output: Output) -> Result<(), CliError> {
             .progress_chars("=> "),
     );
     let mut ctrl_c = std::pin::pin!(tokio::signal::ctrl_c());
+    // The previous poll's reading of `locked_seconds`: two readings give the
+    // share of the time between them the pass held its locks.
+    let mut previous: Option<(Instant, f64)> = None;
     loop {
         let status = client.status().await?;
+        let now = Instant::now();
         let Some(r) = status.rotation else {
             bar.finish_and_clear();
             return print("rotation: none\n");
         };
+        let locked = previous
+            .filter(|_| {
+                matches!(
+                    r.state,
+                    RotationState::Reencrypting | RotationState::RollingBack
+                )
+            })
+            .and_then(|(at, before)| render::locked_share(before, r.locked_seconds, now - at))
+            .map(|percent| format!("locks held {percent:.1}%"));
+        previous = Some((now, r.locked_seconds));
         if tty {
             bar.set_length(r.rows_done + r.rows_remaining);
             bar.set_position(r.rows_done);
@@ -450,18 +464,23 @@ async fn watch(client: &Client, output: Output) -> Result<(), CliError> {
                 .eta_seconds
                 .map(|s| humantime::format_duration(Duration::from_secs(s)).to_string())
                 .unwrap_or_else(|| "?".to_owned());
-            bar.set_message(format!(
+            let mut message = format!(
                 "{:.0} rows/s, eta {eta}, {} conflicts",
                 r.rows_per_sec, r.conflicts
-            ));
+            );
+            if let Some(locked) = &locked {
+                message.push_str(&format!(", {locked}"));
+            }
+            bar.set_message(message);
         } else {
             let line = match output {
                 Output::Json => serde_json::to_string(&r).expect("serialises"),
-                Output::Text => render::rotation(&r)
-                    .lines()
-                    .take(2)
-                    .collect::<Vec<_>>()
-                    .join(" |"),
+                Output::Text => {
+                    let text = render::rotation(&r);
+                    let mut parts: Vec<String> = text.lines().take(2).map(str::to_owned).collect();
+                    parts.extend(locked.as_ref().map(|locked| format!("  {locked}")));
+                    parts.join(" |")
+                }
             };
             print(&format!("{line}\n"))?;
         }

@@ -156,7 +156,7 @@ async fn the_progress_bar_moves_on_a_real_terminal_and_ends_with_the_summary() {
             "-s",
             "watch",
             "-x",
-            "120",
+            "160",
             "-y",
             "12",
             "sh",
@@ -183,7 +183,11 @@ async fn the_progress_bar_moves_on_a_real_terminal_and_ends_with_the_summary() {
             assert!(pane.contains("rows/s, eta "), "{pane}");
             match first {
                 None => first = Some(done),
-                Some(start) if done > start => break (done, total),
+                // From its second poll on, the bar says how much of the
+                // time the pass held the target's write lock.
+                Some(start) if done > start && pane.contains(", locks held ") => {
+                    break (done, total);
+                }
                 Some(_) => {}
             }
         }
@@ -265,6 +269,10 @@ async fn piped_the_watch_prints_one_plain_line_per_poll_even_when_nothing_change
         seen.push(line);
         assert!(seen.len() < 20, "the paused line did not repeat: {seen:#?}");
     }
+    // Paused, the pass holds no lock (said from the second poll on, once
+    // there is an earlier reading to compare with).
+    let last = seen.last().unwrap();
+    assert!(last.ends_with(" |  locks held 0.0%"), "{last}");
 
     w.env.operate("/v1/rotation/resume", json!({})).await;
     w.env
