@@ -82,6 +82,15 @@ async fn mysql_concurrent_writer_loses_no_update() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_the_swap_compares_bytes_not_the_columns_collation() {
+    let Some(db) = mysql("collation").await else {
+        return;
+    };
+    scenarios::swap_ignores_the_columns_collation(db.clone()).await;
+    drop_table(&db).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mysql_fifty_row_transactions_never_fail() {
     let Some(db) = mysql("multirow").await else {
         return;

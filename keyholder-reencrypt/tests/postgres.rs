@@ -73,6 +73,15 @@ async fn pg_concurrent_writer_loses_no_update() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_the_swap_compares_bytes_not_the_columns_collation() {
+    let Some(db) = postgres("collation").await else {
+        return;
+    };
+    scenarios::swap_ignores_the_columns_collation(db.clone()).await;
+    drop_table(&db).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pg_resumes_after_five_crashes() {
     let Some(db) = postgres("crash").await else {
         return;

@@ -32,6 +32,12 @@ async fn concurrent_writer_loses_no_update() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_swap_compares_bytes_not_the_columns_collation() {
+    let (_dir, db) = sqlite();
+    scenarios::swap_ignores_the_columns_collation(db).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inserts_during_the_pass_do_not_fail_it() {
     let (_dir, db) = sqlite();
     scenarios::inserts_during_the_pass(db).await;

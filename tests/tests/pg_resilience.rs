@@ -3,7 +3,9 @@
 //! job resumes by itself each time, status shows the retries meanwhile,
 //! nothing is lost), and a persistent error (the column's type changed under
 //! the job) that stops the job with the database's own words until
-//! `rotate resume` after the fix.
+//! `rotate resume` after the fix. And, on the store itself, the flush of the
+//! batches' asynchronous commits before the inventory that may call a pass
+//! drained.
 //!
 //! Needs `KEYHOLDER_TEST_PG` (skipped, saying so, when it is not set; with
 //! it set, a missing `initdb` or an unreachable server fails).
@@ -305,5 +307,135 @@ async fn an_unseal_while_the_targets_database_restarts_waits_for_it_and_succeeds
         env.log_contains("sampling met a transient database failure")
             .await,
         "the retries are not in the log"
+    );
+}
+
+/// Processes of a test-owned server stopped with SIGSTOP; SIGCONT when
+/// dropped, also when the test panics.
+struct Stopped(Vec<nix::unistd::Pid>);
+
+impl Stopped {
+    fn new(pids: Vec<i32>) -> Self {
+        let pids: Vec<_> = pids.into_iter().map(nix::unistd::Pid::from_raw).collect();
+        for pid in &pids {
+            nix::sys::signal::kill(*pid, nix::sys::signal::Signal::SIGSTOP).expect("SIGSTOP");
+        }
+        Self(pids)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        for pid in &self.0 {
+            let _ = nix::sys::signal::kill(*pid, nix::sys::signal::Signal::SIGCONT);
+        }
+    }
+}
+
+/// The batches commit asynchronously (`synchronous_commit = off`), so the
+/// store's `make_durable`, run before the inventory that may call a pass
+/// drained, must flush them: were they lost in a crash after the old key's
+/// retirement, their records would be back at a key nobody holds. With the
+/// server's WAL writer and background writer stopped, nothing else flushes
+/// the WAL; a transaction that writes no WAL (`txid_current()` alone)
+/// commits asynchronously whatever `synchronous_commit` says, and left the
+/// batch unflushed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn make_durable_flushes_the_batches_asynchronous_commits() {
+    use keyholder_reencrypt::{AadRule, CellSwap, RowSwap, TargetConfig, open_store};
+
+    if pg::url().is_none() {
+        return;
+    }
+    let server = PgInstance::start();
+    let url = server.url();
+    let db = pg::connect(&url).await;
+    // Nothing of the server's own may write or flush meanwhile.
+    db.batch_execute("ALTER SYSTEM SET autovacuum = off")
+        .await
+        .unwrap();
+    db.batch_execute("SELECT pg_reload_conf()").await.unwrap();
+    let v9 = Key::from_slice(&[9; 32]).unwrap();
+    let v10 = Key::from_slice(&[10; 32]).unwrap();
+    let old = envelope::seal(&v9, v(9), plaintext(1).as_bytes(), b"");
+    db.batch_execute("CREATE TABLE durable (id BIGINT PRIMARY KEY, ssn TEXT NOT NULL)")
+        .await
+        .unwrap();
+    db.execute("INSERT INTO durable VALUES (1, $1)", &[&old])
+        .await
+        .unwrap();
+    let target = TargetConfig {
+        name: "durable".into(),
+        store: url.clone(),
+        table: "durable".into(),
+        primary_key: "id".into(),
+        columns: vec!["ssn".into()],
+        aad: AadRule::None,
+    }
+    .validate("targets[0]")
+    .unwrap();
+    let store = open_store(&target).await.unwrap();
+    let read = store.read_page(v(9), None, 10).await.unwrap();
+    assert_eq!(read.len(), 1);
+    let flushers: Vec<i32> = db
+        .query(
+            "SELECT pid FROM pg_stat_activity WHERE backend_type IN ('walwriter', 'background writer')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(
+        flushers.len(),
+        2,
+        "the WAL writer and the background writer"
+    );
+
+    let stopped = Stopped::new(flushers);
+    let swap = RowSwap {
+        pk: read[0].pk.clone(),
+        cells: vec![Some(CellSwap {
+            old,
+            new: envelope::seal(&v10, v(10), plaintext(1).as_bytes(), b""),
+        })],
+    };
+    assert_eq!(store.swap_batch(vec![swap]).await.unwrap().applied, 1);
+    let batch_end: String = db
+        .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let unflushed: bool = db
+        .query_one(
+            "SELECT pg_current_wal_flush_lsn() < $1::text::pg_lsn",
+            &[&batch_end],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    store.make_durable().await.unwrap();
+    let flushed: String = db
+        .query_one("SELECT pg_current_wal_flush_lsn()::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    drop(stopped);
+    assert!(
+        unflushed,
+        "the batch was flushed before make_durable: the test shows nothing"
+    );
+    let covered: bool = db
+        .query_one(
+            "SELECT $1::text::pg_lsn >= $2::text::pg_lsn",
+            &[&flushed, &batch_end],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        covered,
+        "make_durable returned with the WAL flushed to {flushed}, short of the batch's commit (before {batch_end})"
     );
 }

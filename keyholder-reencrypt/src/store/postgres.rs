@@ -117,7 +117,7 @@ impl PostgresStore {
             .join(", ");
         let filter = columns
             .iter()
-            .map(|column| format!("substr({column}, 1, $2::int) = $1::text"))
+            .map(|column| format!("substr({column} COLLATE \"C\", 1, $2::int) = $1::text"))
             .collect::<Vec<_>>()
             .join(" OR ");
         let read_first = format!(
@@ -132,16 +132,19 @@ impl PostgresStore {
         let mut names = vec!["pk".to_owned()];
         let mut matches = Vec::new();
         let mut returned = Vec::new();
+        // Every comparison of a stored value is byte for byte (`COLLATE
+        // "C"`): under a nondeterministic collation the column's own `=`
+        // would match a value the application changed since it was read.
         for (index, column) in columns.iter().enumerate() {
             sets.push(format!(
-                "{column} = CASE WHEN kh_row.{column} = kh_new.o{index} THEN kh_new.n{index} ELSE kh_row.{column} END"
+                "{column} = CASE WHEN kh_row.{column} = kh_new.o{index} COLLATE \"C\" THEN kh_new.n{index} ELSE kh_row.{column} END"
             ));
             arrays.push(format!("${}::text[]", 2 + 2 * index));
             arrays.push(format!("${}::text[]", 3 + 2 * index));
             names.push(format!("o{index}"));
             names.push(format!("n{index}"));
-            matches.push(format!("kh_row.{column} = kh_new.o{index}"));
-            returned.push(format!("kh_row.{column} = kh_new.n{index}"));
+            matches.push(format!("kh_row.{column} = kh_new.o{index} COLLATE \"C\""));
+            returned.push(format!("kh_row.{column} = kh_new.n{index} COLLATE \"C\""));
         }
         // The rows are locked first, without waiting: a row an application
         // holds is skipped (a conflict, revisited by a later sweep), so the
@@ -570,9 +573,12 @@ async fn check_schema(client: &Client, target: &Target) -> Result<PkKind> {
     }
 }
 
+/// A value's version prefix, compared byte for byte (`COLLATE "C"`): under a
+/// nondeterministic collation `v9:` would group with `V9:`, and PostgreSQL
+/// before 18 refuses `strpos` outright.
 fn prefix_expr(column: &SqlIdent) -> String {
     format!(
-        "CASE WHEN strpos({column}, ':') BETWEEN 2 AND 12 THEN substr({column}, 1, strpos({column}, ':')) ELSE '' END"
+        "CASE WHEN strpos({column} COLLATE \"C\", ':') BETWEEN 2 AND 12 THEN substr({column} COLLATE \"C\", 1, strpos({column} COLLATE \"C\", ':')) ELSE '' END"
     )
 }
 
@@ -719,11 +725,19 @@ impl DataStore for PostgresStore {
     fn make_durable(&self) -> BoxFuture<'_, Result<()>> {
         async move {
             // A synchronous commit flushes the WAL up to its own record, so
-            // every earlier asynchronous commit of a batch with it.
+            // every earlier asynchronous commit of a batch with it. Only a
+            // transaction that wrote WAL commits synchronously: one that
+            // only took an xid (`txid_current()`) commits asynchronously
+            // whatever `synchronous_commit` says (xact.c,
+            // RecordTransactionCommit), and the batches stayed unflushed.
+            // So it writes a transactional logical-decoding message: no
+            // table, no lock, EXECUTE granted to PUBLIC by default; a
+            // decoder that passes messages on sees prefix `keyholder`.
             self.checked(
                 "make batches durable",
                 self.writer.batch_execute(
-                    "BEGIN; SET LOCAL synchronous_commit = on; SELECT txid_current(); COMMIT",
+                    "BEGIN; SET LOCAL synchronous_commit = on; \
+                     SELECT pg_logical_emit_message(true, 'keyholder', 'durable'); COMMIT",
                 ),
             )
             .await

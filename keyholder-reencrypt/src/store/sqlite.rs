@@ -465,7 +465,10 @@ impl DataStore for SqliteStore {
             let result = (|| {
                 for (index, column) in target.columns().iter().enumerate() {
                     let sql = format!(
-                        "UPDATE {table} SET {column} = ?1 WHERE {pk} = ?2 AND {column} = ?3",
+                        // `COLLATE BINARY`: a column the application declared
+                        // `COLLATE NOCASE` or `RTRIM` would otherwise match a
+                        // value that differs from the one read.
+                        "UPDATE {table} SET {column} = ?1 WHERE {pk} = ?2 AND {column} = ?3 COLLATE BINARY",
                         table = target.table(),
                         pk = target.primary_key()
                     );

@@ -560,3 +560,73 @@ pub async fn multi_row_writer(db: Db) {
         }
     }
 }
+
+/// The body of `record` with the case of every letter flipped: another value
+/// byte for byte, the same one to a collation that ignores case.
+fn other_case(record: &str) -> String {
+    let (prefix, body) = record.split_once(':').unwrap();
+    let body: String = body
+        .chars()
+        .map(|c| {
+            if c.is_ascii_lowercase() {
+                c.to_ascii_uppercase()
+            } else {
+                c.to_ascii_lowercase()
+            }
+        })
+        .collect();
+    format!("{prefix}:{body}")
+}
+
+/// The compare-and-swap compares byte for byte, whatever the columns'
+/// collation: the application rewrites every record between the engine's
+/// read and its swap with a value equal to the old one only to the column's
+/// collation (`a` in another case, `b` with trailing spaces), and the swap
+/// must write none of them and leave the application's values.
+pub async fn swap_ignores_the_columns_collation(db: Db) {
+    db.seed_case_insensitive(2).await;
+    let store = open_store(&db.target()).await.unwrap();
+    let read = store.read_page(v(9), None, 10).await.unwrap();
+    assert_eq!(read.len(), 2);
+    let keyring = keyring(10);
+    let mut swaps = Vec::new();
+    let mut written = Vec::new();
+    for row in &read {
+        let Pk::Int(id) = row.pk else {
+            panic!("an integer key")
+        };
+        let mut cells = Vec::new();
+        let mut values = Vec::new();
+        for (index, column) in ["a", "b"].into_iter().enumerate() {
+            let old = row.values[index].clone().unwrap();
+            let plaintext = keyring.decrypt(&old, &db.aad(column, id)).unwrap();
+            let new = keyring.encrypt(&plaintext, &db.aad(column, id)).unwrap();
+            let changed = if column == "a" {
+                other_case(&old)
+            } else {
+                format!("{old}  ")
+            };
+            assert_ne!(changed, old);
+            db.set(id, column, &changed).await;
+            values.push(Some(changed));
+            cells.push(Some(CellSwap { old, new }));
+        }
+        written.push((id, values.remove(0), values.remove(0)));
+        swaps.push(RowSwap {
+            pk: row.pk.clone(),
+            cells,
+        });
+    }
+    let outcome = store.swap_batch(swaps).await.unwrap();
+    assert_eq!(outcome.applied, 0, "a changed value was overwritten");
+    assert_eq!(outcome.conflicts.len(), 4);
+    assert_eq!(
+        db.rows().await,
+        written,
+        "the application's writes are lost"
+    );
+    // The inventory reads the prefixes byte for byte too (PostgreSQL before
+    // 18 refuses `strpos` under a nondeterministic collation).
+    let inventory = store.inventory().await.unwrap();
+    assert_eq!(inventory.at(v(9)), 4);
+}
