@@ -429,13 +429,16 @@ impl Rotation {
     }
 
     /// `rotate switch` after both keys passed sample verification:
-    /// DualRead -> DualWrite -> Reencrypting.
+    /// DualRead -> DualWrite -> Reencrypting. A rollback approved before
+    /// only dropped the next version; from here it moves every record back,
+    /// a plan nobody approved yet, so earlier approvals lapse.
     pub fn switch(&mut self, consumers: &[String]) -> Result<(), TransitionError> {
         self.check_switch(consumers)?;
         self.state = RotationState::DualWrite;
         self.state = RotationState::Reencrypting;
         self.paused = false;
         self.writers_switched.clear();
+        self.rollback_approvals.clear();
         Ok(())
     }
 

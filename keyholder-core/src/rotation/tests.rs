@@ -448,3 +448,32 @@ fn every_transition_is_allowed_or_refused_in_every_state() {
         }
     }
 }
+
+/// An approval holds for the plan it approved: one given while a rollback
+/// only dropped the next version lapses at `switch`, after which a rollback
+/// moves every record back, and a second operator alone cannot start that.
+#[test]
+fn a_rollback_approval_lapses_when_switch_changes_what_a_rollback_does() {
+    let mut r = Rotation::idle(v(9));
+    r.prepare(None).unwrap();
+    assert!(!r.rollback_moves_records(), "in prepared nothing would move");
+    assert_eq!(
+        r.rollback("olga", true).unwrap(),
+        Outcome::Approved { approvals: 1 }
+    );
+    r.share_verified("alice", 2).unwrap();
+    r.share_verified("bob", 2).unwrap();
+    r.activate().unwrap();
+    assert_eq!(r.rollback_approvals().collect::<Vec<_>>(), ["olga"]);
+    r.acknowledge("db1");
+    r.switch(&consumers()).unwrap();
+    assert!(r.rollback_moves_records(), "now a rollback moves records");
+    assert_eq!(r.rollback_approvals().count(), 0, "olga's approval lapsed");
+    assert_eq!(
+        r.rollback("omar", true).unwrap(),
+        Outcome::Approved { approvals: 1 }
+    );
+    assert_eq!(r.state(), Reencrypting);
+    assert_eq!(r.rollback("olga", true).unwrap(), Outcome::Executed);
+    assert_eq!(r.state(), RollingBack);
+}
