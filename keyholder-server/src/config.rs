@@ -18,10 +18,12 @@ use crate::principal::{Principal, Role};
 use crate::store::PgLocation;
 use crate::transport::identity::IdentityField;
 
+mod syntax;
 #[cfg(test)]
 pub(crate) mod tests;
 mod validate;
 
+pub use syntax::Position;
 pub use validate::sql_ident_rule;
 use validate::{Checker, validate};
 
@@ -51,13 +53,20 @@ pub enum ConfigError {
         /// The I/O error.
         source: std::io::Error,
     },
-    /// The file is not valid TOML or has unknown or mistyped fields.
-    #[error("config {path} does not parse: {message}")]
+    /// The file is not valid TOML or has unknown or mistyped fields. It
+    /// says where and what kind of error, never the file's text: a line may
+    /// hold a database URL's password.
+    #[error(
+        "config {path} does not parse{}: {kind}; fix the file there (its text is not repeated: it may hold a password)",
+        at.map(|at| format!(" at {at}")).unwrap_or_default()
+    )]
     Parse {
         /// The config file.
         path: PathBuf,
-        /// The TOML parser's message (it names the field and line).
-        message: String,
+        /// Where, when the parser says.
+        at: Option<Position>,
+        /// The kind of error, without any of the file's text.
+        kind: String,
     },
     /// The file parsed but some values are wrong.
     #[error("config {path} has {} problem(s); fix each of them:\n{}", problems.len(), Problem::list(problems))]
@@ -400,7 +409,8 @@ impl Config {
         })?;
         let raw: RawConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
-            message: e.to_string().trim_end().to_owned(),
+            at: syntax::position(&text, &e),
+            kind: syntax::kind(e.message()),
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
         let mut check = Checker::default();

@@ -168,7 +168,8 @@ mod tests {
     fn a_config_error_is_a_usage_error_and_a_store_file_error_an_io_error() {
         let config = ConfigError::Parse {
             path: "k.toml".into(),
-            message: "x".into(),
+            at: None,
+            kind: "duplicate key".into(),
         };
         assert_eq!(config.exit(), Exit::Usage);
         let io = StoreError::Io {

@@ -267,7 +267,12 @@ async fn reloads_certificate_crl_and_principals_while_unsealed_and_rotating_and_
     let out = admin_reload(&env);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(stderr.contains("roles_typo"), "{stderr}");
+    assert!(
+        stderr.contains(
+            "unknown field, expected one of `name`, `roles`, `cert_identity`, `age_recipient`"
+        ),
+        "{stderr}"
+    );
     edit_config(&env, |_| {
         good.replacen("sample_size = 64", "sample_size = 0", 1)
     });
@@ -333,4 +338,61 @@ async fn reloads_certificate_crl_and_principals_while_unsealed_and_rotating_and_
         env.log_text()
             .contains("config reload refused; nothing changed")
     );
+}
+
+/// A config edit that does not parse, on the line holding a target's
+/// database URL and its password: the reload API's answer, the SIGHUP's log
+/// line, the audit entries, `check-config` and a start-up all say where
+/// (file, line, column) and what kind of error, and none of them the line.
+#[tokio::test]
+async fn a_config_that_does_not_parse_is_reported_by_place_and_never_by_its_text() {
+    const PASSWORD: &str = "Pw-S3cret-4711";
+    let env = Env::new(EnvOptions::default());
+    let daemon = env.start().await;
+    let good = std::fs::read_to_string(&env.config).unwrap();
+    let bad = format!(
+        "{good}\n[[targets]]\nname = \"app\"\nstore = \"postgres://app:{PASSWORD}@db.example/app\ntable = \"t\"\n"
+    );
+    std::fs::write(&env.config, &bad).unwrap();
+    let line = bad.lines().position(|l| l.contains(PASSWORD)).unwrap() + 1;
+    let expected = format!(
+        "config {} does not parse at line {line}, column 54: invalid basic string, expected `\"`; fix the file there (its text is not repeated: it may hold a password)",
+        env.config.display()
+    );
+
+    let answer = env
+        .client(OPERATOR)
+        .post("/v1/admin/reload", &json!({}))
+        .await;
+    assert_eq!(answer.status, 422, "{}", answer.body);
+    let error = answer.error();
+    assert_eq!(error.code, "reload_refused");
+    assert_eq!(error.error, expected);
+
+    sighup(&daemon);
+    let entries = wait_reloads(&env, 2).await;
+    for (action, detail) in &entries {
+        assert_eq!(action, "config_reload_refused", "{entries:?}");
+        assert_eq!(detail["error"], expected.as_str(), "{entries:?}");
+    }
+    assert!(env.log_contains("config reload refused").await);
+
+    let check = env.keyholderd(&["check-config"]);
+    assert_eq!(check.status.code(), Some(64));
+    assert_eq!(
+        String::from_utf8_lossy(&check.stderr),
+        format!("error: {expected}\n")
+    );
+    let start = env.keyholderd(&["run"]);
+    assert_eq!(start.status.code(), Some(64));
+    assert_eq!(
+        String::from_utf8_lossy(&start.stderr),
+        format!("error: {expected}\n")
+    );
+
+    let log = env.log_text();
+    assert!(!log.contains(PASSWORD), "{log}");
+    assert!(log.contains(&expected), "{log}");
+    // Nothing changed: the daemon still answers with the good config.
+    assert_eq!(env.client(OPERATOR).get("/v1/health").await.status, 200);
 }
