@@ -200,6 +200,15 @@ pub enum ClientError {
         /// The daemon's message.
         message: String,
     },
+    /// 503 `store_unavailable`: the daemon cannot reach its state store
+    /// (a PostgreSQL restart, say); nothing was done.
+    #[error(
+        "keyholderd cannot use its state store now: {message}; nothing was done, try again shortly"
+    )]
+    StoreUnavailable {
+        /// The daemon's message.
+        message: String,
+    },
     /// 421 `not_leader`: a cluster node that does not lead, and the leader
     /// was not among the addresses given or did not take the request.
     #[error("keyholderd refused: {message}{}", match .leader {
@@ -231,11 +240,15 @@ pub enum ClientError {
 }
 
 impl ClientError {
-    /// Whether waiting may help: the daemon is down, starting, or sealed.
+    /// Whether waiting may help: the daemon is down, starting, sealed, or
+    /// cannot reach its state store.
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            Self::Unreachable { .. } | Self::Timeout { .. } | Self::Sealed { .. }
+            Self::Unreachable { .. }
+                | Self::Timeout { .. }
+                | Self::Sealed { .. }
+                | Self::StoreUnavailable { .. }
         )
     }
 }
@@ -387,11 +400,13 @@ impl Client {
                 // takes whichever node can answer. A node that closes the
                 // connection in the handshake is most often one shutting
                 // down (a rolling restart); a certificate every node
-                // refuses is still reported, by the last one.
+                // refuses is still reported, by the last one. A node that
+                // cannot reach the state store may have a peer that can.
                 Err(
                     e @ (ClientError::Unreachable { .. }
                     | ClientError::Timeout { .. }
                     | ClientError::Sealed { .. }
+                    | ClientError::StoreUnavailable { .. }
                     | ClientError::ClientCertRefused { .. }),
                 ) if count > 1 => {
                     unreachable = Some(e);
@@ -468,6 +483,11 @@ impl Client {
             (StatusCode::SERVICE_UNAVAILABLE, "sealed") => ClientError::Sealed {
                 message: error.error,
             },
+            (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable") => {
+                ClientError::StoreUnavailable {
+                    message: error.error,
+                }
+            }
             (StatusCode::MISDIRECTED_REQUEST, "not_leader") => ClientError::NotLeader {
                 message: error.error,
                 leader: error.leader,

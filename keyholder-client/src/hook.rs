@@ -63,11 +63,15 @@ fn short_reason(error: &ClientError) -> String {
             "keyholderd is not reachable".to_owned()
         }
         ClientError::Sealed { .. } => "keyholderd is sealed".to_owned(),
+        ClientError::StoreUnavailable { .. } => {
+            "keyholderd cannot reach its state store".to_owned()
+        }
         other => other.to_string(),
     }
 }
 
-/// Fetches the keyring, retrying while the daemon is unreachable or sealed,
+/// Fetches the keyring, retrying while the daemon is unreachable, sealed or
+/// without its state store,
 /// until `wait` has passed; with `usage`, the calling process's encryption
 /// counts go with each attempt (the daemon records them once the keyring
 /// is served). Progress goes to stderr.

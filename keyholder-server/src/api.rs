@@ -75,6 +75,9 @@ impl IntoResponse for ApiFailure {
     }
 }
 
+/// `Retry-After` of a 503 `store_unavailable`.
+const STORE_RETRY_AFTER_SECS: u64 = 1;
+
 impl From<DaemonError> for ApiFailure {
     fn from(e: DaemonError) -> Self {
         let (status, code) = match &e {
@@ -89,13 +92,25 @@ impl From<DaemonError> for ApiFailure {
             DaemonError::Store(
                 crate::store::StoreError::Fenced { .. } | crate::store::StoreError::NotLeader,
             ) => (StatusCode::MISDIRECTED_REQUEST, "not_leader"),
+            // The state store (PostgreSQL) is down or restarting: nothing
+            // was done, and the same request may succeed in a moment. A
+            // keyring is never handed over unaudited, so a database's hook
+            // waits this out (`keyholder hook --wait`).
+            DaemonError::Store(store) if store.is_transient() => {
+                (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable")
+            }
             DaemonError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
             DaemonError::Usage(_) => (StatusCode::BAD_REQUEST, "bad_usage_report"),
         };
         if status == StatusCode::INTERNAL_SERVER_ERROR {
             tracing::error!(error = %e, "request failed");
         }
-        Self::new(status, code, e.to_string())
+        let mut failure = Self::new(status, code, e.to_string());
+        if code == "store_unavailable" {
+            tracing::warn!(error = %e, "request refused: the state store is unavailable");
+            failure.retry_after = Some(STORE_RETRY_AFTER_SECS);
+        }
+        failure
     }
 }
 

@@ -439,3 +439,60 @@ async fn make_durable_flushes_the_batches_asynchronous_commits() {
         "make_durable returned with the WAL flushed to {flushed}, short of the batch's commit (before {batch_end})"
     );
 }
+
+/// A daemon whose state store is a PostgreSQL server that stops: a keyring
+/// is never handed over unrecorded, so `GET /v1/keyring` answers 503
+/// `store_unavailable` with `Retry-After` (not 500), the daemon stays
+/// unsealed, and a database's `keyholder hook --wait` started meanwhile
+/// waits for the store and gets its keyring once the server is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hook_waits_out_a_state_store_restart_and_gets_its_keyring() {
+    if pg::url().is_none() {
+        return;
+    }
+    let server = PgInstance::start();
+    let env = Env::new(EnvOptions {
+        first_version: Some(9),
+        consumers: vec!["db1".to_owned()],
+        state_store: Some(server.url()),
+        ..EnvOptions::default()
+    });
+    let _daemon = env.start().await;
+    env.unseal_with(&[
+        ("alice", vec![env.share_line("alice", 9)]),
+        ("bob", vec![env.share_line("bob", 9)]),
+    ])
+    .await;
+    env.database_keyring().await;
+
+    server.stop();
+    let answer = env.client("db1").get("/v1/keyring").await;
+    assert_eq!(answer.status, 503, "{}", answer.body);
+    assert_eq!(answer.error().code, "store_unavailable", "{}", answer.body);
+    assert_eq!(answer.retry_after.as_deref(), Some("1"));
+    let health = env.client("db1").get("/v1/health").await;
+    assert!(health.body.contains("\"sealed\":false"), "{}", health.body);
+
+    let hook = env
+        .keyholder_cli("db1")
+        .args(["hook", "--wait", "60s", "--format", "json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    server.start_again();
+    let out = tokio::task::spawn_blocking(move || hook.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "the hook failed: {stderr}");
+    assert!(
+        stderr.contains("keyholderd cannot reach its state store"),
+        "the hook said why it waited: {stderr}"
+    );
+    let handover = String::from_utf8(out.stdout).unwrap();
+    let keyring = crypto_core::Keyring::from_handover_json(&handover).unwrap();
+    assert_eq!(keyring.write_version(), v(9));
+}
