@@ -74,7 +74,8 @@ pub fn on_idle() {
     });
 }
 
-/// Called when keys leave the vault (seal, retire, rollback): every worker
+/// Called when keys leave the vault (seal, retire, rollback), or shares
+/// their handler (a verified new share): every worker
 /// thread scrubs its stack when it next idles, and each is woken now so that
 /// one idle since before is not left holding copies. Blocking-pool threads
 /// scrub when they exit (the runtime keeps them alive only briefly).

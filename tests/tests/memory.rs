@@ -112,3 +112,42 @@ async fn after_seal_no_key_or_share_bytes_remain_in_the_daemons_memory() {
     assert_eq!(locked_kib(pid), 0, "sealed, no key page stays locked");
     assert_memory_clean(pid, &secrets).await;
 }
+
+/// A new share sent back with `share verify` has done its work once checked
+/// while the daemon holds the new key: it is not kept, neither before
+/// `activate` nor after (where a late keyholder verifies only to count
+/// towards `rotation.min_verified`).
+#[tokio::test]
+async fn a_verified_new_share_does_not_stay_in_the_daemons_memory() {
+    if !can_read_memory() {
+        println!("skipping: reading another process's memory needs root");
+        return;
+    }
+    let env = Env::new(EnvOptions::default());
+    let daemon = env.start().await;
+    let pid = daemon.pid().unwrap();
+    env.unseal_with(&[
+        ("alice", vec![env.share_line("alice", 1)]),
+        ("bob", vec![env.share_line("bob", 1)]),
+    ])
+    .await;
+    env.operate("/v1/rotation/prepare", serde_json::json!({}))
+        .await;
+    let alice2 = env.fetch_new_share("alice", 2).await;
+    let bob2 = env.fetch_new_share("bob", 2).await;
+    let carol2 = env.fetch_new_share("carol", 2).await;
+    env.verify_new_share("alice", &alice2).await;
+    env.verify_new_share("bob", &bob2).await;
+    env.operate("/v1/rotation/activate", serde_json::json!({}))
+        .await;
+    env.verify_new_share("carol", &carol2).await;
+    // Connections closed, their buffers freed (and zeroed by the allocator).
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    for (name, line) in [("alice", &alice2), ("bob", &bob2), ("carol", &carol2)] {
+        let places = memory_holding(pid, &share_data(line));
+        assert!(
+            places.is_empty(),
+            "{name}'s verified v2 share is still in the daemon's memory at {places:?}"
+        );
+    }
+}

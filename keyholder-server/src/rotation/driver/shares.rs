@@ -103,7 +103,12 @@ impl Rotator {
             }
             if let Ok(share) = verdict {
                 accepted_any = true;
-                self.new_shares.insert(share.index(), share);
+                // Kept only while the new key is not held (a restart lost
+                // it), to rebuild it once enough are in; otherwise the
+                // share has done its work and is dropped (zeroized) here.
+                if self.daemon.vault().key(version).is_none() {
+                    self.new_shares.insert(share.index(), share);
+                }
             }
             outcomes.push(outcome);
         }
@@ -121,6 +126,10 @@ impl Rotator {
                 )
                 .await?;
         }
+        // The lines and the shares parsed from them are dropped (zeroized);
+        // the copies the parsing and the checks left in dead stack frames
+        // go when each thread next idles.
+        crate::hygiene::keys_left();
         if accepted_any {
             self.count_verified(keyholder, &record).await?;
         }
@@ -187,9 +196,10 @@ impl Rotator {
     }
 
     /// After a restart the new key is gone from memory; once `threshold`
-    /// verified shares are in, rebuild it (KCV-checked) and hold it again.
+    /// verified shares are in, rebuild it (KCV-checked), hold it again and
+    /// drop the shares.
     fn rebuild_new_key_if_lost(
-        &self,
+        &mut self,
         version: KeyVersion,
         record: &crate::store::VersionRecord,
     ) -> Result<(), RotationError> {
@@ -208,6 +218,7 @@ impl Rotator {
         let key = crypto_core::combine(&shares, &record.kcv)
             .map_err(|source| RotationError::Rebuild { version, source })?;
         self.daemon.vault().hold_pending(version, key);
+        self.new_shares.clear();
         tracing::info!(%version, kcv = %record.kcv.prefix(), "new key rebuilt from verified shares");
         Ok(())
     }
