@@ -80,4 +80,16 @@ impl VersionFacts {
             required: live,
         }
     }
+
+    /// Whether a share admitted under `other` is admitted alike under these
+    /// facts: everything but `required` (which versions the plan makes live)
+    /// is the same.
+    pub fn admits_alike(&self, other: &Self) -> bool {
+        self.set == other.set
+            && self.threshold == other.threshold
+            && self.count == other.count
+            && self.kcv == other.kcv
+            && self.dealt == other.dealt
+            && self.state == other.state
+    }
 }

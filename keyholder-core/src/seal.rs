@@ -116,6 +116,31 @@ impl SealMachine {
         expired
     }
 
+    /// Takes new facts of the versions (a rotation step, another node's
+    /// step read from the store): the shares in for a version whose facts
+    /// admit them alike are kept, whatever the plan now requires; a version
+    /// that changed or is gone loses its progress. Returns the versions
+    /// whose progress was dropped.
+    pub fn set_versions(
+        &mut self,
+        versions: BTreeMap<KeyVersion, VersionFacts>,
+    ) -> Vec<KeyVersion> {
+        let dropped: Vec<KeyVersion> = self
+            .gathering
+            .keys()
+            .filter(|v| match (self.versions.get(*v), versions.get(*v)) {
+                (Some(old), Some(new)) => !new.admits_alike(old),
+                _ => true,
+            })
+            .copied()
+            .collect();
+        for version in &dropped {
+            self.gathering.remove(version);
+        }
+        self.versions = versions;
+        dropped
+    }
+
     /// Drops all progress; returns the versions that had some.
     pub fn reset(&mut self) -> Vec<KeyVersion> {
         let versions = self.gathering.keys().copied().collect();
@@ -495,6 +520,34 @@ mod tests {
             "v9 waits for a second share"
         );
         let done = f.submit(0, &[f.share(9, 0)]);
+        f.assert_rebuilt(&done.rebuilt.unwrap(), &[9, 10]);
+    }
+
+    #[test]
+    fn new_facts_keep_the_progress_of_every_version_they_admit_alike() {
+        let mut f = fixture(&[9], &[10]);
+        f.submit(0, &[f.share(9, 0), f.share(10, 0)]);
+        // The same facts again (a cluster node's poll of the stored
+        // rotation), then a plan that makes v10 required too.
+        assert_eq!(f.machine.set_versions(f.machine.versions.clone()), []);
+        let mut facts = f.machine.versions.clone();
+        facts.get_mut(&v(10)).unwrap().required = true;
+        assert_eq!(f.machine.set_versions(facts.clone()), []);
+        assert_eq!(f.machine.required(), [v(9), v(10)]);
+        let progress = f.machine.progress();
+        assert_eq!(progress.len(), 2);
+        assert!(progress.iter().all(|p| p.from == ["alice"]), "{progress:?}");
+        // v10's stored state changed: its shares go, v9's stay.
+        facts.get_mut(&v(10)).unwrap().state = VersionState::Active;
+        assert_eq!(f.machine.set_versions(facts), [v(10)]);
+        assert_eq!(f.machine.progress().len(), 1);
+        assert_eq!(f.machine.progress()[0].version, v(9));
+        assert!(
+            f.submit(1, &[f.share(9, 1)]).rebuilt.is_none(),
+            "v10 is required and has no share in"
+        );
+        f.submit(0, &[f.share(10, 0)]);
+        let done = f.submit(1, &[f.share(10, 1)]);
         f.assert_rebuilt(&done.rebuilt.unwrap(), &[9, 10]);
     }
 

@@ -237,14 +237,26 @@ impl Daemon {
         versions: &[VersionRecord],
         plan: Option<&KeyringPlan>,
     ) -> SealMachine {
-        let facts = versions
+        SealMachine::new(
+            config.keyring.clone(),
+            Self::facts(versions, plan),
+            config.progress_ttl,
+        )
+    }
+
+    /// What the seal machine knows of the stored `versions`: the live ones
+    /// of `plan` are required.
+    fn facts(
+        versions: &[VersionRecord],
+        plan: Option<&KeyringPlan>,
+    ) -> BTreeMap<KeyVersion, VersionFacts> {
+        versions
             .iter()
             .map(|r| {
                 let live = plan.is_some_and(|p| p.live.contains(&r.version));
                 (r.version, VersionFacts::from_record(r, live))
             })
-            .collect();
-        SealMachine::new(config.keyring.clone(), facts, config.progress_ttl)
+            .collect()
     }
 
     /// The validated config in force (the last one reloaded).
@@ -421,7 +433,10 @@ impl Daemon {
     /// Sets which versions are live and which writes (the rotation drives
     /// this), re-reads the stored versions and, when unsealed and the plan
     /// changed, republishes the keyring. While sealed, partial unseal
-    /// progress is dropped.
+    /// progress is kept: a cluster node sets the stored plan every second,
+    /// and the ceremony must last `unseal.progress_ttl`. Only a version
+    /// whose stored facts changed (its state, its shares) loses its
+    /// progress.
     pub async fn set_plan(&self, plan: KeyringPlan) -> Result<(), DaemonError> {
         let versions = self.refresh_versions().await?;
         let previous = self
@@ -429,7 +444,22 @@ impl Daemon {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .replace(plan.clone());
-        *self.lock_seal() = Self::machine(&self.config(), &versions, Some(&plan));
+        let dropped = self
+            .lock_seal()
+            .set_versions(Self::facts(&versions, Some(&plan)));
+        if !dropped.is_empty() {
+            let versions: Vec<u32> = dropped.iter().map(|v| v.number()).collect();
+            tracing::info!(
+                ?versions,
+                "unseal progress dropped: these versions changed in the state store"
+            );
+            self.audit(
+                DAEMON,
+                "unseal_progress_reset",
+                json!({"versions": versions, "reason": "the versions changed in the state store"}),
+            )
+            .await?;
+        }
         // Every rotation step sets the plan; only a changed one makes a new
         // keyring, so "keyring loaded" is logged once per real change.
         if previous.as_ref() != Some(&plan)
