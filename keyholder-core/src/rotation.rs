@@ -231,6 +231,19 @@ impl Rotation {
         self.rollback_approvals.iter()
     }
 
+    /// Drops the retire and rollback approvals of operators who could not
+    /// give them now (`still_operator` refuses them: a reload removed the
+    /// principal or its operator role), so that a second operator never
+    /// completes a step with an approval nobody configured could still
+    /// give. The names dropped, sorted, once each.
+    pub fn drop_lapsed_approvals(&mut self, still_operator: impl Fn(&str) -> bool) -> Vec<String> {
+        let mut lapsed = self.retire_approvals.retain(&still_operator);
+        lapsed.extend(self.rollback_approvals.retain(&still_operator));
+        lapsed.sort();
+        lapsed.dedup();
+        lapsed
+    }
+
     /// The keyholders of `quorum` who have not verified their new share.
     pub fn unverified<'a>(&self, quorum: &'a VerifyQuorum) -> Vec<&'a str> {
         quorum

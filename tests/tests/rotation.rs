@@ -1177,3 +1177,62 @@ async fn a_throttle_set_through_the_api_survives_a_kill_and_the_job_resumes_at_i
     );
     assert_eq!(w.table.count_at(9), 0);
 }
+
+/// An approval counts only while its operator could give it again: when a
+/// reload removes the operator who approved a rollback, a second operator's
+/// `--execute` is the first approval again, and the rollback needs a third.
+#[tokio::test]
+async fn a_rollback_approval_lapses_when_a_reload_removes_its_operator() {
+    let env = Env::new(EnvOptions {
+        extra_toml:
+            "\n[[principals]]\nname = \"omar\"\nroles = [\"operator\"]\ncert_identity = \"omar\"\n"
+                .to_owned(),
+        ..EnvOptions::default()
+    });
+    env.pki.client("omar");
+    let _daemon = env.start().await;
+    env.unseal_with(&[
+        ("alice", vec![env.share_line("alice", 1)]),
+        ("bob", vec![env.share_line("bob", 1)]),
+    ])
+    .await;
+    env.operate("/v1/rotation/prepare", json!({})).await;
+    let approved: RollbackPlan = env
+        .operate("/v1/rotation/rollback", json!({"execute": true}))
+        .await
+        .json();
+    assert_eq!(approved.approvals, [OPERATOR]);
+
+    let text = std::fs::read_to_string(&env.config).unwrap();
+    let block = format!(
+        "\n[[principals]]\nname = \"{OPERATOR}\"\nroles = [\"operator\"]\ncert_identity = \"{OPERATOR}\"\n"
+    );
+    assert!(text.contains(&block), "{text}");
+    std::fs::write(&env.config, text.replacen(&block, "", 1)).unwrap();
+    let reloaded = env
+        .post_as(SECOND_OPERATOR, "/v1/admin/reload", json!({}))
+        .await;
+    assert_eq!(reloaded.status, 200, "{}", reloaded.body);
+
+    let second: RollbackPlan = env
+        .post_as(
+            SECOND_OPERATOR,
+            "/v1/rotation/rollback",
+            json!({"execute": true}),
+        )
+        .await
+        .json();
+    assert_eq!(
+        (second.approvals.as_slice(), second.executed),
+        (&[SECOND_OPERATOR.to_owned()][..], false),
+        "{OPERATOR}'s approval lapsed with her operator role"
+    );
+    let status: keyholder_api::Status = env.client(SECOND_OPERATOR).get("/v1/status").await.json();
+    let state = status.rotation.map(|r| r.state);
+    assert_eq!(state, Some(RotationState::Prepared));
+    let third: RollbackPlan = env
+        .post_as("omar", "/v1/rotation/rollback", json!({"execute": true}))
+        .await
+        .json();
+    assert!(third.executed, "{third:?}");
+}

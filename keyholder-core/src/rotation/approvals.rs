@@ -97,4 +97,13 @@ impl Approvals {
     pub(super) fn clear(&mut self) {
         self.0.clear();
     }
+
+    /// Drops the approvals of operators `keep` refuses; the names dropped.
+    pub(super) fn retain(&mut self, keep: impl Fn(&str) -> bool) -> Vec<String> {
+        let lapsed: Vec<String> = self.0.iter().filter(|name| !keep(name)).cloned().collect();
+        for name in &lapsed {
+            self.0.remove(name);
+        }
+        lapsed
+    }
 }

@@ -456,7 +456,10 @@ fn every_transition_is_allowed_or_refused_in_every_state() {
 fn a_rollback_approval_lapses_when_switch_changes_what_a_rollback_does() {
     let mut r = Rotation::idle(v(9));
     r.prepare(None).unwrap();
-    assert!(!r.rollback_moves_records(), "in prepared nothing would move");
+    assert!(
+        !r.rollback_moves_records(),
+        "in prepared nothing would move"
+    );
     assert_eq!(
         r.rollback("olga", true).unwrap(),
         Outcome::Approved { approvals: 1 }
@@ -476,4 +479,25 @@ fn a_rollback_approval_lapses_when_switch_changes_what_a_rollback_does() {
     assert_eq!(r.state(), Reencrypting);
     assert_eq!(r.rollback("olga", true).unwrap(), Outcome::Executed);
     assert_eq!(r.state(), RollingBack);
+}
+
+/// An approval counts only while its operator could still give it: one
+/// whose principal a reload removed (or took the operator role from) lapses
+/// before the next approval is counted.
+#[test]
+fn lapsed_approvals_are_dropped_and_named() {
+    let mut r = Rotation::idle(v(9));
+    r.prepare(None).unwrap();
+    assert_eq!(
+        r.rollback("olga", true).unwrap(),
+        Outcome::Approved { approvals: 1 }
+    );
+    assert_eq!(r.drop_lapsed_approvals(|_| true), Vec::<String>::new());
+    assert_eq!(r.drop_lapsed_approvals(|name| name != "olga"), ["olga"]);
+    assert_eq!(r.rollback_approvals().count(), 0);
+    assert_eq!(
+        r.rollback("omar", true).unwrap(),
+        Outcome::Approved { approvals: 1 }
+    );
+    assert_eq!(r.state(), Prepared);
 }

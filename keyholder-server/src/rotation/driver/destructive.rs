@@ -23,6 +23,7 @@ impl Rotator {
         let remaining = per_target.iter().map(|(_, n)| n).sum();
         let quorum = self.quorum();
         let mut next = self.machine.clone();
+        self.drop_lapsed_approvals(&mut next);
         let outcome = next
             .retire(version, &operator.name, remaining, execute, &quorum)
             .map_err(|e| match e {
@@ -59,6 +60,7 @@ impl Rotator {
             "the state store is copied aside before the version is retired (SQLite: state_dir/snapshots)".to_owned(),
         ];
         let executed = outcome == Outcome::Executed;
+        let approvals = next.retire_approvals().map(str::to_owned).collect();
         let mut detail = json!({"version": version.number(), "records_remaining": remaining});
         if executed {
             detail["snapshot"] = json!(self.snapshot(&format!("retire-{version}")).await?);
@@ -88,7 +90,7 @@ impl Rotator {
         Ok(RetirePlan {
             version,
             records_remaining: remaining,
-            approvals: self.machine.retire_approvals().map(str::to_owned).collect(),
+            approvals,
             approvals_needed: APPROVALS_NEEDED as u8,
             executed,
             steps,
@@ -127,12 +129,10 @@ impl Rotator {
             );
         }
         steps.push(format!("{from} leaves the keyring and its key is dropped"));
-        let mut approvals: std::collections::BTreeSet<String> = self
-            .machine
-            .rollback_approvals()
-            .map(str::to_owned)
-            .collect();
         let mut next = self.machine.clone();
+        self.drop_lapsed_approvals(&mut next);
+        let mut approvals: std::collections::BTreeSet<String> =
+            next.rollback_approvals().map(str::to_owned).collect();
         let outcome = next.rollback(&operator.name, execute)?;
         if outcome != Outcome::Planned {
             approvals.insert(operator.name.clone());
@@ -194,6 +194,25 @@ impl Rotator {
             executed,
             steps,
         })
+    }
+
+    /// Drops from `next` the approvals of operators the config in force no
+    /// longer names as operators (a reload removed them): they count only
+    /// while they could be given again. Said in the log; the audit has each
+    /// approval and the reload that removed its operator.
+    fn drop_lapsed_approvals(&self, next: &mut crate::rotation::Rotation) {
+        let config = self.daemon.config();
+        let lapsed = next.drop_lapsed_approvals(|name| {
+            config
+                .principal(name)
+                .is_some_and(|p| p.has(crate::principal::Role::Operator))
+        });
+        if !lapsed.is_empty() {
+            tracing::warn!(
+                operators = ?lapsed,
+                "approvals lapse: these operators are no longer configured as operators"
+            );
+        }
     }
 
     /// Copies the state store aside before a destructive step (the
