@@ -21,7 +21,7 @@ pub use admin::ReloadResponse;
 pub use audit::{
     AUDIT_PAGE_MAX, AuditEntry, AuditLog, ChainError, ChainVerifier, GENESIS_HASH, verify_chain,
 };
-pub use peer::{ClusterSeal, PeerKeyring, PeerKeyringRequest, RelayedShares};
+pub use peer::{ClusterSeal, PeerKeyring, PeerKeyringRequest, RelayedShares, RelayedWithdrawal};
 pub use rotation::{
     PrepareRequest, RetirePlan, RetireRequest, RollbackPlan, RollbackRequest, RotationState,
     RotationStatus, ShareEnvelope, ThrottleRequest,

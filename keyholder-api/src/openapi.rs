@@ -20,10 +20,10 @@ use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
 use crate::{
     API_VERSION, API_VERSION_HEADER, ApiError, AuditEntry, AuditLog, CertificateExpiry,
     ClusterNode, ClusterSeal, ClusterStatus, Health, KeyringRequest, PeerKeyring,
-    PeerKeyringRequest, PrepareRequest, RelayedShares, ReloadResponse, RetirePlan, RetireRequest,
-    RollbackPlan, RollbackRequest, RotationState, RotationStatus, ShareEnvelope, ShareOutcome,
-    Status, ThrottleRequest, UnsealProgress, UnsealRequest, UnsealResponse, UsageLevel,
-    VersionEncryptions, VersionState, VersionStatus,
+    PeerKeyringRequest, PrepareRequest, RelayedShares, RelayedWithdrawal, ReloadResponse,
+    RetirePlan, RetireRequest, RollbackPlan, RollbackRequest, RotationState, RotationStatus,
+    ShareEnvelope, ShareOutcome, Status, ThrottleRequest, UnsealProgress, UnsealRequest,
+    UnsealResponse, UsageLevel, VersionEncryptions, VersionState, VersionStatus,
 };
 
 /// The OpenAPI document as pretty JSON with a final newline, byte for byte
@@ -49,14 +49,14 @@ pub fn document() -> String {
     paths(
         health, status, unseal, reset_unseal, seal, keyring, keyring_reporting, audit, openapi_json,
         rotation, prepare, share, verify, activate, switch, pause, resume, throttle, retire,
-        rollback, reload, cluster_shares, cluster_keyring, cluster_seal,
+        rollback, reload, cluster_shares, cluster_withdrawal, cluster_keyring, cluster_seal,
     ),
     components(schemas(
         ApiError, Health, Status, CertificateExpiry, ClusterStatus, ClusterNode, VersionStatus, VersionState, UnsealProgress, UnsealRequest,
         UnsealResponse, ShareOutcome, AuditLog, AuditEntry, RotationStatus, RotationState,
         PrepareRequest, ShareEnvelope, ThrottleRequest, RetireRequest, RetirePlan,
         RollbackRequest, RollbackPlan, HookHandover, HandoverKey, ReloadResponse, KeyringRequest,
-        VersionEncryptions, UsageLevel, RelayedShares, PeerKeyringRequest, PeerKeyring, ClusterSeal,
+        VersionEncryptions, UsageLevel, RelayedShares, RelayedWithdrawal, PeerKeyringRequest, PeerKeyring, ClusterSeal,
     )),
     modifiers(&Shared),
     tags(
@@ -65,7 +65,7 @@ pub fn document() -> String {
         (name = "audit", description = "The hash-chained audit log."),
         (name = "rotation", description = "Replacing a key version without downtime."),
         (name = "admin", description = "Running the daemon: the config reload."),
-        (name = "cluster", description = "Between the nodes of a cluster: relayed shares, the keyring for a sealed node, the cluster seal. Node principals of the cluster only."),
+        (name = "cluster", description = "Between the nodes of a cluster: relayed shares and withdrawals, the keyring for a sealed node, the cluster seal. Node principals of the cluster only."),
     ),
 )]
 struct ApiDoc;
@@ -324,6 +324,20 @@ fn reload() {}
     ))]
 fn cluster_shares() {}
 
+/// Nodes of the cluster: `DELETE /v1/unseal` by this principal on the
+/// calling node. Dropped here as that principal's own `DELETE` drops it (a
+/// keyholder's shares, whichever node relayed them; an operator's: all
+/// progress), audited with `relayed_by`, never relayed again. Any other
+/// caller is refused (403) and audited.
+#[utoipa::path(post, path = "/v1/cluster/withdrawal", tag = "cluster",
+    request_body = RelayedWithdrawal,
+    responses(
+        (status = 200, description = "The progress left here.", body = UnsealResponse),
+        (status = 404, description = "`not_found`: this daemon is not a node of a cluster.", body = ApiError),
+        (status = 413, description = "`body_too_large`: over 1 KiB.", body = ApiError),
+    ))]
+fn cluster_withdrawal() {}
+
 /// Nodes of the cluster: every key this node holds, for a sealed node, as
 /// the hand-over JSON age-encrypted to the requester's ephemeral
 /// recipient. Audited `keyring_sent_to_node`; a caller that is not another
@@ -520,6 +534,7 @@ mod tests {
             ROTATION_ROLLBACK,
             ADMIN_RELOAD,
             CLUSTER_SHARES,
+            CLUSTER_WITHDRAWAL,
             CLUSTER_KEYRING,
             CLUSTER_SEAL,
         ];
@@ -532,7 +547,7 @@ mod tests {
     #[test]
     fn every_operation_takes_the_version_header_and_names_its_errors() {
         let doc = ApiDoc::openapi();
-        assert_eq!(doc.paths.paths.len(), 22);
+        assert_eq!(doc.paths.paths.len(), 23);
         for (path, item) in &doc.paths.paths {
             for op in [&item.get, &item.post, &item.delete].into_iter().flatten() {
                 let params = op.parameters.as_deref().unwrap_or_default();

@@ -43,6 +43,9 @@ pub const OPENAPI: &str = "/v1/openapi.json";
 /// `POST`: share lines relayed by the node they were submitted to (nodes
 /// of the cluster only).
 pub const CLUSTER_SHARES: &str = "/v1/cluster/shares";
+/// `POST`: a keyholder withdrew its shares (or an operator cleared the
+/// unseal progress) on the calling node (nodes of the cluster only).
+pub const CLUSTER_WITHDRAWAL: &str = "/v1/cluster/withdrawal";
 /// `POST`: the keyring for a sealed node, age-encrypted to its ephemeral
 /// recipient (nodes of the cluster only).
 pub const CLUSTER_KEYRING: &str = "/v1/cluster/keyring";

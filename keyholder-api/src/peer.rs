@@ -21,6 +21,18 @@ pub struct RelayedShares {
     pub shares: Vec<ShareLine>,
 }
 
+/// `POST /v1/cluster/withdrawal`: `DELETE /v1/unseal` by `principal` on
+/// the relaying node. The receiving node drops what that principal's own
+/// `DELETE` drops there (a keyholder's shares, or, for an operator, all
+/// progress), whichever node the shares came from, and never relays it
+/// again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RelayedWithdrawal {
+    /// Who withdrew (a principal name).
+    pub principal: String,
+}
+
 /// `POST /v1/cluster/keyring`: a sealed node asks an unsealed peer for the
 /// keys, giving a fresh age X25519 recipient made for this one request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

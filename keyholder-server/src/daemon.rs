@@ -877,6 +877,25 @@ impl Daemon {
     /// Drops partial unseal progress: an operator's call clears everyone's,
     /// a keyholder's withdraws only the shares that keyholder submitted.
     pub async fn reset_unseal(&self, principal: &Principal) -> Result<UnsealResponse, DaemonError> {
+        self.reset_unseal_via(principal, None).await
+    }
+
+    /// Drops what `principal`'s `DELETE /v1/unseal` on another node of the
+    /// cluster (`relayed_by`) dropped there: the same rule, whichever node
+    /// the shares came from, audited as relayed.
+    pub async fn reset_unseal_relayed(
+        &self,
+        principal: &Principal,
+        relayed_by: &str,
+    ) -> Result<UnsealResponse, DaemonError> {
+        self.reset_unseal_via(principal, Some(relayed_by)).await
+    }
+
+    async fn reset_unseal_via(
+        &self,
+        principal: &Principal,
+        relayed_by: Option<&str>,
+    ) -> Result<UnsealResponse, DaemonError> {
         let everyone = principal.has(Role::Operator);
         let (cleared, progress) = {
             let mut machine = self.lock_seal();
@@ -888,22 +907,18 @@ impl Daemon {
             (cleared, machine.progress())
         };
         let versions: Vec<u32> = cleared.iter().map(|v| v.number()).collect();
-        if everyone {
-            self.audit(
-                &principal.name,
-                "unseal_progress_reset",
-                json!({ "versions": versions }),
-            )
-            .await?;
-        } else {
-            self.audit(
-                &principal.name,
-                "unseal_shares_withdrawn",
-                json!({ "versions": versions }),
-            )
-            .await?;
+        let mut detail = json!({ "versions": versions });
+        if let Some(node) = relayed_by {
+            detail["relayed_by"] = json!(node);
+            detail["node"] = json!(self.config().cluster.as_ref().map(|c| c.node.clone()));
         }
-        tracing::info!(by = %principal.name, everyone, ?versions, "unseal progress cleared");
+        let action = if everyone {
+            "unseal_progress_reset"
+        } else {
+            "unseal_shares_withdrawn"
+        };
+        self.audit(&principal.name, action, detail).await?;
+        tracing::info!(by = %principal.name, everyone, ?versions, relayed_by, "unseal progress cleared");
         let sealed = self.vault.is_sealed();
         Ok(UnsealResponse {
             sealed,

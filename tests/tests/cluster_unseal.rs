@@ -1,14 +1,16 @@
 //! One unseal ceremony across a two-node cluster on a test-owned
-//! PostgreSQL state store: a sealed node keeps partial progress while a
-//! rotation is stored (its poll of the stored rotation every second does
-//! not start the ceremony over), so a second submission on another node is
-//! `already_counted`.
+//! PostgreSQL state store: a share a keyholder withdraws (`DELETE
+//! /v1/unseal`) on one node is withdrawn on every node it was relayed to,
+//! so it never unseals a peer; and a sealed node keeps partial progress
+//! while a rotation is stored (its poll of the stored rotation every second
+//! does not start the ceremony over), so a second submission on another
+//! node is `already_counted`.
 //!
 //! Build the binaries first: `cargo build --workspace --bins`.
 
 use std::time::{Duration, Instant};
 
-use keyholder_api::{Status, UnsealProgress, UnsealResponse};
+use keyholder_api::{AuditEntry, AuditLog, Status, UnsealProgress, UnsealResponse};
 use keyholder_tests::EnvOptions;
 use keyholder_tests::cluster::ClusterEnv;
 use keyholder_tests::daemon::OPERATOR;
@@ -59,8 +61,148 @@ async fn wait_for(
     }
 }
 
+async fn audit(cluster: &ClusterEnv) -> Vec<AuditEntry> {
+    let mut entries = Vec::new();
+    let mut since = 0;
+    loop {
+        let page: AuditLog = cluster
+            .client(0, OPERATOR)
+            .get(&format!("/v1/audit?since={since}&limit=1000"))
+            .await
+            .json();
+        entries.extend(page.entries);
+        since = page.next_since;
+        if !page.more {
+            return entries;
+        }
+    }
+}
+
 fn from(progress: &[UnsealProgress]) -> Vec<Vec<String>> {
     progress.iter().map(|p| p.from.clone()).collect()
+}
+
+/// alice submits to kh-a, which relays her share to kh-b; she withdraws it
+/// on kh-a. When her `DELETE` is answered kh-b no longer holds it either:
+/// bob's share on kh-b leaves kh-b sealed, waiting for a second keyholder,
+/// and kh-a has no unsealed peer to take the keyring from.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_share_withdrawn_on_one_node_is_withdrawn_on_the_node_it_was_relayed_to() {
+    let pg = PgInstance::start();
+    let cluster = two_nodes(&pg);
+    let env = &cluster.env;
+    let _a = cluster.start(0).await;
+    let _b = cluster.start(1).await;
+    let alice = env.share_line("alice", 1);
+    let bob = env.share_line("bob", 1);
+
+    let submitted = cluster.client(0, "alice").unseal(&[&alice]).await;
+    assert_eq!(submitted.status, 200, "{}", submitted.body);
+    wait_for(&cluster, 1, "got alice's relayed share", |s| {
+        from(&s.unseal_progress) == [vec!["alice".to_owned()]]
+    })
+    .await;
+
+    let withdrawn = cluster
+        .client(0, "alice")
+        .send(reqwest::Method::DELETE, "/v1/unseal", None)
+        .await
+        .unwrap();
+    assert_eq!(withdrawn.status, 200, "{}", withdrawn.body);
+    let withdrawn: UnsealResponse = withdrawn.json();
+    assert!(withdrawn.progress.is_empty(), "{withdrawn:?}");
+    // No waiting: the withdrawal is answered once the peers have it.
+    assert_eq!(status(&cluster, 0).await.unseal_progress, []);
+    assert_eq!(status(&cluster, 1).await.unseal_progress, []);
+
+    let answer = cluster.client(1, "bob").unseal(&[&bob]).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let answer: UnsealResponse = answer.json();
+    assert!(
+        answer.sealed,
+        "alice's withdrawn share unsealed kh-b: {answer:?}"
+    );
+    assert_eq!(from(&answer.progress), [vec!["bob".to_owned()]]);
+    // kh-a has nobody to take the keyring from (it asks every second).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(status(&cluster, 0).await.sealed);
+    assert!(status(&cluster, 1).await.sealed);
+
+    let entries = audit(&cluster).await;
+    let relayed: Vec<&AuditEntry> = entries
+        .iter()
+        .filter(|e| e.action == "unseal_shares_withdrawn" && e.actor == "alice")
+        .collect();
+    assert_eq!(relayed.len(), 2, "one per node: {relayed:?}");
+    assert!(
+        relayed
+            .iter()
+            .any(|e| e.detail.contains("\"relayed_by\":\"kh-a\"")
+                && e.detail.contains("\"node\":\"kh-b\"")),
+        "{relayed:?}"
+    );
+
+    // alice may submit again; then bob's share on kh-b completes it.
+    let again = cluster.client(0, "alice").unseal(&[&alice]).await;
+    assert_eq!(again.status, 200, "{}", again.body);
+    wait_for(&cluster, 1, "got alice's share again", |s| {
+        s.unseal_progress.iter().any(|p| p.have == 2) || !s.sealed
+    })
+    .await;
+    wait_for(&cluster, 1, "unsealed", |s| !s.sealed).await;
+    wait_for(&cluster, 0, "unsealed from kh-b", |s| !s.sealed).await;
+}
+
+/// kh-b is frozen (SIGSTOP: it keeps what it holds but answers nothing)
+/// when alice withdraws on kh-a; her `DELETE` is answered all the same,
+/// and once kh-b runs again kh-a tells it within a few seconds: bob's share
+/// on kh-b then leaves it sealed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_peer_that_missed_a_withdrawal_gets_it_when_it_answers_again() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    let pg = PgInstance::start();
+    let cluster = two_nodes(&pg);
+    let env = &cluster.env;
+    let _a = cluster.start(0).await;
+    let b = cluster.start(1).await;
+    let alice = env.share_line("alice", 1);
+    let bob = env.share_line("bob", 1);
+
+    let submitted = cluster.client(0, "alice").unseal(&[&alice]).await;
+    assert_eq!(submitted.status, 200, "{}", submitted.body);
+    wait_for(&cluster, 1, "got alice's relayed share", |s| {
+        from(&s.unseal_progress) == [vec!["alice".to_owned()]]
+    })
+    .await;
+    let kh_b = Pid::from_raw(i32::try_from(b.pid().unwrap()).unwrap());
+    kill(kh_b, Signal::SIGSTOP).unwrap();
+    let withdrawn = cluster
+        .client(0, "alice")
+        .send(reqwest::Method::DELETE, "/v1/unseal", None)
+        .await;
+    kill(kh_b, Signal::SIGCONT).unwrap();
+    let withdrawn = withdrawn.unwrap();
+    assert_eq!(withdrawn.status, 200, "{}", withdrawn.body);
+    assert!(
+        cluster
+            .log_text(0)
+            .contains("a peer did not get a withdrawal of unseal shares"),
+        "kh-b was frozen, yet kh-a's relay of the withdrawal did not fail"
+    );
+
+    wait_for(&cluster, 1, "dropped alice's share", |s| {
+        s.unseal_progress.is_empty()
+    })
+    .await;
+    let answer = cluster.client(1, "bob").unseal(&[&bob]).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let answer: UnsealResponse = answer.json();
+    assert!(
+        answer.sealed,
+        "alice's withdrawn share unsealed kh-b: {answer:?}"
+    );
+    assert_eq!(from(&answer.progress), [vec!["bob".to_owned()]]);
 }
 
 /// With a rotation stored, every sealed node re-reads it every second; that

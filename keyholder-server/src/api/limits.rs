@@ -79,7 +79,7 @@ fn body_rule(method: &Method, path: &str) -> Option<BodyRule> {
             roles: EVERY_ROLE,
             max: SHARES_BODY_MAX,
         },
-        paths::CLUSTER_KEYRING | paths::CLUSTER_SEAL => BodyRule {
+        paths::CLUSTER_WITHDRAWAL | paths::CLUSTER_KEYRING | paths::CLUSTER_SEAL => BodyRule {
             roles: EVERY_ROLE,
             max: SMALL_BODY_MAX,
         },

@@ -44,10 +44,12 @@ pub async fn unseal(
     require(&caller, &[Role::Keyholder])?;
     let request = limits::share_submission(&daemon, &caller, &body)?;
     drop(body);
+    // Before the shares are in: a withdrawal from now on keeps them here.
+    let ticket = cluster.as_ref().map(|c| c.ticket(&caller.name));
     let result = daemon.unseal(&caller, &request.shares).await;
     limits::settle(&daemon, &caller, &result);
     let response = result?;
-    if let Some(cluster) = &cluster {
+    if let (Some(cluster), Some(ticket)) = (&cluster, ticket) {
         let admitted = request
             .shares
             .into_iter()
@@ -55,19 +57,27 @@ pub async fn unseal(
             .filter(|(_, outcome)| outcome.accepted)
             .map(|(line, _)| line)
             .collect();
-        cluster.relay(caller.name.clone(), admitted);
+        cluster.relay(ticket, caller.name.clone(), admitted);
     }
     Ok(Json(response))
 }
 
 /// `DELETE /v1/unseal`: a keyholder withdraws its own shares, an operator
-/// clears everyone's.
+/// clears everyone's. In a cluster, every peer is told before the answer
+/// (the shares were relayed to them).
 pub async fn reset(
     State(daemon): State<AppState>,
+    Extension(cluster): Extension<ClusterState>,
     Authenticated(caller): Authenticated,
 ) -> Result<Json<UnsealResponse>, ApiFailure> {
     require(&caller, &[Role::Keyholder, Role::Operator])?;
-    Ok(Json(daemon.reset_unseal(&caller).await?))
+    // The shares are dropped here even when the audit entry cannot be
+    // written; the peers are told either way.
+    let result = daemon.reset_unseal(&caller).await;
+    if let Some(cluster) = &cluster {
+        cluster.relay_withdrawal(&caller).await;
+    }
+    Ok(Json(result?))
 }
 
 /// `POST /v1/seal`: operators. In a cluster, it seals every node: a new

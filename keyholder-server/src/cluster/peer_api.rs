@@ -1,5 +1,5 @@
-//! The node-only endpoints: `POST /v1/cluster/shares`, `/v1/cluster/keyring`
-//! and `/v1/cluster/seal`. Thin: check that the caller is another node of
+//! The node-only endpoints: `POST /v1/cluster/shares`,
+//! `/v1/cluster/withdrawal`, `/v1/cluster/keyring` and `/v1/cluster/seal`. Thin: check that the caller is another node of
 //! this cluster (refusals are 403 with the reason, and audited), parse the
 //! body strictly, make one call on [`PeerSync`] or the daemon.
 
@@ -12,7 +12,7 @@ use axum::routing::post;
 use axum::{Extension, Json, Router};
 use keyholder_api::{
     ClusterSeal, Health, MAX_SHARE_LINES, PeerKeyring, PeerKeyringRequest, RelayedShares,
-    UnsealResponse, paths,
+    RelayedWithdrawal, UnsealResponse, paths,
 };
 use serde_json::json;
 
@@ -27,6 +27,7 @@ pub type ClusterState = Option<Arc<PeerSync>>;
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route(paths::CLUSTER_SHARES, post(shares))
+        .route(paths::CLUSTER_WITHDRAWAL, post(withdrawal))
         .route(paths::CLUSTER_KEYRING, post(keyring))
         .route(paths::CLUSTER_SEAL, post(seal))
 }
@@ -111,6 +112,43 @@ async fn shares(
             .unseal_relayed(keyholder, &relayed.shares, &caller.name)
             .await?,
     ))
+}
+
+/// `POST /v1/cluster/withdrawal`: `DELETE /v1/unseal` by a principal on the
+/// calling node, done here by the same rule (that principal's roles in this
+/// node's config); never relayed again.
+async fn withdrawal(
+    State(daemon): State<AppState>,
+    Extension(state): Extension<ClusterState>,
+    Authenticated(caller): Authenticated,
+    body: Bytes,
+) -> Result<Json<UnsealResponse>, ApiFailure> {
+    let sync = admit(
+        &daemon,
+        &state,
+        &caller,
+        "cluster_call_refused",
+        paths::CLUSTER_WITHDRAWAL,
+    )
+    .await?;
+    let relayed: RelayedWithdrawal =
+        keyholder_api::from_json(&body).map_err(ApiFailure::bad_body)?;
+    let config = daemon.config();
+    let principal = config
+        .principals
+        .iter()
+        .find(|p| {
+            p.name == relayed.principal && (p.has(Role::Keyholder) || p.has(Role::Operator))
+        })
+        .ok_or_else(|| {
+            ApiFailure::bad_body(format!(
+                "principal: \"{}\" is not a keyholder or an operator in this node's config; every node must list the same [[principals]]",
+                relayed.principal
+            ))
+        })?;
+    let result = daemon.reset_unseal_relayed(principal, &caller.name).await;
+    sync.withdrawn_elsewhere(principal);
+    Ok(Json(result?))
 }
 
 /// `POST /v1/cluster/keyring`: the keys for a sealed node of this cluster,

@@ -3,7 +3,7 @@
 //! that is down costs a refused connection or a second, never a request's
 //! or the start's time).
 //!
-//! It sends share lines (relays) and receives age-encrypted keyrings; it
+//! It sends share lines and withdrawals (relays) and receives age-encrypted keyrings; it
 //! never logs a body, and its errors name the peer and what failed, never
 //! a value from a body.
 
@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use keyholder_api::{
     API_VERSION, API_VERSION_HEADER, ApiError, ClusterSeal, PeerKeyring, PeerKeyringRequest,
-    RelayedShares, ShareLine, paths,
+    RelayedShares, RelayedWithdrawal, ShareLine, paths,
 };
 use rustls_pki_types::PrivateKeyDer;
 use rustls_pki_types::pem::PemObject as _;
@@ -133,6 +133,16 @@ impl PeerClient {
             shares: shares.to_vec(),
         };
         self.post(peer, paths::CLUSTER_SHARES, &body).await?;
+        Ok(())
+    }
+
+    /// Tells `peer` that `principal` withdrew its unseal shares here (or,
+    /// for an operator, cleared the progress).
+    pub async fn relay_withdrawal(&self, peer: &Node, principal: &str) -> Result<(), PeerError> {
+        let body = RelayedWithdrawal {
+            principal: principal.to_owned(),
+        };
+        self.post(peer, paths::CLUSTER_WITHDRAWAL, &body).await?;
         Ok(())
     }
 

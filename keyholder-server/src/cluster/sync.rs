@@ -20,6 +20,7 @@ use serde_json::json;
 
 use super::handover::{self, HandoverError};
 use super::peers::{PeerClient, PeerError};
+use super::relay::{Relays, Ticket};
 use crate::audit::DAEMON;
 use crate::config::{Cluster, Node};
 use crate::daemon::{Daemon, DaemonError};
@@ -83,6 +84,8 @@ enum TakeError {
 pub struct PeerSync {
     daemon: Arc<Daemon>,
     client: PeerClient,
+    /// The shares and withdrawals told to the peers, in order.
+    relays: Relays,
     cluster: Cluster,
     /// The cluster seal generation the held keys belong to; `None` while
     /// sealed, or unsealed by a ceremony not yet stamped by [`Self::tick`].
@@ -111,6 +114,7 @@ impl PeerSync {
     /// `client`.
     pub fn new(daemon: Arc<Daemon>, cluster: &Cluster, client: PeerClient) -> Arc<Self> {
         Arc::new(Self {
+            relays: Relays::new(cluster.node.clone(), client.clone()),
             client,
             daemon,
             cluster: cluster.clone(),
@@ -148,6 +152,7 @@ impl PeerSync {
     /// One check: a node holding keys of an older generation seals; a
     /// sealed node asks its peers for the keyring.
     async fn tick(&self) {
+        self.relays.retry(self.daemon.config().progress_ttl).await;
         let current = match self.daemon.store().cluster_seal_generation().await {
             Ok(generation) => {
                 self.seen
@@ -517,40 +522,39 @@ impl PeerSync {
         }))
     }
 
+    /// Taken before `principal`'s shares are admitted here, for
+    /// [`Self::relay`].
+    pub fn ticket(&self, principal: &str) -> Ticket {
+        self.relays.ticket(principal)
+    }
+
     /// Relays the share lines `keyholder` submitted here (those admitted)
-    /// to every peer, in the background: a peer that is down costs it a
-    /// warning, never the keyholder's request.
-    pub fn relay(self: &Arc<Self>, keyholder: String, lines: Vec<ShareLine>) {
+    /// to every peer, in the background, unless `keyholder` withdrew them
+    /// since `ticket`: a peer that is down costs it a warning, never the
+    /// keyholder's request.
+    pub fn relay(self: &Arc<Self>, ticket: Ticket, keyholder: String, lines: Vec<ShareLine>) {
         if lines.is_empty() {
             return;
         }
         let this = Arc::clone(self);
-        tokio::spawn(async move {
-            let calls = this.client.peers().iter().map(|peer| {
-                let this = &this;
-                let keyholder = &keyholder;
-                let lines = &lines;
-                async move {
-                    match this.client.relay_shares(peer, keyholder, lines).await {
-                        Ok(()) => tracing::info!(
-                            node = %this.cluster.node,
-                            peer = %peer.name,
-                            keyholder = %keyholder,
-                            lines = lines.len(),
-                            "cluster: shares relayed"
-                        ),
-                        Err(e) => tracing::warn!(
-                            node = %this.cluster.node,
-                            peer = %peer.name,
-                            keyholder = %keyholder,
-                            error = %e,
-                            "cluster: shares could not be relayed; that node takes the keyring from an unsealed peer later"
-                        ),
-                    }
-                }
-            });
-            futures::future::join_all(calls).await;
-        });
+        tokio::spawn(async move { this.relays.shares(ticket, &keyholder, &lines).await });
+    }
+
+    /// `principal` withdrew its shares here (an operator: everyone's):
+    /// shares of theirs not yet relayed never are, and every peer is told,
+    /// after the relays in flight. Returns once every peer answered or
+    /// failed; one that failed is told again every second.
+    pub async fn relay_withdrawal(&self, principal: &Principal) {
+        self.relays
+            .withdrawn(&principal.name, principal.has(Role::Operator));
+        self.relays.withdrawal(&principal.name).await;
+    }
+
+    /// A peer relayed `principal`'s withdrawal (already done here): shares
+    /// of theirs this node has not relayed yet never are.
+    pub fn withdrawn_elsewhere(&self, principal: &Principal) {
+        self.relays
+            .withdrawn(&principal.name, principal.has(Role::Operator));
     }
 
     /// Records a seal of the whole cluster by `actor` (this node already
