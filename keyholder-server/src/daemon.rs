@@ -107,6 +107,10 @@ pub struct Daemon {
     metrics: Metrics,
     /// The budget of failed share submissions, per principal.
     submissions: SubmissionLimiter,
+    /// The same budget for calls to the node endpoints of a cluster by a
+    /// principal that is not a node of it: each refusal is audited, so a
+    /// caller looping on them is refused unaudited once it is spent.
+    node_calls: SubmissionLimiter,
     seal: Mutex<SealMachine>,
     plan: RwLock<Option<KeyringPlan>>,
     /// The stored versions as of the last write through this daemon: status
@@ -208,6 +212,7 @@ impl Daemon {
             vault: Vault::default(),
             metrics: Metrics::default(),
             submissions: SubmissionLimiter::default(),
+            node_calls: SubmissionLimiter::default(),
             seal,
             plan: RwLock::new(plan),
             versions: RwLock::new(versions.clone()),

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use keyholder_api::{AuditEntry, AuditLog, Status, UnsealProgress, UnsealResponse};
 use keyholder_tests::EnvOptions;
 use keyholder_tests::cluster::ClusterEnv;
-use keyholder_tests::daemon::OPERATOR;
+use keyholder_tests::daemon::{DATABASE, OPERATOR};
 use keyholder_tests::pg_instance::PgInstance;
 
 /// Generous: debug builds on two shared cores.
@@ -277,5 +277,59 @@ async fn a_sealed_node_keeps_unseal_progress_while_a_rotation_is_stored() {
     assert_eq!(done.status, 200, "{}", done.body);
     let done: UnsealResponse = done.json();
     assert!(!done.sealed, "{done:?}");
+    wait_for(&cluster, 0, "unsealed", |s| !s.sealed).await;
+}
+
+/// Requests in a loop that change nothing cannot fill the audit log: a
+/// principal that is not a node calling a node endpoint gets its refusals
+/// audited only until its budget is spent, then 429 `rate_limited`, counted
+/// in one audit entry a minute; a keyholder resubmitting an accepted share
+/// (`already_counted`) spends the same budget as a failed submission.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn requests_in_a_loop_that_change_nothing_are_rate_limited_not_audited_one_by_one() {
+    let pg = PgInstance::start();
+    let cluster = two_nodes(&pg);
+    let env = &cluster.env;
+    let _a = cluster.start(0).await;
+    let _b = cluster.start(1).await;
+    let count = |entries: &[AuditEntry], action: &str| {
+        entries.iter().filter(|e| e.action == action).count()
+    };
+
+    let db1 = cluster.client(0, DATABASE);
+    let mut answered = std::collections::BTreeMap::<u16, usize>::new();
+    for _ in 0..40 {
+        let answer = db1
+            .post("/v1/cluster/seal", &serde_json::json!({"generation": 1}))
+            .await;
+        *answered.entry(answer.status).or_default() += 1;
+    }
+    let refused = answered.get(&403).copied().unwrap_or(0);
+    assert!(
+        (1..=8).contains(&refused) && answered.get(&429) == Some(&(40 - refused)),
+        "db1's 40 node calls: {answered:?}"
+    );
+    let entries = audit(&cluster).await;
+    assert_eq!(
+        count(&entries, "cluster_call_refused"),
+        refused,
+        "one audit entry per refusal that was answered 403"
+    );
+
+    let alice = env.share_line("alice", 1);
+    let mut answered = std::collections::BTreeMap::<u16, usize>::new();
+    for _ in 0..20 {
+        let answer = cluster.client(0, "alice").unseal(&[&alice]).await;
+        *answered.entry(answer.status).or_default() += 1;
+    }
+    let processed = answered.get(&200).copied().unwrap_or(0);
+    assert!(
+        (2..=9).contains(&processed) && answered.get(&429) == Some(&(20 - processed)),
+        "alice's share, then 19 repeats: {answered:?}"
+    );
+    // The budget holds back repeats, not a share that counts.
+    let bob = env.share_line("bob", 1);
+    let answer = cluster.client(0, "bob").unseal(&[&bob]).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
     wait_for(&cluster, 0, "unsealed", |s| !s.sealed).await;
 }

@@ -242,10 +242,17 @@ pub fn share_submission(
 }
 
 /// Records how a processed share submission ended: failed when the request
-/// was refused or any line was.
+/// was refused or any line was, and when it changed nothing (every line
+/// `already_counted`, or the daemon `already_unsealed`): repeating a share
+/// is never needed, and each repeat is an audit entry (in a cluster also a
+/// relay to every node), so a loop of them spends the budget too.
 pub fn settle<E>(daemon: &Daemon, caller: &Principal, result: &Result<UnsealResponse, E>) {
     let failed = match result {
-        Ok(response) => response.outcomes.iter().any(|o| !o.accepted),
+        Ok(response) => {
+            response.outcomes.iter().any(|o| !o.accepted)
+                || (!response.outcomes.is_empty()
+                    && response.outcomes.iter().all(|o| o.refusal.is_some()))
+        }
         Err(_) => true,
     };
     daemon.settle_submission(caller, failed);

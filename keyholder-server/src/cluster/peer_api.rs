@@ -56,8 +56,23 @@ async fn admit<'a>(
     let Err(refusal) = sync.check_node(caller) else {
         return Ok(sync);
     };
+    // Each refusal is audited, within a budget: one caller in a loop
+    // must not fill the audit log.
+    daemon.admit_node_call(caller).map_err(|refused| {
+        let mut failure = ApiFailure::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!(
+                "too many refused node calls from {}; {} is not a node of this cluster; try again in {}s",
+                caller.name, caller.name, refused.retry_after_secs
+            ),
+        );
+        failure.retry_after = Some(refused.retry_after_secs);
+        failure
+    })?;
     let reason = refusal.to_string();
     tracing::warn!(caller = %caller.name, path, %reason, "cluster: a node call was refused");
+    daemon.node_call_refused(caller);
     daemon
         .audit(
             &caller.name,

@@ -1,6 +1,8 @@
 //! The daemon's side of the failed-submission budget
 //! ([`crate::submissions`]): admitting a share submission, settling it, and
-//! writing each window of refusals as one audit entry and one log line.
+//! writing each window of refusals as one audit entry and one log line. The
+//! same budget bounds the audited refusals of calls to a cluster's node
+//! endpoints by principals that are not nodes.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,9 +40,51 @@ impl Daemon {
         self.submissions.settled(&principal.name, failed);
     }
 
+    /// Whether a refused call of `principal` to a node endpoint may be
+    /// audited now: the first refusals are, then one every
+    /// [`crate::submissions::FAILURE_REFILL`]; the rest are refused with 429
+    /// and counted, one audit entry a window. The caller records each
+    /// audited refusal with [`Daemon::node_call_refused`].
+    pub fn admit_node_call(&self, principal: &Principal) -> Result<(), Refused> {
+        let verdict = self.node_calls.admit(&principal.name);
+        if let Err(refused) = &verdict
+            && refused.first_in_window
+        {
+            tracing::warn!(
+                principal = %principal.name,
+                retry_after_secs = refused.retry_after_secs,
+                "node calls refused unaudited: too many from a principal that is not a node; counted and written to the audit log once a minute"
+            );
+        }
+        verdict
+    }
+
+    /// Records that a call of `principal` to a node endpoint was refused.
+    pub fn node_call_refused(&self, principal: &Principal) {
+        self.node_calls.settled(&principal.name, true);
+    }
+
     /// Writes the windows of refusals that are over (every one when `all`)
     /// as one audit entry each.
     pub async fn write_refusals(&self, all: bool) -> Result<(), DaemonError> {
+        for summary in self.node_calls.take_summaries(all) {
+            let time = |t| humantime::format_rfc3339_millis(t).to_string();
+            tracing::info!(
+                principal = %summary.principal,
+                refused = summary.refused,
+                "node calls refused unaudited in the last window"
+            );
+            self.audit(
+                &summary.principal,
+                "cluster_calls_rate_limited",
+                json!({
+                    "refused": summary.refused,
+                    "first": time(summary.first),
+                    "last": time(summary.last),
+                }),
+            )
+            .await?;
+        }
         for summary in self.submissions.take_summaries(all) {
             let time = |t| humantime::format_rfc3339_millis(t).to_string();
             tracing::info!(
