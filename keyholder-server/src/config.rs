@@ -160,6 +160,7 @@ struct RawListen {
     identity_field: Option<String>,
     header_read_timeout: Option<String>,
     max_connections: Option<i64>,
+    max_connections_per_principal: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -368,6 +369,10 @@ pub struct Listen {
     pub header_read_timeout: Duration,
     /// Client connections open at once; more are closed at once.
     pub max_connections: usize,
+    /// Connections one principal may hold open at once, below
+    /// `max_connections` so that no principal can take every slot; more are
+    /// closed at once.
+    pub max_connections_per_principal: usize,
 }
 
 /// `[reencrypt]`.

@@ -105,7 +105,8 @@ pub struct HandshakeLabel {
 pub struct ConnectionMetrics {
     /// Connections open now (handshaking or serving).
     pub open: Gauge,
-    /// Connections closed at once because the limit was reached.
+    /// Connections closed at once because a limit (all, or per principal)
+    /// was reached.
     pub refused: Counter,
     /// TLS handshakes that failed, by reason.
     pub handshake_failures: Family<HandshakeLabel, Counter>,
@@ -228,7 +229,7 @@ impl Default for Metrics {
         );
         registry.register(
             "connections_refused",
-            "Client connections closed at once because listen.max_connections was reached",
+            "Client connections closed at once because listen.max_connections, or listen.max_connections_per_principal for their principal, was reached",
             connections.refused.clone(),
         );
         registry.register(

@@ -87,7 +87,7 @@ fn fixed(old: &Config, new: &Config) -> Vec<&'static str> {
             .map(|p| (p.name.clone(), p.age_recipient.clone()))
             .collect::<Vec<_>>()
     };
-    let checks: [(&'static str, bool); 12] = [
+    let checks: [(&'static str, bool); 13] = [
         ("keyring", old.keyring != new.keyring),
         ("state_dir/state_store", differs(&old.state, &new.state)),
         ("listen.addr", old.listen.addr != new.listen.addr),
@@ -106,6 +106,10 @@ fn fixed(old: &Config, new: &Config) -> Vec<&'static str> {
         (
             "listen.max_connections",
             old.listen.max_connections != new.listen.max_connections,
+        ),
+        (
+            "listen.max_connections_per_principal",
+            old.listen.max_connections_per_principal != new.listen.max_connections_per_principal,
         ),
         ("shamir.threshold", old.threshold != new.threshold),
         ("unseal.progress_ttl", old.progress_ttl != new.progress_ttl),

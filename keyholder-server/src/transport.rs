@@ -11,7 +11,16 @@
 //! must arrive within `listen.header_read_timeout`, which also ends an idle
 //! keep-alive connection. A failed handshake (no certificate, another CA,
 //! expired or revoked) is logged at debug and counted; a WARN line says how
-//! many failed, at most once a minute, so a flood cannot fill the log. On
+//! many failed, at most once a minute, so a flood cannot fill the log.
+//!
+//! A certificate the CA signed is not yet a principal. A connection whose
+//! certificate maps to none never leaves that evictable half: its first
+//! request is answered 403 naming why, then it is closed, and any newer
+//! connection ends it first, before a handshake still under way. A principal
+//! holds at most `listen.max_connections_per_principal` connections; one more
+//! is closed once its handshake shows whose it is, and counted. Both are
+//! logged at most once a minute like failed handshakes. So no single
+//! certificate, configured or not, can take every slot. On
 //! shutdown the listener closes and open connections drain. The TLS config
 //! and the principals come from a `watch` a reload publishes on: each new
 //! connection gets the ones in force at its accept. Handlers never
@@ -21,11 +30,12 @@ pub mod expiry;
 pub mod identity;
 pub mod tls;
 
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
@@ -63,6 +73,9 @@ pub struct Limits {
     pub header_read_timeout: Duration,
     /// Connections open at once.
     pub max_connections: usize,
+    /// Connections one principal may hold open at once (below
+    /// `max_connections`).
+    pub max_connections_per_principal: usize,
 }
 
 impl Limits {
@@ -72,6 +85,7 @@ impl Limits {
             handshake_timeout: listen.handshake_timeout,
             header_read_timeout: listen.header_read_timeout,
             max_connections: listen.max_connections,
+            max_connections_per_principal: listen.max_connections_per_principal,
         }
     }
 
@@ -112,25 +126,92 @@ struct Noise {
     over_limit: QuietWarning,
     handshake: QuietWarning,
     no_principal: QuietWarning,
+    principal_over_limit: QuietWarning,
 }
 
-/// The connections still in their handshake, oldest first: each holds the
-/// receiving end, and dropping its sender here ends that handshake.
+/// One connection in the evictable half: dropping `end` ends it.
+struct Waiting {
+    end: tokio::sync::oneshot::Sender<()>,
+    /// Its handshake is done and its certificate maps to no principal.
+    stranger: Arc<AtomicBool>,
+}
+
+/// What a connection in the evictable half holds: ends when another
+/// connection needs its place; dropped, it leaves the half.
+struct Ticket {
+    ended: tokio::sync::oneshot::Receiver<()>,
+    stranger: Arc<AtomicBool>,
+}
+
+/// The connections still in their handshake, and those whose certificate
+/// maps to no principal, oldest first.
 struct Handshakes {
     max: usize,
-    waiting: std::sync::Mutex<std::collections::VecDeque<tokio::sync::oneshot::Sender<()>>>,
+    waiting: Mutex<VecDeque<Waiting>>,
 }
 
 impl Handshakes {
-    /// Registers a new handshake, ending the oldest one when `max` are
-    /// under way; returns what ends this one, and whether another was ended.
-    fn begin(&self) -> (tokio::sync::oneshot::Receiver<()>, bool) {
+    /// Registers a new connection, ending another one when `max` are
+    /// waiting: the oldest without a principal, else the oldest handshake.
+    /// Returns this one's ticket, and whether another was ended.
+    fn begin(&self) -> (Ticket, bool) {
         let (end, ended) = tokio::sync::oneshot::channel();
+        let stranger = Arc::new(AtomicBool::new(false));
         let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
-        waiting.retain(|sender| !sender.is_closed());
-        let evicted = waiting.len() >= self.max && waiting.pop_front().is_some();
-        waiting.push_back(end);
-        (ended, evicted)
+        waiting.retain(|w| !w.end.is_closed());
+        let evicted = waiting.len() >= self.max && {
+            let at = waiting
+                .iter()
+                .position(|w| w.stranger.load(Ordering::Relaxed))
+                .unwrap_or(0);
+            waiting.remove(at).is_some()
+        };
+        waiting.push_back(Waiting {
+            end,
+            stranger: Arc::clone(&stranger),
+        });
+        (Ticket { ended, stranger }, evicted)
+    }
+}
+
+/// The connections each principal holds open.
+struct PerPrincipal {
+    max: usize,
+    open: Mutex<HashMap<String, usize>>,
+}
+
+impl PerPrincipal {
+    /// A place for one more connection of `name`, or `None` when it holds
+    /// `max` already.
+    fn take(self: &Arc<Self>, name: &str) -> Option<PrincipalSlot> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let held = open.entry(name.to_owned()).or_default();
+        if *held >= self.max {
+            return None;
+        }
+        *held += 1;
+        Some(PrincipalSlot {
+            owner: Arc::clone(self),
+            name: name.to_owned(),
+        })
+    }
+}
+
+/// One connection of a principal, given back on drop.
+struct PrincipalSlot {
+    owner: Arc<PerPrincipal>,
+    name: String,
+}
+
+impl Drop for PrincipalSlot {
+    fn drop(&mut self) {
+        let mut open = self.owner.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(held) = open.get_mut(&self.name) {
+            *held -= 1;
+            if *held == 0 {
+                open.remove(&self.name);
+            }
+        }
     }
 }
 
@@ -173,12 +254,17 @@ pub async fn serve_tls(
     let open = Arc::new(Semaphore::new(limits.max_connections));
     let handshakes = Handshakes {
         max: limits.max_handshaking(),
-        waiting: std::sync::Mutex::default(),
+        waiting: Mutex::default(),
     };
+    let per_principal = Arc::new(PerPrincipal {
+        max: limits.max_connections_per_principal,
+        open: Mutex::default(),
+    });
     let noise = Arc::new(Noise {
         over_limit: QuietWarning::new(),
         handshake: QuietWarning::new(),
         no_principal: QuietWarning::new(),
+        principal_over_limit: QuietWarning::new(),
     });
     tokio::pin!(shutdown);
     loop {
@@ -207,7 +293,7 @@ pub async fn serve_tls(
             });
             continue;
         };
-        let (evicted, ended_another) = handshakes.begin();
+        let (mut ticket, ended_another) = handshakes.begin();
         if ended_another {
             metrics.refused.inc();
         }
@@ -223,11 +309,13 @@ pub async fn serve_tls(
         let watcher = graceful.watcher();
         let noise = Arc::clone(&noise);
         let failures = metrics.handshake_failures.clone();
+        let refused = metrics.refused.clone();
+        let per_principal = Arc::clone(&per_principal);
         tokio::spawn(async move {
             let _slot = slot;
             let handshake = tokio::select! {
                 done = tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)) => done,
-                _ = evicted => {
+                _ = &mut ticket.ended => {
                     tracing::debug!(%peer, "tls handshake ended: newer connections need the slot");
                     return;
                 }
@@ -265,15 +353,37 @@ pub async fn serve_tls(
                     .and_then(|c| c.first()),
                 &principals,
             );
-            match &resolved {
-                Ok(p) => tracing::debug!(%peer, principal = %p.name, "connection"),
-                Err(e) => {
-                    tracing::debug!(%peer, error = %e, "client certificate maps to no principal");
-                    noise.no_principal.event(|suppressed| {
-                        tracing::warn!(%peer, error = %e, more_since_last_warning = suppressed, "client certificate maps to no principal");
-                    });
+            // A principal's connection leaves the evictable half (its ticket
+            // dropped) and holds one of its places; a stranger's stays.
+            let (_held, stranger) = match &resolved {
+                Ok(p) => {
+                    let Some(held) = per_principal.take(&p.name) else {
+                        refused.inc();
+                        tracing::debug!(%peer, principal = %p.name, "connection closed at once: the principal's connection limit is reached");
+                        noise.principal_over_limit.event(|suppressed| {
+                            tracing::warn!(
+                                %peer,
+                                principal = %p.name,
+                                max_connections_per_principal = limits.max_connections_per_principal,
+                                more_since_last_warning = suppressed,
+                                "connections closed at once: a principal holds as many as listen.max_connections_per_principal allows (counted in keyholder_connections_refused_total)"
+                            );
+                        });
+                        return;
+                    };
+                    tracing::debug!(%peer, principal = %p.name, "connection");
+                    drop(ticket);
+                    (Some(held), None)
                 }
-            }
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "client certificate maps to no principal: one 403, then closed");
+                    noise.no_principal.event(|suppressed| {
+                        tracing::warn!(%peer, error = %e, more_since_last_warning = suppressed, "client certificate maps to no principal: its first request is answered 403, then the connection is closed");
+                    });
+                    ticket.stranger.store(true, Ordering::Relaxed);
+                    (None, Some(ticket.ended))
+                }
+            };
             let caller = Caller(Arc::new(resolved));
             let service = tower::service_fn(move |mut request: hyper::Request<Incoming>| {
                 request.extensions_mut().insert(caller.clone());
@@ -284,12 +394,26 @@ pub async fn serve_tls(
             builder
                 .http1()
                 .timer(TokioTimer::new())
-                .header_read_timeout(limits.header_read_timeout);
+                .header_read_timeout(limits.header_read_timeout)
+                .keep_alive(stranger.is_none());
             let connection = builder
                 .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service))
                 .into_owned();
-            if let Err(e) = watcher.watch(connection).await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            let ended = async {
+                match stranger {
+                    Some(ended) => {
+                        let _ = ended.await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                served = watcher.watch(connection) => {
+                    if let Err(e) = served {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    }
+                }
+                () = ended => tracing::debug!(%peer, "connection with no principal ended: newer connections need the slot"),
             }
         });
     }
@@ -333,4 +457,77 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, std::io::Error> {
     TcpListener::bind(addr)
         .await
         .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::sync::oneshot::error::TryRecvError;
+
+    use super::*;
+
+    fn handshakes(max: usize) -> Handshakes {
+        Handshakes {
+            max,
+            waiting: Mutex::default(),
+        }
+    }
+
+    #[test]
+    fn a_new_connection_ends_the_oldest_stranger_before_any_handshake() {
+        let pool = handshakes(3);
+        let (mut handshaking, _) = pool.begin();
+        let (mut first_stranger, _) = pool.begin();
+        let (mut second_stranger, _) = pool.begin();
+        first_stranger.stranger.store(true, Ordering::Relaxed);
+        second_stranger.stranger.store(true, Ordering::Relaxed);
+
+        let (_newer, ended) = pool.begin();
+        assert!(ended);
+        assert!(matches!(
+            first_stranger.ended.try_recv(),
+            Err(TryRecvError::Closed)
+        ));
+        assert!(matches!(
+            second_stranger.ended.try_recv(),
+            Err(TryRecvError::Empty)
+        ));
+        let (_newest, ended) = pool.begin();
+        assert!(ended);
+        assert!(matches!(
+            second_stranger.ended.try_recv(),
+            Err(TryRecvError::Closed)
+        ));
+        // Only handshakes left: the oldest goes.
+        let (_last, ended) = pool.begin();
+        assert!(ended);
+        assert!(matches!(
+            handshaking.ended.try_recv(),
+            Err(TryRecvError::Closed)
+        ));
+    }
+
+    #[test]
+    fn a_connection_that_left_the_half_ends_nothing() {
+        let pool = handshakes(2);
+        let (principal, _) = pool.begin();
+        let (_waiting, _) = pool.begin();
+        drop(principal);
+        let (_, ended) = pool.begin();
+        assert!(!ended);
+    }
+
+    #[test]
+    fn a_principal_holds_at_most_its_places_and_gets_them_back() {
+        let limit = Arc::new(PerPrincipal {
+            max: 2,
+            open: Mutex::default(),
+        });
+        let first = limit.take("db1").unwrap();
+        let _second = limit.take("db1").unwrap();
+        assert!(limit.take("db1").is_none());
+        let _other = limit.take("olivia").unwrap();
+        drop(first);
+        let _again = limit.take("db1").unwrap();
+        assert!(limit.take("db1").is_none());
+    }
 }

@@ -377,14 +377,16 @@ async fn connections_beyond_the_limits_do_not_stop_keyholder_status() {
     drop(silent);
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    // 16 handshaken, idle connections take every slot: the next one is
+    // 16 handshaken, idle connections take every slot (4 principals, each
+    // at its max_connections_per_principal, a quarter): the next one is
     // closed at once; once the header timeout cuts them, status answers.
     let env = Arc::new(env);
     let held = {
         let env = Arc::clone(&env);
         tokio::task::spawn_blocking(move || {
-            (0..16)
-                .map(|_| tls_stream(&env, "carol"))
+            ["alice", "bob", "carol", DATABASE]
+                .iter()
+                .flat_map(|name| (0..4).map(|_| tls_stream(&env, name)).collect::<Vec<_>>())
                 .collect::<Vec<_>>()
         })
         .await

@@ -154,7 +154,10 @@ mod tests {
         let expected: Vec<&str> = cases.iter().map(|(_, e)| *e).collect();
         assert_eq!(got, expected);
         for report in got {
-            assert!(!report.contains("S3cret") && !report.contains("4711"), "{report}");
+            assert!(
+                !report.contains("S3cret") && !report.contains("4711"),
+                "{report}"
+            );
         }
     }
 

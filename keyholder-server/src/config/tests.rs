@@ -641,3 +641,40 @@ fn usage_limits_may_only_be_lowered() {
         ["usage.limit: 0 is below 1; a limit counts encryptions"]
     );
 }
+
+#[test]
+fn a_principal_holds_a_quarter_of_the_connections_by_default_and_never_all_of_them() {
+    let dir = Dir::new();
+    let listen = |extra: &str| {
+        base(2, &two_keyholders()).replacen(
+            "client_ca = \"ca.pem\"\n",
+            &format!("client_ca = \"ca.pem\"\n{extra}"),
+            1,
+        )
+    };
+    let default = dir.load(&listen("")).unwrap();
+    assert_eq!(default.listen.max_connections, 256);
+    assert_eq!(default.listen.max_connections_per_principal, 64);
+    let small = dir.load(&listen("max_connections = 3\n")).unwrap();
+    assert_eq!(small.listen.max_connections_per_principal, 1);
+    let set = dir
+        .load(&listen(
+            "max_connections = 16\nmax_connections_per_principal = 15\n",
+        ))
+        .unwrap();
+    assert_eq!(set.listen.max_connections_per_principal, 15);
+    assert_eq!(
+        problems(dir.load(&listen(
+            "max_connections = 16\nmax_connections_per_principal = 16\n"
+        ))),
+        [
+            "listen.max_connections_per_principal: 16 is not below listen.max_connections (16); one principal must not be able to take every connection, lower it (the default is a quarter of max_connections)"
+        ]
+    );
+    assert_eq!(
+        problems(dir.load(&listen("max_connections_per_principal = 0\n"))),
+        [
+            "listen.max_connections_per_principal: 0 is below 1; a principal needs a connection to call the API"
+        ]
+    );
+}

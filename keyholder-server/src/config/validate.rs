@@ -564,6 +564,8 @@ fn validate_listen(raw: &RawListen, base: &Path, check: &mut Checker) -> Option<
         DEFAULT_MAX_CONNECTIONS,
         (2, 65_536),
     );
+    let max_connections_per_principal =
+        per_principal(raw.max_connections_per_principal, max_connections, check);
     let identity_field = match raw.identity_field.as_deref() {
         None => IdentityField::default(),
         Some(text) => IdentityField::parse(text).unwrap_or_else(|| {
@@ -610,7 +612,37 @@ fn validate_listen(raw: &RawListen, base: &Path, check: &mut Checker) -> Option<
         identity_field,
         header_read_timeout,
         max_connections: usize::try_from(max_connections).unwrap_or(usize::MAX),
+        max_connections_per_principal: usize::try_from(max_connections_per_principal)
+            .unwrap_or(usize::MAX),
     })
+}
+
+/// `listen.max_connections_per_principal`: from 1 to below
+/// `max_connections` (one principal must never be able to take every slot);
+/// by default a quarter of `max_connections`.
+fn per_principal(value: Option<i64>, max_connections: i64, check: &mut Checker) -> i64 {
+    const FIELD: &str = "listen.max_connections_per_principal";
+    let default = (max_connections / 4).max(1);
+    match value {
+        None => default,
+        Some(n) if n < 1 => {
+            check.problem(
+                FIELD,
+                format!("{n} is below 1; a principal needs a connection to call the API"),
+            );
+            default
+        }
+        Some(n) if n >= max_connections => {
+            check.problem(
+                FIELD,
+                format!(
+                    "{n} is not below listen.max_connections ({max_connections}); one principal must not be able to take every connection, lower it (the default is a quarter of max_connections)"
+                ),
+            );
+            default
+        }
+        Some(n) => n,
+    }
 }
 
 fn validate_principals(raw: &[RawPrincipal], check: &mut Checker) -> Vec<Principal> {

@@ -1,0 +1,278 @@
+//! Who may hold the daemon's connections, over the real `keyholderd` with
+//! `max_connections = 16`: a certificate the CA signed but no principal
+//! maps to gets one 403 per connection and is closed, so however it
+//! reconnects the operator keeps getting answers; a configured principal
+//! holds at most `max_connections_per_principal` (a quarter, 4) and its
+//! further connections are closed at once, so it cannot take every slot
+//! either.
+
+use std::io::{Read as _, Write as _};
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use keyholder_api::{API_VERSION, API_VERSION_HEADER};
+use keyholder_tests::client::tls_config;
+use keyholder_tests::daemon::{DATABASE, OPERATOR};
+use keyholder_tests::{Env, EnvOptions};
+
+type Tls = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
+
+/// A finished mutual TLS handshake as `name`.
+fn tls_stream(env: &Env, name: &str) -> Tls {
+    let config = tls_config(&env.pki.ca_pem, Some(&env.pki.client(name)));
+    let server = rustls_pki_types::ServerName::IpAddress(env.addr.ip().into());
+    let mut conn = rustls::ClientConnection::new(Arc::new(config), server).unwrap();
+    let mut tcp = TcpStream::connect(env.addr).unwrap();
+    while conn.is_handshaking() {
+        conn.complete_io(&mut tcp).unwrap();
+    }
+    rustls::StreamOwned::new(conn, tcp)
+}
+
+/// What the daemon sends on `stream` within `wait`, up to the end of one
+/// answer, and whether it closed the connection (EOF or an error other than
+/// the timeout).
+fn read_for(stream: &mut Tls, wait: Duration) -> (String, bool) {
+    let deadline = Instant::now() + wait;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let text = |got: &[u8]| String::from_utf8_lossy(got).into_owned();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || complete(&text(&got)) {
+            return (text(&got), false);
+        }
+        stream.sock.set_read_timeout(Some(left)).unwrap();
+        match stream.read(&mut buf) {
+            Ok(0) => return (text(&got), true),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return (text(&got), true),
+        }
+    }
+}
+
+/// Whether `answer` holds a whole HTTP answer (its headers and as many
+/// bytes of body as `content-length` says).
+fn complete(answer: &str) -> bool {
+    let Some((head, body)) = answer.split_once("\r\n\r\n") else {
+        return false;
+    };
+    head.lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .is_some_and(|length: usize| body.len() >= length)
+}
+
+fn health_request() -> String {
+    format!(
+        "GET /v1/health HTTP/1.1\r\nhost: keyholder\r\n{API_VERSION_HEADER}: {API_VERSION}\r\n\r\n"
+    )
+}
+
+/// What mallory's 16 connections got.
+#[derive(Default)]
+struct Mallory {
+    connections: u64,
+    refusals: u64,
+    first: String,
+    answered_twice: u64,
+}
+
+/// mallory (a certificate of the CA, no principal) opens 16 connections,
+/// says `ready`, then sends a request on each every 500 ms, reconnecting
+/// every one the daemon closed, until `stop`.
+fn mallory(env: &Env, ready: &AtomicBool, stop: &AtomicBool) -> Mallory {
+    let mut seen = Mallory {
+        connections: 16,
+        ..Mallory::default()
+    };
+    let mut streams: Vec<Option<Tls>> = (0..16).map(|_| Some(tls_stream(env, "mallory"))).collect();
+    ready.store(true, Ordering::Relaxed);
+    let send = |stream: &mut Tls| -> (String, bool) {
+        let sent = stream
+            .write_all(health_request().as_bytes())
+            .and_then(|()| stream.flush());
+        match sent {
+            Ok(()) => read_for(stream, Duration::from_millis(300)),
+            Err(_) => (String::new(), true),
+        }
+    };
+    while !stop.load(Ordering::Relaxed) {
+        for slot in &mut streams {
+            let stream = slot.get_or_insert_with(|| {
+                seen.connections += 1;
+                tls_stream(env, "mallory")
+            });
+            let (answer, mut closed) = send(stream);
+            if answer.starts_with("HTTP/1.1 403") {
+                seen.refusals += 1;
+                if seen.first.is_empty() {
+                    seen.first = answer;
+                }
+            }
+            if !closed {
+                // Open after its answer: a second request must not be
+                // answered.
+                let again;
+                (again, closed) = send(stream);
+                if !again.is_empty() {
+                    seen.answered_twice += 1;
+                }
+            }
+            if closed {
+                *slot = None;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_certificate_of_no_principal_gets_one_403_a_connection_and_never_keeps_the_operator_out()
+{
+    let env = Arc::new(Env::new(EnvOptions {
+        listen_toml: "max_connections = 16\nheader_read_timeout = \"2s\"\n".to_owned(),
+        ..EnvOptions::default()
+    }));
+    let _daemon = env.start().await;
+    let ready = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let holder = {
+        let (env, ready, stop) = (Arc::clone(&env), Arc::clone(&ready), Arc::clone(&stop));
+        tokio::task::spawn_blocking(move || mallory(&env, &ready, &stop))
+    };
+    while !ready.load(Ordering::Relaxed) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let operator = env.client(OPERATOR);
+    let started = Instant::now();
+    let mut failures = Vec::new();
+    let mut answered = 0;
+    while started.elapsed() < Duration::from_secs(8) {
+        match operator
+            .send(reqwest::Method::GET, "/v1/health", None)
+            .await
+        {
+            Ok(a) if a.status == 200 => answered += 1,
+            Ok(a) => failures.push(format!("{}: {}", a.status, a.body)),
+            Err(e) => failures.push(e.to_string()),
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let seen = holder.await.unwrap();
+    println!(
+        "mallory: {} connections, {} answered 403; the operator: {answered} health answers, {} failures",
+        seen.connections,
+        seen.refusals,
+        failures.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "the operator was refused: {failures:?}"
+    );
+    assert!(answered >= 20, "{answered}");
+    assert!(seen.refusals >= 16, "mallory got {} answers", seen.refusals);
+    assert!(seen.first.starts_with("HTTP/1.1 403"), "{}", seen.first);
+    assert!(
+        seen.first.contains(
+            r#"{"error":"the client certificate (mallory) is not a configured principal; add it as a cert_identity","code":"forbidden"}"#
+        ),
+        "{}",
+        seen.first
+    );
+    assert_eq!(seen.answered_twice, 0, "a connection answered twice");
+    // Logged, but not once per connection.
+    let warnings = env
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("maps to no principal"))
+        .count();
+    assert!(
+        (1..=2).contains(&warnings),
+        "{warnings} WARN lines for {} connections",
+        seen.connections
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_principal_holds_a_quarter_of_the_connections_and_the_rest_stay_free() {
+    let env = Arc::new(Env::new(EnvOptions {
+        listen_toml: "max_connections = 16\nheader_read_timeout = \"30s\"\n".to_owned(),
+        ..EnvOptions::default()
+    }));
+    let _daemon = env.start().await;
+    // db1 opens 16 connections and stays silent on them.
+    let mut held = {
+        let env = Arc::clone(&env);
+        tokio::task::spawn_blocking(move || {
+            (0..16)
+                .map(|_| tls_stream(&env, DATABASE))
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap()
+    };
+    let closed = tokio::task::spawn_blocking(move || {
+        let closed: Vec<bool> = held
+            .iter_mut()
+            .map(|s| read_for(s, Duration::from_millis(300)).1)
+            .collect();
+        (held, closed)
+    });
+    let (held, closed) = closed.await.unwrap();
+    assert_eq!(
+        closed.iter().filter(|c| !**c).count(),
+        4,
+        "db1 keeps 4 of its 16 connections: {closed:?}"
+    );
+    // The operator, and db1 on the 4 it holds, are served.
+    assert_eq!(env.client(OPERATOR).get("/v1/health").await.status, 200);
+    let kept: Vec<Tls> = held
+        .into_iter()
+        .zip(closed)
+        .filter_map(|(s, closed)| (!closed).then_some(s))
+        .collect();
+    let (kept, answers) = tokio::task::spawn_blocking(move || {
+        let mut kept = kept;
+        let answers: Vec<String> = kept
+            .iter_mut()
+            .map(|s| {
+                s.write_all(health_request().as_bytes()).unwrap();
+                s.flush().unwrap();
+                read_for(s, Duration::from_millis(500)).0
+            })
+            .collect();
+        (kept, answers)
+    })
+    .await
+    .unwrap();
+    for answer in &answers {
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
+    // A fifth is closed while the 4 are open; their places come back when
+    // they close.
+    let db1 = env.client(DATABASE);
+    let fifth = db1.send(reqwest::Method::GET, "/v1/health", None).await;
+    assert!(fifth.is_err(), "a fifth connection of db1 was served");
+    assert!(
+        env.log_contains("listen.max_connections_per_principal allows")
+            .await
+    );
+    drop(kept);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(db1.get("/v1/health").await.status, 200);
+}
