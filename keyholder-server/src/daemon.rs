@@ -9,7 +9,7 @@
 
 mod refusals;
 
-pub use refusals::write_refusal_summaries;
+pub use refusals::{expire_unseal_progress, write_refusal_summaries};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, RwLock};
@@ -590,6 +590,28 @@ impl Daemon {
         relayed_by: &str,
     ) -> Result<UnsealResponse, DaemonError> {
         self.unseal_via(principal, lines, Some(relayed_by)).await
+    }
+
+    /// Drops the unseal progress older than `unseal.progress_ttl` now, not
+    /// only when the next submission or status asks: an abandoned share
+    /// leaves memory on time. Each version dropped is audited
+    /// (`unseal_progress_expired`), and the threads scrub their stacks of
+    /// the copies the submission left.
+    pub async fn expire_unseal_progress(&self) -> Result<(), DaemonError> {
+        let expired = self.lock_seal().expire(Instant::now());
+        if expired.is_empty() {
+            return Ok(());
+        }
+        crate::hygiene::keys_left();
+        for version in expired {
+            self.audit(
+                DAEMON,
+                "unseal_progress_expired",
+                json!({"version": version.number()}),
+            )
+            .await?;
+        }
+        Ok(())
     }
 
     async fn unseal_via(

@@ -123,6 +123,10 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         Arc::clone(&daemon),
         stop_rx.clone(),
     ));
+    tokio::spawn(crate::daemon::expire_unseal_progress(
+        Arc::clone(&daemon),
+        stop_rx.clone(),
+    ));
     transport::serve_tls(
         listener,
         credentials_rx,

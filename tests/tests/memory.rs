@@ -151,3 +151,39 @@ async fn a_verified_new_share_does_not_stay_in_the_daemons_memory() {
         );
     }
 }
+
+/// Unseal progress abandoned past `unseal.progress_ttl` leaves memory when it
+/// expires, not when someone next asks for the status or submits.
+#[tokio::test]
+async fn an_abandoned_share_leaves_memory_when_its_progress_expires() {
+    if !can_read_memory() {
+        println!("skipping: reading another process's memory needs root");
+        return;
+    }
+    let env = Env::new(EnvOptions::default());
+    let text = std::fs::read_to_string(&env.config).unwrap();
+    assert!(text.contains("progress_ttl = \"15m\""), "{text}");
+    std::fs::write(
+        &env.config,
+        text.replacen("progress_ttl = \"15m\"", "progress_ttl = \"10s\"", 1),
+    )
+    .unwrap();
+    let daemon = env.start().await;
+    let pid = daemon.pid().unwrap();
+    let alice = env.share_line("alice", 1);
+    let answer = env.client("alice").unseal(&[&alice]).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    // Nobody asks for anything meanwhile.
+    tokio::time::sleep(std::time::Duration::from_secs(14)).await;
+    let places = memory_holding(pid, &share_data(&alice));
+    assert!(
+        places.is_empty(),
+        "alice's share outlived its progress_ttl in the daemon's memory at {places:?}"
+    );
+    let status = env.client(OPERATOR).get("/v1/status").await;
+    assert!(
+        status.body.contains("\"unseal_progress\":[]"),
+        "{}",
+        status.body
+    );
+}

@@ -2,7 +2,8 @@
 //! ([`crate::submissions`]): admitting a share submission, settling it, and
 //! writing each window of refusals as one audit entry and one log line. The
 //! same budget bounds the audited refusals of calls to a cluster's node
-//! endpoints by principals that are not nodes.
+//! endpoints by principals that are not nodes. And the expiry of unseal
+//! progress on time.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -124,6 +125,27 @@ pub async fn write_refusal_summaries(
         }
         if all {
             return;
+        }
+    }
+}
+
+/// How often abandoned unseal progress is looked for.
+const EXPIRY_TICK: Duration = Duration::from_secs(1);
+
+/// Drops unseal progress past `unseal.progress_ttl` as it expires, until
+/// `stop` turns true.
+pub async fn expire_unseal_progress(
+    daemon: Arc<Daemon>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(EXPIRY_TICK);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        if let Err(e) = daemon.expire_unseal_progress().await {
+            tracing::error!(error = %e, "auditing expired unseal progress failed");
         }
     }
 }
