@@ -77,13 +77,25 @@ pub struct SealState {
 }
 
 /// A database principal fetched the keyring: its acknowledgement, for the
-/// rotation to record before the fetch is answered.
+/// rotation to record before the fetch is answered (or after, when the
+/// rotation is busy with a step longer than [`ACKNOWLEDGEMENT_WAIT`]).
 pub struct Fetched {
     /// The principal.
     pub consumer: String,
+    /// The versions of the keyring it was handed.
+    pub versions: Vec<KeyVersion>,
+    /// The version that keyring writes.
+    pub write_version: KeyVersion,
     /// Answered once the acknowledgement is recorded.
     pub recorded: tokio::sync::oneshot::Sender<()>,
 }
+
+/// How long a keyring fetch waits for the rotation to record it before it
+/// is answered all the same: a step that takes long (a switch sampling a
+/// database that restarts, a retire's full scan) must not hold up every
+/// database's start. The rotation records it when it gets to it, by the
+/// keyring that was handed over, not by the state it is in by then.
+pub const ACKNOWLEDGEMENT_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The running daemon's state.
 pub struct Daemon {
@@ -1072,6 +1084,8 @@ impl Daemon {
         let (recorded, done) = tokio::sync::oneshot::channel();
         let fetched = Fetched {
             consumer: principal.name.clone(),
+            versions: versions.clone(),
+            write_version: keyring.write_version(),
             recorded,
         };
         let listened = self
@@ -1079,8 +1093,16 @@ impl Daemon {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .is_none();
-        if listened && self.fetches.send(fetched).is_ok() {
-            let _ = done.await;
+        if listened
+            && self.fetches.send(fetched).is_ok()
+            && tokio::time::timeout(ACKNOWLEDGEMENT_WAIT, done)
+                .await
+                .is_err()
+        {
+            tracing::info!(
+                principal = %principal.name,
+                "the rotation is busy with a step: keyring handed over before it recorded the fetch (it will)"
+            );
         }
         Ok(keyring.to_handover())
     }

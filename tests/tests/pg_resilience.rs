@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use crypto_core::{Key, envelope};
 use keyholder_api::{RotationState, RotationStatus};
+use keyholder_tests::daemon::OPERATOR;
 use keyholder_tests::pg;
 use keyholder_tests::pg_instance::PgInstance;
 use keyholder_tests::records::plaintext;
@@ -495,4 +496,95 @@ async fn a_hook_waits_out_a_state_store_restart_and_gets_its_keyring() {
     let handover = String::from_utf8(out.stdout).unwrap();
     let keyring = crypto_core::Keyring::from_handover_json(&handover).unwrap();
     assert_eq!(keyring.write_version(), v(9));
+}
+
+/// A rotation step that takes long must not hold up the databases' keyring
+/// fetches, and a fetch answered during it counts by the keyring it got:
+/// with the target's server stopped, `switch` keeps retrying its sample
+/// reads; db1's fetch meanwhile is answered at once with the keyring still
+/// writing v9 (before, it waited for the whole step), and once the switch
+/// is done db1 is still awaited as a writer of v10 until it fetches again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyring_fetch_during_a_long_switch_is_answered_and_counts_by_what_it_got() {
+    if pg::url().is_none() {
+        return;
+    }
+    let server = PgInstance::start();
+    let url = server.url();
+    let table = pg::unique_name("kh_switch");
+    let db = pg::connect(&url).await;
+    db.batch_execute(&format!(
+        "CREATE TABLE {table} (id BIGINT PRIMARY KEY, ssn TEXT NOT NULL)"
+    ))
+    .await
+    .unwrap();
+    let env = Env::new(EnvOptions {
+        first_version: Some(9),
+        consumers: vec!["db1".to_owned()],
+        extra_toml: format!(
+            "\n[[targets]]\nname = \"customers-pg\"\nstore = \"{url}\"\ntable = \"{table}\"\nprimary_key = \"id\"\ncolumns = [\"ssn\"]\naad = \"none\"\n"
+        ),
+        ..EnvOptions::default()
+    });
+    let _daemon = env.start().await;
+    let (alice9, bob9) = (env.share_line("alice", 9), env.share_line("bob", 9));
+    let v9 = env.rebuild_key(9, &[&alice9, &bob9]).await;
+    for id in 1..=100i64 {
+        let record = envelope::seal(&v9, v(9), plaintext(id).as_bytes(), b"");
+        db.execute(
+            &format!("INSERT INTO {table} (id, ssn) VALUES ($1, $2)"),
+            &[&id, &record],
+        )
+        .await
+        .unwrap();
+    }
+    drop(db);
+    env.unseal_with(&[("alice", vec![alice9]), ("bob", vec![bob9])])
+        .await;
+    env.operate("/v1/rotation/prepare", json!({})).await;
+    for name in ["alice", "bob"] {
+        let line = env.fetch_new_share(name, 10).await;
+        env.verify_new_share(name, &line).await;
+    }
+    env.operate("/v1/rotation/activate", json!({})).await;
+    env.database_keyring().await;
+
+    server.stop();
+    let operator = env.client(OPERATOR);
+    let switch =
+        tokio::spawn(async move { operator.post("/v1/rotation/switch", &json!({})).await });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let started = std::time::Instant::now();
+    let fetched = tokio::time::timeout(
+        Duration::from_secs(10),
+        env.client("db1").get("/v1/keyring"),
+    )
+    .await
+    .expect("the keyring fetch waited for the switch");
+    assert_eq!(fetched.status, 200, "{}", fetched.body);
+    let keyring = crypto_core::Keyring::from_handover_json(&fetched.body).unwrap();
+    assert_eq!(keyring.write_version(), v(9), "fetched before the switch");
+    assert!(!switch.is_finished(), "the switch waits for its database");
+    println!(
+        "keyring answered in {:?} during the switch",
+        started.elapsed()
+    );
+
+    server.start_again();
+    let switched = switch.await.unwrap();
+    assert_eq!(switched.status, 200, "{}", switched.body);
+    let status: RotationStatus = switched.json();
+    assert_eq!(status.state, RotationState::Reencrypting);
+    // The rotation has taken the queued fetch by now.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let status = env.status().await;
+    assert_eq!(
+        rotation(&status).waiting_for,
+        ["db1"],
+        "db1 got a keyring writing v9: not yet a writer of v10"
+    );
+    let keyring = env.database_keyring().await;
+    assert_eq!(keyring.write_version(), v(10));
+    let status = env.status().await;
+    assert_eq!(rotation(&status).waiting_for, Vec::<String>::new());
 }

@@ -361,7 +361,9 @@ impl Rotator {
                         let _ = fetch.recorded.send(());
                         continue;
                     }
-                    if let Err(e) = self.acknowledge(&fetch.consumer).await {
+                    if self.handed_what_is_needed(&fetch)
+                        && let Err(e) = self.acknowledge(&fetch.consumer).await
+                    {
                         tracing::error!(consumer = %fetch.consumer, error = %e, "recording a consumer's acknowledgement failed");
                     }
                     let _ = fetch.recorded.send(());
@@ -652,6 +654,24 @@ impl Rotator {
         // The new key is live now; the shares that proved it are not needed.
         self.new_shares.clear();
         Ok(self.status())
+    }
+
+    /// Whether the keyring a local fetch handed over is the one this state
+    /// needs consumers to have: in DualRead one holding the next version,
+    /// while a job runs one writing the job's version. A fetch queued while
+    /// a step changed the state (answered with the keyring from before it,
+    /// say one still writing the old version during a `switch`) is not.
+    fn handed_what_is_needed(&self, fetch: &Fetched) -> bool {
+        match (self.machine.state(), self.machine.job()) {
+            (RotationState::DualRead, _) => self
+                .machine
+                .next()
+                .is_some_and(|next| fetch.versions.contains(&next)),
+            (RotationState::Reencrypting | RotationState::RollingBack, Some(job)) => {
+                fetch.write_version == job.to
+            }
+            _ => false,
+        }
     }
 
     /// A consumer fetched the keyring: its acknowledgement of both versions
