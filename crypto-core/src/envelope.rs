@@ -16,7 +16,6 @@ use std::fmt::Write as _;
 use aes_gcm::aead::AeadInPlace as _;
 use aes_gcm::{Aes256Gcm, KeyInit, Nonce, Tag};
 use base64_simd::AsOut as _;
-use rand::Rng as _;
 use zeroize::Zeroizing;
 
 use crate::locked::Locked;
@@ -104,7 +103,7 @@ impl Cipher {
 
     pub(crate) fn seal(&self, version: KeyVersion, plaintext: &[u8], aad: &[u8]) -> String {
         let mut nonce = [0u8; NONCE_LEN];
-        rand::rng().fill_bytes(&mut nonce);
+        crate::random::fill(&mut nonce);
         self.seal_with_nonce(version, &nonce, plaintext, aad)
     }
 

@@ -3,7 +3,6 @@
 use core::fmt;
 
 use base64::Engine as _;
-use rand::Rng as _;
 use zeroize::Zeroizing;
 
 use crate::Error;
@@ -20,10 +19,10 @@ impl Key {
         Self(Locked::new(Zeroizing::new([0u8; 32])))
     }
 
-    /// A fresh random key from the thread's CSPRNG (seeded by the OS).
+    /// A fresh random key from the operating system's generator.
     pub fn generate() -> Self {
         let mut key = Self::empty();
-        rand::rng().fill_bytes(&mut key.0[..]);
+        crate::random::fill(&mut key.0[..]);
         key
     }
 

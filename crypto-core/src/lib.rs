@@ -18,6 +18,7 @@ mod key;
 mod keyring;
 mod locked;
 mod name;
+mod random;
 mod shamir;
 mod share;
 mod version;

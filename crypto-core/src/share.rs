@@ -13,7 +13,6 @@ use core::fmt;
 use core::str::FromStr;
 
 use base64::Engine as _;
-use rand::Rng as _;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
@@ -35,7 +34,7 @@ impl SetId {
     /// A fresh random set id.
     pub fn generate() -> Self {
         let mut bytes = [0u8; 16];
-        rand::rng().fill_bytes(&mut bytes);
+        crate::random::fill(&mut bytes);
         Self(bytes)
     }
 
