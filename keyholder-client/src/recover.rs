@@ -60,14 +60,22 @@ pub fn recover(
     kcv: &Kcv,
     only: Option<KeyVersion>,
 ) -> Result<Recovered, CliError> {
-    let mut by_version: BTreeMap<KeyVersion, Vec<&Share>> = BTreeMap::new();
+    // Shares rebuild a key only with shares of their own split: grouped by
+    // version and split set, so a share of another split (an old file), in
+    // whatever position, is a group of its own and cannot block the others.
+    let mut by_version: BTreeMap<KeyVersion, BTreeMap<String, Vec<&Share>>> = BTreeMap::new();
     let mut keyrings: Vec<String> = Vec::new();
     for share in inputs.iter().flat_map(|i| i.shares.iter()) {
         let keyring = share.keyring().to_string();
         if !keyrings.contains(&keyring) {
             keyrings.push(keyring);
         }
-        by_version.entry(share.version()).or_default().push(share);
+        by_version
+            .entry(share.version())
+            .or_default()
+            .entry(share.set().to_hex())
+            .or_default()
+            .push(share);
     }
     if keyrings.len() > 1 {
         return Err(CliError::SeveralKeyrings {
@@ -88,7 +96,10 @@ pub fn recover(
         by_version.retain(|v, _| *v == version);
     }
     let mut tried = Vec::new();
-    for (version, shares) in &by_version {
+    let groups = by_version
+        .iter()
+        .flat_map(|(version, sets)| sets.values().map(move |shares| (version, shares)));
+    for (version, shares) in groups {
         let need = usize::from(shares[0].threshold());
         if shares.len() < need {
             tried.push(format!(
@@ -189,6 +200,29 @@ mod tests {
                 other.to_hex()
             )
         );
+    }
+
+    #[test]
+    fn a_share_of_another_split_given_first_does_not_block() {
+        let key = Key::generate();
+        let (s, kcv) = split(9, &key);
+        // The same version split again, 3 of 5 (an old file, say).
+        let other = crypto_core::split(
+            &Key::generate(),
+            &"orders".parse().unwrap(),
+            KeyVersion::new(9).unwrap(),
+            3,
+            5,
+        )
+        .unwrap();
+        let inputs = [
+            input("old", vec![other.shares[0].clone()]),
+            input("a", vec![s[0].clone()]),
+            input("b", vec![s[1].clone()]),
+        ];
+        let got = recover(&inputs, &kcv, None).unwrap();
+        assert_eq!(got.indices, [1, 2]);
+        assert!(kcv.matches(&got.key, &"orders".parse().unwrap(), got.version));
     }
 
     #[test]
