@@ -81,7 +81,9 @@ pub async fn fetch(
     usage: Option<&KeyringRequest>,
 ) -> Result<Zeroizing<String>, CliError> {
     let start = Instant::now();
-    let deadline = start + wait;
+    let deadline = start.checked_add(wait).ok_or(CliError::ExecUsage(
+        "--wait is longer than this system's clock can count; give it like 30s, 2m or 1h",
+    ))?;
     let mut attempt = 0u32;
     loop {
         let fetched = match usage {
@@ -128,19 +130,47 @@ fn round(d: Duration) -> Duration {
     Duration::from_secs(d.as_secs() + u64::from(d.subsec_nanos() > 0))
 }
 
-/// Starts `command` with the hand-over on an inherited pipe, forwards SIGTERM
-/// and SIGINT to it, and returns the exit code to exit with (the child's, or
-/// 128 + the signal that ended it).
-pub async fn exec(json: Zeroizing<String>, command: &[OsString]) -> Result<u8, CliError> {
+/// The pipe the hand-over goes through, made before anything else opens a
+/// descriptor (the runtime opens several), so its read end is the lowest
+/// free one, 3 when the hook inherits only stdin, stdout and stderr: a
+/// POSIX shell reads `<&3`, and cannot redirect a descriptor above 9.
+pub struct KeyringPipe {
+    read: std::os::fd::OwnedFd,
+    write: std::os::fd::OwnedFd,
+}
+
+impl KeyringPipe {
+    /// Both ends close-on-exec, then only the read end made inheritable:
+    /// the child gets exactly one descriptor from us.
+    pub fn new() -> Result<Self, CliError> {
+        let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(CliError::Pipe)?;
+        fcntl(&read, FcntlArg::F_SETFD(FdFlag::empty())).map_err(CliError::Pipe)?;
+        Ok(Self { read, write })
+    }
+}
+
+/// Starts `command` with the hand-over on `pipe`, forwards signals to it,
+/// and returns the exit code to exit with (the child's, or 128 + the signal
+/// that ended it). Forwarded: a service manager's stop (TERM, INT, QUIT) and
+/// the reload and user signals databases take (HUP reloads PostgreSQL's and
+/// MySQL's configuration; USR1, USR2); any of them not forwarded would end
+/// the hook and orphan the database.
+pub async fn exec(
+    json: Zeroizing<String>,
+    command: &[OsString],
+    pipe: KeyringPipe,
+) -> Result<u8, CliError> {
     let (program, args) = command
         .split_first()
         .ok_or(CliError::ExecUsage("--exec needs a command after `--`"))?;
-    // Both ends close-on-exec, then only the read end made inheritable: the
-    // child gets exactly one descriptor from us.
-    let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(CliError::Pipe)?;
-    fcntl(&read, FcntlArg::F_SETFD(FdFlag::empty())).map_err(CliError::Pipe)?;
-    let mut term = signal(SignalKind::terminate()).map_err(CliError::Signals)?;
-    let mut int = signal(SignalKind::interrupt()).map_err(CliError::Signals)?;
+    let KeyringPipe { read, write } = pipe;
+    let listen = |kind| signal(kind).map_err(CliError::Signals);
+    let mut term = listen(SignalKind::terminate())?;
+    let mut int = listen(SignalKind::interrupt())?;
+    let mut quit = listen(SignalKind::quit())?;
+    let mut hup = listen(SignalKind::hangup())?;
+    let mut usr1 = listen(SignalKind::user_defined1())?;
+    let mut usr2 = listen(SignalKind::user_defined2())?;
     let mut child = tokio::process::Command::new(program)
         .args(args)
         .env(KEYRING_FD_ENV, read.as_raw_fd().to_string())
@@ -162,6 +192,10 @@ pub async fn exec(json: Zeroizing<String>, command: &[OsString]) -> Result<u8, C
             status = child.wait() => break status,
             _ = term.recv() => forward(pid, Signal::SIGTERM),
             _ = int.recv() => forward(pid, Signal::SIGINT),
+            _ = quit.recv() => forward(pid, Signal::SIGQUIT),
+            _ = hup.recv() => forward(pid, Signal::SIGHUP),
+            _ = usr1.recv() => forward(pid, Signal::SIGUSR1),
+            _ = usr2.recv() => forward(pid, Signal::SIGUSR2),
         }
     }
     .map_err(|source| CliError::Spawn {
@@ -252,6 +286,7 @@ mod tests {
         let code = exec(
             Zeroizing::new(r#"{"k":1}"#.to_owned()),
             &["sh".into(), "-c".into(), script.into()],
+            KeyringPipe::new().unwrap(),
         )
         .await
         .unwrap();
@@ -260,7 +295,13 @@ mod tests {
 
     #[tokio::test]
     async fn exec_without_a_command_is_a_usage_error() {
-        let err = exec(Zeroizing::new(String::new()), &[]).await.unwrap_err();
+        let err = exec(
+            Zeroizing::new(String::new()),
+            &[],
+            KeyringPipe::new().unwrap(),
+        )
+        .await
+        .unwrap_err();
         assert_eq!(err.exit_code(), 2);
     }
 }

@@ -49,11 +49,17 @@ pub fn run(cli: Cli) -> Result<u8, CliError> {
             .map(|()| 0)
         }
         command => {
+            // The hand-over's pipe before the runtime opens its own
+            // descriptors: its read end is then the lowest free one.
+            let pipe = match &command {
+                Command::Hook(args) if args.exec => Some(hook::KeyringPipe::new()?),
+                _ => None,
+            };
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .map_err(CliError::Runtime)?;
-            runtime.block_on(online(cli.connect, output, command))
+            runtime.block_on(online(cli.connect, output, command, pipe))
         }
     }
 }
@@ -100,6 +106,7 @@ async fn online(
     connect_args: ConnectArgs,
     output: Output,
     command: Command,
+    pipe: Option<hook::KeyringPipe>,
 ) -> Result<u8, CliError> {
     match command {
         Command::Status => {
@@ -122,7 +129,7 @@ async fn online(
             return share_verify(&connect_args, output, args).await;
         }
         Command::Rotate(command) => rotate(&connect_args, output, command).await?,
-        Command::Hook(args) => return run_hook(&connect_args, args).await,
+        Command::Hook(args) => return run_hook(&connect_args, args, pipe).await,
         Command::Audit(args) => audit(&connect_args, output, args).await?,
         Command::Admin(AdminCommand::Reload) => {
             let client = connect(&connect_args)?;
@@ -502,7 +509,11 @@ async fn watch(client: &Client, output: Output) -> Result<(), CliError> {
     }
 }
 
-async fn run_hook(connect_args: &ConnectArgs, args: HookArgs) -> Result<u8, CliError> {
+async fn run_hook(
+    connect_args: &ConnectArgs,
+    args: HookArgs,
+    pipe: Option<hook::KeyringPipe>,
+) -> Result<u8, CliError> {
     match (args.exec, args.command.is_empty(), args.format) {
         (true, true, _) => {
             return Err(CliError::ExecUsage(
@@ -533,7 +544,11 @@ async fn run_hook(connect_args: &ConnectArgs, args: HookArgs) -> Result<u8, CliE
     let json = hook::fetch(&client, args.wait, usage.as_ref()).await?;
     drop(client);
     if args.exec {
-        return hook::exec(json, &args.command).await;
+        let pipe = match pipe {
+            Some(pipe) => pipe,
+            None => hook::KeyringPipe::new()?,
+        };
+        return hook::exec(json, &args.command, pipe).await;
     }
     match args.format.unwrap_or(HookFormat::Json) {
         HookFormat::Json => {

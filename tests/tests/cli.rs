@@ -300,6 +300,29 @@ fn pki_init_to_unseal_hook_and_recover() {
         text(&out.stdout)
     );
 
+    // A POSIX shell child (dash) reads the keyring on descriptor 3 (it
+    // cannot redirect one above 9), and a SIGHUP to the hook (a service
+    // manager's reload) reaches the child instead of ending the hook.
+    let script = r#"test "$KEYHOLDER_KEYRING_FD" = 3 || { echo "fd $KEYHOLDER_KEYRING_FD"; exit 9; }
+        cat <&3 >/dev/null || exit 8
+        trap 'echo got HUP; exit 5' HUP
+        echo ready
+        while :; do sleep 0.1; done"#;
+    let mut hook = world
+        .keyholder("db1")
+        .args(["hook", "--wait", "10s", "--exec", "--", "sh", "-c", script])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(hook.stdout.take().unwrap()));
+    let first = lines.next().unwrap().unwrap();
+    assert_eq!(first, "ready", "the child did not read the keyring on fd 3");
+    let pid = nix::unistd::Pid::from_raw(hook.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+    assert_eq!(lines.next().unwrap().unwrap(), "got HUP");
+    let status = hook.wait().unwrap();
+    assert_eq!(status.code(), Some(5), "the hook returns its child's code");
+
     // Offline recovery from alice's and carol's share files.
     let key_file = world.tmp.path().join("v9.key");
     let out = Command::new(binary("keyholder"))
