@@ -20,6 +20,7 @@ pub struct HookHandover {
     /// The version new records are written with.
     pub write_version: KeyVersion,
     /// The live keys, in numeric order when written by keyholder.
+    #[serde(deserialize_with = "objects")]
     pub keys: Vec<HandoverKey>,
 }
 
@@ -38,9 +39,12 @@ impl HookHandover {
     /// Parses the hand-over strictly. Errors say where the JSON was wrong but
     /// never echo a value from it.
     pub fn from_json(text: &str) -> Result<Self, Error> {
-        serde_json::from_str(text).map_err(|e| Error::MalformedHandover {
-            reason: describe_json_error(&e),
-        })
+        let mut json = serde_json::Deserializer::from_str(text);
+        Object::<Self>::deserialize(&mut json)
+            .and_then(|Object(handover)| json.end().map(|()| handover))
+            .map_err(|e| Error::MalformedHandover {
+                reason: describe_json_error(&e),
+            })
     }
 
     /// The hand-over as JSON, in a buffer that is zeroized on drop.
@@ -74,6 +78,35 @@ impl fmt::Debug for HookHandover {
 
 /// serde_json's messages quote the offending value, which in this document
 /// may be a key: keep only messages known to name the schema, never a value.
+/// A `T` read only from a JSON object: serde also reads a struct from an
+/// array of its fields in order (`["orders", 9, [[9, "..."]]]`), a second
+/// spelling of the same hand-over that keyholder never writes.
+struct Object<T>(T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Object<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Only<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for Only<T> {
+            type Value = Object<T>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                T::deserialize(de::value::MapAccessDeserializer::new(map)).map(Object)
+            }
+        }
+        deserializer.deserialize_map(Only(std::marker::PhantomData))
+    }
+}
+
+/// A list of objects only (see [`Object`]).
+fn objects<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    deserializer: D,
+) -> Result<Vec<T>, D::Error> {
+    let objects: Vec<Object<T>> = Vec::deserialize(deserializer)?;
+    Ok(objects.into_iter().map(|Object(item)| item).collect())
+}
+
 fn describe_json_error(e: &serde_json::Error) -> String {
     let message = e.to_string();
     let head = message.split(" at line ").next().unwrap_or_default();
@@ -131,6 +164,27 @@ mod tests {
         assert!(
             back.starts_with(r#"{"keyring":"orders","write_version":10,"keys":[{"version":9,"#)
         );
+    }
+
+    #[test]
+    fn only_objects_spell_a_hand_over() {
+        let arrays = [
+            format!(r#"["orders",9,[{{"version":9,"key":"{K9}"}}]]"#),
+            format!(r#"{{"keyring":"orders","write_version":9,"keys":[[9,"{K9}"]]}}"#),
+            format!(r#"["orders",9,[[9,"{K9}"]]]"#),
+        ];
+        for text in &arrays {
+            let err = HookHandover::from_json(text).err().expect(text);
+            assert!(!err.to_string().contains(K9), "{err}");
+        }
+        let object = format!(
+            r#"{{"keyring":"orders","write_version":9,"keys":[{{"version":9,"key":"{K9}"}}]}}"#
+        );
+        assert!(HookHandover::from_json(&object).is_ok());
+        assert!(HookHandover::from_json(&format!("{object} {{}}")).is_err());
+        let twice =
+            format!(r#"{{"keyring":"orders","keyring":"orders","write_version":9,"keys":[]}}"#);
+        assert!(HookHandover::from_json(&twice).is_err());
     }
 
     #[test]
