@@ -174,7 +174,7 @@ mod tests {
             format!(r#"["orders",9,[[9,"{K9}"]]]"#),
         ];
         for text in &arrays {
-            let err = HookHandover::from_json(text).err().expect(text);
+            let err = HookHandover::from_json(text).expect_err(text);
             assert!(!err.to_string().contains(K9), "{err}");
         }
         let object = format!(
@@ -182,9 +182,8 @@ mod tests {
         );
         assert!(HookHandover::from_json(&object).is_ok());
         assert!(HookHandover::from_json(&format!("{object} {{}}")).is_err());
-        let twice =
-            format!(r#"{{"keyring":"orders","keyring":"orders","write_version":9,"keys":[]}}"#);
-        assert!(HookHandover::from_json(&twice).is_err());
+        let twice = r#"{"keyring":"orders","keyring":"orders","write_version":9,"keys":[]}"#;
+        assert!(HookHandover::from_json(twice).is_err());
     }
 
     #[test]
