@@ -225,6 +225,8 @@ pub struct ShareInput {
     pub source: PathBuf,
     /// Its shares, in file order.
     pub shares: Vec<Share>,
+    /// The identity file that opened it, for an age file (stdin included).
+    pub opened_by: Option<PathBuf>,
 }
 
 impl ShareInput {
@@ -257,11 +259,14 @@ pub fn read_shares(path: &Path, identities: Option<&Identities>) -> Result<Share
     } else {
         files::read_input(path)?
     };
+    let mut opened_by = None;
     let text = if is_age_file(&bytes) {
         let identities = identities.ok_or_else(|| CliError::IdentityNeeded {
             path: path.to_owned(),
         })?;
-        identities.decrypt(path, &bytes)?
+        let text = identities.decrypt(path, &bytes)?;
+        opened_by = identities.opened_by(&bytes).map(Path::to_owned);
+        text
     } else if from_stdin {
         Zeroizing::new(
             String::from_utf8(bytes.to_vec()).map_err(|_| CliError::NotAgeFile {
@@ -293,6 +298,7 @@ pub fn read_shares(path: &Path, identities: Option<&Identities>) -> Result<Share
     Ok(ShareInput {
         source: path.to_owned(),
         shares,
+        opened_by,
     })
 }
 

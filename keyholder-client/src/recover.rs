@@ -164,6 +164,7 @@ mod tests {
         ShareInput {
             source: PathBuf::from(name),
             shares,
+            opened_by: None,
         }
     }
 

@@ -636,27 +636,24 @@ async fn audit(
 fn recover_key(args: RecoverArgs, output: Output) -> Result<(), CliError> {
     let kcv = recover::parse_kcv(&args.kcv)?;
     files::ensure_absent(&args.out)?;
-    let identities = Identities::load(&args.identity, false)?;
-    let mut inputs = Vec::new();
-    // The two-person rule offline: each identity opens at most one file.
-    let mut opened: Vec<(PathBuf, PathBuf)> = Vec::new();
+    // Shares on stdin: a passphrase cannot come from there too.
+    let stdin_busy = args.shares.iter().any(|p| p.as_os_str() == STDIN);
+    let identities = Identities::load(&args.identity, stdin_busy)?;
+    let mut inputs: Vec<ShareInput> = Vec::new();
+    // The two-person rule offline: each identity opens at most one file,
+    // stdin included.
     for path in &args.shares {
-        inputs.push(identity::read_shares(path, Some(&identities))?);
-        if path.as_os_str() == STDIN {
-            continue;
-        }
-        let bytes = files::read_input(path)?;
-        let Some(by) = identities.opened_by(&bytes) else {
-            continue;
-        };
-        if let Some((_, first)) = opened.iter().find(|(identity, _)| identity == by) {
+        let input = identity::read_shares(path, Some(&identities))?;
+        if let Some(by) = &input.opened_by
+            && let Some(first) = inputs.iter().find(|i| i.opened_by.as_ref() == Some(by))
+        {
             return Err(CliError::OneIdentityForTwoFiles {
-                identity: by.to_owned(),
-                first: first.clone(),
+                identity: by.clone(),
+                first: first.source.clone(),
                 second: path.clone(),
             });
         }
-        opened.push((by.to_owned(), path.clone()));
+        inputs.push(input);
     }
     let recovered = recover::recover(&inputs, &kcv, args.version)?;
     let mut text = recovered.key.expose_base64_for_handover();
