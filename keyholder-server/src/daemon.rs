@@ -41,6 +41,12 @@ pub enum DaemonError {
     /// A key is needed and none is held.
     #[error("the daemon is sealed; keyholders must unseal it first (keyholder unseal)")]
     Sealed,
+    /// A seal came while rebuilt keys were being proven: they were dropped,
+    /// so a seal is never undone by an unseal that was under way.
+    #[error(
+        "the daemon was sealed while the rebuilt keys were being proven; they were dropped and it stays sealed: submit the shares again"
+    )]
+    SealedMeanwhile,
     /// The state store has no version yet.
     #[error("the keyring has no key yet; run keyholderd init first")]
     NotInitialized,
@@ -356,6 +362,12 @@ impl Daemon {
         &self.metrics
     }
 
+    /// How many seals there have been: unchanged since a reading, no seal
+    /// came in between.
+    pub fn seal_epoch(&self) -> u64 {
+        self.seal_state.borrow().epoch
+    }
+
     /// The seal state, published on every seal and unseal.
     pub fn seal_state(&self) -> tokio::sync::watch::Receiver<SealState> {
         self.seal_state.subscribe()
@@ -636,6 +648,8 @@ impl Daemon {
             return Ok(self.already_unsealed(lines.len()));
         }
         let plan = self.plan().ok_or(DaemonError::NotInitialized)?;
+        // A seal from here on drops what this submission rebuilds.
+        let epoch = self.seal_state.borrow().epoch;
         let (submission, expired) = {
             let mut machine = self.lock_seal();
             let expired = machine.expire(Instant::now());
@@ -687,7 +701,7 @@ impl Daemon {
                 Err(self.unproven(&failures).await?)
             }
             Ok(report) => {
-                self.load_proven(keys, &report, &plan).await?;
+                self.load_proven(keys, &report, &plan, epoch).await?;
                 response.sealed = false;
                 response.loaded = self.vault.held_versions();
                 Ok(response)
@@ -803,14 +817,29 @@ impl Daemon {
     }
 
     /// Loads proven keys as the plan says, restores their encryption counts,
-    /// logs and audits the keyring, and announces the unseal.
+    /// logs and audits the keyring, and announces the unseal. `epoch` is
+    /// the seal epoch when the keys were gathered: after a seal since then
+    /// they are dropped, not loaded ([`DaemonError::SealedMeanwhile`]),
+    /// checked again once loaded so a seal racing the load wins.
     pub(crate) async fn load_proven(
         &self,
         keys: BTreeMap<KeyVersion, crypto_core::Key>,
         report: &verify::Report,
         plan: &KeyringPlan,
+        epoch: u64,
     ) -> Result<(), DaemonError> {
+        let sealed_since = || self.seal_state.borrow().epoch != epoch;
+        if sealed_since() {
+            drop(keys);
+            crate::hygiene::keys_left();
+            return Err(self.sealed_meanwhile().await);
+        }
         let keyring = self.vault.load(&self.config().keyring, keys, plan)?;
+        if sealed_since() {
+            drop(keyring);
+            self.vault.seal();
+            return Err(self.sealed_meanwhile().await);
+        }
         let counts = self.refresh_versions().await?;
         for record in counts.iter().filter(|r| keyring.contains(r.version)) {
             keyring
@@ -833,6 +862,18 @@ impl Daemon {
         // The rotation resumes its work on this.
         self.seal_state.send_modify(|s| s.sealed = false);
         Ok(())
+    }
+
+    /// Audits keys dropped because a seal came while they were proven.
+    async fn sealed_meanwhile(&self) -> DaemonError {
+        tracing::warn!("a seal came while rebuilt keys were being proven: they were dropped");
+        if let Err(e) = self
+            .audit(DAEMON, "unseal_dropped_by_seal", json!({}))
+            .await
+        {
+            return e;
+        }
+        DaemonError::SealedMeanwhile
     }
 
     /// A follower of a cluster takes the plan of the stored rotation before

@@ -588,3 +588,68 @@ async fn a_keyring_fetch_during_a_long_switch_is_answered_and_counts_by_what_it_
     let status = env.status().await;
     assert_eq!(rotation(&status).waiting_for, Vec::<String>::new());
 }
+
+/// A seal is never undone by an unseal that was under way: with the
+/// target's server stopped, the unseal's proof of the rebuilt key keeps
+/// retrying its sample reads; an operator seals meanwhile; when the server
+/// is back and the proof passes, the keys are dropped, not loaded, and the
+/// daemon stays sealed (before, it unsealed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seal_during_an_unseals_proof_wins() {
+    if pg::url().is_none() {
+        return;
+    }
+    let server = PgInstance::start();
+    let url = server.url();
+    let table = pg::unique_name("kh_sealrace");
+    let db = pg::connect(&url).await;
+    db.batch_execute(&format!(
+        "CREATE TABLE {table} (id BIGINT PRIMARY KEY, ssn TEXT NOT NULL)"
+    ))
+    .await
+    .unwrap();
+    let env = Env::new(EnvOptions {
+        first_version: Some(9),
+        consumers: vec!["db1".to_owned()],
+        extra_toml: format!(
+            "\n[[targets]]\nname = \"customers-pg\"\nstore = \"{url}\"\ntable = \"{table}\"\nprimary_key = \"id\"\ncolumns = [\"ssn\"]\naad = \"none\"\n"
+        ),
+        ..EnvOptions::default()
+    });
+    let _daemon = env.start().await;
+    let (alice9, bob9) = (env.share_line("alice", 9), env.share_line("bob", 9));
+    let v9 = env.rebuild_key(9, &[&alice9, &bob9]).await;
+    for id in 1..=100i64 {
+        let record = envelope::seal(&v9, v(9), plaintext(id).as_bytes(), b"");
+        db.execute(
+            &format!("INSERT INTO {table} (id, ssn) VALUES ($1, $2)"),
+            &[&id, &record],
+        )
+        .await
+        .unwrap();
+    }
+    drop(db);
+    let alice = env.client("alice").unseal(&[&alice9]).await;
+    assert_eq!(alice.status, 200, "{}", alice.body);
+
+    server.stop();
+    let bob = env.client("bob");
+    let unseal = tokio::spawn(async move { bob.unseal(&[&bob9]).await });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!unseal.is_finished(), "the proof waits for its database");
+    let sealed = env.operate("/v1/seal", json!({})).await;
+    assert_eq!(sealed.status, 200, "{}", sealed.body);
+    server.start_again();
+    let answer = unseal.await.unwrap();
+    assert_eq!(answer.status, 503, "{}", answer.body);
+    assert!(
+        answer
+            .body
+            .contains("sealed while the rebuilt keys were being proven"),
+        "{}",
+        answer.body
+    );
+    let status = env.status().await;
+    assert!(status.sealed, "the seal was undone: {status:?}");
+    assert_eq!(env.client("db1").get("/v1/keyring").await.status, 503);
+}

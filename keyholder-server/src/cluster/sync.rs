@@ -256,12 +256,14 @@ impl PeerSync {
         if !self.daemon.vault().is_sealed() {
             return Ok(false);
         }
+        // A seal from here on drops the keys this take brings.
+        let epoch = self.daemon.seal_epoch();
         let keys = self.fetch(peer, current).await?;
         let plan = self.daemon.plan().ok_or(DaemonError::NotInitialized)?;
         let (keys, report) = self.proven(peer, keys).await?;
         let versions: Vec<u32> = keys.keys().map(|v| v.number()).collect();
         *self.lock_generation() = Some(current);
-        if let Err(e) = self.daemon.load_proven(keys, &report, &plan).await {
+        if let Err(e) = self.daemon.load_proven(keys, &report, &plan, epoch).await {
             *self.lock_generation() = None;
             return Err(e.into());
         }
