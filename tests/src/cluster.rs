@@ -10,9 +10,12 @@ use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use keyholder_api::{AuditEntry, AuditLog, Status};
 
 use crate::client::Client;
-use crate::daemon::{Daemon, Env, EnvOptions, binary, free_addr, strip_ansi};
+use crate::daemon::{Daemon, Env, EnvOptions, OPERATOR, binary, free_addr, strip_ansi};
 
 /// One node: its name, address, config and log.
 #[derive(Clone, Debug)]
@@ -150,5 +153,55 @@ impl ClusterEnv {
     /// Everything node `i` logged so far.
     pub fn log_text(&self, i: usize) -> String {
         strip_ansi(&fs::read_to_string(&self.nodes[i].log).unwrap_or_default())
+    }
+
+    /// Node `i`'s status, read as the operator; panics unless it answers.
+    pub async fn status(&self, i: usize) -> Status {
+        let answer = self.client(i, OPERATOR).get("/v1/status").await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        answer.json()
+    }
+
+    /// Polls node `i`'s status until `done` holds; panics after `timeout`
+    /// with the status and the node's log.
+    pub async fn wait_for(
+        &self,
+        i: usize,
+        what: &str,
+        timeout: Duration,
+        done: impl Fn(&Status) -> bool,
+    ) -> Status {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let status = self.status(i).await;
+            if done(&status) {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} never {what}: {status:?}\n{}",
+                self.nodes[i].name,
+                self.log_text(i)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The whole audit log, read from node 0 as the operator.
+    pub async fn audit(&self) -> Vec<AuditEntry> {
+        let mut entries = Vec::new();
+        let mut since = 0;
+        loop {
+            let page: AuditLog = self
+                .client(0, OPERATOR)
+                .get(&format!("/v1/audit?since={since}&limit=1000"))
+                .await
+                .json();
+            entries.extend(page.entries);
+            since = page.next_since;
+            if !page.more {
+                return entries;
+            }
+        }
     }
 }

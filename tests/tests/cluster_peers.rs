@@ -13,7 +13,7 @@
 
 use std::time::{Duration, Instant};
 
-use keyholder_api::{AuditEntry, AuditLog, PeerKeyring, Status, UnsealResponse};
+use keyholder_api::{AuditEntry, PeerKeyring, UnsealResponse};
 use keyholder_tests::EnvOptions;
 use keyholder_tests::cluster::ClusterEnv;
 use keyholder_tests::daemon::{DATABASE, OPERATOR};
@@ -24,54 +24,6 @@ use keyholder_tests::secrets;
 /// does not list.
 const OUTSIDER: &str = "kh-x";
 
-async fn status(cluster: &ClusterEnv, i: usize) -> Status {
-    let answer = cluster.client(i, OPERATOR).get("/v1/status").await;
-    assert_eq!(answer.status, 200, "{}", answer.body);
-    answer.json()
-}
-
-/// Polls node `i`'s status until `done` holds; panics after `timeout`
-/// with the status and the node's log.
-async fn wait_for(
-    cluster: &ClusterEnv,
-    i: usize,
-    what: &str,
-    timeout: Duration,
-    done: impl Fn(&Status) -> bool,
-) -> Status {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let status = status(cluster, i).await;
-        if done(&status) {
-            return status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} never {what}: {status:?}\n{}",
-            cluster.nodes[i].name,
-            cluster.log_text(i)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-async fn audit(cluster: &ClusterEnv) -> Vec<AuditEntry> {
-    let mut entries = Vec::new();
-    let mut since = 0;
-    loop {
-        let page: AuditLog = cluster
-            .client(0, OPERATOR)
-            .get(&format!("/v1/audit?since={since}&limit=1000"))
-            .await
-            .json();
-        entries.extend(page.entries);
-        since = page.next_since;
-        if !page.more {
-            return entries;
-        }
-    }
-}
-
 /// Polls the audit log until `done` holds: a node audits a step just after
 /// its status shows it, so an entry is awaited, never assumed.
 async fn wait_audit(
@@ -81,7 +33,7 @@ async fn wait_audit(
 ) -> Vec<AuditEntry> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let log = audit(cluster).await;
+        let log = cluster.audit().await;
         if done(&log) {
             return log;
         }
@@ -140,14 +92,14 @@ async fn one_ceremony_unseals_the_cluster_a_restarted_node_takes_the_keyring_fro
     let answer: UnsealResponse = cluster.client(0, "alice").unseal(&[&alice]).await.json();
     assert!(answer.sealed, "{answer:?}");
     for i in [1, 2] {
-        wait_for(
-            &cluster,
-            i,
-            "got alice's share relayed",
-            Duration::from_secs(10),
-            |s| s.unseal_progress.iter().any(|p| p.from == ["alice"]),
-        )
-        .await;
+        cluster
+            .wait_for(
+                i,
+                "got alice's share relayed",
+                Duration::from_secs(10),
+                |s| s.unseal_progress.iter().any(|p| p.from == ["alice"]),
+            )
+            .await;
     }
     let answer = cluster.client(1, "bob").unseal(&[&bob]).await;
     assert_eq!(answer.status, 200, "{}", answer.body);
@@ -157,10 +109,9 @@ async fn one_ceremony_unseals_the_cluster_a_restarted_node_takes_the_keyring_fro
         "alice's relayed share and bob's unseal kh-b: {answer:?}"
     );
     for i in 0..3 {
-        let status = wait_for(&cluster, i, "unsealed", Duration::from_secs(10), |s| {
-            !s.sealed
-        })
-        .await;
+        let status = cluster
+            .wait_for(i, "unsealed", Duration::from_secs(10), |s| !s.sealed)
+            .await;
         assert_eq!(status.write_version.map(|v| v.number()), Some(1));
     }
     let log = wait_audit(
@@ -258,7 +209,7 @@ async fn one_ceremony_unseals_the_cluster_a_restarted_node_takes_the_keyring_fro
         answer.error().error,
         "this is for the nodes of this cluster only; alice has keyholder, not the node role"
     );
-    let log = audit(&cluster).await;
+    let log = cluster.audit().await;
     assert!(
         entries(&log, "cluster_call_refused")
             .iter()
@@ -285,14 +236,11 @@ async fn one_ceremony_unseals_the_cluster_a_restarted_node_takes_the_keyring_fro
     daemons[2].kill();
     let restarted = Instant::now();
     daemons[2] = cluster.start(2).await;
-    wait_for(
-        &cluster,
-        2,
-        "unsealed from a peer",
-        Duration::from_secs(15),
-        |s| !s.sealed,
-    )
-    .await;
+    cluster
+        .wait_for(2, "unsealed from a peer", Duration::from_secs(15), |s| {
+            !s.sealed
+        })
+        .await;
     println!(
         "unseal from a peer: {} ms from the restart of kh-c to its status unsealed",
         restarted.elapsed().as_millis()
@@ -323,14 +271,11 @@ async fn one_ceremony_unseals_the_cluster_a_restarted_node_takes_the_keyring_fro
         assert!(daemon.stop());
         let restarted = Instant::now();
         *daemon = cluster.start(i).await;
-        wait_for(
-            &cluster,
-            i,
-            "back from a peer",
-            Duration::from_secs(15),
-            |s| !s.sealed,
-        )
-        .await;
+        cluster
+            .wait_for(i, "back from a peer", Duration::from_secs(15), |s| {
+                !s.sealed
+            })
+            .await;
         println!(
             "rolling restart: {} back unsealed {} ms after its start",
             cluster.nodes[i].name,
@@ -362,14 +307,11 @@ async fn one_ceremony_unseals_the_cluster_a_restarted_node_takes_the_keyring_fro
         String::from_utf8_lossy(&out.stderr)
     );
     for i in 0..3 {
-        wait_for(
-            &cluster,
-            i,
-            "sealed with the cluster",
-            Duration::from_secs(10),
-            |s| s.sealed,
-        )
-        .await;
+        cluster
+            .wait_for(i, "sealed with the cluster", Duration::from_secs(10), |s| {
+                s.sealed
+            })
+            .await;
     }
     let log = wait_audit(&cluster, "kh-a and kh-c sealed with the cluster", |log| {
         entries(log, "sealed_with_cluster").len() >= 2
@@ -395,9 +337,9 @@ async fn one_ceremony_unseals_the_cluster_a_restarted_node_takes_the_keyring_fro
     daemons[0] = cluster.start(0).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     for i in 0..3 {
-        assert!(status(&cluster, i).await.sealed, "{}", cluster.log_text(i));
+        assert!(cluster.status(i).await.sealed, "{}", cluster.log_text(i));
     }
-    let log = audit(&cluster).await;
+    let log = cluster.audit().await;
     assert_eq!(
         entries(&log, "unsealed_from_peer").len(),
         from_peer_before_seal,
@@ -406,16 +348,11 @@ async fn one_ceremony_unseals_the_cluster_a_restarted_node_takes_the_keyring_fro
     cluster.client(2, "bob").unseal(&[&bob]).await;
     cluster.client(0, "alice").unseal(&[&alice]).await;
     for i in 0..3 {
-        wait_for(
-            &cluster,
-            i,
-            "unsealed again",
-            Duration::from_secs(10),
-            |s| !s.sealed,
-        )
-        .await;
+        cluster
+            .wait_for(i, "unsealed again", Duration::from_secs(10), |s| !s.sealed)
+            .await;
     }
-    let log = audit(&cluster).await;
+    let log = cluster.audit().await;
     keyholder_api::verify_chain(&log).expect("the nodes' audit chain verifies");
 
     // No share or key in any node's log or in the audit log.
@@ -545,7 +482,7 @@ async fn keys_from_a_peer_that_fail_their_proof_are_dropped_and_the_node_stays_s
         .await
         .unwrap();
     let mut node = cluster.start(0).await;
-    let keyring = status(&cluster, 0).await.keyring.to_string();
+    let keyring = cluster.status(0).await.keyring.to_string();
     let answered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let server = cluster.env.pki.server.clone();
     let hostile = tokio::spawn({
@@ -554,7 +491,7 @@ async fn keys_from_a_peer_that_fail_their_proof_are_dropped_and_the_node_stays_s
     });
     let deadline = Instant::now() + Duration::from_secs(15);
     let refused = loop {
-        let log = audit(&cluster).await;
+        let log = cluster.audit().await;
         if let Some(entry) = entries(&log, "unseal_from_peer_refused").first() {
             break detail(entry);
         }
@@ -573,9 +510,9 @@ async fn keys_from_a_peer_that_fail_their_proof_are_dropped_and_the_node_stays_s
         "{refused}"
     );
     assert!(answered.load(std::sync::atomic::Ordering::SeqCst) >= 1);
-    let status = status(&cluster, 0).await;
+    let status = cluster.status(0).await;
     assert!(status.sealed, "the wrong keys were dropped: {status:?}");
-    let log = audit(&cluster).await;
+    let log = cluster.audit().await;
     assert!(entries(&log, "unsealed").is_empty(), "{log:?}");
     assert!(entries(&log, "unsealed_from_peer").is_empty(), "{log:?}");
     assert!(

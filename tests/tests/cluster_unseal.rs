@@ -8,9 +8,9 @@
 //!
 //! Build the binaries first: `cargo build --workspace --bins`.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use keyholder_api::{AuditEntry, AuditLog, Status, UnsealProgress, UnsealResponse};
+use keyholder_api::{AuditEntry, UnsealProgress, UnsealResponse};
 use keyholder_tests::EnvOptions;
 use keyholder_tests::cluster::ClusterEnv;
 use keyholder_tests::daemon::{DATABASE, OPERATOR};
@@ -29,53 +29,6 @@ fn two_nodes(pg: &PgInstance) -> ClusterEnv {
         },
         "",
     )
-}
-
-async fn status(cluster: &ClusterEnv, i: usize) -> Status {
-    let answer = cluster.client(i, OPERATOR).get("/v1/status").await;
-    assert_eq!(answer.status, 200, "{}", answer.body);
-    answer.json()
-}
-
-/// Polls node `i`'s status until `done` holds; panics after [`WAIT`] with
-/// the status and the node's log.
-async fn wait_for(
-    cluster: &ClusterEnv,
-    i: usize,
-    what: &str,
-    done: impl Fn(&Status) -> bool,
-) -> Status {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let status = status(cluster, i).await;
-        if done(&status) {
-            return status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} never {what}: {status:?}\n{}",
-            cluster.nodes[i].name,
-            cluster.log_text(i)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-async fn audit(cluster: &ClusterEnv) -> Vec<AuditEntry> {
-    let mut entries = Vec::new();
-    let mut since = 0;
-    loop {
-        let page: AuditLog = cluster
-            .client(0, OPERATOR)
-            .get(&format!("/v1/audit?since={since}&limit=1000"))
-            .await
-            .json();
-        entries.extend(page.entries);
-        since = page.next_since;
-        if !page.more {
-            return entries;
-        }
-    }
 }
 
 fn from(progress: &[UnsealProgress]) -> Vec<Vec<String>> {
@@ -98,10 +51,11 @@ async fn a_share_withdrawn_on_one_node_is_withdrawn_on_the_node_it_was_relayed_t
 
     let submitted = cluster.client(0, "alice").unseal(&[&alice]).await;
     assert_eq!(submitted.status, 200, "{}", submitted.body);
-    wait_for(&cluster, 1, "got alice's relayed share", |s| {
-        from(&s.unseal_progress) == [vec!["alice".to_owned()]]
-    })
-    .await;
+    cluster
+        .wait_for(1, "got alice's relayed share", WAIT, |s| {
+            from(&s.unseal_progress) == [vec!["alice".to_owned()]]
+        })
+        .await;
 
     let withdrawn = cluster
         .client(0, "alice")
@@ -112,8 +66,8 @@ async fn a_share_withdrawn_on_one_node_is_withdrawn_on_the_node_it_was_relayed_t
     let withdrawn: UnsealResponse = withdrawn.json();
     assert!(withdrawn.progress.is_empty(), "{withdrawn:?}");
     // No waiting: the withdrawal is answered once the peers have it.
-    assert_eq!(status(&cluster, 0).await.unseal_progress, []);
-    assert_eq!(status(&cluster, 1).await.unseal_progress, []);
+    assert_eq!(cluster.status(0).await.unseal_progress, []);
+    assert_eq!(cluster.status(1).await.unseal_progress, []);
 
     let answer = cluster.client(1, "bob").unseal(&[&bob]).await;
     assert_eq!(answer.status, 200, "{}", answer.body);
@@ -125,10 +79,10 @@ async fn a_share_withdrawn_on_one_node_is_withdrawn_on_the_node_it_was_relayed_t
     assert_eq!(from(&answer.progress), [vec!["bob".to_owned()]]);
     // kh-a has nobody to take the keyring from (it asks every second).
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert!(status(&cluster, 0).await.sealed);
-    assert!(status(&cluster, 1).await.sealed);
+    assert!(cluster.status(0).await.sealed);
+    assert!(cluster.status(1).await.sealed);
 
-    let entries = audit(&cluster).await;
+    let entries = cluster.audit().await;
     let relayed: Vec<&AuditEntry> = entries
         .iter()
         .filter(|e| e.action == "unseal_shares_withdrawn" && e.actor == "alice")
@@ -145,12 +99,15 @@ async fn a_share_withdrawn_on_one_node_is_withdrawn_on_the_node_it_was_relayed_t
     // alice may submit again; then bob's share on kh-b completes it.
     let again = cluster.client(0, "alice").unseal(&[&alice]).await;
     assert_eq!(again.status, 200, "{}", again.body);
-    wait_for(&cluster, 1, "got alice's share again", |s| {
-        s.unseal_progress.iter().any(|p| p.have == 2) || !s.sealed
-    })
-    .await;
-    wait_for(&cluster, 1, "unsealed", |s| !s.sealed).await;
-    wait_for(&cluster, 0, "unsealed from kh-b", |s| !s.sealed).await;
+    cluster
+        .wait_for(1, "got alice's share again", WAIT, |s| {
+            s.unseal_progress.iter().any(|p| p.have == 2) || !s.sealed
+        })
+        .await;
+    cluster.wait_for(1, "unsealed", WAIT, |s| !s.sealed).await;
+    cluster
+        .wait_for(0, "unsealed from kh-b", WAIT, |s| !s.sealed)
+        .await;
 }
 
 /// kh-b is frozen (SIGSTOP: it keeps what it holds but answers nothing)
@@ -171,10 +128,11 @@ async fn a_peer_that_missed_a_withdrawal_gets_it_when_it_answers_again() {
 
     let submitted = cluster.client(0, "alice").unseal(&[&alice]).await;
     assert_eq!(submitted.status, 200, "{}", submitted.body);
-    wait_for(&cluster, 1, "got alice's relayed share", |s| {
-        from(&s.unseal_progress) == [vec!["alice".to_owned()]]
-    })
-    .await;
+    cluster
+        .wait_for(1, "got alice's relayed share", WAIT, |s| {
+            from(&s.unseal_progress) == [vec!["alice".to_owned()]]
+        })
+        .await;
     let kh_b = Pid::from_raw(i32::try_from(b.pid().unwrap()).unwrap());
     kill(kh_b, Signal::SIGSTOP).unwrap();
     let withdrawn = cluster
@@ -191,10 +149,11 @@ async fn a_peer_that_missed_a_withdrawal_gets_it_when_it_answers_again() {
         "kh-b was frozen, yet kh-a's relay of the withdrawal did not fail"
     );
 
-    wait_for(&cluster, 1, "dropped alice's share", |s| {
-        s.unseal_progress.is_empty()
-    })
-    .await;
+    cluster
+        .wait_for(1, "dropped alice's share", WAIT, |s| {
+            s.unseal_progress.is_empty()
+        })
+        .await;
     let answer = cluster.client(1, "bob").unseal(&[&bob]).await;
     assert_eq!(answer.status, 200, "{}", answer.body);
     let answer: UnsealResponse = answer.json();
@@ -221,14 +180,17 @@ async fn a_sealed_node_keeps_unseal_progress_while_a_rotation_is_stored() {
     let bob = env.share_line("bob", 1);
     env.unseal_with(&[("alice", vec![alice.clone()]), ("bob", vec![bob.clone()])])
         .await;
-    wait_for(&cluster, 1, "unsealed from kh-a", |s| !s.sealed).await;
-    let leader = wait_for(&cluster, 0, "saw a leader", |s| {
-        s.cluster
-            .as_ref()
-            .and_then(|c| c.leader.as_deref())
-            .is_some()
-    })
-    .await;
+    cluster
+        .wait_for(1, "unsealed from kh-a", WAIT, |s| !s.sealed)
+        .await;
+    let leader = cluster
+        .wait_for(0, "saw a leader", WAIT, |s| {
+            s.cluster
+                .as_ref()
+                .and_then(|c| c.leader.as_deref())
+                .is_some()
+        })
+        .await;
     let leader = match leader.cluster.and_then(|c| c.leader).as_deref() {
         Some("kh-a") => 0,
         _ => 1,
@@ -243,22 +205,23 @@ async fn a_sealed_node_keeps_unseal_progress_while_a_rotation_is_stored() {
         .post("/v1/seal", &serde_json::json!({}))
         .await;
     assert_eq!(sealed.status, 200, "{}", sealed.body);
-    wait_for(&cluster, 0, "sealed", |s| s.sealed).await;
-    wait_for(&cluster, 1, "sealed", |s| s.sealed).await;
+    cluster.wait_for(0, "sealed", WAIT, |s| s.sealed).await;
+    cluster.wait_for(1, "sealed", WAIT, |s| s.sealed).await;
 
     let first = cluster.client(0, "alice").unseal(&[&alice]).await;
     assert_eq!(first.status, 200, "{}", first.body);
     let first: UnsealResponse = first.json();
     assert!(first.outcomes[0].accepted, "{first:?}");
-    wait_for(&cluster, 1, "got alice's relayed share", |s| {
-        from(&s.unseal_progress) == [vec!["alice".to_owned()]]
-    })
-    .await;
+    cluster
+        .wait_for(1, "got alice's relayed share", WAIT, |s| {
+            from(&s.unseal_progress) == [vec!["alice".to_owned()]]
+        })
+        .await;
     // Several polls of the stored rotation on each node.
     tokio::time::sleep(Duration::from_secs(4)).await;
     for i in 0..2 {
         assert_eq!(
-            from(&status(&cluster, i).await.unseal_progress),
+            from(&cluster.status(i).await.unseal_progress),
             [vec!["alice".to_owned()]],
             "{} dropped alice's share before progress_ttl\n{}",
             cluster.nodes[i].name,
@@ -277,7 +240,7 @@ async fn a_sealed_node_keeps_unseal_progress_while_a_rotation_is_stored() {
     assert_eq!(done.status, 200, "{}", done.body);
     let done: UnsealResponse = done.json();
     assert!(!done.sealed, "{done:?}");
-    wait_for(&cluster, 0, "unsealed", |s| !s.sealed).await;
+    cluster.wait_for(0, "unsealed", WAIT, |s| !s.sealed).await;
 }
 
 /// Requests in a loop that change nothing cannot fill the audit log: a
@@ -309,7 +272,7 @@ async fn requests_in_a_loop_that_change_nothing_are_rate_limited_not_audited_one
         (1..=8).contains(&refused) && answered.get(&429) == Some(&(40 - refused)),
         "db1's 40 node calls: {answered:?}"
     );
-    let entries = audit(&cluster).await;
+    let entries = cluster.audit().await;
     assert_eq!(
         count(&entries, "cluster_call_refused"),
         refused,
@@ -331,5 +294,5 @@ async fn requests_in_a_loop_that_change_nothing_are_rate_limited_not_audited_one
     let bob = env.share_line("bob", 1);
     let answer = cluster.client(0, "bob").unseal(&[&bob]).await;
     assert_eq!(answer.status, 200, "{}", answer.body);
-    wait_for(&cluster, 0, "unsealed", |s| !s.sealed).await;
+    cluster.wait_for(0, "unsealed", WAIT, |s| !s.sealed).await;
 }
