@@ -133,6 +133,22 @@ async fn a_peer_that_missed_a_withdrawal_gets_it_when_it_answers_again() {
             from(&s.unseal_progress) == [vec!["alice".to_owned()]]
         })
         .await;
+    // kh-b holds the shares before its audit entry of them commits: frozen
+    // inside that transaction it would hold the audit log's lock, and kh-a's
+    // own audit of the withdrawal would time out on it.
+    let deadline = std::time::Instant::now() + WAIT;
+    while !cluster
+        .audit()
+        .await
+        .iter()
+        .any(|e| e.action == "unseal_share_relayed" && e.actor == "alice")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "kh-b never audited alice's relayed share"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let kh_b = Pid::from_raw(i32::try_from(b.pid().unwrap()).unwrap());
     kill(kh_b, Signal::SIGSTOP).unwrap();
     let withdrawn = cluster
