@@ -24,16 +24,16 @@ use serde_json::json;
 
 const ROWS: i64 = 20_000;
 
-/// A daemon whose one target is `table` (`id`, `ssn`) at `url`, seeded with
-/// [`ROWS`] records at v9 (the state store at `state_store` when given),
-/// unsealed, with the rotation to v10 switched and
-/// moving records at `rows_per_sec`. Returns the env, the running daemon
-/// (stopped when dropped) and the v10 shares.
-async fn rotating(
+/// A daemon whose one target is `table` (`id`, `ssn`, created here) at
+/// `url`, seeded with `rows` records at v9, started and still sealed;
+/// `options` gives the rest of the env (throttle, state store). Returns the
+/// env, the running daemon (stopped when dropped) and alice's and bob's v9
+/// share lines.
+async fn seeded(
     url: &str,
     table: &str,
-    rows_per_sec: u64,
-    state_store: Option<String>,
+    rows: i64,
+    options: EnvOptions,
 ) -> (Env, keyholder_tests::Daemon, [String; 2]) {
     let db = pg::connect(url).await;
     db.batch_execute(&format!(
@@ -44,18 +44,15 @@ async fn rotating(
     let env = Env::new(EnvOptions {
         first_version: Some(9),
         consumers: vec!["db1".to_owned()],
-        batch_size: Some(250),
-        rows_per_sec: Some(rows_per_sec),
-        state_store,
         extra_toml: format!(
             "\n[[targets]]\nname = \"customers-pg\"\nstore = \"{url}\"\ntable = \"{table}\"\nprimary_key = \"id\"\ncolumns = [\"ssn\"]\naad = \"none\"\n"
         ),
-        ..EnvOptions::default()
+        ..options
     });
     let daemon = env.start().await;
     let (alice9, bob9) = (env.share_line("alice", 9), env.share_line("bob", 9));
     let v9 = env.rebuild_key(9, &[&alice9, &bob9]).await;
-    let ids: Vec<i64> = (1..=ROWS).collect();
+    let ids: Vec<i64> = (1..=rows).collect();
     let records: Vec<String> = ids
         .iter()
         .map(|id| envelope::seal(&v9, v(9), plaintext(*id).as_bytes(), b""))
@@ -66,7 +63,26 @@ async fn rotating(
     )
     .await
     .unwrap();
+    (env, daemon, [alice9, bob9])
+}
 
+/// [`seeded`] with [`ROWS`] records (the state store at `state_store` when
+/// given), unsealed, with the rotation to v10 switched and moving records
+/// at `rows_per_sec`. Returns the env, the running daemon and the v10
+/// shares.
+async fn rotating(
+    url: &str,
+    table: &str,
+    rows_per_sec: u64,
+    state_store: Option<String>,
+) -> (Env, keyholder_tests::Daemon, [String; 2]) {
+    let options = EnvOptions {
+        batch_size: Some(250),
+        rows_per_sec: Some(rows_per_sec),
+        state_store,
+        ..EnvOptions::default()
+    };
+    let (env, daemon, [alice9, bob9]) = seeded(url, table, ROWS, options).await;
     env.unseal_with(&[("alice", vec![alice9]), ("bob", vec![bob9])])
         .await;
     env.operate("/v1/rotation/prepare", json!({})).await;
@@ -512,33 +528,7 @@ async fn a_keyring_fetch_during_a_long_switch_is_answered_and_counts_by_what_it_
     let server = PgInstance::start();
     let url = server.url();
     let table = pg::unique_name("kh_switch");
-    let db = pg::connect(&url).await;
-    db.batch_execute(&format!(
-        "CREATE TABLE {table} (id BIGINT PRIMARY KEY, ssn TEXT NOT NULL)"
-    ))
-    .await
-    .unwrap();
-    let env = Env::new(EnvOptions {
-        first_version: Some(9),
-        consumers: vec!["db1".to_owned()],
-        extra_toml: format!(
-            "\n[[targets]]\nname = \"customers-pg\"\nstore = \"{url}\"\ntable = \"{table}\"\nprimary_key = \"id\"\ncolumns = [\"ssn\"]\naad = \"none\"\n"
-        ),
-        ..EnvOptions::default()
-    });
-    let _daemon = env.start().await;
-    let (alice9, bob9) = (env.share_line("alice", 9), env.share_line("bob", 9));
-    let v9 = env.rebuild_key(9, &[&alice9, &bob9]).await;
-    for id in 1..=100i64 {
-        let record = envelope::seal(&v9, v(9), plaintext(id).as_bytes(), b"");
-        db.execute(
-            &format!("INSERT INTO {table} (id, ssn) VALUES ($1, $2)"),
-            &[&id, &record],
-        )
-        .await
-        .unwrap();
-    }
-    drop(db);
+    let (env, _daemon, [alice9, bob9]) = seeded(&url, &table, 100, EnvOptions::default()).await;
     env.unseal_with(&[("alice", vec![alice9]), ("bob", vec![bob9])])
         .await;
     env.operate("/v1/rotation/prepare", json!({})).await;
@@ -602,33 +592,7 @@ async fn a_seal_during_an_unseals_proof_wins() {
     let server = PgInstance::start();
     let url = server.url();
     let table = pg::unique_name("kh_sealrace");
-    let db = pg::connect(&url).await;
-    db.batch_execute(&format!(
-        "CREATE TABLE {table} (id BIGINT PRIMARY KEY, ssn TEXT NOT NULL)"
-    ))
-    .await
-    .unwrap();
-    let env = Env::new(EnvOptions {
-        first_version: Some(9),
-        consumers: vec!["db1".to_owned()],
-        extra_toml: format!(
-            "\n[[targets]]\nname = \"customers-pg\"\nstore = \"{url}\"\ntable = \"{table}\"\nprimary_key = \"id\"\ncolumns = [\"ssn\"]\naad = \"none\"\n"
-        ),
-        ..EnvOptions::default()
-    });
-    let _daemon = env.start().await;
-    let (alice9, bob9) = (env.share_line("alice", 9), env.share_line("bob", 9));
-    let v9 = env.rebuild_key(9, &[&alice9, &bob9]).await;
-    for id in 1..=100i64 {
-        let record = envelope::seal(&v9, v(9), plaintext(id).as_bytes(), b"");
-        db.execute(
-            &format!("INSERT INTO {table} (id, ssn) VALUES ($1, $2)"),
-            &[&id, &record],
-        )
-        .await
-        .unwrap();
-    }
-    drop(db);
+    let (env, _daemon, [alice9, bob9]) = seeded(&url, &table, 100, EnvOptions::default()).await;
     let alice = env.client("alice").unseal(&[&alice9]).await;
     assert_eq!(alice.status, 200, "{}", alice.body);
 
