@@ -66,43 +66,34 @@ impl Daemon {
     }
 
     /// Writes the windows of refusals that are over (every one when `all`)
-    /// as one audit entry each.
+    /// as one audit entry each: failed share submissions as
+    /// `share_submissions_rate_limited`, node calls as
+    /// `cluster_calls_rate_limited`.
     pub async fn write_refusals(&self, all: bool) -> Result<(), DaemonError> {
-        for summary in self.node_calls.take_summaries(all) {
-            let time = |t| humantime::format_rfc3339_millis(t).to_string();
-            tracing::info!(
-                principal = %summary.principal,
-                refused = summary.refused,
-                "node calls refused unaudited in the last window"
-            );
-            self.audit(
-                &summary.principal,
-                "cluster_calls_rate_limited",
-                json!({
-                    "refused": summary.refused,
-                    "first": time(summary.first),
-                    "last": time(summary.last),
-                }),
-            )
-            .await?;
-        }
-        for summary in self.submissions.take_summaries(all) {
-            let time = |t| humantime::format_rfc3339_millis(t).to_string();
-            tracing::info!(
-                principal = %summary.principal,
-                refused = summary.refused,
-                "share submissions refused in the last window"
-            );
-            self.audit(
-                &summary.principal,
-                "share_submissions_rate_limited",
-                json!({
-                    "refused": summary.refused,
-                    "first": time(summary.first),
-                    "last": time(summary.last),
-                }),
-            )
-            .await?;
+        let budgets = [
+            (&self.node_calls, "cluster_calls_rate_limited"),
+            (&self.submissions, "share_submissions_rate_limited"),
+        ];
+        for (budget, action) in budgets {
+            for summary in budget.take_summaries(all) {
+                let time = |t| humantime::format_rfc3339_millis(t).to_string();
+                tracing::info!(
+                    principal = %summary.principal,
+                    refused = summary.refused,
+                    action,
+                    "requests refused unaudited in the last window"
+                );
+                self.audit(
+                    &summary.principal,
+                    action,
+                    json!({
+                        "refused": summary.refused,
+                        "first": time(summary.first),
+                        "last": time(summary.last),
+                    }),
+                )
+                .await?;
+            }
         }
         Ok(())
     }
