@@ -44,6 +44,19 @@ pub enum Db {
 
 pub const TABLE_SQLITE: &str = "records";
 
+/// How the test table's record columns compare.
+#[derive(Clone, Copy)]
+pub enum Columns {
+    /// The stores' default collations (on MySQL the fixture's usual
+    /// `utf8mb4_general_ci`).
+    Plain,
+    /// Not byte for byte: on SQLite `a` `COLLATE NOCASE` and `b` `COLLATE
+    /// RTRIM`; on PostgreSQL both under a nondeterministic ICU collation
+    /// that ignores case; on MySQL `utf8mb4_general_ci` (case and trailing
+    /// spaces).
+    IgnoringCase,
+}
+
 impl Db {
     pub fn table(&self) -> &str {
         match self {
@@ -95,16 +108,44 @@ impl Db {
             });
             data.push((id, Some(a), b));
         }
+        self.create(Columns::Plain, data).await;
+    }
+
+    /// Creates the table with `rows` rows, `a` and `b` both at v9, in
+    /// columns whose own comparison is not byte for byte
+    /// ([`Columns::IgnoringCase`]).
+    pub async fn seed_case_insensitive(&self, rows: i64) {
+        let keyring = keyring(9);
+        let data = (1..=rows)
+            .map(|id| {
+                let seal = |column: &str| {
+                    let plaintext = format!("secret-{id}-{column}");
+                    keyring
+                        .encrypt(plaintext.as_bytes(), &self.aad(column, id))
+                        .unwrap()
+                };
+                (id, Some(seal("a")), Some(seal("b")))
+            })
+            .collect();
+        self.create(Columns::IgnoringCase, data).await;
+    }
+
+    /// Creates the table with `columns` and inserts `data` (id, a, b).
+    async fn create(&self, columns: Columns, data: Vec<(i64, Option<String>, Option<String>)>) {
         match self {
             Db::Sqlite(path) => {
                 let path = path.clone();
+                let ddl = match columns {
+                    Columns::Plain => "a TEXT, b TEXT",
+                    Columns::IgnoringCase => "a TEXT COLLATE NOCASE, b TEXT COLLATE RTRIM",
+                };
                 tokio::task::spawn_blocking(move || {
                     let mut connection = rusqlite::Connection::open(&path).unwrap();
                     connection
-                        .execute_batch(
+                        .execute_batch(&format!(
                             "PRAGMA journal_mode = WAL;
-                             CREATE TABLE records (id INTEGER PRIMARY KEY, a TEXT, b TEXT);",
-                        )
+                             CREATE TABLE records (id INTEGER PRIMARY KEY, {ddl});"
+                        ))
                         .unwrap();
                     let transaction = connection.transaction().unwrap();
                     {
@@ -122,9 +163,22 @@ impl Db {
             }
             Db::Postgres { url, table } => {
                 let client = pg_connect(url).await;
+                let ddl = match columns {
+                    Columns::Plain => "a TEXT, b TEXT",
+                    Columns::IgnoringCase => {
+                        client
+                            .batch_execute(
+                                "CREATE COLLATION IF NOT EXISTS kh_test_ignore_case \
+                                 (provider = icu, locale = 'und-u-ks-level2', deterministic = false)",
+                            )
+                            .await
+                            .unwrap();
+                        "a TEXT COLLATE kh_test_ignore_case, b TEXT COLLATE kh_test_ignore_case"
+                    }
+                };
                 client
                     .batch_execute(&format!(
-                        "CREATE TABLE {table} (id BIGINT PRIMARY KEY, a TEXT, b TEXT)"
+                        "CREATE TABLE {table} (id BIGINT PRIMARY KEY, {ddl})"
                     ))
                     .await
                     .unwrap();
@@ -144,6 +198,8 @@ impl Db {
                 }
             }
             Db::Mysql { url, table } => {
+                // utf8mb4_general_ci ignores case and trailing spaces: the
+                // same table serves both kinds of columns.
                 let mut conn = mysql_connect(url).await;
                 conn.query_drop(format!(
                     "CREATE TABLE {table} (id BIGINT PRIMARY KEY, a TEXT, b TEXT) \
@@ -160,88 +216,6 @@ impl Db {
                     conn.exec_drop(
                         format!("INSERT INTO {table} (id, a, b) VALUES {values}"),
                         params,
-                    )
-                    .await
-                    .unwrap();
-                }
-            }
-        }
-    }
-
-    /// Creates the table with `rows` rows, `a` and `b` both at v9, in
-    /// columns whose own comparison is not byte for byte: on SQLite `a`
-    /// `COLLATE NOCASE` and `b` `COLLATE RTRIM`; on PostgreSQL both under a
-    /// nondeterministic ICU collation that ignores case; on MySQL the
-    /// fixture's usual `utf8mb4_general_ci` (case and trailing spaces).
-    pub async fn seed_case_insensitive(&self, rows: i64) {
-        let keyring = keyring(9);
-        let data: Vec<(i64, String, String)> = (1..=rows)
-            .map(|id| {
-                let seal = |column: &str| {
-                    let plaintext = format!("secret-{id}-{column}");
-                    keyring
-                        .encrypt(plaintext.as_bytes(), &self.aad(column, id))
-                        .unwrap()
-                };
-                (id, seal("a"), seal("b"))
-            })
-            .collect();
-        match self {
-            Db::Sqlite(path) => {
-                let path = path.clone();
-                tokio::task::spawn_blocking(move || {
-                    let connection = rusqlite::Connection::open(&path).unwrap();
-                    connection
-                        .execute_batch(
-                            "PRAGMA journal_mode = WAL;
-                             CREATE TABLE records (id INTEGER PRIMARY KEY, a TEXT COLLATE NOCASE, b TEXT COLLATE RTRIM);",
-                        )
-                        .unwrap();
-                    for (id, a, b) in data {
-                        connection
-                            .execute(
-                                "INSERT INTO records (id, a, b) VALUES (?1, ?2, ?3)",
-                                rusqlite::params![id, a, b],
-                            )
-                            .unwrap();
-                    }
-                })
-                .await
-                .unwrap();
-            }
-            Db::Postgres { url, table } => {
-                let client = pg_connect(url).await;
-                client
-                    .batch_execute(&format!(
-                        "CREATE COLLATION IF NOT EXISTS kh_test_ignore_case \
-                           (provider = icu, locale = 'und-u-ks-level2', deterministic = false); \
-                         CREATE TABLE {table} (id BIGINT PRIMARY KEY, \
-                           a TEXT COLLATE kh_test_ignore_case, b TEXT COLLATE kh_test_ignore_case)"
-                    ))
-                    .await
-                    .unwrap();
-                for (id, a, b) in data {
-                    client
-                        .execute(
-                            &format!("INSERT INTO {table} (id, a, b) VALUES ($1, $2, $3)"),
-                            &[&id, &a, &b],
-                        )
-                        .await
-                        .unwrap();
-                }
-            }
-            Db::Mysql { url, table } => {
-                let mut conn = mysql_connect(url).await;
-                conn.query_drop(format!(
-                    "CREATE TABLE {table} (id BIGINT PRIMARY KEY, a TEXT, b TEXT) \
-                     CHARACTER SET utf8mb4 COLLATE utf8mb4_general_ci"
-                ))
-                .await
-                .unwrap();
-                for (id, a, b) in data {
-                    conn.exec_drop(
-                        format!("INSERT INTO {table} (id, a, b) VALUES (?, ?, ?)"),
-                        (id, a, b),
                     )
                     .await
                     .unwrap();
