@@ -64,50 +64,52 @@ impl Identities {
         names.join(", ")
     }
 
-    /// The identity file whose identity opens the age file `bytes`, if one
-    /// does (each identity is tried alone, so the answer names one file).
-    pub fn opened_by(&self, bytes: &[u8]) -> Option<&Path> {
-        for (identity, &file) in self.identities.iter().zip(&self.origin) {
-            let decryptor = age::Decryptor::new_buffered(ArmoredReader::new(bytes)).ok()?;
-            if decryptor
-                .decrypt(std::iter::once(identity as &dyn age::Identity))
-                .is_ok()
-            {
-                return Some(&self.files[file]);
-            }
-        }
-        None
-    }
-
     /// Decrypts an age file (armored or binary) held in memory.
     pub fn decrypt(&self, source: &Path, bytes: &[u8]) -> Result<Zeroizing<String>, CliError> {
+        self.decrypt_naming(source, bytes).map(|(text, _)| text)
+    }
+
+    /// Decrypts an age file held in memory, and names the identity file
+    /// whose identity opened it: each identity is tried alone, so the
+    /// answer names one file (the offline two-person rule needs it).
+    pub fn decrypt_naming(
+        &self,
+        source: &Path,
+        bytes: &[u8],
+    ) -> Result<(Zeroizing<String>, &Path), CliError> {
         let not_age = |reason: String| CliError::NotAgeFile {
             path: source.to_owned(),
             reason,
         };
-        let decryptor = age::Decryptor::new_buffered(ArmoredReader::new(bytes))
-            .map_err(|e| not_age(e.to_string()))?;
-        if decryptor.is_scrypt() {
+        let header = || {
+            age::Decryptor::new_buffered(ArmoredReader::new(bytes))
+                .map_err(|e| not_age(e.to_string()))
+        };
+        if header()?.is_scrypt() {
             return Err(CliError::PassphraseShareFile {
                 path: source.to_owned(),
             });
         }
-        let mut reader = decryptor
-            .decrypt(self.identities.iter().map(|i| i as &dyn age::Identity))
-            .map_err(|e| match e {
-                age::DecryptError::NoMatchingKeys => CliError::WrongIdentity {
-                    path: source.to_owned(),
-                    identity: self.describe(),
-                },
-                other => not_age(other.to_string()),
-            })?;
-        let mut plain = Zeroizing::new(Vec::new());
-        reader
-            .read_to_end(&mut plain)
-            .map_err(|e| not_age(e.to_string()))?;
-        String::from_utf8(plain.to_vec())
-            .map(Zeroizing::new)
-            .map_err(|_| not_age("its content is not text".to_owned()))
+        for (identity, &file) in self.identities.iter().zip(&self.origin) {
+            let mut reader =
+                match header()?.decrypt(std::iter::once(identity as &dyn age::Identity)) {
+                    Ok(reader) => reader,
+                    Err(age::DecryptError::NoMatchingKeys) => continue,
+                    Err(other) => return Err(not_age(other.to_string())),
+                };
+            let mut plain = Zeroizing::new(Vec::new());
+            reader
+                .read_to_end(&mut plain)
+                .map_err(|e| not_age(e.to_string()))?;
+            let text = String::from_utf8(plain.to_vec())
+                .map(Zeroizing::new)
+                .map_err(|_| not_age("its content is not text".to_owned()))?;
+            return Ok((text, &self.files[file]));
+        }
+        Err(CliError::WrongIdentity {
+            path: source.to_owned(),
+            identity: self.describe(),
+        })
     }
 }
 
@@ -264,8 +266,8 @@ pub fn read_shares(path: &Path, identities: Option<&Identities>) -> Result<Share
         let identities = identities.ok_or_else(|| CliError::IdentityNeeded {
             path: path.to_owned(),
         })?;
-        let text = identities.decrypt(path, &bytes)?;
-        opened_by = identities.opened_by(&bytes).map(Path::to_owned);
+        let (text, by) = identities.decrypt_naming(path, &bytes)?;
+        opened_by = Some(by.to_owned());
         text
     } else if from_stdin {
         Zeroizing::new(
@@ -388,6 +390,13 @@ mod tests {
         ));
     }
 
+    fn named<'a>(identities: &'a Identities, file: &str) -> Option<&'a Path> {
+        identities
+            .decrypt_naming(Path::new("share.age"), file.as_bytes())
+            .ok()
+            .map(|(_, by)| by)
+    }
+
     #[test]
     fn the_identity_file_that_opens_a_share_file_is_named() {
         let alice = age::x25519::Identity::generate();
@@ -400,15 +409,9 @@ mod tests {
             identities: vec![alice.clone(), bob.clone()],
             origin: vec![0, 1],
         };
-        assert_eq!(
-            identities.opened_by(to(&bob).as_bytes()),
-            Some(Path::new("bob.id"))
-        );
-        assert_eq!(
-            identities.opened_by(to(&alice).as_bytes()),
-            Some(Path::new("alice.id"))
-        );
+        assert_eq!(named(&identities, &to(&bob)), Some(Path::new("bob.id")));
+        assert_eq!(named(&identities, &to(&alice)), Some(Path::new("alice.id")));
         let stranger = age::x25519::Identity::generate();
-        assert_eq!(identities.opened_by(to(&stranger).as_bytes()), None);
+        assert_eq!(named(&identities, &to(&stranger)), None);
     }
 }
