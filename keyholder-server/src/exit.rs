@@ -111,7 +111,8 @@ impl ExitStatus for RotationError {
             | Self::ShareRetired { .. }
             | Self::NoShareDealt { .. }
             | Self::Rebuild { .. }
-            | Self::RecordsRemain { .. } => Exit::Data,
+            | Self::RecordsRemain { .. }
+            | Self::TargetsGone { .. } => Exit::Data,
             Self::Throttle(_) => Exit::Usage,
             Self::Init(e) => e.exit(),
             Self::Worker(_) | Self::NotLeader { .. } => Exit::Unavailable,

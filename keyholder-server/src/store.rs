@@ -389,6 +389,9 @@ pub trait StateStore: Send + Sync {
     fn checkpoint(&self, target: &str, direction: &str) -> StoreFuture<'_, Option<String>>;
     /// Stores a re-encryption checkpoint (JSON text).
     fn put_checkpoint(&self, target: &str, direction: &str, json: String) -> StoreFuture<'_, ()>;
+    /// The targets holding a checkpoint in `direction`: every target a
+    /// job's passes were started on, by name, whatever the config says now.
+    fn checkpoint_targets(&self, direction: &str) -> StoreFuture<'_, Vec<String>>;
     /// Records that `principal` fetched a keyring holding `versions` at `time`.
     fn record_fetch(
         &self,

@@ -508,6 +508,21 @@ async fn rotation_and_checkpoints_round_trip(b: Backend) {
         Some("{\"last\":5}")
     );
     assert_eq!(store.checkpoint("users", "forward").await.unwrap(), None);
+
+    // Every target a job's passes started on, whatever the config says.
+    store
+        .put_checkpoint("accounts", "forward", "{\"last\":1}".to_owned())
+        .await
+        .unwrap();
+    assert_eq!(
+        store.checkpoint_targets("forward").await.unwrap(),
+        ["accounts", "orders"]
+    );
+    assert_eq!(
+        store.checkpoint_targets("backward").await.unwrap(),
+        ["orders"]
+    );
+    assert!(store.checkpoint_targets("v1->v2").await.unwrap().is_empty());
 }
 
 async fn consumer_fetches_keep_first_and_last(b: Backend) {

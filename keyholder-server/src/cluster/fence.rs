@@ -93,6 +93,9 @@ impl StateStore for FencedStore {
     fn checkpoint(&self, target: &str, direction: &str) -> StoreFuture<'_, Option<String>> {
         self.inner.checkpoint(target, direction)
     }
+    fn checkpoint_targets(&self, direction: &str) -> StoreFuture<'_, Vec<String>> {
+        self.inner.checkpoint_targets(direction)
+    }
     fn put_checkpoint(&self, target: &str, direction: &str, json: String) -> StoreFuture<'_, ()> {
         match self.fence() {
             Ok(Some(fence)) => self

@@ -36,7 +36,7 @@ impl From<RotationError> for ApiFailure {
             | RotationError::Init(_)) => {
                 ApiFailure::new(StatusCode::CONFLICT, "refused", e.to_string())
             }
-            e @ RotationError::RecordsRemain { .. } => {
+            e @ (RotationError::RecordsRemain { .. } | RotationError::TargetsGone { .. }) => {
                 ApiFailure::new(StatusCode::CONFLICT, "records_remain", e.to_string())
             }
             RotationError::NotLeader { leader } => {

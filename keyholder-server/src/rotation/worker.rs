@@ -240,6 +240,27 @@ async fn job_counts_at(
     Ok(counts)
 }
 
+/// The targets a pass of `job` (or of its way back) was started on, by
+/// their checkpoints, that the config no longer names: a restart with a
+/// shorter `[[targets]]` list. Their records are out of every scan, so the
+/// job's source version may still encrypt some of them.
+pub(crate) async fn gone_targets(daemon: &Daemon, job: Job) -> Result<Vec<String>, RotationError> {
+    let store = daemon.leader_store();
+    let configured: Vec<String> = targets(daemon)?
+        .iter()
+        .map(|t| t.name().to_owned())
+        .collect();
+    let mut gone = std::collections::BTreeSet::new();
+    for (from, to) in [(job.from, job.to), (job.to, job.from)] {
+        for target in store.checkpoint_targets(&direction(from, to)).await? {
+            if !configured.contains(&target) {
+                gone.insert(target);
+            }
+        }
+    }
+    Ok(gone.into_iter().collect())
+}
+
 /// Each target's stored totals for `job` (records moved, conflicts), by
 /// target name; a target without a checkpoint is left out.
 pub(crate) async fn checkpoint_totals(
@@ -453,6 +474,16 @@ async fn passes(
         // on the passes' own bookkeeping.
         let left = job_count_at(&daemon, job.from).await?;
         if left == 0 {
+            // That scan covered the configured targets only: one the job
+            // started on and a restart left out may still hold some.
+            let gone = gone_targets(&daemon, job).await?;
+            if !gone.is_empty() {
+                return Err(JobError::Stopped(RotationError::TargetsGone {
+                    version: job.from,
+                    retiring: false,
+                    targets: gone,
+                }));
+            }
             return Ok(true);
         }
         tracing::info!(left, from = %job.from, "records were written at the old version meanwhile; scanning again");

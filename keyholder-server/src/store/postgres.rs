@@ -733,6 +733,21 @@ impl StateStore for PostgresStore {
         })
     }
 
+    fn checkpoint_targets(&self, direction: &str) -> StoreFuture<'_, Vec<String>> {
+        let direction = direction.to_owned();
+        Box::pin(async move {
+            let client = self.client().await?;
+            let rows = client
+                .query(
+                    "SELECT target FROM checkpoints WHERE direction = $1 ORDER BY target",
+                    &[&direction],
+                )
+                .await
+                .map_err(pg("read checkpoints"))?;
+            Ok(rows.iter().map(|r| r.get(0)).collect())
+        })
+    }
+
     fn put_checkpoint(&self, target: &str, direction: &str, json: String) -> StoreFuture<'_, ()> {
         let (target, direction) = (target.to_owned(), direction.to_owned());
         Box::pin(async move {

@@ -609,6 +609,20 @@ impl StateStore for SqliteStore {
         })
     }
 
+    fn checkpoint_targets(&self, direction: &str) -> StoreFuture<'_, Vec<String>> {
+        let direction = direction.to_owned();
+        self.with(move |conn| {
+            let mut statement = conn
+                .prepare("SELECT target FROM checkpoints WHERE direction = ?1 ORDER BY target")
+                .map_err(sql("read checkpoints"))?;
+            statement
+                .query_map(params![direction], |r| r.get(0))
+                .map_err(sql("read checkpoints"))?
+                .collect::<Result<Vec<String>, _>>()
+                .map_err(sql("read checkpoints"))
+        })
+    }
+
     fn put_checkpoint(&self, target: &str, direction: &str, json: String) -> StoreFuture<'_, ()> {
         let (target, direction) = (target.to_owned(), direction.to_owned());
         self.with(move |conn| {

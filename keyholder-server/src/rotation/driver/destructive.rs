@@ -19,6 +19,20 @@ impl Rotator {
         version: KeyVersion,
         execute: bool,
     ) -> Result<RetirePlan, RotationError> {
+        if let (Some(next), true) = (self.machine.next(), version == self.machine.current()) {
+            let job = crate::rotation::Job {
+                from: version,
+                to: next,
+            };
+            let gone = worker::gone_targets(&self.daemon, job).await?;
+            if !gone.is_empty() {
+                return Err(RotationError::TargetsGone {
+                    version,
+                    retiring: true,
+                    targets: gone,
+                });
+            }
+        }
         let per_target = worker::counts_at(&self.daemon, version).await?;
         let remaining = per_target.iter().map(|(_, n)| n).sum();
         let quorum = self.quorum();
