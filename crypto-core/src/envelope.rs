@@ -5,6 +5,15 @@
 //! fails). The text layout is the one of the Expensify write-up, so existing
 //! data of that shape can be adopted.
 //!
+//! What authenticates what: the tag covers the nonce, the ciphertext and the
+//! associated data, not the `V<n>:` prefix. The prefix only picks the key, so
+//! a record relabelled to another version (`V9:` made `V10:`) fails because
+//! that version's key is another key; a [`crate::Keyring`] refuses one key
+//! under two versions, the one case where it would not. Which row and column
+//! a record belongs to is bound only by the associated data the caller
+//! passes: with none (the daemon's `aad = "none"`, its default), a record
+//! copied to another row or column of the same keyring decrypts there.
+//!
 //! This is the re-encryption pass's inner loop (a decrypt, an encrypt and a
 //! proving decrypt per record), so each operation makes one buffer and works
 //! in it: AES-GCM runs in place, and the base64 is SIMD (`base64-simd`); the

@@ -57,6 +57,14 @@ pub enum Error {
         /// The repeated version.
         version: KeyVersion,
     },
+    /// One key was given under two versions when building a keyring: a
+    /// record of one would decrypt relabelled as the other.
+    SameKeyForTwoVersions {
+        /// The version given earlier.
+        first: KeyVersion,
+        /// The version given later with the same key.
+        second: KeyVersion,
+    },
     /// A keyring had no version at all.
     EmptyKeyring,
     /// The write version is not one of the keyring's versions.
@@ -195,6 +203,10 @@ impl fmt::Display for Error {
                     "{version} was given twice; a keyring holds each version once"
                 )
             }
+            Error::SameKeyForTwoVersions { first, second } => write!(
+                f,
+                "{first} and {second} have the same key; each version needs its own key, or a record of one decrypts as the other"
+            ),
             Error::EmptyKeyring => write!(f, "a keyring needs at least one version"),
             Error::WriteVersionNotInKeyring { write_version } => {
                 write!(f, "write version {write_version} is not in the keyring")

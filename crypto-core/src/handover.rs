@@ -52,8 +52,8 @@ impl HookHandover {
         Zeroizing::new(serde_json::to_string(self).expect("the hand-over always serialises"))
     }
 
-    /// Builds the keyring: versions ordered numerically, a repeated version or
-    /// a write version without a key refused.
+    /// Builds the keyring: versions ordered numerically; a repeated version,
+    /// one key under two versions or a write version without a key refused.
     pub fn into_keyring(self) -> Result<Keyring, Error> {
         Keyring::new(
             self.keyring,
@@ -150,11 +150,12 @@ mod tests {
     use super::*;
 
     const K9: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+    const K10: &str = "ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8=";
 
     #[test]
     fn loads_the_design_shape_in_any_order() {
         let text = format!(
-            r#"{{"keyring":"orders","write_version":10,"keys":[{{"version":10,"key":"{K9}"}},{{"version":9,"key":"{K9}"}}]}}"#
+            r#"{{"keyring":"orders","write_version":10,"keys":[{{"version":10,"key":"{K10}"}},{{"version":9,"key":"{K9}"}}]}}"#
         );
         let ring = Keyring::from_handover_json(&text).unwrap();
         let order: Vec<u32> = ring.versions().map(KeyVersion::number).collect();
@@ -205,6 +206,20 @@ mod tests {
             assert!(!err.contains(K9), "{err}");
             assert!(err.starts_with("keyring hand-over is malformed"), "{err}");
         }
+    }
+
+    #[test]
+    fn refuses_one_key_under_two_versions() {
+        let text = format!(
+            r#"{{"keyring":"orders","write_version":10,"keys":[{{"version":9,"key":"{K9}"}},{{"version":10,"key":"{K9}"}}]}}"#
+        );
+        assert_eq!(
+            Keyring::from_handover_json(&text).unwrap_err(),
+            Error::SameKeyForTwoVersions {
+                first: KeyVersion::new(9).unwrap(),
+                second: KeyVersion::new(10).unwrap()
+            }
+        );
     }
 
     #[test]

@@ -3,6 +3,7 @@
 use core::fmt;
 
 use base64::Engine as _;
+use subtle::ConstantTimeEq as _;
 use zeroize::Zeroizing;
 
 use crate::Error;
@@ -54,6 +55,11 @@ impl Key {
     /// boundary: the hook hand-over.
     pub fn expose_base64_for_handover(&self) -> Zeroizing<String> {
         Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(&self.0[..]))
+    }
+
+    /// Whether `other` holds the same bytes, compared in constant time.
+    pub(crate) fn same_bytes(&self, other: &Key) -> bool {
+        self.expose()[..].ct_eq(&other.expose()[..]).into()
     }
 
     /// The raw bytes, for the crypto of this crate only.

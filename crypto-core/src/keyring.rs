@@ -33,18 +33,31 @@ pub struct Keyring {
 }
 
 impl Keyring {
-    /// Builds a keyring. Refuses an empty set of keys, a version given twice
-    /// and a write version that is not among the keys: every version given is
-    /// either in the keyring or the call fails naming it.
+    /// Builds a keyring. Refuses an empty set of keys, a version given twice,
+    /// one key given under two versions and a write version that is not
+    /// among the keys: every version given is either in the keyring or the
+    /// call fails naming it.
+    ///
+    /// A record's version prefix is not authenticated (see
+    /// [`crate::envelope`]): a record relabelled to another version fails
+    /// only because that version's key is another key. One key under two
+    /// versions would let a `V9:` record pass as `V10:`, so it is refused.
     pub fn new(
         id: KeyringId,
         write_version: KeyVersion,
         keys: impl IntoIterator<Item = (KeyVersion, Key)>,
     ) -> Result<Self, Error> {
-        let mut entries = BTreeMap::new();
+        let mut entries: BTreeMap<KeyVersion, Entry> = BTreeMap::new();
         for (version, key) in keys {
             if entries.contains_key(&version) {
                 return Err(Error::DuplicateVersion { version });
+            }
+            let same = entries.iter().find(|(_, entry)| entry.key.same_bytes(&key));
+            if let Some((&first, _)) = same {
+                return Err(Error::SameKeyForTwoVersions {
+                    first,
+                    second: version,
+                });
             }
             let cipher = Cipher::new(&key);
             entries.insert(
@@ -243,6 +256,37 @@ mod tests {
             Error::WriteVersionNotInKeyring {
                 write_version: v(10)
             }
+        );
+    }
+
+    /// The version prefix is not associated data: relabelling a record is
+    /// caught by the other version's key being another key, so a keyring
+    /// never holds one key under two versions.
+    #[test]
+    fn a_relabelled_record_never_decrypts_as_another_version() {
+        let (k9, k10) = (Key::generate(), Key::generate());
+        let old = Keyring::new(orders(), v(9), [(v(9), k9.clone())]).unwrap();
+        let record = old.encrypt(b"nine", b"").unwrap();
+        let relabelled = format!("V10:{}", record.strip_prefix("V9:").unwrap());
+        assert_eq!(
+            Keyring::new(orders(), v(10), [(v(9), k9.clone()), (v(10), k9.clone())]).unwrap_err(),
+            Error::SameKeyForTwoVersions {
+                first: v(9),
+                second: v(10)
+            }
+        );
+        assert_eq!(
+            Keyring::new(orders(), v(10), [(v(10), k9.clone()), (v(9), k9.clone())]).unwrap_err(),
+            Error::SameKeyForTwoVersions {
+                first: v(10),
+                second: v(9)
+            }
+        );
+        let ring = Keyring::new(orders(), v(10), [(v(9), k9), (v(10), k10)]).unwrap();
+        assert_eq!(&*ring.decrypt(&record, b"").unwrap(), b"nine");
+        assert_eq!(
+            ring.decrypt(&relabelled, b"").unwrap_err(),
+            Error::Decrypt { version: v(10) }
         );
     }
 

@@ -228,7 +228,7 @@ fn exit_code(status: std::process::ExitStatus) -> u8 {
 mod tests {
     use super::*;
 
-    const HANDOVER: &str = r#"{"keyring":"orders","write_version":10,"keys":[{"version":9,"key":"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="},{"version":10,"key":"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="}]}"#;
+    const HANDOVER: &str = r#"{"keyring":"orders","write_version":10,"keys":[{"version":9,"key":"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="},{"version":10,"key":"ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8="}]}"#;
 
     #[test]
     fn env_format_is_one_single_quoted_assignment() {
