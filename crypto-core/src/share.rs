@@ -190,7 +190,7 @@ impl Share {
                 .and_then(|rest| rest.strip_prefix('='))
                 .ok_or_else(|| Error::MalformedShare {
                     field: name,
-                    reason: format!("expected `{name}=` here, found `{}`", Error::excerpt(field)),
+                    reason: format!("expected `{name}=` here, found {}", field_name(field)),
                 })
         };
         let keyring: KeyringId =
@@ -354,6 +354,19 @@ impl fmt::Debug for Share {
     }
 }
 
+/// Names the field found where another was expected, never its value: in a
+/// line whose fields are out of place that value may be share data.
+fn field_name(field: &str) -> String {
+    match field.split_once('=') {
+        Some((name, _))
+            if (1..=16).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_lowercase()) =>
+        {
+            format!("`{name}=`")
+        }
+        _ => "another field".to_owned(),
+    }
+}
+
 /// Parses a small decimal number strictly: digits only, no leading zero.
 fn parse_small(text: &str, field: &'static str) -> Result<u8, Error> {
     let malformed = |reason: &str| Error::MalformedShare {
@@ -474,6 +487,55 @@ mod tests {
                 count: 3
             }
         );
+    }
+
+    /// A line whose checksum holds but whose fields are out of place is
+    /// refused naming the field found, never echoing the share data there.
+    #[test]
+    fn a_misplaced_field_is_named_without_its_value() {
+        let line = sample().to_line();
+        let data = line
+            .split(" data=")
+            .nth(1)
+            .unwrap()
+            .split(' ')
+            .next()
+            .unwrap();
+        let body = line.rsplit_once(CHECK_MARK).unwrap().0;
+        let without = |field: &str| -> String {
+            let kept: Vec<&str> = body
+                .split(' ')
+                .filter(|f| !f.starts_with(&format!("{field}=")))
+                .collect();
+            let body = kept.join(" ");
+            let digest = Sha256::digest(body.as_bytes());
+            format!("{body}{CHECK_MARK}{}", hex::encode(&digest[..4]))
+        };
+        let err = Share::parse(&without("index")).unwrap_err();
+        assert_eq!(
+            err,
+            Error::MalformedShare {
+                field: "index",
+                reason: "expected `index=` here, found `data=`".to_owned()
+            }
+        );
+        let shifted = {
+            let body = body.replace("index=3 data=", "");
+            let digest = Sha256::digest(body.as_bytes());
+            format!("{body}{CHECK_MARK}{}", hex::encode(&digest[..4]))
+        };
+        let err = Share::parse(&shifted).unwrap_err();
+        assert_eq!(
+            err,
+            Error::MalformedShare {
+                field: "index",
+                reason: "expected `index=` here, found another field".to_owned()
+            }
+        );
+        for text in [without("index"), shifted] {
+            let shown = Share::parse(&text).unwrap_err().to_string();
+            assert!(!shown.contains(&data[..8]), "{shown}");
+        }
     }
 
     #[test]
