@@ -1,5 +1,5 @@
-//! Randomness for nonces, keys and split ids, straight from the operating
-//! system.
+//! Randomness for nonces, keys, split ids and the Shamir polynomials'
+//! coefficients, straight from the operating system.
 //!
 //! Owns one rule: never a generator kept in the process. Such a generator
 //! (rand's `ThreadRng`, say) is copied by `fork`: every child of a process
@@ -16,4 +16,10 @@ pub(crate) fn fill(bytes: &mut [u8]) {
     rand::rngs::SysRng
         .try_fill_bytes(bytes)
         .expect("the operating system's random number generator failed");
+}
+
+/// The operating system's generator as the `CryptoRng` the Shamir engine
+/// draws its polynomials' coefficients from. Panics as [`fill`] does.
+pub(crate) fn os_rng() -> impl rand::CryptoRng {
+    rand::rand_core::UnwrapErr(rand::rngs::SysRng)
 }

@@ -46,7 +46,11 @@ pub fn split(
         usize::from(threshold),
         usize::from(count),
         key.expose(),
-        rand::rng(),
+        // Never a generator kept in the process (see `random`): the
+        // coefficients of two splits made by forked copies of one process
+        // would be the same, and one share of each would give away the XOR
+        // of the two keys.
+        crate::random::os_rng(),
     )
     .map_err(|e| Error::Shamir {
         reason: e.to_string(),
