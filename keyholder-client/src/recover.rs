@@ -61,9 +61,12 @@ pub fn recover(
     only: Option<KeyVersion>,
 ) -> Result<Recovered, CliError> {
     // Shares rebuild a key only with shares of their own split: grouped by
-    // version and split set, so a share of another split (an old file), in
-    // whatever position, is a group of its own and cannot block the others.
-    let mut by_version: BTreeMap<KeyVersion, BTreeMap<String, Vec<&Share>>> = BTreeMap::new();
+    // version, split set, threshold and count, so a share of another split
+    // (an old file), or one whose threshold or count was edited (the
+    // checksum guards against copy errors, not edits), in whatever
+    // position, is a group of its own and cannot block the others.
+    type Split = (String, u8, u8);
+    let mut by_version: BTreeMap<KeyVersion, BTreeMap<Split, Vec<&Share>>> = BTreeMap::new();
     let mut keyrings: Vec<String> = Vec::new();
     for share in inputs.iter().flat_map(|i| i.shares.iter()) {
         let keyring = share.keyring().to_string();
@@ -73,7 +76,7 @@ pub fn recover(
         by_version
             .entry(share.version())
             .or_default()
-            .entry(share.set().to_hex())
+            .entry((share.set().to_hex(), share.threshold(), share.count()))
             .or_default()
             .push(share);
     }
@@ -145,6 +148,8 @@ pub fn recover(
 #[cfg(test)]
 mod tests {
     use std::path::PathBuf;
+
+    use sha2::Digest as _;
 
     use super::*;
 
@@ -238,6 +243,34 @@ mod tests {
         ];
         let got = recover(&inputs, &kcv, Some(KeyVersion::new(9).unwrap())).unwrap();
         assert_eq!(got.indices, [2, 3]);
+    }
+
+    /// `line` with one field rewritten and its checksum recomputed: a share
+    /// edited on purpose, which the checksum (a copy guard) cannot catch.
+    fn edited(share: &Share, from: &str, to: &str) -> Share {
+        let line = share.to_line();
+        let body = line.rsplit_once(" check=").unwrap().0.replacen(from, to, 1);
+        let digest = sha2::Sha256::digest(body.as_bytes());
+        let check: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
+        Share::parse(&format!("{body} check={check}")).unwrap()
+    }
+
+    #[test]
+    fn a_share_claiming_another_threshold_given_first_does_not_block() {
+        let key = Key::generate();
+        let (s, kcv) = split(9, &key);
+        for forged in [
+            edited(&s[2], "threshold=2", "threshold=3"),
+            edited(&s[2], "count=3", "count=4"),
+        ] {
+            let inputs = [
+                input("forged", vec![forged]),
+                input("a", vec![s[0].clone()]),
+                input("b", vec![s[1].clone()]),
+            ];
+            let got = recover(&inputs, &kcv, None).unwrap();
+            assert_eq!(got.indices, [1, 2]);
+        }
     }
 
     #[test]
