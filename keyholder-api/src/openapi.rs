@@ -319,6 +319,7 @@ fn reload() {}
         (status = 200, description = "The outcome of each line here, as for `POST /v1/unseal`.", body = UnsealResponse),
         (status = 404, description = "`not_found`: this daemon is not a node of a cluster.", body = ApiError),
         (status = 408, description = "`request_timeout`.", body = ApiError),
+        (status = 409, description = "`sealed_since`: the calling node admitted them at an older cluster seal generation than this node knows; the seal dropped them (audited `unseal_relay_refused`).", body = ApiError),
         (status = 413, description = "`body_too_large`: over 16 KiB; `too_many_shares`: over 16 lines.", body = ApiError),
         (status = 422, description = "`verification_failed`: the rebuilt keys failed their proof; nothing was loaded.", body = ApiError),
     ))]

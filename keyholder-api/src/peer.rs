@@ -19,6 +19,11 @@ pub struct RelayedShares {
     /// The lines that node accepted (at most 16).
     #[schema(value_type = Vec<String>, max_items = 16)]
     pub shares: Vec<ShareLine>,
+    /// The cluster seal generation the relaying node had seen when it
+    /// admitted them. A node that has seen a later one (the cluster was
+    /// sealed since) refuses them: a seal drops every node's progress,
+    /// also a relay still in flight.
+    pub generation: u64,
 }
 
 /// `POST /v1/cluster/withdrawal`: `DELETE /v1/unseal` by `principal` on

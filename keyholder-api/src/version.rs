@@ -6,7 +6,7 @@ use core::fmt;
 /// The API version this build speaks. A minor version may add fields to
 /// responses (clients ignore fields they do not know) and optional fields to
 /// requests; requests stay strict, so an unknown request field is refused.
-pub const API_VERSION: &str = "1.7.0";
+pub const API_VERSION: &str = "1.8.0";
 
 /// The header that carries it on every request and response.
 pub const API_VERSION_HEADER: &str = "keyholder-api-version";
@@ -69,7 +69,7 @@ mod tests {
         let err = check_compatible(Some("2.0.0")).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "the peer speaks keyholder API 2.0.0, this build speaks 1.7.0; upgrade the older side"
+            "the peer speaks keyholder API 2.0.0, this build speaks 1.8.0; upgrade the older side"
         );
         assert_eq!(check_compatible(None).unwrap_err().peer, None);
         assert_eq!(check_compatible(Some("one")).unwrap_err().peer, None);

@@ -601,19 +601,27 @@ impl Daemon {
         principal: &Principal,
         lines: &[ShareLine],
     ) -> Result<UnsealResponse, DaemonError> {
-        self.unseal_via(principal, lines, None).await
+        let epoch = self.seal_epoch();
+        // Admitted at any epoch: `None` is for relayed shares only.
+        self.unseal_via(principal, lines, None, epoch)
+            .await?
+            .ok_or(DaemonError::SealedMeanwhile)
     }
 
     /// Takes shares `principal` submitted to another node of the cluster,
     /// which admitted them there and relayed them (`relayed_by`): the same
-    /// admission, counted as that keyholder's, audited as relayed.
+    /// admission, counted as that keyholder's, audited as relayed. `None`,
+    /// nothing admitted, when this daemon was sealed after seal epoch
+    /// `epoch`: that seal dropped the progress these shares belong to.
     pub async fn unseal_relayed(
         &self,
         principal: &Principal,
         lines: &[ShareLine],
         relayed_by: &str,
-    ) -> Result<UnsealResponse, DaemonError> {
-        self.unseal_via(principal, lines, Some(relayed_by)).await
+        epoch: u64,
+    ) -> Result<Option<UnsealResponse>, DaemonError> {
+        self.unseal_via(principal, lines, Some(relayed_by), epoch)
+            .await
     }
 
     /// Drops the unseal progress older than `unseal.progress_ttl` now, not
@@ -643,15 +651,21 @@ impl Daemon {
         principal: &Principal,
         lines: &[ShareLine],
         relayed_by: Option<&str>,
-    ) -> Result<UnsealResponse, DaemonError> {
+        epoch: u64,
+    ) -> Result<Option<UnsealResponse>, DaemonError> {
         if !self.vault.is_sealed() {
-            return Ok(self.already_unsealed(lines.len()));
+            return Ok(Some(self.already_unsealed(lines.len())));
         }
         let plan = self.plan().ok_or(DaemonError::NotInitialized)?;
-        // A seal from here on drops what this submission rebuilds.
-        let epoch = self.seal_state.borrow().epoch;
+        // A seal from `epoch` on drops what this submission rebuilds.
         let (submission, expired) = {
             let mut machine = self.lock_seal();
+            // A seal bumps the epoch before it resets the progress: shares
+            // relayed from before it are either dropped by that reset or
+            // not admitted at all.
+            if relayed_by.is_some() && self.seal_epoch() != epoch {
+                return Ok(None);
+            }
             let expired = machine.expire(Instant::now());
             (
                 machine.submit(&principal.name, lines, Instant::now()),
@@ -692,7 +706,7 @@ impl Daemon {
                 return Err(DaemonError::Verification { failures });
             }
             response.progress = self.lock_seal().progress();
-            return Ok(response);
+            return Ok(Some(response));
         };
         let (keys, verdict) = self.prove(rebuilt.keys).await?;
         match verdict {
@@ -704,7 +718,7 @@ impl Daemon {
                 self.load_proven(keys, &report, &plan, epoch).await?;
                 response.sealed = false;
                 response.loaded = self.vault.held_versions();
-                Ok(response)
+                Ok(Some(response))
             }
         }
     }

@@ -1,10 +1,11 @@
-//! A TCP proxy between one node and PostgreSQL that the test can cut: a
-//! partition for real (connections dropped, new ones closed at once),
-//! without network namespaces.
+//! A TCP proxy between one node and PostgreSQL (or a peer node) that the
+//! test can cut: a partition for real (connections dropped, new ones closed
+//! at once), without network namespaces; or hold: new connections wait,
+//! unanswered, until released, so a call arrives when the test says.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -15,6 +16,8 @@ pub struct Proxy {
     pub addr: SocketAddr,
     cut: Arc<AtomicBool>,
     generation: Arc<watch::Sender<u64>>,
+    holding: Arc<watch::Sender<bool>>,
+    held: Arc<AtomicUsize>,
 }
 
 impl Proxy {
@@ -25,6 +28,9 @@ impl Proxy {
         let cut = Arc::new(AtomicBool::new(false));
         let generation = Arc::new(watch::Sender::new(0u64));
         let (cut_flag, cuts) = (Arc::clone(&cut), Arc::clone(&generation));
+        let holding = Arc::new(watch::Sender::new(false));
+        let held = Arc::new(AtomicUsize::new(0));
+        let (hold, count) = (Arc::clone(&holding), Arc::clone(&held));
         tokio::spawn(async move {
             loop {
                 let Ok((client, _)) = listener.accept().await else {
@@ -36,7 +42,15 @@ impl Proxy {
                     continue;
                 }
                 let mut dropped = cuts.subscribe();
+                let mut release = hold.subscribe();
+                let count = Arc::clone(&count);
                 tokio::spawn(async move {
+                    if *release.borrow_and_update() {
+                        count.fetch_add(1, Ordering::SeqCst);
+                        if release.wait_for(|holding| !holding).await.is_err() {
+                            return;
+                        }
+                    }
                     let Ok(server) = TcpStream::connect(upstream).await else {
                         return;
                     };
@@ -52,7 +66,24 @@ impl Proxy {
             addr,
             cut,
             generation,
+            holding,
+            held,
         }
+    }
+
+    /// New connections wait, unforwarded, until [`Proxy::release`].
+    pub fn hold(&self) {
+        self.holding.send_replace(true);
+    }
+
+    /// How many connections waited since [`Proxy::start`].
+    pub fn held(&self) -> usize {
+        self.held.load(Ordering::SeqCst)
+    }
+
+    /// Forwards the connections held, and new ones at once.
+    pub fn release(&self) {
+        self.holding.send_replace(false);
     }
 
     /// Cuts the link: every open connection is dropped and new ones are

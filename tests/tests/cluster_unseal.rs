@@ -15,6 +15,7 @@ use keyholder_tests::EnvOptions;
 use keyholder_tests::cluster::ClusterEnv;
 use keyholder_tests::daemon::{DATABASE, OPERATOR};
 use keyholder_tests::pg_instance::PgInstance;
+use keyholder_tests::proxy::Proxy;
 
 /// Generous: debug builds on two shared cores.
 const WAIT: Duration = Duration::from_secs(60);
@@ -311,4 +312,152 @@ async fn requests_in_a_loop_that_change_nothing_are_rate_limited_not_audited_one
     let answer = cluster.client(0, "bob").unseal(&[&bob]).await;
     assert_eq!(answer.status, 200, "{}", answer.body);
     cluster.wait_for(0, "unsealed", WAIT, |s| !s.sealed).await;
+}
+
+/// The cluster seal generation in the state store.
+async fn generation(pg: &PgInstance) -> u64 {
+    let (client, connection) = tokio_postgres::connect(&pg.url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let row = client
+        .query_one(
+            "SELECT generation FROM keyholder.cluster_seal WHERE id = 1",
+            &[],
+        )
+        .await
+        .unwrap();
+    u64::try_from(row.get::<_, i64>(0)).unwrap()
+}
+
+/// kh-a reaches kh-b through a proxy the test cuts: alice's share reaches
+/// kh-b, then the operator seals the cluster on kh-a, whose notice cannot
+/// reach kh-b. kh-b reads the new generation itself within a second and
+/// drops alice's share as the notice would have: bob's share on kh-b then
+/// leaves it sealed. (Before, a sealed node ignored a generation it read,
+/// and bob unsealed kh-b with a share given before the seal.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sealed_node_the_seal_notice_missed_drops_its_progress_on_reading_the_generation() {
+    let pg = PgInstance::start();
+    let cluster = two_nodes(&pg);
+    let env = &cluster.env;
+    let proxy = Proxy::start(cluster.nodes[1].addr).await;
+    let config = std::fs::read_to_string(&cluster.nodes[0].config).unwrap();
+    let listed = format!("addr = \"{}\"", cluster.nodes[1].addr);
+    assert_eq!(config.matches(&listed).count(), 1, "{config}");
+    std::fs::write(
+        &cluster.nodes[0].config,
+        config.replace(&listed, &format!("addr = \"{}\"", proxy.addr)),
+    )
+    .unwrap();
+    let _a = cluster.start(0).await;
+    let _b = cluster.start(1).await;
+    let alice = env.share_line("alice", 1);
+    let bob = env.share_line("bob", 1);
+
+    let submitted = cluster.client(0, "alice").unseal(&[&alice]).await;
+    assert_eq!(submitted.status, 200, "{}", submitted.body);
+    cluster
+        .wait_for(1, "got alice's relayed share", WAIT, |s| {
+            from(&s.unseal_progress) == [vec!["alice".to_owned()]]
+        })
+        .await;
+
+    proxy.cut();
+    let before = generation(&pg).await;
+    let sealed = cluster
+        .client(0, OPERATOR)
+        .post("/v1/seal", &serde_json::json!({}))
+        .await;
+    assert_eq!(sealed.status, 200, "{}", sealed.body);
+    assert_eq!(generation(&pg).await, before + 1);
+    cluster
+        .wait_for(1, "dropped alice's share", WAIT, |s| {
+            s.unseal_progress.is_empty()
+        })
+        .await;
+    assert!(
+        cluster
+            .log_text(0)
+            .contains("a peer was not told of the seal"),
+        "kh-a's notice reached kh-b through the cut proxy"
+    );
+
+    let answer = cluster.client(1, "bob").unseal(&[&bob]).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let answer: UnsealResponse = answer.json();
+    assert!(
+        answer.sealed,
+        "alice's share from before the seal unsealed kh-b: {answer:?}"
+    );
+    assert_eq!(from(&answer.progress), [vec!["bob".to_owned()]]);
+    let entries = cluster.audit().await;
+    assert!(
+        entries.iter().any(|e| e.action == "sealed_with_cluster"
+            && e.actor == "keyholderd"
+            && e.detail.contains("\"node\":\"kh-b\"")),
+        "{entries:?}"
+    );
+}
+
+/// A relay kh-a admitted before a seal and delivered after it (a call in
+/// flight, or one kh-a gave up on that kh-b still took) carries the
+/// generation it was admitted at; kh-b, which knows of the seal, refuses
+/// it (409 `sealed_since`, audited), so bob's share does not complete an
+/// unseal with alice's share from before the seal. A relay of the
+/// generation kh-b knows is admitted. The test plays kh-a with its
+/// certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn shares_relayed_from_before_a_seal_are_refused_after_it() {
+    let pg = PgInstance::start();
+    let cluster = two_nodes(&pg);
+    let env = &cluster.env;
+    let _a = cluster.start(0).await;
+    let _b = cluster.start(1).await;
+    let alice = env.share_line("alice", 1);
+    let bob = env.share_line("bob", 1);
+
+    let before = generation(&pg).await;
+    let sealed = cluster
+        .client(1, OPERATOR)
+        .post("/v1/seal", &serde_json::json!({}))
+        .await;
+    assert_eq!(sealed.status, 200, "{}", sealed.body);
+    let now = generation(&pg).await;
+    assert_eq!(now, before + 1);
+
+    let kh_a = cluster.client(1, "kh-a");
+    let relay = |generation: u64| serde_json::json!({"keyholder": "alice", "shares": [alice], "generation": generation});
+    let late = kh_a.post("/v1/cluster/shares", &relay(before)).await;
+    assert_eq!(late.status, 409, "{}", late.body);
+    assert_eq!(late.error().code, "sealed_since");
+    assert_eq!(cluster.status(1).await.unseal_progress, []);
+    let answer = cluster.client(1, "bob").unseal(&[&bob]).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let answer: UnsealResponse = answer.json();
+    assert!(
+        answer.sealed,
+        "a share from before the seal counted: {answer:?}"
+    );
+    let refused: Vec<AuditEntry> = cluster
+        .audit()
+        .await
+        .into_iter()
+        .filter(|e| e.action == "unseal_relay_refused")
+        .collect();
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(refused[0].actor, "alice");
+    assert!(
+        refused[0].detail.contains("\"relayed_by\":\"kh-a\"")
+            && refused[0]
+                .detail
+                .contains(&format!("\"admitted_at\":{before}"))
+            && refused[0].detail.contains(&format!("\"generation\":{now}")),
+        "{refused:?}"
+    );
+    // A relay admitted at the generation kh-b knows counts: with bob's
+    // share it unseals kh-b.
+    let current = kh_a.post("/v1/cluster/shares", &relay(now)).await;
+    assert_eq!(current.status, 200, "{}", current.body);
+    cluster.wait_for(1, "unsealed", WAIT, |s| !s.sealed).await;
 }

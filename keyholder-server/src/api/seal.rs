@@ -45,7 +45,10 @@ pub async fn unseal(
     let request = limits::share_submission(&daemon, &caller, &body)?;
     drop(body);
     // Before the shares are in: a withdrawal from now on keeps them here.
-    let ticket = cluster.as_ref().map(|c| c.ticket(&caller.name));
+    let ticket = match &cluster {
+        Some(cluster) => Some(cluster.ticket(&caller.name).await),
+        None => None,
+    };
     let result = daemon.unseal(&caller, &request.shares).await;
     limits::settle(&daemon, &caller, &result);
     let response = result?;
@@ -91,11 +94,10 @@ pub async fn seal(
     require(&caller, &[Role::Operator])?;
     // The keys are dropped even when the audit entry cannot be written; the
     // peers are told either way.
-    let sealed = daemon.seal(&caller.name).await;
-    if let Some(cluster) = &cluster {
-        cluster.seal_cluster(&caller.name).await?;
-    }
-    let mut status = sealed?;
+    let mut status = match &cluster {
+        Some(cluster) => cluster.seal_cluster(&caller.name).await?,
+        None => daemon.seal(&caller.name).await?,
+    };
     status.rotation = Some(rotation.status());
     Ok(Json(status))
 }

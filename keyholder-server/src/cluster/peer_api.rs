@@ -16,7 +16,7 @@ use keyholder_api::{
 };
 use serde_json::json;
 
-use super::sync::PeerSync;
+use super::sync::{PeerSync, RelayRefused};
 use crate::api::{ApiFailure, AppState, Authenticated};
 use crate::principal::{Principal, Role};
 
@@ -91,7 +91,7 @@ async fn shares(
     Authenticated(caller): Authenticated,
     body: Bytes,
 ) -> Result<Json<UnsealResponse>, ApiFailure> {
-    admit(
+    let sync = admit(
         &daemon,
         &state,
         &caller,
@@ -122,11 +122,40 @@ async fn shares(
                 relayed.keyholder
             ))
         })?;
-    Ok(Json(
-        daemon
-            .unseal_relayed(keyholder, &relayed.shares, &caller.name)
-            .await?,
-    ))
+    match sync
+        .admit_relayed(keyholder, &relayed.shares, &caller.name, relayed.generation)
+        .await
+    {
+        Ok(response) => Ok(Json(response)),
+        Err(RelayRefused::Daemon(e)) => Err(e.into()),
+        Err(refused @ RelayRefused::SealedSince { ours, theirs, .. }) => {
+            let reason = refused.to_string();
+            tracing::warn!(
+                keyholder = %keyholder.name,
+                relayed_by = %caller.name,
+                admitted_at = theirs,
+                generation = ours,
+                "cluster: relayed shares refused: the cluster was sealed after they were admitted"
+            );
+            daemon
+                .audit(
+                    &keyholder.name,
+                    "unseal_relay_refused",
+                    json!({
+                        "relayed_by": caller.name,
+                        "node": sync.name(),
+                        "admitted_at": theirs,
+                        "generation": ours,
+                    }),
+                )
+                .await?;
+            Err(ApiFailure::new(
+                StatusCode::CONFLICT,
+                "sealed_since",
+                reason,
+            ))
+        }
+    }
 }
 
 /// `POST /v1/cluster/withdrawal`: `DELETE /v1/unseal` by a principal on the

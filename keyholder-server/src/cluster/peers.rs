@@ -121,16 +121,19 @@ impl PeerClient {
         &self.peers
     }
 
-    /// Relays share lines `keyholder` submitted here to `peer`.
+    /// Relays share lines `keyholder` submitted here to `peer`, admitted
+    /// here at cluster seal generation `generation`.
     pub async fn relay_shares(
         &self,
         peer: &Node,
         keyholder: &str,
         shares: &[ShareLine],
+        generation: u64,
     ) -> Result<(), PeerError> {
         let body = RelayedShares {
             keyholder: keyholder.to_owned(),
             shares: shares.to_vec(),
+            generation,
         };
         self.post(peer, paths::CLUSTER_SHARES, &body).await?;
         Ok(())

@@ -43,10 +43,15 @@ impl Withdrawals {
     }
 }
 
-/// The withdrawals of one principal seen before its shares were admitted
-/// here: its shares are relayed only while no withdrawal followed.
+/// Taken before a principal's shares are admitted here: the withdrawals
+/// of theirs seen by then (the shares are relayed only while no withdrawal
+/// followed) and the cluster seal generation they are admitted at (a peer
+/// that knows of a later seal refuses them).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Ticket(u64);
+pub struct Ticket {
+    withdrawals: u64,
+    generation: u64,
+}
 
 /// This node's relays to its peers, in the order it made them.
 pub struct Relays {
@@ -74,9 +79,13 @@ impl Relays {
         self.withdrawals.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Taken before `principal`'s shares are admitted here.
-    pub fn ticket(&self, principal: &str) -> Ticket {
-        Ticket(self.lock_withdrawals().of(principal))
+    /// Taken before `principal`'s shares are admitted here, at cluster
+    /// seal generation `generation`.
+    pub fn ticket(&self, principal: &str, generation: u64) -> Ticket {
+        Ticket {
+            withdrawals: self.lock_withdrawals().of(principal),
+            generation,
+        }
     }
 
     /// `principal`'s shares were withdrawn here (all of them, when
@@ -98,12 +107,16 @@ impl Relays {
     /// takes the keyring from an unsealed peer later.
     pub async fn shares(&self, ticket: Ticket, keyholder: &str, lines: &[ShareLine]) {
         let mut outbox = self.outbox.lock().await;
-        if self.ticket(keyholder) != ticket {
+        if self.lock_withdrawals().of(keyholder) != ticket.withdrawals {
             tracing::info!(node = %self.node, keyholder, "cluster: shares withdrawn before they were relayed; not relayed");
             return;
         }
         self.deliver(&mut outbox, |peer| async move {
-            match self.client.relay_shares(peer, keyholder, lines).await {
+            match self
+                .client
+                .relay_shares(peer, keyholder, lines, ticket.generation)
+                .await
+            {
                 Ok(()) => tracing::info!(
                     node = %self.node,
                     peer = %peer.name,

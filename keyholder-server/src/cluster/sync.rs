@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crypto_core::{Key, KeyVersion};
-use keyholder_api::{PeerKeyring, ShareLine, VersionState};
+use keyholder_api::{PeerKeyring, ShareLine, Status, UnsealResponse, VersionState};
 use serde_json::json;
 
 use super::handover::{self, HandoverError};
@@ -80,6 +80,27 @@ enum TakeError {
     Unproven { peer: String, failures: String },
 }
 
+/// Why relayed shares were not admitted.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayRefused {
+    /// This node knows of a cluster seal after the relaying node admitted
+    /// them.
+    #[error(
+        "{relayed_by} admitted these shares at cluster seal generation {theirs}; the cluster was sealed since (generation {ours}), which dropped them on every node: the keyholder submits them again"
+    )]
+    SealedSince {
+        /// The relaying node.
+        relayed_by: String,
+        /// The generation they were admitted at.
+        theirs: u64,
+        /// The generation this node knows of.
+        ours: u64,
+    },
+    /// Admitting them failed.
+    #[error(transparent)]
+    Daemon(#[from] DaemonError),
+}
+
 /// This node's part in the cluster's seal.
 pub struct PeerSync {
     daemon: Arc<Daemon>,
@@ -90,9 +111,14 @@ pub struct PeerSync {
     /// The cluster seal generation the held keys belong to; `None` while
     /// sealed, or unsealed by a ceremony not yet stamped by [`Self::tick`].
     generation: Mutex<Option<u64>>,
-    /// The last cluster seal generation read from the state store: a seal
-    /// while the store is unreachable tells the peers the one after it.
-    seen: std::sync::atomic::AtomicU64,
+    /// The latest cluster seal generation this node knows of (read from
+    /// the state store, told by a peer, made here); `None` before the
+    /// first. A seal while the store is unreachable tells the peers the
+    /// one after it. Also the gate of the unseal progress: held while a
+    /// seal is made or a newer generation followed, and while a relay is
+    /// checked against it and takes the seal epoch it is admitted at, so
+    /// shares admitted before a seal never count after it, on any node.
+    seen: tokio::sync::Mutex<Option<u64>>,
     /// One take-over from a peer at a time.
     taking: tokio::sync::Mutex<()>,
     /// The last failure logged per peer, so a peer that stays down is
@@ -119,7 +145,7 @@ impl PeerSync {
             daemon,
             cluster: cluster.clone(),
             generation: Mutex::new(None),
-            seen: std::sync::atomic::AtomicU64::new(0),
+            seen: tokio::sync::Mutex::new(None),
             taking: tokio::sync::Mutex::new(()),
             last_failure: Mutex::new(HashMap::new()),
             not_found: Mutex::new(None),
@@ -154,11 +180,7 @@ impl PeerSync {
     async fn tick(&self) {
         self.relays.retry(self.daemon.config().progress_ttl).await;
         let current = match self.daemon.store().cluster_seal_generation().await {
-            Ok(generation) => {
-                self.seen
-                    .fetch_max(generation, std::sync::atomic::Ordering::Relaxed);
-                generation
-            }
+            Ok(generation) => generation,
             Err(e) => {
                 self.log_failure(
                     "state store",
@@ -167,8 +189,17 @@ impl PeerSync {
                 return;
             }
         };
+        let mut seen = self.seen.lock().await;
+        let latest = seen.map_or(current, |s| s.max(current));
+        let before = seen.replace(latest);
         if self.daemon.vault().is_sealed() {
             *self.lock_generation() = None;
+            // A seal this node was not told of (a peer's notice lost):
+            // the progress gathered before it goes, as the notice drops it.
+            if before.is_some_and(|b| current > b) {
+                self.follow_seal(current, DAEMON).await;
+            }
+            drop(seen);
             if self.daemon.plan().is_some() {
                 self.take_from_peers(current).await;
             }
@@ -180,6 +211,7 @@ impl PeerSync {
             self.follow_seal(current, DAEMON).await;
             return;
         }
+        drop(seen);
         self.take_missing(current).await;
     }
 
@@ -525,9 +557,52 @@ impl PeerSync {
     }
 
     /// Taken before `principal`'s shares are admitted here, for
-    /// [`Self::relay`].
-    pub fn ticket(&self, principal: &str) -> Ticket {
-        self.relays.ticket(principal)
+    /// [`Self::relay`]: it holds the cluster seal generation they are
+    /// admitted at.
+    pub async fn ticket(&self, principal: &str) -> Ticket {
+        let generation = self.seen.lock().await.unwrap_or(0);
+        self.relays.ticket(principal, generation)
+    }
+
+    /// Admits `keyholder`'s `lines`, relayed by node `by`, which admitted
+    /// them at cluster seal generation `generation`. Refused when this node
+    /// knows of a later seal: that seal dropped every node's progress, the
+    /// shares in flight to a peer too. A later generation than this node
+    /// knows is a seal it has not read yet: admitted, and dropped with the
+    /// rest when this node reads it (within a second).
+    pub async fn admit_relayed(
+        &self,
+        keyholder: &Principal,
+        lines: &[ShareLine],
+        by: &str,
+        generation: u64,
+    ) -> Result<UnsealResponse, RelayRefused> {
+        let refused = |ours: u64| RelayRefused::SealedSince {
+            relayed_by: by.to_owned(),
+            theirs: generation,
+            ours,
+        };
+        // The gate makes the check and the epoch one step against a seal
+        // (which bumps the epoch, then records the generation, under it);
+        // it is not held while the shares are admitted and perhaps proven,
+        // so a seal never waits on a proof.
+        let epoch = {
+            let seen = self.seen.lock().await;
+            if let Some(ours) = *seen
+                && generation < ours
+            {
+                return Err(refused(ours));
+            }
+            self.daemon.seal_epoch()
+        };
+        match self
+            .daemon
+            .unseal_relayed(keyholder, lines, by, epoch)
+            .await?
+        {
+            Some(admitted) => Ok(admitted),
+            None => Err(refused(self.seen.lock().await.unwrap_or(generation))),
+        }
     }
 
     /// Relays the share lines `keyholder` submitted here (those admitted)
@@ -565,8 +640,12 @@ impl PeerSync {
     /// the peers are still told (the generation after the last one seen,
     /// which seals every node holding keys) and the store's error is
     /// returned: a peer that was not reached stays unsealed.
-    pub async fn seal_cluster(self: &Arc<Self>, actor: &str) -> Result<u64, DaemonError> {
+    pub async fn seal_cluster(self: &Arc<Self>, actor: &str) -> Result<Status, DaemonError> {
+        // Sealed and recorded under the gate: a relay admitted here from
+        // now on was admitted at the new generation.
+        let mut seen = self.seen.lock().await;
         *self.lock_generation() = None;
+        let sealed = self.daemon.seal(actor).await;
         let node = self.cluster.node.clone();
         let by = actor.to_owned();
         let recorded = self
@@ -584,11 +663,11 @@ impl PeerSync {
             Ok(generation) => *generation,
             Err(e) => {
                 tracing::error!(error = %e, "cluster: the cluster seal could not be recorded in the state store; telling the peers anyway");
-                self.seen.load(std::sync::atomic::Ordering::Relaxed) + 1
+                seen.unwrap_or(0) + 1
             }
         };
-        self.seen
-            .fetch_max(generation, std::sync::atomic::Ordering::Relaxed);
+        *seen = Some(seen.map_or(generation, |s| s.max(generation)));
+        drop(seen);
         tracing::info!(node = %self.cluster.node, generation, "cluster: sealed the cluster");
         let this = Arc::clone(self);
         tokio::spawn(async move {
@@ -602,16 +681,32 @@ impl PeerSync {
             });
             futures::future::join_all(calls).await;
         });
-        Ok(recorded?)
+        recorded?;
+        sealed
     }
 
     /// A peer (`by`) sealed the cluster at `generation`: seals here unless
     /// the keys held belong to a newer generation.
     pub async fn notice_seal(&self, by: &str, generation: u64) {
-        let held = *self.lock_generation();
-        if held.is_some_and(|h| h >= generation) {
-            return;
+        let mut seen = self.seen.lock().await;
+        self.follow_generation(&mut seen, generation, by).await;
+    }
+
+    /// Learns of `generation` from `by` (under the gate, `seen`): keys of
+    /// an older one are dropped; a sealed node drops its progress when the
+    /// generation is newer than the last it knew of, once only.
+    async fn follow_generation(&self, seen: &mut Option<u64>, generation: u64, by: &str) {
+        let latest = seen.map_or(generation, |s| s.max(generation));
+        let before = seen.replace(latest);
+        let follow = match *self.lock_generation() {
+            Some(held) => held < generation,
+            // Unsealed by a ceremony the tick has not stamped yet: the
+            // keys may be of an older generation.
+            None if !self.daemon.vault().is_sealed() => true,
+            None => before.is_some_and(|b| generation > b),
+        };
+        if follow {
+            self.follow_seal(generation, by).await;
         }
-        self.follow_seal(generation, by).await;
     }
 }
