@@ -297,9 +297,11 @@ fn audit() {}
 /// admin reload`; SIGHUP does the same).
 ///
 /// New connections get the new server certificate, client CA, CRL and
-/// principals; open connections keep theirs. A change that needs a restart
-/// (keyring, state store, listen address, keyholders, targets, ...) is
-/// refused by name and nothing changes. Audited either way.
+/// principals; an open connection is checked again at its next request (a
+/// certificate now refused, or mapping to another principal or none, gets
+/// 403 `forbidden` and the connection is closed). A change that needs a
+/// restart (keyring, state store, listen address, keyholders, targets, ...)
+/// is refused by name and nothing changes. Audited either way.
 #[utoipa::path(post, path = "/v1/admin/reload", tag = "admin",
     responses(
         (status = 200, description = "The config in force and what changed.", body = ReloadResponse),

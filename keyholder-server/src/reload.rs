@@ -5,8 +5,9 @@
 //! certificate dates), refuses by name a change that cannot apply while the
 //! daemon runs, and only then swaps it in: the config the daemon and the
 //! orchestrator read per request and per step, the principals (recorded in
-//! the state store), and the TLS config and principals new connections are
-//! served with (open connections keep theirs). The keys stay in memory, the
+//! the state store), and the TLS config and principals connections are
+//! served with (new ones from their handshake, open ones from their next
+//! request: see `transport`). The keys stay in memory, the
 //! daemon stays unsealed, a rotation keeps running. A refused reload changes
 //! nothing. Each reload, done or refused, is an audit entry.
 
@@ -154,8 +155,10 @@ fn live(old: &Config, new: &Config) -> Vec<&'static str> {
 
 /// The credentials new connections get under `config`.
 pub fn credentials(config: &Config) -> Result<Credentials, tls::TlsError> {
+    let server = tls::server_config(&config.listen)?;
     Ok(Credentials {
-        tls: tls::server_config(&config.listen)?,
+        tls: server.config,
+        verifier: server.verifier,
         principals: Arc::new(identity::Directory {
             field: config.listen.identity_field,
             principals: config.principals.clone().into(),

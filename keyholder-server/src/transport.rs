@@ -23,11 +23,15 @@
 //! certificate, configured or not, can take every slot. On
 //! shutdown the listener closes and open connections drain. The TLS config
 //! and the principals come from a `watch` a reload publishes on: each new
-//! connection gets the ones in force at its accept. Handlers never
+//! connection is handshaken with the ones in force at its accept, and an
+//! open connection's certificate is checked again against the ones in force
+//! at its first request after a reload, or after the certificate's end
+//! (`standing`): refused, it gets that answer and is closed. Handlers never
 //! see a certificate, only a [`Caller`] request extension.
 
 pub mod expiry;
 pub mod identity;
+mod standing;
 pub mod tls;
 
 use std::collections::{HashMap, VecDeque};
@@ -54,6 +58,7 @@ use crate::config::Listen;
 use crate::metrics::{ConnectionMetrics, HandshakeLabel};
 use crate::principal::Principal;
 use identity::IdentityError;
+use standing::Standing;
 
 /// How long open connections get to finish after a shutdown signal.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -227,14 +232,18 @@ impl Drop for Slot {
     }
 }
 
-/// What a new connection is served with: the TLS config (server
-/// certificate, client CA, CRL) and the principals. A reload publishes a new
-/// one on the `watch`; each connection reads the current one as it is
-/// accepted, and open connections keep theirs.
+/// What a connection is served with: the TLS config (server certificate,
+/// client CA, CRL) and the principals. A reload publishes a new one on the
+/// `watch`; each connection is handshaken with the current one as it is
+/// accepted, and its requests after a reload are made by whom the new one
+/// says.
 #[derive(Clone)]
 pub struct Credentials {
     /// The server's rustls config.
     pub tls: Arc<rustls::ServerConfig>,
+    /// The client-certificate verifier inside `tls`, to check an open
+    /// connection's certificate again.
+    pub verifier: Arc<dyn rustls::server::danger::ClientCertVerifier>,
     /// The principals and the field their certificates are read by.
     pub principals: Arc<identity::Directory>,
 }
@@ -302,7 +311,8 @@ pub async fn serve_tls(
             _permit: connection_permit,
             open: metrics.open.clone(),
         };
-        let current = credentials.borrow().clone();
+        let mut in_force = credentials.clone();
+        let current = in_force.borrow_and_update().clone();
         let acceptor = TlsAcceptor::from(current.tls);
         let principals = current.principals;
         let router = router.clone();
@@ -345,14 +355,13 @@ pub async fn serve_tls(
                     return;
                 }
             };
-            let resolved = identity::resolve(
-                stream
-                    .get_ref()
-                    .1
-                    .peer_certificates()
-                    .and_then(|c| c.first()),
-                &principals,
-            );
+            let chain = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .map(<[_]>::to_vec)
+                .unwrap_or_default();
+            let resolved = identity::resolve(chain.first(), &principals);
             // A principal's connection leaves the evictable half (its ticket
             // dropped) and holds one of its places; a stranger's stays.
             let (_held, stranger) = match &resolved {
@@ -384,10 +393,26 @@ pub async fn serve_tls(
                     (None, Some(ticket.ended))
                 }
             };
-            let caller = Caller(Arc::new(resolved));
+            let standing = Arc::new(Standing::new(
+                peer,
+                chain,
+                in_force,
+                Caller(Arc::new(resolved)),
+            ));
             let service = tower::service_fn(move |mut request: hyper::Request<Incoming>| {
-                request.extensions_mut().insert(caller.clone());
-                router.clone().oneshot(request)
+                let (caller, closing) = standing.caller();
+                request.extensions_mut().insert(caller);
+                let answer = router.clone().oneshot(request);
+                async move {
+                    let mut response = answer.await?;
+                    if closing {
+                        response.headers_mut().insert(
+                            hyper::header::CONNECTION,
+                            hyper::header::HeaderValue::from_static("close"),
+                        );
+                    }
+                    Ok::<_, std::convert::Infallible>(response)
+                }
             });
             let mut builder =
                 hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).http1_only();

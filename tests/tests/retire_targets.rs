@@ -1,7 +1,7 @@
-//! Retire and the targets a rotation moved: a target taken out of the
-//! config after the switch (a restart with a shorter `[[targets]]` list)
-//! still holds records the old key encrypted, so the old key must not be
-//! retired until the target is scanned again.
+//! Retire and the targets a rotation moved: a target (or a column of one)
+//! taken out of the config after the switch (a restart with a shorter
+//! `[[targets]]` list) still holds records the old key encrypted, so the old
+//! key must not be retired until it is scanned again.
 //!
 //! Build the daemon first: `cargo build -p keyholder-server`.
 
@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
+use crypto_core::envelope;
 use keyholder_api::{RetirePlan, RotationState, Status};
 use keyholder_tests::daemon::{DATABASE, OPERATOR, SECOND_OPERATOR};
 use keyholder_tests::records::Table;
@@ -111,7 +112,7 @@ async fn a_target_taken_out_of_the_config_after_the_switch_keeps_v9_from_being_r
         Some(RotationState::Drained)
     );
 
-    let refusal = "v9 cannot be retired: target orders-ssn was part of this rotation and is no longer in the config, so no scan can show it holds no record at v9; put its [[targets]] entry back and restart keyholderd (a target whose data is gone for good: point it at an empty table of the same name)";
+    let refusal = "v9 cannot be retired: target orders-ssn was part of this rotation and is no longer in the config, so no scan can show it holds no record at v9; put it back in [[targets]] and restart keyholderd (if its data is gone for good, an empty table or column of that name will do)";
     for (operator, execute) in [(OPERATOR, false), (OPERATOR, true), (SECOND_OPERATOR, true)] {
         let answer = env
             .post_as(operator, "/v1/rotation/retire", retire(execute))
@@ -139,7 +140,7 @@ async fn a_target_taken_out_of_the_config_after_the_switch_keeps_v9_from_being_r
     assert_eq!(
         rotation.last_error.as_deref(),
         Some(
-            "v9 cannot be called drained: target orders-ssn was part of this rotation and is no longer in the config, so no scan can show it holds no record at v9; put its [[targets]] entry back and restart keyholderd (a target whose data is gone for good: point it at an empty table of the same name)"
+            "v9 cannot be called drained: target orders-ssn was part of this rotation and is no longer in the config, so no scan can show it holds no record at v9; put it back in [[targets]] and restart keyholderd (if its data is gone for good, an empty table or column of that name will do)"
         )
     );
 
@@ -161,4 +162,92 @@ async fn a_target_taken_out_of_the_config_after_the_switch_keeps_v9_from_being_r
         .await
         .json();
     assert!(plan.executed, "{plan:?}");
+}
+
+#[tokio::test]
+async fn a_column_taken_out_of_the_config_after_the_switch_keeps_v9_from_being_retired() {
+    let data = tempfile::tempdir().unwrap();
+    let mut customers = Table::create(&data.path().join("app.db"));
+    rusqlite::Connection::open(&customers.spec.db)
+        .unwrap()
+        .execute_batch("ALTER TABLE customers ADD COLUMN dob TEXT")
+        .unwrap();
+    // Env writes `columns = ["<column>"]`: two columns.
+    customers.spec.column = "ssn\", \"dob".into();
+    let env = Env::new(EnvOptions {
+        targets: vec![customers.spec.clone()],
+        first_version: Some(9),
+        consumers: vec![DATABASE.to_owned()],
+        extra_toml: "\n[rotation]\nmin_verified = 2\n".to_owned(),
+        ..EnvOptions::default()
+    });
+    let mut daemon = env.start().await;
+    let v9_lines = [env.share_line("alice", 9), env.share_line("bob", 9)];
+    let v9 = env.rebuild_key(9, &[&v9_lines[0], &v9_lines[1]]).await;
+    customers.seed(&v9, v(9), 100);
+    let set_dob = |id: i64, version: u32, key: &crypto_core::Key| {
+        let record = envelope::seal(key, v(version), b"1970-01-01", b"");
+        rusqlite::Connection::open(&customers.spec.db)
+            .unwrap()
+            .execute(
+                "UPDATE customers SET dob = ?1 WHERE id = ?2",
+                rusqlite::params![record, id],
+            )
+            .unwrap();
+    };
+    for id in 1..=20 {
+        set_dob(id, 9, &v9);
+    }
+    let unsealed = env
+        .unseal_with(&[
+            ("alice", vec![v9_lines[0].clone()]),
+            ("bob", vec![v9_lines[1].clone()]),
+        ])
+        .await;
+    assert!(!unsealed.sealed, "{unsealed:?}");
+
+    env.operate("/v1/rotation/prepare", json!({})).await;
+    let mut v10_lines = Vec::new();
+    for name in ["alice", "bob"] {
+        let line = env.fetch_new_share(name, 10).await;
+        env.verify_new_share(name, &line).await;
+        v10_lines.push(line);
+    }
+    env.operate("/v1/rotation/activate", json!({})).await;
+    env.database_keyring().await;
+    env.operate("/v1/rotation/switch", json!({})).await;
+    assert_eq!(env.database_keyring().await.write_version(), v(10));
+    env.wait_rotation(RotationState::Drained, DRAIN).await;
+    assert_eq!(customers.counts(), BTreeMap::from([(10, 100)]));
+
+    // A lagging writer puts a dob at v9, and the daemon is restarted with
+    // dob taken out of the target's columns.
+    set_dob(1, 9, &v9);
+    daemon.kill();
+    let text = std::fs::read_to_string(&env.config).unwrap();
+    let both = "columns = [\"ssn\", \"dob\"]";
+    assert!(text.contains(both), "{text}");
+    std::fs::write(&env.config, text.replace(both, "columns = [\"ssn\"]")).unwrap();
+    let _daemon = env.start().await;
+    let lines = |i: usize| vec![v9_lines[i].clone(), v10_lines[i].clone()];
+    let unsealed = env
+        .unseal_with(&[("alice", lines(0)), ("bob", lines(1))])
+        .await;
+    assert!(!unsealed.sealed, "{unsealed:?}");
+
+    for (operator, execute) in [(OPERATOR, false), (OPERATOR, true), (SECOND_OPERATOR, true)] {
+        let answer = env
+            .post_as(operator, "/v1/rotation/retire", retire(execute))
+            .await;
+        assert_eq!(answer.status, 409, "{operator} {execute}: {}", answer.body);
+        assert_eq!(
+            answer.error().error,
+            "v9 cannot be retired: column dob of target customers-ssn was part of this rotation and is no longer in the config, so no scan can show it holds no record at v9; put it back in [[targets]] and restart keyholderd (if its data is gone for good, an empty table or column of that name will do)"
+        );
+    }
+    let status: Status = env.status().await;
+    assert_eq!(
+        status.rotation.as_ref().map(|r| r.state),
+        Some(RotationState::Drained)
+    );
 }

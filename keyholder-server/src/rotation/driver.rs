@@ -128,27 +128,25 @@ pub enum RotationError {
         /// The leader's node name and API address, when one is known.
         leader: Option<(String, String)>,
     },
-    /// Targets a pass of the rotation was started on (their checkpoints
-    /// say so) are no longer configured: no scan can show they hold no
-    /// record at `version`, so it is not dropped.
+    /// Targets (or columns of targets) a pass of the rotation was started
+    /// on are no longer configured: no scan can show they hold no record
+    /// at `version`, so it is not dropped.
     #[error(
-        "{} {}: {} no longer in the config, so no scan can show {} no record at {version}; put {} back and restart keyholderd (a target whose data is gone for good: point it at an empty table of the same name)",
-        .version,
+        "{version} {}: {} {} part of this rotation and {} no longer in the config, so no scan can show {} no record at {version}; put {} back in [[targets]] and restart keyholderd (if its data is gone for good, an empty table or column of that name will do)",
         if *.retiring { "cannot be retired" } else { "cannot be called drained" },
-        match .targets.as_slice() {
-            [one] => format!("target {one} was part of this rotation and is"),
-            many => format!("targets {} were part of this rotation and are", many.join(", ")),
-        },
-        if .targets.len() == 1 { "it holds" } else { "they hold" },
-        if .targets.len() == 1 { "its [[targets]] entry" } else { "their [[targets]] entries" },
+        .places.join(", "),
+        if .places.len() == 1 { "was" } else { "were" },
+        if .places.len() == 1 { "is" } else { "are" },
+        if .places.len() == 1 { "it holds" } else { "they hold" },
+        if .places.len() == 1 { "it" } else { "them" },
     )]
     TargetsGone {
         /// The version records may still need.
         version: KeyVersion,
         /// Refused at `retire` (else the worker's drain check).
         retiring: bool,
-        /// The targets, by name.
-        targets: Vec<String>,
+        /// What is gone: `target NAME` or `column C of target NAME`.
+        places: Vec<String>,
     },
     /// The orchestrator is gone (the daemon is shutting down).
     #[error("the rotation has stopped: keyholderd is shutting down")]

@@ -2,7 +2,9 @@
 //! ([`keyholder_reencrypt`]) over every configured target for the rotation's
 //! current [`Job`], keeps its checkpoints in the state store, and reports a
 //! drained job to the orchestrator only after a fresh full scan of every
-//! target found no record left at the job's source version.
+//! target found no record left at the job's source version, and while every
+//! target and column the job's passes covered (kept beside the checkpoints)
+//! is still configured: a scan cannot see one a restart left out.
 //!
 //! It reports as [`WorkerEvent`]s on a channel (progress, retries, a
 //! failure, the drain) and never calls into the orchestrator; it reads the
@@ -240,21 +242,71 @@ async fn job_counts_at(
     Ok(counts)
 }
 
-/// The targets a pass of `job` (or of its way back) was started on, by
-/// their checkpoints, that the config no longer names: a restart with a
-/// shorter `[[targets]]` list. Their records are out of every scan, so the
-/// job's source version may still encrypt some of them.
+/// The key, beside a target's checkpoints, of the columns the passes of a
+/// job (`from` -> `to`) covered in it.
+fn columns_key(from: KeyVersion, to: KeyVersion) -> String {
+    format!("{} columns", direction(from, to))
+}
+
+/// The columns of `target` that passes of the job `from` -> `to` covered.
+async fn covered_columns(
+    store: &dyn StateStore,
+    target: &str,
+    from: KeyVersion,
+    to: KeyVersion,
+) -> Result<std::collections::BTreeSet<String>, RotationError> {
+    match store.checkpoint(target, &columns_key(from, to)).await? {
+        None => Ok(std::collections::BTreeSet::new()),
+        Some(text) => serde_json::from_str(&text).map_err(|e| {
+            crate::store::StoreError::Corrupt {
+                what: format!("the columns of target {target} ({e})"),
+            }
+            .into()
+        }),
+    }
+}
+
+/// Records that the job `from` -> `to` covers `target`'s configured
+/// columns, keeping those it covered before (a restart may have dropped
+/// one from the config; its records still need `from`).
+async fn record_columns(
+    store: &dyn StateStore,
+    target: &Target,
+    from: KeyVersion,
+    to: KeyVersion,
+) -> Result<(), RotationError> {
+    let mut columns = covered_columns(store, target.name(), from, to).await?;
+    let before = columns.len();
+    columns.extend(target.columns().iter().map(ToString::to_string));
+    if before == 0 || columns.len() != before {
+        let text = serde_json::to_string(&columns).expect("column names serialise");
+        store
+            .put_checkpoint(target.name(), &columns_key(from, to), text)
+            .await?;
+    }
+    Ok(())
+}
+
+/// What a pass of `job` (or of its way back) was started on and the config
+/// no longer names, by the checkpoints: a target (`target NAME`) or one of
+/// a target's columns (`column C of target NAME`), left out by a restart
+/// with another `[[targets]]` list. They are out of every scan, so the
+/// job's source version may still encrypt some of their records.
 pub(crate) async fn gone_targets(daemon: &Daemon, job: Job) -> Result<Vec<String>, RotationError> {
     let store = daemon.leader_store();
-    let configured: Vec<String> = targets(daemon)?
-        .iter()
-        .map(|t| t.name().to_owned())
-        .collect();
+    let configured = targets(daemon)?;
     let mut gone = std::collections::BTreeSet::new();
     for (from, to) in [(job.from, job.to), (job.to, job.from)] {
-        for target in store.checkpoint_targets(&direction(from, to)).await? {
-            if !configured.contains(&target) {
-                gone.insert(target);
+        for name in store.checkpoint_targets(&direction(from, to)).await? {
+            if !configured.iter().any(|t| t.name() == name) {
+                gone.insert(format!("target {name}"));
+            }
+        }
+        for target in &configured {
+            for column in covered_columns(store.as_ref(), target.name(), from, to).await? {
+                if !target.columns().iter().any(|c| c.to_string() == column) {
+                    gone.insert(format!("column {column} of target {}", target.name()));
+                }
             }
         }
     }
@@ -298,6 +350,7 @@ pub async fn reset_checkpoints(daemon: &Daemon, job: Job) -> Result<(), Rotation
             .clear(target.name(), job.from, job.to)
             .await
             .map_err(|e| RotationError::Worker(e.to_string()))?;
+        record_columns(daemon.leader_store().as_ref(), &target, job.from, job.to).await?;
     }
     Ok(())
 }
@@ -481,7 +534,7 @@ async fn passes(
                 return Err(JobError::Stopped(RotationError::TargetsGone {
                     version: job.from,
                     retiring: false,
-                    targets: gone,
+                    places: gone,
                 }));
             }
             return Ok(true);
@@ -517,6 +570,7 @@ async fn run_targets(
         Arc::new(StateCheckpoints(Arc::clone(daemon.leader_store())));
     for target in targets(daemon)? {
         let name = target.name().to_owned();
+        record_columns(daemon.leader_store().as_ref(), &target, job.from, job.to).await?;
         let store = keyholder_reencrypt::open_store(&target).await?;
         let pass = Reencryptor::new(
             target,

@@ -84,6 +84,16 @@ pub enum IdentityError {
         /// The values.
         values: String,
     },
+    /// The certificate passed the handshake, but the credentials in force
+    /// now refuse it: a reload's CRL revoked it or its client CA is no
+    /// longer trusted, or it expired while the connection stayed open.
+    #[error(
+        "the client certificate is no longer accepted ({reason}); connect again with a valid certificate"
+    )]
+    NoLongerAccepted {
+        /// The verifier's reason.
+        reason: String,
+    },
     /// No principal has the certificate's identity.
     #[error(
         "the client certificate ({name}) is not a configured principal; add it as a cert_identity"

@@ -1,10 +1,13 @@
 //! The server's rustls configuration: TLS 1.3 only, a client certificate
-//! required and verified against the configured CA (and CRL).
+//! required and verified against the configured CA (and CRL). The verifier
+//! is also handed out on its own, so open connections can be checked again
+//! against the credentials a reload put in force.
 
 use std::path::Path;
 use std::sync::Arc;
 
 use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::ClientCertVerifier;
 use rustls::{RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject as _;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
@@ -51,8 +54,18 @@ pub(crate) fn certs(
     Ok(certs)
 }
 
+/// The server config and the client-certificate verifier inside it.
+#[derive(Clone)]
+pub struct ServerTls {
+    /// What new connections are handshaken with.
+    pub config: Arc<ServerConfig>,
+    /// The verifier `config` checks client certificates with (client CA,
+    /// CRL, validity, client-auth usage).
+    pub verifier: Arc<dyn ClientCertVerifier>,
+}
+
 /// Builds the server config from `[listen]`.
-pub fn server_config(listen: &Listen) -> Result<Arc<ServerConfig>, TlsError> {
+pub fn server_config(listen: &Listen) -> Result<ServerTls, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let chain = certs("listen.cert", &listen.cert)?;
     let key = PrivateKeyDer::from_pem_file(&listen.key).map_err(|e| {
@@ -86,7 +99,7 @@ pub fn server_config(listen: &Listen) -> Result<Arc<ServerConfig>, TlsError> {
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| TlsError::Rustls(e.to_string()))?
-        .with_client_cert_verifier(verifier)
+        .with_client_cert_verifier(Arc::clone(&verifier))
         .with_single_cert(chain, key)
         .map_err(|e| {
             TlsError::Rustls(format!(
@@ -94,5 +107,8 @@ pub fn server_config(listen: &Listen) -> Result<Arc<ServerConfig>, TlsError> {
             ))
         })?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+    Ok(ServerTls {
+        config: Arc::new(config),
+        verifier,
+    })
 }

@@ -29,7 +29,7 @@ impl Rotator {
                 return Err(RotationError::TargetsGone {
                     version,
                     retiring: true,
-                    targets: gone,
+                    places: gone,
                 });
             }
         }
