@@ -12,7 +12,8 @@ use crate::error::{Error, Result};
 /// names it (`PREFERRED`, which falls back to plain text, is not offered).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SslMode {
-    /// No TLS. The default only for a loopback host.
+    /// No TLS. The default only when the host and every replica are
+    /// loopback.
     Disabled,
     /// TLS, without checking the server's certificate.
     Required,
@@ -20,7 +21,7 @@ pub enum SslMode {
     /// built-in web roots), for any host name.
     VerifyCa,
     /// TLS with a trusted certificate for the host named in the URL. The
-    /// default for every host that is not loopback.
+    /// default when the host or a replica is not loopback.
     VerifyIdentity,
 }
 
@@ -170,11 +171,16 @@ impl MysqlLocation {
                 }
             }
         }
-        let loopback = host == "localhost"
-            || host
-                .parse::<std::net::IpAddr>()
-                .is_ok_and(|address| address.is_loopback());
-        let ssl_mode = ssl_mode.unwrap_or(if loopback {
+        // The mode is every connection's, the replicas' too: plain TCP by
+        // default only when none of them leaves the machine.
+        let loopback = |host: &str| {
+            host == "localhost"
+                || host
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|address| address.is_loopback())
+        };
+        let all_loopback = loopback(host.as_str()) && replicas.iter().all(|(r, _)| loopback(r));
+        let ssl_mode = ssl_mode.unwrap_or(if all_loopback {
             SslMode::Disabled
         } else {
             SslMode::VerifyIdentity
@@ -288,6 +294,23 @@ mod tests {
             remote.to_string(),
             "mysql://app@db.example:3306/orders?ssl-mode=VERIFY_IDENTITY"
         );
+        // The replicas are reached in the same mode: one on another host
+        // makes the default verified TLS, not plain TCP to it.
+        for url in [
+            "mysql://app@127.0.0.1/orders?replica=db2.example:3306",
+            "mysql://app@localhost/orders?replica=127.0.0.1:3307&replica=10.0.0.7",
+        ] {
+            let Ok(StoreLocation::Mysql(replicated)) = parse(url) else {
+                panic!("a valid mysql url")
+            };
+            assert_eq!(replicated.ssl_mode, SslMode::VerifyIdentity, "{url}");
+        }
+        let Ok(StoreLocation::Mysql(local_replicas)) =
+            parse("mysql://app@127.0.0.1/orders?replica=localhost:3307&replica=[::1]:3308")
+        else {
+            panic!("a valid mysql url")
+        };
+        assert_eq!(local_replicas.ssl_mode, SslMode::Disabled);
         let Ok(StoreLocation::Mysql(full)) = parse(
             "mysql://app@[::1]:3307/orders?ssl-mode=verify_ca&ssl-ca=/etc/ca.pem\
              &password-file=/run/pw&replica=r1.example:3306&replica=r2.example",
