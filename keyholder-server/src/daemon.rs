@@ -494,6 +494,7 @@ impl Daemon {
         if previous.as_ref() != Some(&plan)
             && let Some(keyring) = self.vault.republish(&plan)?
         {
+            self.metrics.set_loaded(keyring.versions().count());
             self.log_keyring(&keyring);
         }
         Ok(())
