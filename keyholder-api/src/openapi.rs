@@ -184,6 +184,13 @@ impl Modify for Shared {
                 responses.entry("403".to_owned()).or_insert_with(|| {
                     error("`forbidden`: the certificate maps to no principal, or it lacks the role")
                 });
+                responses.entry("429".to_owned()).or_insert_with(|| {
+                    error(
+                        "`too_many_connections`: the caller's principal holds as many open \
+                         connections as `listen.max_connections_per_principal` allows; this one \
+                         is closed after the answer",
+                    )
+                });
                 for response in responses.values_mut() {
                     if let RefOr::T(response) = response {
                         response.headers.insert(
@@ -235,7 +242,7 @@ fn status() {}
         (status = 408, description = "`request_timeout`: the body did not arrive within 10 s.", body = ApiError),
         (status = 413, description = "`body_too_large` (over 16 KiB) or `too_many_shares` (over 16 lines); nothing was processed.", body = ApiError),
         (status = 422, description = "`verification_failed`: rebuilt keys failed KCV, canary or sample test-decrypts; nothing was loaded.", body = ApiError),
-        (status = 429, description = "`rate_limited`: the caller's failed submissions used up its budget; `Retry-After` says when to try again.", body = ApiError),
+        (status = 429, description = "`rate_limited`: the caller's failed submissions used up its budget; `Retry-After` says when to try again. `too_many_connections`: the caller's principal holds as many open connections as `listen.max_connections_per_principal` allows.", body = ApiError),
         (status = 503, description = "`not_initialized`.", body = ApiError),
     ))]
 fn unseal() {}
@@ -407,7 +414,7 @@ fn share() {}
         (status = 409, description = "`wrong_state` or `refused`.", body = ApiError),
         (status = 413, description = "`body_too_large` or `too_many_shares`; nothing was processed.", body = ApiError),
         (status = 422, description = "`verification_failed`.", body = ApiError),
-        (status = 429, description = "`rate_limited`; `Retry-After` says when to try again.", body = ApiError),
+        (status = 429, description = "`rate_limited`; `Retry-After` says when to try again. `too_many_connections`: the caller's principal holds as many open connections as `listen.max_connections_per_principal` allows.", body = ApiError),
         (status = 503, description = "`sealed` or `not_initialized`.", body = ApiError),
     ))]
 fn verify() {}
@@ -558,7 +565,7 @@ mod tests {
                     panic!("{path}: the version header is a reference");
                 };
                 assert_eq!(first.name, API_VERSION_HEADER, "{path}");
-                for code in ["200", "400", "403"] {
+                for code in ["200", "400", "403", "429"] {
                     assert!(op.responses.responses.contains_key(code), "{path} {code}");
                 }
             }

@@ -132,6 +132,15 @@ impl<S: Send + Sync> FromRequestParts<S> for Authenticated {
         })?;
         match caller.0.as_ref() {
             Ok(principal) => Ok(Self(principal.clone())),
+            Err(e @ crate::transport::identity::IdentityError::OverLimit { .. }) => {
+                let mut failure = ApiFailure::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too_many_connections",
+                    e.to_string(),
+                );
+                failure.retry_after = Some(1);
+                Err(failure)
+            }
             Err(e) => Err(ApiFailure::new(
                 StatusCode::FORBIDDEN,
                 "forbidden",

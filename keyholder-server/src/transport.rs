@@ -18,7 +18,9 @@
 //! request is answered 403 naming why, then it is closed, and any newer
 //! connection ends it first, before a handshake still under way. A principal
 //! holds at most `listen.max_connections_per_principal` connections; one more
-//! is closed once its handshake shows whose it is, and counted. Both are
+//! stays in the evictable half too once its handshake shows whose it is: its
+//! first request is answered 429 `too_many_connections`, then it is closed,
+//! and it is counted. Both are
 //! logged at most once a minute like failed handshakes. So no single
 //! certificate, configured or not, can take every slot. On
 //! shutdown the listener closes and open connections drain. The TLS config
@@ -363,34 +365,44 @@ pub async fn serve_tls(
                 .unwrap_or_default();
             let resolved = identity::resolve(chain.first(), &principals);
             // A principal's connection leaves the evictable half (its ticket
-            // dropped) and holds one of its places; a stranger's stays.
-            let (_held, stranger) = match &resolved {
-                Ok(p) => {
-                    let Some(held) = per_principal.take(&p.name) else {
+            // dropped) and holds one of its places; a stranger's stays, and so
+            // does one over its principal's limit: each is answered once
+            // (403, 429) and closed, and ends sooner when a newer connection
+            // needs its place.
+            let (resolved, _held, stranger) = match resolved {
+                Ok(p) => match per_principal.take(&p.name) {
+                    Some(held) => {
+                        tracing::debug!(%peer, principal = %p.name, "connection");
+                        drop(ticket);
+                        (Ok(p), Some(held), None)
+                    }
+                    None => {
                         refused.inc();
-                        tracing::debug!(%peer, principal = %p.name, "connection closed at once: the principal's connection limit is reached");
+                        tracing::debug!(%peer, principal = %p.name, "connection over the principal's limit: one 429, then closed");
                         noise.principal_over_limit.event(|suppressed| {
                             tracing::warn!(
                                 %peer,
                                 principal = %p.name,
                                 max_connections_per_principal = limits.max_connections_per_principal,
                                 more_since_last_warning = suppressed,
-                                "connections closed at once: a principal holds as many as listen.max_connections_per_principal allows (counted in keyholder_connections_refused_total)"
+                                "connections over a principal's limit (listen.max_connections_per_principal): the first request of each is answered 429 too_many_connections, then it is closed (counted in keyholder_connections_refused_total)"
                             );
                         });
-                        return;
-                    };
-                    tracing::debug!(%peer, principal = %p.name, "connection");
-                    drop(ticket);
-                    (Some(held), None)
-                }
+                        ticket.stranger.store(true, Ordering::Relaxed);
+                        let over = IdentityError::OverLimit {
+                            principal: p.name.clone(),
+                            max: limits.max_connections_per_principal,
+                        };
+                        (Err(over), None, Some(ticket.ended))
+                    }
+                },
                 Err(e) => {
                     tracing::debug!(%peer, error = %e, "client certificate maps to no principal: one 403, then closed");
                     noise.no_principal.event(|suppressed| {
                         tracing::warn!(%peer, error = %e, more_since_last_warning = suppressed, "client certificate maps to no principal: its first request is answered 403, then the connection is closed");
                     });
                     ticket.stranger.store(true, Ordering::Relaxed);
-                    (None, Some(ticket.ended))
+                    (Err(e), None, Some(ticket.ended))
                 }
             };
             let standing = Arc::new(Standing::new(

@@ -2,8 +2,9 @@
 //! `max_connections = 16`: a certificate the CA signed but no principal
 //! maps to gets one 403 per connection and is closed, so however it
 //! reconnects the operator keeps getting answers; a configured principal
-//! holds at most `max_connections_per_principal` (a quarter, 4) and its
-//! further connections are closed at once, so it cannot take every slot
+//! holds at most `max_connections_per_principal` (a quarter, 4) and each
+//! further connection is answered 429 `too_many_connections` and closed (or
+//! ended sooner for a newer connection), so it cannot take every slot
 //! either.
 
 use std::io::{Read as _, Write as _};
@@ -215,8 +216,10 @@ async fn one_principal_holds_a_quarter_of_the_connections_and_the_rest_stay_free
         ..EnvOptions::default()
     }));
     let _daemon = env.start().await;
-    // db1 opens 16 connections and stays silent on them.
-    let mut held = {
+    // db1 opens 16 connections and stays silent on them: 4 hold its
+    // places, the others wait in the evictable half (8 places), so the
+    // oldest of them are ended to make room for the newer ones.
+    let held = {
         let env = Arc::clone(&env);
         tokio::task::spawn_blocking(move || {
             (0..16)
@@ -226,50 +229,68 @@ async fn one_principal_holds_a_quarter_of_the_connections_and_the_rest_stay_free
         .await
         .unwrap()
     };
-    let closed = tokio::task::spawn_blocking(move || {
-        let closed: Vec<bool> = held
-            .iter_mut()
-            .map(|s| read_for(s, Duration::from_millis(300)).1)
-            .collect();
-        (held, closed)
-    });
-    let (held, closed) = closed.await.unwrap();
-    assert_eq!(
-        closed.iter().filter(|c| !**c).count(),
-        4,
-        "db1 keeps 4 of its 16 connections: {closed:?}"
-    );
-    // The operator, and db1 on the 4 it holds, are served.
+    // The operator is served all the same: a place in the half is taken
+    // from one of db1's connections over its limit.
     assert_eq!(env.client(OPERATOR).get("/v1/health").await.status, 200);
-    let kept: Vec<Tls> = held
-        .into_iter()
-        .zip(closed)
-        .filter_map(|(s, closed)| (!closed).then_some(s))
-        .collect();
+    // Then db1 asks on each: the 4 that hold its places are served, each
+    // of the others still open is answered 429 and closed.
     let (kept, answers) = tokio::task::spawn_blocking(move || {
-        let mut kept = kept;
-        let answers: Vec<String> = kept
-            .iter_mut()
-            .map(|s| {
-                s.write_all(health_request().as_bytes()).unwrap();
-                s.flush().unwrap();
-                read_for(s, Duration::from_millis(500)).0
-            })
-            .collect();
+        let mut kept = Vec::new();
+        let mut answers = Vec::new();
+        for mut stream in held {
+            let sent = stream
+                .write_all(health_request().as_bytes())
+                .and_then(|()| stream.flush());
+            let (answer, closed) = if sent.is_ok() {
+                read_for(&mut stream, Duration::from_millis(2000))
+            } else {
+                (String::new(), true)
+            };
+            if answer.starts_with("HTTP/1.1 200") {
+                kept.push(stream);
+            }
+            answers.push((answer, closed));
+        }
         (kept, answers)
     })
     .await
     .unwrap();
-    for answer in &answers {
-        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let served = answers
+        .iter()
+        .filter(|(a, _)| a.starts_with("HTTP/1.1 200"))
+        .count();
+    let over: Vec<&String> = answers
+        .iter()
+        .map(|(a, _)| a)
+        .filter(|a| a.starts_with("HTTP/1.1 429"))
+        .collect();
+    assert_eq!(served, 4, "db1 keeps 4 of its 16 connections: {answers:?}");
+    assert!(!over.is_empty(), "{answers:?}");
+    for answer in &over {
+        assert!(
+            answer.contains("\"code\":\"too_many_connections\"")
+                && answer.contains("db1 already holds 4 open connections")
+                && answer.to_ascii_lowercase().contains("retry-after: 1"),
+            "{answer}"
+        );
     }
-    // A fifth is closed while the 4 are open; their places come back when
-    // they close.
+    assert_eq!(
+        answers
+            .iter()
+            .filter(|(a, closed)| a.is_empty() && *closed)
+            .count()
+            + over.len(),
+        12,
+        "each connection over the limit is answered 429 or was ended for a newer one: {answers:?}"
+    );
+    // A fifth while the 4 are open is told why, as the CLI shows it; their
+    // places come back when they close.
     let db1 = env.client(DATABASE);
-    let fifth = db1.send(reqwest::Method::GET, "/v1/health", None).await;
-    assert!(fifth.is_err(), "a fifth connection of db1 was served");
+    let fifth = db1.get("/v1/health").await;
+    assert_eq!(fifth.status, 429, "{}", fifth.body);
+    assert_eq!(fifth.error().code, "too_many_connections");
     assert!(
-        env.log_contains("listen.max_connections_per_principal allows")
+        env.log_contains("429 too_many_connections, then it is closed")
             .await
     );
     drop(kept);

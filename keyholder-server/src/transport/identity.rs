@@ -102,6 +102,17 @@ pub enum IdentityError {
         /// The certificate's identity.
         name: String,
     },
+    /// The certificate maps to a principal that holds as many connections
+    /// as it may: this one is answered once (429) and closed.
+    #[error(
+        "{principal} already holds {max} open connections, as many as listen.max_connections_per_principal allows; this one is closed: close idle clients of {principal} or raise the limit, then try again"
+    )]
+    OverLimit {
+        /// The principal.
+        principal: String,
+        /// `listen.max_connections_per_principal`.
+        max: usize,
+    },
 }
 
 /// The configured principals and the field their certificates are read by.
