@@ -855,14 +855,39 @@ impl Daemon {
             self.vault.seal();
             return Err(self.sealed_meanwhile().await);
         }
+        // Keys are never held unaudited: when the counts cannot be read or
+        // the `unsealed` entry cannot be written, the keys are dropped and
+        // the daemon stays sealed (the keyholder is answered the error).
+        if let Err(e) = self.announce_unsealed(&keyring, report).await {
+            drop(keyring);
+            self.vault.seal();
+            crate::hygiene::keys_left();
+            tracing::error!(
+                error = %e,
+                "the unseal could not be recorded in the state store: the rebuilt keys were dropped and the daemon stays sealed; keyholders submit their shares again once the store is back"
+            );
+            return Err(e);
+        }
+        self.metrics.set_loaded(keyring.versions().count());
+        self.log_keyring(&keyring);
+        // The rotation resumes its work on this.
+        self.seal_state.send_modify(|s| s.sealed = false);
+        Ok(())
+    }
+
+    /// Restores the loaded keyring's encryption counts and audits the
+    /// unseal.
+    async fn announce_unsealed(
+        &self,
+        keyring: &crypto_core::Keyring,
+        report: &verify::Report,
+    ) -> Result<(), DaemonError> {
         let counts = self.refresh_versions().await?;
         for record in counts.iter().filter(|r| keyring.contains(r.version)) {
             keyring
                 .set_encryptions(record.version, record.encryptions)
                 .map_err(VaultError::Plan)?;
         }
-        self.metrics.set_loaded(keyring.versions().count());
-        self.log_keyring(&keyring);
         self.audit(
             DAEMON,
             "unsealed",
@@ -873,10 +898,7 @@ impl Daemon {
                 "sampled": report.sampled.iter().map(|(v, n)| json!({"version": v.number(), "records": n})).collect::<Vec<_>>(),
             }),
         )
-        .await?;
-        // The rotation resumes its work on this.
-        self.seal_state.send_modify(|s| s.sealed = false);
-        Ok(())
+        .await
     }
 
     /// Audits keys dropped because a seal came while they were proven.

@@ -1,0 +1,73 @@
+//! Nothing the daemon does with keys goes unaudited: when the state store
+//! cannot take the `unsealed` entry (a full disk, a failing file; here a
+//! trigger on the real SQLite state file refuses that one action), the
+//! daemon stays sealed: it does not hand the keyring to a database while
+//! telling the keyholder the unseal failed. Once the store takes entries
+//! again, the keyholders unseal as usual.
+//!
+//! Build the binaries first: `cargo build --workspace --bins`.
+
+use keyholder_api::{AuditLog, Status};
+use keyholder_tests::daemon::{DATABASE, OPERATOR};
+use keyholder_tests::{Env, EnvOptions};
+
+fn state_db(env: &Env) -> rusqlite::Connection {
+    let conn = rusqlite::Connection::open(env.state_dir.join("state.db")).unwrap();
+    conn.busy_timeout(std::time::Duration::from_secs(30))
+        .unwrap();
+    conn
+}
+
+#[tokio::test]
+async fn an_unseal_the_audit_log_cannot_record_leaves_the_daemon_sealed() {
+    let env = Env::new(EnvOptions::default());
+    let _daemon = env.start().await;
+    state_db(&env)
+        .execute_batch(
+            "CREATE TRIGGER review_refuse_unsealed BEFORE INSERT ON audit \
+             WHEN NEW.action = 'unsealed' \
+             BEGIN SELECT RAISE(ABORT, 'disk I/O error (simulated)'); END;",
+        )
+        .unwrap();
+
+    let alice = env
+        .client("alice")
+        .unseal(&[&env.share_line("alice", 1)])
+        .await;
+    assert_eq!(alice.status, 200, "{}", alice.body);
+    let bob = env.client("bob").unseal(&[&env.share_line("bob", 1)]).await;
+    assert_ne!(
+        bob.status, 200,
+        "the unseal could not be audited: {}",
+        bob.body
+    );
+
+    // The keyholder was told it failed: the daemon must not serve keys.
+    let status: Status = env.client(OPERATOR).get("/v1/status").await.json();
+    assert!(status.sealed, "{status:?}");
+    let fetch = env.client(DATABASE).get("/v1/keyring").await;
+    assert_eq!(fetch.status, 503, "{}", fetch.body);
+
+    // The store takes entries again: the keyholders unseal once more.
+    state_db(&env)
+        .execute_batch("DROP TRIGGER review_refuse_unsealed;")
+        .unwrap();
+    for name in ["alice", "bob"] {
+        let answer = env.client(name).unseal(&[&env.share_line(name, 1)]).await;
+        assert_eq!(answer.status, 200, "{name}: {}", answer.body);
+    }
+    let fetch = env.client(DATABASE).get("/v1/keyring").await;
+    assert_eq!(fetch.status, 200, "{}", fetch.body);
+    let log: AuditLog = env
+        .client(OPERATOR)
+        .get("/v1/audit?since=0&limit=1000")
+        .await
+        .json();
+    let actions: Vec<&str> = log.entries.iter().map(|e| e.action.as_str()).collect();
+    let unsealed = actions.iter().position(|a| *a == "unsealed");
+    let fetched = actions.iter().position(|a| *a == "keyring_fetched");
+    assert!(
+        matches!((unsealed, fetched), (Some(u), Some(f)) if u < f),
+        "{actions:?}"
+    );
+}
