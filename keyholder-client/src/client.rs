@@ -209,6 +209,14 @@ pub enum ClientError {
         /// The daemon's message.
         message: String,
     },
+    /// 429 `too_many_connections`: the caller's principal holds as many
+    /// connections as the daemon allows it (many clients sharing one
+    /// certificate); nothing was done, and one may close soon.
+    #[error("keyholderd takes no more connections of this certificate's principal now: {message}")]
+    TooManyConnections {
+        /// The daemon's message.
+        message: String,
+    },
     /// 421 `not_leader`: a cluster node that does not lead, and the leader
     /// was not among the addresses given or did not take the request.
     #[error("keyholderd refused: {message}{}", match .leader {
@@ -240,8 +248,9 @@ pub enum ClientError {
 }
 
 impl ClientError {
-    /// Whether waiting may help: the daemon is down, starting, sealed, or
-    /// cannot reach its state store.
+    /// Whether waiting may help: the daemon is down, starting, sealed,
+    /// cannot reach its state store, or holds as many connections of the
+    /// caller's principal as it allows.
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
@@ -249,6 +258,7 @@ impl ClientError {
                 | Self::Timeout { .. }
                 | Self::Sealed { .. }
                 | Self::StoreUnavailable { .. }
+                | Self::TooManyConnections { .. }
         )
     }
 }
@@ -401,12 +411,14 @@ impl Client {
                 // connection in the handshake is most often one shutting
                 // down (a rolling restart); a certificate every node
                 // refuses is still reported, by the last one. A node that
-                // cannot reach the state store may have a peer that can.
+                // cannot reach the state store may have a peer that can, and
+                // one full of the caller's connections a peer that is not.
                 Err(
                     e @ (ClientError::Unreachable { .. }
                     | ClientError::Timeout { .. }
                     | ClientError::Sealed { .. }
                     | ClientError::StoreUnavailable { .. }
+                    | ClientError::TooManyConnections { .. }
                     | ClientError::ClientCertRefused { .. }),
                 ) if count > 1 => {
                     unreachable = Some(e);
@@ -485,6 +497,11 @@ impl Client {
             },
             (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable") => {
                 ClientError::StoreUnavailable {
+                    message: error.error,
+                }
+            }
+            (StatusCode::TOO_MANY_REQUESTS, "too_many_connections") => {
+                ClientError::TooManyConnections {
                     message: error.error,
                 }
             }

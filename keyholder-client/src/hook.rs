@@ -66,6 +66,9 @@ fn short_reason(error: &ClientError) -> String {
         ClientError::StoreUnavailable { .. } => {
             "keyholderd cannot reach its state store".to_owned()
         }
+        ClientError::TooManyConnections { .. } => {
+            "keyholderd holds as many connections of this certificate as it allows".to_owned()
+        }
         other => other.to_string(),
     }
 }

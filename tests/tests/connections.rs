@@ -297,3 +297,70 @@ async fn one_principal_holds_a_quarter_of_the_connections_and_the_rest_stay_free
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(db1.get("/v1/health").await.status, 200);
 }
+
+/// db1's start-up hook, run while db1 holds all 4 of its places, is
+/// answered 429 `too_many_connections` and waits, saying why, as it waits
+/// for a sealed daemon; once a place is free it gets the keyring. (Many
+/// application servers sharing one certificate start at once.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_hook_waits_while_its_principal_holds_every_place_it_may() {
+    let env = Arc::new(Env::new(EnvOptions {
+        listen_toml: "max_connections = 16\nheader_read_timeout = \"30s\"\n".to_owned(),
+        ..EnvOptions::default()
+    }));
+    let _daemon = env.start().await;
+    for name in ["alice", "bob"] {
+        let answer = env.client(name).unseal(&[&env.share_line(name, 1)]).await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+    }
+    let held = {
+        let env = Arc::clone(&env);
+        tokio::task::spawn_blocking(move || {
+            (0..4)
+                .map(|_| {
+                    let mut stream = tls_stream(&env, DATABASE);
+                    stream.write_all(health_request().as_bytes()).unwrap();
+                    stream.flush().unwrap();
+                    let (answer, _) = read_for(&mut stream, Duration::from_secs(5));
+                    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+                    stream
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap()
+    };
+
+    let mut hook = env
+        .keyholder_cli(DATABASE)
+        .args(["hook", "--wait", "60s", "--format", "json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = hook.stderr.take().unwrap();
+    let (saw, seen) = std::sync::mpsc::channel();
+    let said = std::thread::spawn(move || {
+        let mut said = String::new();
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)) {
+            let line = line.unwrap();
+            if line.contains("holds as many connections of this certificate as it allows") {
+                let _ = saw.send(());
+            }
+            said.push_str(&line);
+            said.push('\n');
+        }
+        said
+    });
+    let waited = seen.recv_timeout(Duration::from_secs(30));
+    drop(held);
+    let out = tokio::task::spawn_blocking(move || hook.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let said = said.join().unwrap();
+    assert!(waited.is_ok(), "the hook did not wait for a place: {said}");
+    assert!(out.status.success(), "{said}");
+    let ring: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(ring["write_version"], 1, "{said}");
+}
