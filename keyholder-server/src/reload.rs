@@ -5,9 +5,10 @@
 //! certificate dates), refuses by name a change that cannot apply while the
 //! daemon runs, and only then swaps it in: the config the daemon and the
 //! orchestrator read per request and per step, the principals (recorded in
-//! the state store), and the TLS config and principals connections are
-//! served with (new ones from their handshake, open ones from their next
-//! request: see `transport`). The keys stay in memory, the
+//! the state store), the TLS config and principals connections are served
+//! with (new ones from their handshake, open ones from their next request:
+//! see `transport`), and a cluster node's client certificate, key and peer
+//! CA its calls to the peers present and trust. The keys stay in memory, the
 //! daemon stays unsealed, a rotation keeps running. A refused reload changes
 //! nothing. Each reload, done or refused, is an audit entry.
 
@@ -17,6 +18,7 @@ use std::sync::Arc;
 use serde_json::json;
 use tokio::sync::watch;
 
+use crate::cluster::peers::PeerClient;
 use crate::config::{Config, ConfigError};
 use crate::daemon::{Daemon, DaemonError};
 use crate::rotation::RotationHandle;
@@ -71,6 +73,7 @@ pub struct Reloader {
     rotation: RotationHandle,
     credentials: watch::Sender<Credentials>,
     dates: watch::Sender<CredentialDates>,
+    peers: Option<PeerClient>,
     one_at_a_time: tokio::sync::Mutex<()>,
 }
 
@@ -168,18 +171,21 @@ pub fn credentials(config: &Config) -> Result<Credentials, tls::TlsError> {
 
 impl Reloader {
     /// A reloader publishing on `credentials` and `dates` (what the accept
-    /// loop and the daily expiry warning read).
+    /// loop and the daily expiry warning read), and re-reading the files of
+    /// `peers`, a cluster node's client of its peers.
     pub fn new(
         daemon: Arc<Daemon>,
         rotation: RotationHandle,
         credentials: watch::Sender<Credentials>,
         dates: watch::Sender<CredentialDates>,
+        peers: Option<PeerClient>,
     ) -> Self {
         Self {
             daemon,
             rotation,
             credentials,
             dates,
+            peers,
             one_at_a_time: tokio::sync::Mutex::new(()),
         }
     }
@@ -221,6 +227,10 @@ impl Reloader {
         let new = Config::load(&old.path)?;
         let credentials = credentials(&new)?;
         let dates = expiry::read(&new.listen)?;
+        let peer_credentials = match (&self.peers, &new.cluster) {
+            (Some(_), Some(cluster)) => Some(PeerClient::read(cluster)?),
+            _ => None,
+        };
         let fixed = fixed(&old, &new);
         if !fixed.is_empty() {
             return Err(ReloadError::NeedsRestart(fixed));
@@ -228,6 +238,9 @@ impl Reloader {
         let changed = live(&old, &new);
         self.daemon.replace_config(Arc::new(new)).await?;
         self.credentials.send_replace(credentials);
+        if let (Some(peers), Some(read)) = (&self.peers, peer_credentials) {
+            peers.replace(read);
+        }
         self.daemon.metrics().set_certificates(&dates);
         self.dates.send_replace(dates);
         dates.log(std::time::SystemTime::now());

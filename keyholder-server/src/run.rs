@@ -93,6 +93,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         rotation.clone(),
         credentials_tx,
         dates_tx,
+        peer_client.clone(),
     ));
     tokio::spawn(Arc::clone(&reloader).on_sighup(hangup, stop_rx.clone()));
     if let Some(addr) = listen.metrics_addr {

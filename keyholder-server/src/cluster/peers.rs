@@ -1,13 +1,15 @@
 //! The mTLS client a node calls its peers with: the node's `[cluster]`
 //! client certificate, trusting `server_ca`, TLS 1.3, short timeouts (a peer
 //! that is down costs a refused connection or a second, never a request's
-//! or the start's time).
+//! or the start's time). A reload re-reads the certificate, key and CA
+//! files ([`PeerClient::read`], then [`PeerClient::replace`]), so a node
+//! certificate renewed in place is presented from the next call on.
 //!
 //! It sends share lines and withdrawals (relays) and receives age-encrypted keyrings; it
 //! never logs a body, and its errors name the peer and what failed, never
 //! a value from a body.
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use keyholder_api::{
@@ -69,16 +71,40 @@ impl PeerError {
     }
 }
 
-/// The client of every peer of this node.
+/// The client of every peer of this node. Its clones share one set of
+/// credentials: a reload replaces them for all.
 #[derive(Clone)]
 pub struct PeerClient {
-    http: reqwest::Client,
+    http: Arc<RwLock<reqwest::Client>>,
     peers: Arc<Vec<Node>>,
 }
+
+/// The HTTPS client of the `[cluster]` files as they were read, not yet in
+/// use.
+pub struct PeerCredentials(reqwest::Client);
 
 impl PeerClient {
     /// Reads the node's client certificate and key and the peers' CA.
     pub fn new(cluster: &Cluster) -> Result<Self, TlsError> {
+        let PeerCredentials(http) = Self::read(cluster)?;
+        Ok(Self {
+            http: Arc::new(RwLock::new(http)),
+            peers: Arc::new(cluster.peers().cloned().collect()),
+        })
+    }
+
+    /// Calls from now on present the credentials `read` read.
+    pub fn replace(&self, credentials: PeerCredentials) {
+        *self.http.write().unwrap_or_else(|p| p.into_inner()) = credentials.0;
+    }
+
+    fn http(&self) -> reqwest::Client {
+        self.http.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Reads the `[cluster]` certificate, key and CA files into a client,
+    /// refusing them by field as at start-up.
+    pub fn read(cluster: &Cluster) -> Result<PeerCredentials, TlsError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut roots = rustls::RootCertStore::empty();
         for ca in tls::certs("cluster.server_ca", &cluster.server_ca)? {
@@ -110,10 +136,7 @@ impl PeerClient {
             .timeout(CALL_TIMEOUT)
             .build()
             .map_err(|e| TlsError::Rustls(format!("the peer client cannot be built: {e}")))?;
-        Ok(Self {
-            http,
-            peers: Arc::new(cluster.peers().cloned().collect()),
-        })
+        Ok(PeerCredentials(http))
     }
 
     /// Every other node, in config order.
@@ -185,7 +208,7 @@ impl PeerClient {
         // A relay's body holds share lines: built in a zeroizing buffer.
         let json = Zeroizing::new(serde_json::to_vec(body).expect("peer bodies always serialise"));
         let response = self
-            .http
+            .http()
             .post(format!("https://{}{path}", peer.addr))
             .header(API_VERSION_HEADER, API_VERSION)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
