@@ -3,9 +3,12 @@
 //! revokes bob's certificate (CRL) and takes oscar's identity away refuses
 //! both at their next request on the connections they kept open, and closes
 //! them, while olivia's connection keeps serving; a certificate that expires
-//! while its connection stays open is refused at its next request too. New
-//! connections were already refused at the handshake; before this, an open
-//! keep-alive connection stayed its principal for as long as it was used.
+//! while its connection stays open is refused at its next request too, and
+//! so is the first request of a TLS session resumed after it expired. A
+//! full handshake was already refused; before this, an open keep-alive
+//! connection stayed its principal for as long as it was used, and a
+//! resumed session (which carries its first handshake's certificate,
+//! unchecked) was its principal whatever the certificate had become.
 //!
 //! Build the binaries first: `cargo build --workspace --bins`.
 
@@ -35,9 +38,14 @@ fn options() -> EnvOptions {
 
 /// A finished mutual TLS handshake with `files`' certificate.
 fn connect(env: &Env, files: &ClientFiles) -> Tls {
-    let config = tls_config(&env.pki.ca_pem, Some(files));
+    connect_with(env, Arc::new(tls_config(&env.pki.ca_pem, Some(files))))
+}
+
+/// A finished mutual TLS handshake with `config` (which keeps the sessions
+/// it can resume).
+fn connect_with(env: &Env, config: Arc<rustls::ClientConfig>) -> Tls {
     let server = rustls_pki_types::ServerName::IpAddress(env.addr.ip().into());
-    let mut conn = rustls::ClientConnection::new(Arc::new(config), server).unwrap();
+    let mut conn = rustls::ClientConnection::new(config, server).unwrap();
     let mut tcp = TcpStream::connect(env.addr).unwrap();
     tcp.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     while conn.is_handshaking() {
@@ -222,6 +230,11 @@ async fn a_certificate_that_expires_while_its_connection_is_open_is_refused_at_t
     let answer = get(&mut stream, "/v1/status");
     assert_eq!(answer.status, 200, "{}", answer.body);
     assert!(!answer.closed);
+    // A second connection whose client keeps the TLS session tickets the
+    // daemon sends (read with its answer), to resume after the expiry.
+    let resuming = Arc::new(tls_config(&env.pki.ca_pem, Some(&olga)));
+    let answer = get(&mut connect_with(&env, Arc::clone(&resuming)), "/v1/status");
+    assert_eq!(answer.status, 200, "{}", answer.body);
 
     while time::OffsetDateTime::now_utc() <= not_after + time::Duration::seconds(1) {
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -236,6 +249,24 @@ async fn a_certificate_that_expires_while_its_connection_is_open_is_refused_at_t
         answer.body
     );
     assert!(answer.body.contains("expired"), "{}", answer.body);
+    assert!(answer.closed);
+    // A resumed TLS 1.3 session carries the certificate of its first
+    // handshake without checking it again: its first request is where the
+    // expiry is seen.
+    let mut resumed = connect_with(&env, resuming);
+    assert_eq!(
+        resumed.conn.handshake_kind(),
+        Some(rustls::HandshakeKind::Resumed)
+    );
+    let answer = get(&mut resumed, "/v1/status");
+    assert_eq!(answer.status, 403, "{}", answer.body);
+    assert!(
+        answer
+            .body
+            .contains("the client certificate is no longer accepted"),
+        "{}",
+        answer.body
+    );
     assert!(answer.closed);
     // And a new connection is refused at its handshake, as before.
     let config = tls_config(&env.pki.ca_pem, Some(&olga));
