@@ -270,7 +270,7 @@ fn seal() {}
 #[utoipa::path(get, path = "/v1/keyring", tag = "keyring",
     responses(
         (status = 200, description = "The hand-over.", body = HookHandover),
-        (status = 503, description = "`sealed`: the daemon holds no key yet; `store_unavailable`: the fetch cannot be recorded in the state store now (`Retry-After`), so no key is handed over.", body = ApiError),
+        (status = 503, description = "`sealed`: the daemon holds no key yet, or a cluster node does not hold every version of the stored rotation's keyring yet (another node serves it); `store_unavailable`: the fetch cannot be recorded in the state store now (`Retry-After`), so no key is handed over.", body = ApiError),
     ))]
 fn keyring() {}
 
@@ -289,7 +289,7 @@ fn keyring() {}
         (status = 200, description = "The hand-over.", body = HookHandover),
         (status = 408, description = "`request_timeout`: the body did not arrive within 10 s.", body = ApiError),
         (status = 413, description = "`body_too_large`: over 4 KiB.", body = ApiError),
-        (status = 503, description = "`sealed`: the daemon holds no key yet; `store_unavailable`: the state store cannot be reached now (`Retry-After`); nothing was recorded.", body = ApiError),
+        (status = 503, description = "`sealed`: the daemon holds no key yet, or a cluster node does not hold every version of the stored rotation's keyring yet (another node serves it); `store_unavailable`: the state store cannot be reached now (`Retry-After`); nothing was recorded.", body = ApiError),
     ))]
 fn keyring_reporting() {}
 

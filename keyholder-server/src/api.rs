@@ -81,9 +81,9 @@ const STORE_RETRY_AFTER_SECS: u64 = 1;
 impl From<DaemonError> for ApiFailure {
     fn from(e: DaemonError) -> Self {
         let (status, code) = match &e {
-            DaemonError::Sealed | DaemonError::SealedMeanwhile => {
-                (StatusCode::SERVICE_UNAVAILABLE, "sealed")
-            }
+            DaemonError::Sealed
+            | DaemonError::SealedMeanwhile
+            | DaemonError::VersionsNotHeld { .. } => (StatusCode::SERVICE_UNAVAILABLE, "sealed"),
             DaemonError::NotInitialized => (StatusCode::SERVICE_UNAVAILABLE, "not_initialized"),
             DaemonError::Verification { .. } => {
                 (StatusCode::UNPROCESSABLE_ENTITY, "verification_failed")

@@ -47,6 +47,15 @@ pub enum DaemonError {
         "the daemon was sealed while the rebuilt keys were being proven; they were dropped and it stays sealed: submit the shares again"
     )]
     SealedMeanwhile,
+    /// A cluster node that does not hold every version the stored rotation
+    /// needs: the keyring it holds would lack one.
+    #[error(
+        "this node does not hold {versions} of the keyring the rotation is at (it takes them from a peer, or keyholders unseal it with their shares); another node of the cluster serves the whole keyring"
+    )]
+    VersionsNotHeld {
+        /// The versions it lacks, `v10, v11`.
+        versions: String,
+    },
     /// The state store has no version yet.
     #[error("the keyring has no key yet; run keyholderd init first")]
     NotInitialized,
@@ -919,29 +928,56 @@ impl Daemon {
     /// keyring writing the old version once the leader switched (its fetch
     /// counts as the acknowledgement of the new one). The leader's plan is
     /// already the stored one; with the store unreachable the keyring in
-    /// memory is served.
-    async fn follow_stored_plan(&self) {
+    /// memory is served (the fetch is refused anyway when it cannot be
+    /// recorded). A follower that does not hold every version of the stored
+    /// plan (it could not take a new version's key from a peer yet) refuses
+    /// as a sealed node does, so a hook tries another node: the keyring it
+    /// holds would lack a version records may be at.
+    async fn follow_stored_plan(&self) -> Result<(), DaemonError> {
         if self.config().cluster.is_none() || self.leads() || self.vault.is_sealed() {
-            return;
+            return Ok(());
         }
         let stored = match self.store.load_rotation().await.map_err(DaemonError::from) {
             Ok(text) => parse_rotation(text),
             Err(e) => Err(e),
         };
-        let result = match stored {
-            Ok(Some(rotation)) => {
-                self.set_plan(KeyringPlan {
-                    live: rotation.live_versions().into_iter().collect(),
-                    write: rotation.write_version(),
-                })
-                .await
+        let plan = match stored {
+            Ok(Some(rotation)) => KeyringPlan {
+                live: rotation.live_versions().into_iter().collect(),
+                write: rotation.write_version(),
+            },
+            Ok(None) => return Ok(()),
+            Err(e) => {
+                tracing::warn!(error = %e, "cluster: the stored rotation could not be read before a keyring fetch; serving the keyring in memory");
+                return Ok(());
             }
-            Ok(None) => Ok(()),
-            Err(e) => Err(e),
         };
-        if let Err(e) = result {
-            tracing::warn!(error = %e, "cluster: the stored rotation could not be read before a keyring fetch; serving the keyring in memory");
+        if let Err(e) = self.set_plan(plan.clone()).await {
+            tracing::warn!(error = %e, "cluster: the stored rotation's keyring plan could not be applied before a keyring fetch");
         }
+        let Some(keyring) = self.vault.keyring() else {
+            return Err(DaemonError::Sealed);
+        };
+        let missing: Vec<KeyVersion> = plan
+            .live
+            .iter()
+            .copied()
+            .filter(|v| !keyring.contains(*v))
+            .collect();
+        if !missing.is_empty() || keyring.write_version() != plan.write {
+            let versions = missing
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ");
+            tracing::warn!(
+                missing = %versions,
+                write_version = %plan.write,
+                "cluster: keyring fetch refused: this node does not hold every version the rotation needs (it takes them from a peer, or keyholders unseal it with their shares)"
+            );
+            return Err(DaemonError::VersionsNotHeld { versions });
+        }
+        Ok(())
     }
 
     /// Holds proven keys of versions this unsealed daemon lacked (taken
@@ -1124,7 +1160,7 @@ impl Daemon {
         principal: &Principal,
         report: Option<KeyringRequest>,
     ) -> Result<HookHandover, DaemonError> {
-        self.follow_stored_plan().await;
+        self.follow_stored_plan().await?;
         let keyring = self.vault.keyring().ok_or(DaemonError::Sealed)?;
         let mut reported = None;
         if let Some(request) = report {

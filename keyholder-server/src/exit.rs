@@ -93,7 +93,10 @@ impl ExitStatus for DaemonError {
     fn exit(&self) -> Exit {
         match self {
             Self::Store(e) => e.exit(),
-            Self::Sealed | Self::SealedMeanwhile | Self::NotInitialized => Exit::Data,
+            Self::Sealed
+            | Self::SealedMeanwhile
+            | Self::NotInitialized
+            | Self::VersionsNotHeld { .. } => Exit::Data,
             Self::Plan(_) | Self::Vault(_) => Exit::Data,
             Self::Verification { .. } | Self::Usage(_) => Exit::Data,
         }
