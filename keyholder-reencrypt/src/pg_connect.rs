@@ -149,6 +149,15 @@ impl PgConnect {
             return Err("must be a URL starting with postgres:// or postgresql://".to_owned());
         }
         let (base, query) = url.split_once('?').unwrap_or((url, ""));
+        // The driver ends the password at its first `@`: a second one means
+        // a password holding `@` unencoded, whose rest would be read (and
+        // looked up, and logged) as the host.
+        if base.matches('@').count() > 1 {
+            return Err(
+                "holds `@` more than once before its query: percent-encode `@` (%40) and `/` (%2F) in the user name and password"
+                    .to_owned(),
+            );
+        }
         let mut ours: [(&str, Option<String>); 5] = [
             ("sslmode", None),
             ("sslrootcert", None),
@@ -411,14 +420,13 @@ fn redact_password(url: &str) -> String {
     let Some((scheme, rest)) = base.split_once("://") else {
         return "postgres://***".to_owned();
     };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    let mut shown = match authority.rsplit_once('@') {
-        Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _)) => format!("{scheme}://{user}:***@{host}{tail}"),
-            None => base.to_owned(),
-        },
-        None => base.to_owned(),
+    // The password runs from the user's `:` to the `@` (the driver reads a
+    // `/` in it as part of it): not to the first `/`, which would show it.
+    let mut shown = match (rest.find(':'), rest.rfind('@')) {
+        (Some(colon), Some(at)) if colon < at => {
+            format!("{scheme}://{}:***@{}", &rest[..colon], &rest[at + 1..])
+        }
+        _ => base.to_owned(),
     };
     if let Some(query) = query {
         let pairs: Vec<&str> = query

@@ -135,6 +135,31 @@ fn shown_without_the_password() {
     let refused = parse("postgres://kh:hunter2@h/db?sslmode=disable&nonsense=1", &[]).unwrap_err();
     assert!(refused.starts_with("is not a PostgreSQL URL"), "{refused}");
     assert!(!refused.contains("hunter2"), "{refused}");
+    // A `/` in the password is the driver's password still: none of it is
+    // shown (it was, in full, when the password was taken to end at the
+    // first `/`).
+    let slash = parse(
+        "postgres://kh:hun/ter2@db.internal/state?sslmode=require",
+        &[],
+    )
+    .unwrap();
+    assert_eq!(slash.config().get_password(), Some(b"hun/ter2".as_slice()));
+    assert_eq!(
+        slash.to_string(),
+        "postgres://kh:***@db.internal/state?sslmode=require"
+    );
+    assert!(!format!("{slash:?}").contains("ter2"), "{slash:?}");
+    // An `@` in it ends the driver's password early, and its rest would be
+    // the host: refused, naming none of it.
+    let at = parse(
+        "postgres://kh:hun@ter2@db.internal/state?sslmode=require",
+        &[],
+    )
+    .unwrap_err();
+    assert_eq!(
+        at,
+        "holds `@` more than once before its query: percent-encode `@` (%40) and `/` (%2F) in the user name and password"
+    );
 }
 
 #[test]
