@@ -686,27 +686,17 @@ impl PeerSync {
     }
 
     /// A peer (`by`) sealed the cluster at `generation`: seals here unless
-    /// the keys held belong to a newer generation.
+    /// the keys held belong to a newer generation; a sealed node drops its
+    /// progress (whether or not it read the generation itself first: a
+    /// generation told while the state store was down may be one the store
+    /// records only at the next seal).
     pub async fn notice_seal(&self, by: &str, generation: u64) {
         let mut seen = self.seen.lock().await;
-        self.follow_generation(&mut seen, generation, by).await;
-    }
-
-    /// Learns of `generation` from `by` (under the gate, `seen`): keys of
-    /// an older one are dropped; a sealed node drops its progress when the
-    /// generation is newer than the last it knew of, once only.
-    async fn follow_generation(&self, seen: &mut Option<u64>, generation: u64, by: &str) {
-        let latest = seen.map_or(generation, |s| s.max(generation));
-        let before = seen.replace(latest);
-        let follow = match *self.lock_generation() {
-            Some(held) => held < generation,
-            // Unsealed by a ceremony the tick has not stamped yet: the
-            // keys may be of an older generation.
-            None if !self.daemon.vault().is_sealed() => true,
-            None => before.is_some_and(|b| generation > b),
-        };
-        if follow {
-            self.follow_seal(generation, by).await;
+        *seen = Some(seen.map_or(generation, |s| s.max(generation)));
+        let held = *self.lock_generation();
+        if held.is_some_and(|h| h >= generation) {
+            return;
         }
+        self.follow_seal(generation, by).await;
     }
 }
