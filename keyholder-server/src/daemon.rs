@@ -296,12 +296,18 @@ impl Daemon {
         Arc::clone(&self.config.borrow())
     }
 
-    /// Puts a reloaded config in force after recording its principals;
-    /// `reload.rs` has validated it and refused what cannot change live.
-    pub(crate) async fn replace_config(&self, config: Arc<Config>) -> Result<(), DaemonError> {
+    /// Records a reloaded config's principals in the state store, before
+    /// it is put in force; `reload.rs` has validated it and refused what
+    /// cannot change live.
+    pub(crate) async fn sync_principals(&self, config: &Config) -> Result<(), DaemonError> {
         self.store.sync_principals(&config.principals).await?;
-        self.config.send_replace(config);
         Ok(())
+    }
+
+    /// Puts `config` in force (its principals recorded first with
+    /// [`Self::sync_principals`]).
+    pub(crate) fn publish_config(&self, config: Arc<Config>) {
+        self.config.send_replace(config);
     }
 
     /// The persisted state: for the rotation's steps, which write it with

@@ -197,19 +197,17 @@ impl Reloader {
             Trigger::Signal => (crate::audit::DAEMON, "sighup"),
             Trigger::Api(operator) => (operator, "api"),
         };
-        let result = self.swap().await;
-        let (action, detail) = match &result {
-            Ok(done) => (
-                "config_reloaded",
-                json!({"via": via, "changed": done.changed}),
-            ),
-            Err(e) => (
-                "config_reload_refused",
-                json!({"via": via, "error": e.to_string()}),
-            ),
-        };
-        if let Err(e) = self.daemon.audit(actor, action, detail).await {
-            tracing::error!(error = %e, action, "the reload's audit entry could not be written");
+        let result = self.swap(actor, via).await;
+        // A reload applied was audited by `swap` before anything changed.
+        if let Err(e) = &result {
+            let detail = json!({"via": via, "error": e.to_string()});
+            if let Err(e) = self
+                .daemon
+                .audit(actor, "config_reload_refused", detail)
+                .await
+            {
+                tracing::error!(error = %e, "the reload's audit entry could not be written");
+            }
         }
         match &result {
             Ok(done) => {
@@ -222,7 +220,10 @@ impl Reloader {
         result
     }
 
-    async fn swap(&self) -> Result<Reloaded, ReloadError> {
+    /// Validates the new config, records its principals, audits the reload
+    /// and only then applies it: a reload the audit log cannot record
+    /// changes nothing.
+    async fn swap(&self, actor: &str, via: &str) -> Result<Reloaded, ReloadError> {
         let old = self.daemon.config();
         let new = Config::load(&old.path)?;
         let credentials = credentials(&new)?;
@@ -236,7 +237,15 @@ impl Reloader {
             return Err(ReloadError::NeedsRestart(fixed));
         }
         let changed = live(&old, &new);
-        self.daemon.replace_config(Arc::new(new)).await?;
+        self.daemon.sync_principals(&new).await?;
+        self.daemon
+            .audit(
+                actor,
+                "config_reloaded",
+                json!({"via": via, "changed": changed}),
+            )
+            .await?;
+        self.daemon.publish_config(Arc::new(new));
         self.credentials.send_replace(credentials);
         if let (Some(peers), Some(read)) = (&self.peers, peer_credentials) {
             peers.replace(read);

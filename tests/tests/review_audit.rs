@@ -71,3 +71,69 @@ async fn an_unseal_the_audit_log_cannot_record_leaves_the_daemon_sealed() {
         "{actions:?}"
     );
 }
+
+/// A reload the audit log cannot record is not applied: `keyholder admin
+/// reload` fails and the operator it would have added is still refused.
+/// Once the store takes entries again, the same reload applies, audited.
+#[tokio::test]
+async fn a_reload_the_audit_log_cannot_record_changes_nothing() {
+    let env = Env::new(EnvOptions::default());
+    let _daemon = env.start().await;
+    let olga = env.pki.client("olga");
+    let text = std::fs::read_to_string(&env.config).unwrap();
+    std::fs::write(
+        &env.config,
+        format!(
+            "{text}\n[[principals]]\nname = \"olga\"\nroles = [\"operator\"]\ncert_identity = \"olga\"\n"
+        ),
+    )
+    .unwrap();
+    state_db(&env)
+        .execute_batch(
+            "CREATE TRIGGER review_refuse_reloaded BEFORE INSERT ON audit \
+             WHEN NEW.action = 'config_reloaded' \
+             BEGIN SELECT RAISE(ABORT, 'disk I/O error (simulated)'); END;",
+        )
+        .unwrap();
+    let reload = || {
+        env.keyholder_cli(OPERATOR)
+            .args(["admin", "reload"])
+            .output()
+            .unwrap()
+    };
+    let out = reload();
+    assert!(
+        !out.status.success(),
+        "the reload could not be audited, yet: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let refused = env.client_with(Some(&olga)).get("/v1/audit").await;
+    assert_eq!(
+        refused.status, 403,
+        "olga was added unaudited: {}",
+        refused.body
+    );
+
+    state_db(&env)
+        .execute_batch("DROP TRIGGER review_refuse_reloaded;")
+        .unwrap();
+    let out = reload();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let log: AuditLog = env
+        .client_with(Some(&olga))
+        .get("/v1/audit?since=0&limit=1000")
+        .await
+        .json();
+    assert!(
+        log.entries
+            .iter()
+            .any(|e| e.action == "config_reloaded"
+                && e.detail.contains("\"changed\":[\"principals\"]")),
+        "{:?}",
+        log.entries
+    );
+}
