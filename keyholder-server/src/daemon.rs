@@ -1184,20 +1184,27 @@ impl Daemon {
         }
         let versions: Vec<KeyVersion> = keyring.versions().collect();
         let now = audit::now_rfc3339();
+        // The fetch (the acknowledgement a rotation counts) and its audit
+        // entry are one write: neither without the other.
         self.store
-            .record_fetch(&principal.name, &versions, &now)
+            .record_fetch_audited(
+                crate::store::FetchRecord {
+                    principal: principal.name.clone(),
+                    versions: versions.clone(),
+                    time: now,
+                },
+                audit::draft(
+                    &principal.name,
+                    "keyring_fetched",
+                    json!({
+                        "versions": versions.iter().map(|v| v.number()).collect::<Vec<_>>(),
+                        "write_version": keyring.write_version().number(),
+                        "reported": reported,
+                    }),
+                ),
+            )
             .await?;
         self.metrics.keyring_fetches.inc();
-        self.audit(
-            &principal.name,
-            "keyring_fetched",
-            json!({
-                "versions": versions.iter().map(|v| v.number()).collect::<Vec<_>>(),
-                "write_version": keyring.write_version().number(),
-                "reported": reported,
-            }),
-        )
-        .await?;
         tracing::info!(principal = %principal.name, write_version = %keyring.write_version(), "keyring handed over");
         // The rotation records the fetch as an acknowledgement before the
         // keyring is handed over, so a `switch` right after sees it.

@@ -276,6 +276,19 @@ pub struct Transition {
     /// The runtime settings to store (JSON text: what an operator changed
     /// at run time, such as the throttle), replacing the previous ones.
     pub settings: Option<String>,
+    /// A keyring fetch to record (the consumer's acknowledgement).
+    pub fetch: Option<FetchRecord>,
+}
+
+/// `principal` fetched a keyring holding `versions` at `time`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FetchRecord {
+    /// The database principal.
+    pub principal: String,
+    /// The versions handed over.
+    pub versions: Vec<KeyVersion>,
+    /// When (RFC 3339).
+    pub time: String,
 }
 
 impl Transition {
@@ -287,6 +300,7 @@ impl Transition {
             version_states: Vec::new(),
             rotation: None,
             settings: None,
+            fetch: None,
         }
     }
 }
@@ -392,6 +406,19 @@ pub trait StateStore: Send + Sync {
     /// The targets holding a checkpoint in `direction`: every target a
     /// job's passes were started on, by name, whatever the config says now.
     fn checkpoint_targets(&self, direction: &str) -> StoreFuture<'_, Vec<String>>;
+    /// Records a keyring fetch and its audit entry in one transaction, so
+    /// a fetch is never counted as a consumer's acknowledgement without its
+    /// entry (nor audited unrecorded). Any node's write: never fenced.
+    fn record_fetch_audited(
+        &self,
+        fetch: FetchRecord,
+        audit: AuditDraft,
+    ) -> StoreFuture<'_, AuditEntry> {
+        self.apply(Transition {
+            fetch: Some(fetch),
+            ..Transition::audit_only(audit)
+        })
+    }
     /// Records that `principal` fetched a keyring holding `versions` at `time`.
     fn record_fetch(
         &self,

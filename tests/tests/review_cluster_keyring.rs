@@ -134,3 +134,111 @@ async fn a_follower_without_v10_refuses_the_keyring_after_the_switch_and_the_hoo
         (vec![9, 10], 10)
     );
 }
+
+/// A fetch whose audit entry cannot be written is not an acknowledgement:
+/// db1's fetch of the keyring holding v10 fails (a trigger refuses its
+/// `keyring_fetched` entry), so db1 never got v10, and the leader, which
+/// takes the fetches other nodes served from the state store, must not
+/// count db1 as having it (the switch would then move records to v10 under
+/// a db1 without it). db2's fetch, served by the follower kh-b, shows the
+/// leader read the stored fetches since.
+#[tokio::test]
+async fn a_keyring_fetch_that_could_not_be_audited_is_not_taken_as_an_acknowledgement() {
+    let Some(url) = pg::url() else { return };
+    let schema = Schema::new(&url).await;
+    let data = tempfile::tempdir().unwrap();
+    let table = Table::create(&data.path().join("app.db"));
+    let cluster = ClusterEnv::new(
+        2,
+        "2s",
+        EnvOptions {
+            state_store: Some(schema.state_store()),
+            targets: vec![table.spec.clone()],
+            first_version: Some(9),
+            consumers: vec![DATABASE.to_owned(), "db2".to_owned()],
+            extra_toml: "\n[[principals]]\nname = \"db2\"\nroles = [\"database\"]\ncert_identity = \"db2\"\n\n[rotation]\nmin_verified = 2\n".to_owned(),
+            ..EnvOptions::default()
+        },
+        "",
+    );
+    let env = &cluster.env;
+    env.pki.client("db2");
+    let lines = [env.share_line("alice", 9), env.share_line("bob", 9)];
+    let _a = cluster.start(0).await;
+    let v9 = env.rebuild_key(9, &[&lines[0], &lines[1]]).await;
+    table.seed(&v9, v(9), 20);
+    for (name, line) in [("alice", &lines[0]), ("bob", &lines[1])] {
+        let answer = cluster.client(0, name).unseal(&[line]).await;
+        assert_eq!(answer.status, 200, "{name}: {}", answer.body);
+    }
+    cluster
+        .wait_for(0, "leads", WAIT, |s| {
+            !s.sealed && s.cluster.as_ref().and_then(|c| c.leader.as_deref()) == Some("kh-a")
+        })
+        .await;
+    let _b = cluster.start(1).await;
+    cluster.wait_for(1, "unsealed", WAIT, |s| !s.sealed).await;
+
+    env.operate("/v1/rotation/prepare", json!({})).await;
+    for name in ["alice", "bob"] {
+        let line = env.fetch_new_share(name, 10).await;
+        env.verify_new_share(name, &line).await;
+    }
+    let active: RotationStatus = env.operate("/v1/rotation/activate", json!({})).await.json();
+    assert_eq!(active.state, RotationState::DualRead);
+
+    schema
+        .client
+        .batch_execute(&format!(
+            "CREATE FUNCTION \"{s}\".review_refuse() RETURNS trigger LANGUAGE plpgsql AS \
+             $$ BEGIN RAISE EXCEPTION 'could not extend file (simulated)'; END $$; \
+             CREATE TRIGGER review_refuse_db1_fetch BEFORE INSERT ON \"{s}\".audit FOR EACH ROW \
+             WHEN (NEW.actor = 'db1' AND NEW.action = 'keyring_fetched') \
+             EXECUTE FUNCTION \"{s}\".review_refuse();",
+            s = schema.name
+        ))
+        .await
+        .unwrap();
+    let db1 = cluster.client(0, DATABASE).get("/v1/keyring").await;
+    assert_ne!(db1.status, 200, "{}", db1.body);
+
+    // db2 takes v10 from the follower (once it holds v10).
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let db2 = cluster.client(1, "db2").get("/v1/keyring").await;
+        if db2.status == 200 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}\n{}",
+            db2.body,
+            cluster.log_text(1)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let status = cluster
+        .wait_for(0, "counted db2's fetch from kh-b", WAIT, |s| {
+            s.rotation
+                .as_ref()
+                .is_some_and(|r| r.acknowledged_by.iter().any(|c| c == "db2"))
+        })
+        .await;
+    let rotation = status.rotation.unwrap();
+    assert_eq!(
+        (
+            rotation.acknowledged_by.as_slice(),
+            rotation.waiting_for.as_slice()
+        ),
+        (&["db2".to_owned()][..], &[DATABASE.to_owned()][..]),
+        "db1 never got v10"
+    );
+    let switch = env
+        .post_as(
+            keyholder_tests::daemon::OPERATOR,
+            "/v1/rotation/switch",
+            json!({}),
+        )
+        .await;
+    assert_ne!(switch.status, 200, "{}", switch.body);
+}

@@ -16,8 +16,8 @@ use tokio::sync::watch;
 use super::lease::Leadership;
 use crate::principal::Principal;
 use crate::store::{
-    AuditDraft, ClusterSealAudit, Heartbeat, LeaseBid, LeaseRecord, StateStore, StoreFuture,
-    StoredEnvelope, Transition, UsageChange, VersionRecord,
+    AuditDraft, ClusterSealAudit, FetchRecord, Heartbeat, LeaseBid, LeaseRecord, StateStore,
+    StoreFuture, StoredEnvelope, Transition, UsageChange, VersionRecord,
 };
 
 /// A store whose leader-only writes carry the lease's epoch.
@@ -104,6 +104,13 @@ impl StateStore for FencedStore {
             Ok(None) => self.inner.put_checkpoint(target, direction, json),
             Err(e) => refused(e),
         }
+    }
+    fn record_fetch_audited(
+        &self,
+        fetch: FetchRecord,
+        audit: AuditDraft,
+    ) -> StoreFuture<'_, AuditEntry> {
+        self.inner.record_fetch_audited(fetch, audit)
     }
     fn record_fetch(
         &self,

@@ -246,6 +246,24 @@ impl PostgresStore {
             .await
             .map_err(pg("save rotation"))?;
         }
+        if let Some(fetch) = &t.fetch {
+            let mut versions: Vec<i64> = fetch
+                .versions
+                .iter()
+                .map(|v| i64::from(v.number()))
+                .collect();
+            // One row may be touched once per statement.
+            versions.sort_unstable();
+            versions.dedup();
+            tx.execute(
+                "INSERT INTO consumer_fetches (principal, version, first_fetch, last_fetch)
+                 SELECT $1, v, $3, $3 FROM unnest($2::BIGINT[]) AS v
+                 ON CONFLICT (principal, version) DO UPDATE SET last_fetch = excluded.last_fetch",
+                &[&fetch.principal, &versions, &fetch.time],
+            )
+            .await
+            .map_err(pg("record fetch"))?;
+        }
         let entry = append_audit(&tx, &t.audit).await?;
         tx.commit().await.map_err(pg("commit transition"))?;
         Ok(entry)

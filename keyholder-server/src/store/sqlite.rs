@@ -352,6 +352,16 @@ impl SqliteStore {
             )
             .map_err(sql("save rotation"))?;
         }
+        if let Some(fetch) = &t.fetch {
+            for version in &fetch.versions {
+                tx.execute(
+                    "INSERT INTO consumer_fetches (principal, version, first_fetch, last_fetch) VALUES (?1, ?2, ?3, ?3)
+                     ON CONFLICT (principal, version) DO UPDATE SET last_fetch = excluded.last_fetch",
+                    params![fetch.principal, i64::from(version.number()), fetch.time],
+                )
+                .map_err(sql("record fetch"))?;
+            }
+        }
         let entry = append_audit(&tx, &t.audit)?;
         tx.commit().map_err(sql("commit transition"))?;
         Ok(entry)
