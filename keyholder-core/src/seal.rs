@@ -163,6 +163,23 @@ impl SealMachine {
         withdrawn
     }
 
+    /// Drops the shares at `(version, index)` that `principal` submitted
+    /// (a submission whose audit entry could not be written), keeping
+    /// everything else.
+    pub fn forget(&mut self, principal: &str, shares: &[(KeyVersion, u8)]) {
+        for (version, index) in shares {
+            if let Some(gathering) = self.gathering.get_mut(version)
+                && gathering
+                    .shares
+                    .get(index)
+                    .is_some_and(|(p, _)| p == principal)
+            {
+                gathering.shares.remove(index);
+            }
+        }
+        self.gathering.retain(|_, g| !g.shares.is_empty());
+    }
+
     /// Progress of versions with shares in, in numeric order.
     pub fn progress(&self) -> Vec<UnsealProgress> {
         self.gathering

@@ -696,8 +696,23 @@ impl Daemon {
             )
             .await?;
         }
-        self.audit_submission(principal, &submission.outcomes, relayed_by)
-            .await?;
+        // A share is counted only once its submission is audited: told the
+        // submission failed, the keyholder submits again.
+        if let Err(e) = self
+            .audit_submission(principal, &submission.outcomes, relayed_by)
+            .await
+        {
+            let admitted: Vec<(KeyVersion, u8)> = submission
+                .outcomes
+                .iter()
+                .filter(|o| o.accepted && o.refusal.is_none())
+                .filter_map(|o| Some((o.version?, o.index?)))
+                .collect();
+            self.lock_seal().forget(&principal.name, &admitted);
+            drop(submission);
+            crate::hygiene::keys_left();
+            return Err(e);
+        }
         let failures: Vec<String> = submission
             .failures
             .iter()

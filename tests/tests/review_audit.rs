@@ -137,3 +137,46 @@ async fn a_reload_the_audit_log_cannot_record_changes_nothing() {
         log.entries
     );
 }
+
+/// A share whose submission the audit log cannot record is not counted:
+/// alice is told her submission failed, so it must not help unseal with
+/// bob's share later (the log would never show she took part).
+#[tokio::test]
+async fn a_share_the_audit_log_cannot_record_is_not_counted() {
+    let env = Env::new(EnvOptions::default());
+    let _daemon = env.start().await;
+    state_db(&env)
+        .execute_batch(
+            "CREATE TRIGGER review_refuse_alice BEFORE INSERT ON audit \
+             WHEN NEW.actor = 'alice' AND NEW.action LIKE 'unseal_share%' \
+             BEGIN SELECT RAISE(ABORT, 'disk I/O error (simulated)'); END;",
+        )
+        .unwrap();
+    let alice = env
+        .client("alice")
+        .unseal(&[&env.share_line("alice", 1)])
+        .await;
+    assert_ne!(alice.status, 200, "{}", alice.body);
+    state_db(&env)
+        .execute_batch("DROP TRIGGER review_refuse_alice;")
+        .unwrap();
+
+    let status: Status = env.client(OPERATOR).get("/v1/status").await.json();
+    assert!(status.unseal_progress.is_empty(), "{status:?}");
+    let bob = env.client("bob").unseal(&[&env.share_line("bob", 1)]).await;
+    assert_eq!(bob.status, 200, "{}", bob.body);
+    let status: Status = env.client(OPERATOR).get("/v1/status").await.json();
+    assert!(
+        status.sealed,
+        "alice's unaudited share helped unseal: {status:?}"
+    );
+
+    // Submitted again, it counts.
+    let alice = env
+        .client("alice")
+        .unseal(&[&env.share_line("alice", 1)])
+        .await;
+    assert_eq!(alice.status, 200, "{}", alice.body);
+    let status: Status = env.client(OPERATOR).get("/v1/status").await.json();
+    assert!(!status.sealed, "{status:?}");
+}
