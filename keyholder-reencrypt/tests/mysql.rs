@@ -498,3 +498,136 @@ async fn mysql_text_primary_keys_with_row_binding() {
     }
     drop_table(&db).await;
 }
+
+/// A MariaDB server of the test's own (`mariadbd` from `PATH`, or
+/// `KEYHOLDER_MARIADBD`), started with the given `sql_mode` in a temporary
+/// data directory; stopped when dropped.
+struct OwnServer {
+    child: std::process::Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl OwnServer {
+    async fn start(sql_mode: &str) -> Self {
+        use std::os::unix::fs::MetadataExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let as_root = std::fs::metadata("/proc/self").unwrap().uid() == 0;
+        let user = as_root.then_some("--user=root");
+        let installed = std::process::Command::new("mariadb-install-db")
+            .args(["--no-defaults", "--auth-root-authentication-method=normal"])
+            .arg("--skip-test-db")
+            .arg(format!("--datadir={}", data.display()))
+            .args(user)
+            .output()
+            .expect("mariadb-install-db (apt-get install mariadb-server)");
+        assert!(installed.status.success(), "mariadb-install-db failed");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let server = std::env::var("KEYHOLDER_MARIADBD").unwrap_or_else(|_| "mariadbd".into());
+        let child = std::process::Command::new(server)
+            .arg("--no-defaults")
+            .arg(format!("--datadir={}", data.display()))
+            .arg(format!("--socket={}", dir.path().join("sock").display()))
+            .arg(format!("--pid-file={}", dir.path().join("pid").display()))
+            .arg(format!("--port={port}"))
+            .arg("--bind-address=127.0.0.1")
+            .arg(format!("--sql-mode={sql_mode}"))
+            .arg("--innodb-buffer-pool-size=16M")
+            .args(user)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("mariadbd");
+        let server = Self {
+            child,
+            url: format!("mysql://root@127.0.0.1:{port}/test"),
+            _dir: dir,
+        };
+        let admin = format!("mysql://root@127.0.0.1:{port}/mysql");
+        for _ in 0..300 {
+            let opts = mysql_async::Opts::from_url(&admin).unwrap();
+            if let Ok(mut conn) = mysql_async::Conn::new(opts).await {
+                conn.query_drop("CREATE DATABASE test").await.unwrap();
+                return server;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the test's own mariadbd did not accept connections");
+    }
+}
+
+impl Drop for OwnServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// On a server whose `sql_mode` is not strict (MySQL 5.6's default, and
+/// many a legacy server's), a value too long for its column is cut with a
+/// warning instead of refused. A v10 record is one character longer than
+/// the v9 one it replaces: in a `VARCHAR` sized for the v9 records, the
+/// swap cut the new record, the record was lost, and the inventory (which
+/// reads prefixes only) called the pass drained. The engine's sessions are
+/// strict whatever the server's default, so the batch is refused and
+/// rolled back, and every record still decrypts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_a_server_without_strict_mode_never_cuts_a_record() {
+    if std::env::var("KEYHOLDER_TEST_MYSQL").is_err() {
+        eprintln!("skipping: KEYHOLDER_TEST_MYSQL not set");
+        return;
+    }
+    let server = OwnServer::start("").await;
+    let db = Db::Mysql {
+        url: server.url.clone(),
+        table: "records".into(),
+    };
+    db.seed(20).await;
+    let mut conn = mysql_connect(&server.url).await;
+    let longest: u64 = conn
+        .query_first("SELECT MAX(CHAR_LENGTH(a)) FROM records")
+        .await
+        .unwrap()
+        .unwrap();
+    conn.query_drop(format!("ALTER TABLE records MODIFY a VARCHAR({longest})"))
+        .await
+        .unwrap();
+
+    let result = run_pass_on(&db).await;
+    let ring = fixture::keyring(10);
+    let cut: Vec<i64> = db
+        .rows()
+        .await
+        .into_iter()
+        .filter(|(id, a, _)| {
+            a.as_ref()
+                .is_some_and(|a| ring.decrypt(a, &db.aad("a", *id)).is_err())
+        })
+        .map(|(id, _, _)| id)
+        .collect();
+    assert_eq!(
+        cut,
+        Vec::<i64>::new(),
+        "records cut by the swap; the pass: {result:?}"
+    );
+    match result {
+        Err(Error::Mysql { code, .. }) => assert_eq!(code, Some(1406), "data too long"),
+        other => panic!("a pass that could not write its records: {other:?}"),
+    }
+}
+
+async fn run_pass_on(db: &Db) -> Result<PassOutcome> {
+    fixture::run_pass(
+        db,
+        10,
+        9,
+        Arc::new(MemoryCheckpoints::new()),
+        &fixture::throttle(1000),
+    )
+    .await
+}
