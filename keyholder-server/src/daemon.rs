@@ -794,7 +794,6 @@ impl Daemon {
         );
         let mut lines = Vec::with_capacity(outcomes.len());
         for outcome in outcomes {
-            self.metrics.share(outcome.accepted);
             // A line that did not parse may hold share data in its message:
             // the audit log says only that it did not parse.
             let reason = match (outcome.version, &outcome.reason) {
@@ -831,7 +830,12 @@ impl Daemon {
             None if refused == 0 => "unseal_share_accepted",
             None => "unseal_share_refused",
         };
-        self.audit(&principal.name, action, detail).await
+        self.audit(&principal.name, action, detail).await?;
+        // Counted once audited: a submission that could not be is dropped.
+        for outcome in outcomes {
+            self.metrics.share(outcome.accepted);
+        }
+        Ok(())
     }
 
     /// Logs and audits rebuilt keys that failed verification; the daemon

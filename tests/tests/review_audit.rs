@@ -143,7 +143,11 @@ async fn a_reload_the_audit_log_cannot_record_changes_nothing() {
 /// bob's share later (the log would never show she took part).
 #[tokio::test]
 async fn a_share_the_audit_log_cannot_record_is_not_counted() {
-    let env = Env::new(EnvOptions::default());
+    let metrics_addr = keyholder_tests::daemon::free_addr();
+    let env = Env::new(EnvOptions {
+        listen_toml: format!("metrics_addr = \"{metrics_addr}\"\n"),
+        ..EnvOptions::default()
+    });
     let _daemon = env.start().await;
     state_db(&env)
         .execute_batch(
@@ -157,6 +161,24 @@ async fn a_share_the_audit_log_cannot_record_is_not_counted() {
         .unseal(&[&env.share_line("alice", 1)])
         .await;
     assert_ne!(alice.status, 200, "{}", alice.body);
+    // Nor is it counted in the metrics.
+    let scraped = reqwest::Client::builder()
+        .tls_backend_preconfigured(keyholder_tests::client::tls_config(&env.pki.ca_pem, None))
+        .build()
+        .unwrap()
+        .get(format!("http://{metrics_addr}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        !scraped.lines().any(|l| l
+            .starts_with("keyholder_unseal_shares_total{outcome=\"accepted\"} ")
+            && !l.ends_with(" 0")),
+        "{scraped}"
+    );
     state_db(&env)
         .execute_batch("DROP TRIGGER review_refuse_alice;")
         .unwrap();
