@@ -631,3 +631,45 @@ async fn run_pass_on(db: &Db) -> Result<PassOutcome> {
     )
     .await
 }
+
+/// Records in a column of a character set that is not ASCII's (`utf16`,
+/// `ucs2`, `utf32`) move too. The byte comparisons cast the column as
+/// stored: in `utf16` the prefix `V9:` is six bytes that never equal the
+/// three of the bound `V9:`, so no page held a record, while the inventory
+/// (read as utf8mb4) counted them all, and the pass swept 20 times for
+/// nothing and failed with every record of the column left at v9.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_records_in_a_utf16_column_move() {
+    let Some(db) = mysql("utf16").await else {
+        return;
+    };
+    db.seed(300).await;
+    let (url, table) = url_and_table(&db);
+    mysql_connect(url)
+        .await
+        .query_drop(format!(
+            "ALTER TABLE {table} MODIFY a TEXT CHARACTER SET utf16 COLLATE utf16_general_ci"
+        ))
+        .await
+        .unwrap();
+    let (digest_before, versions_before) = db.digest().await;
+    let outcome = fixture::run_pass(
+        &db,
+        10,
+        9,
+        Arc::new(MemoryCheckpoints::new()),
+        &fixture::throttle(100),
+    )
+    .await;
+    let Ok(PassOutcome::Drained(report)) = outcome else {
+        panic!("the pass did not drain: {outcome:?}");
+    };
+    let (digest_after, versions_after) = db.digest().await;
+    assert_eq!(digest_after, digest_before, "plaintexts changed");
+    assert_eq!(versions_after.get(&fixture::v(9)), None);
+    assert_eq!(
+        report.checkpoint.records_done,
+        versions_before[&fixture::v(9)]
+    );
+    drop_table(&db).await;
+}

@@ -3,7 +3,11 @@
 //!
 //! Every comparison with a stored value casts both sides to `BINARY`: a
 //! column with a case-insensitive collation (`utf8mb4_general_ci`) must not
-//! match `v9:` for `V9:`, nor an old value that differs only in case.
+//! match `v9:` for `V9:`, nor an old value that differs only in case. The
+//! stored side is converted to utf8mb4 first, the character set the bound
+//! values are sent in: cast as stored, a `utf16` (or `ucs2`, `utf32`)
+//! column's `V9:` is six bytes, never equal to the bound three, so its
+//! records were never read and the pass failed after its sweeps.
 
 use mysql_async::Value;
 
@@ -16,7 +20,16 @@ const MAX_PARAMS: usize = 60_000;
 /// A value of a version prefix's length, in a stored column, compared with a
 /// bound prefix byte for byte.
 fn prefix_filter(column: &str) -> String {
-    format!("CAST(SUBSTRING({column}, 1, ?) AS BINARY) = CAST(? AS BINARY)")
+    format!(
+        "{} = CAST(? AS BINARY)",
+        stored_bytes(&format!("SUBSTRING({column}, 1, ?)"))
+    )
+}
+
+/// The bytes of a stored value (or part of one) in utf8mb4, the character
+/// set of the values the store binds (`SET NAMES utf8mb4`).
+fn stored_bytes(value: &str) -> String {
+    format!("CAST(CONVERT({value} USING utf8mb4) AS BINARY)")
 }
 
 #[derive(Default)]
@@ -110,7 +123,8 @@ impl Statements {
                     continue;
                 };
                 branches.push_str(&format!(
-                    " WHEN {pk} = ? AND CAST({column} AS BINARY) = CAST(? AS BINARY) THEN ?"
+                    " WHEN {pk} = ? AND {} = CAST(? AS BINARY) THEN ?",
+                    stored_bytes(column)
                 ));
                 params.push(pk_value(&swap.pk));
                 params.push(Value::Bytes(cell.old.as_bytes().to_vec()));
