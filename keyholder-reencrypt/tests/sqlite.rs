@@ -424,3 +424,62 @@ async fn a_batch_after_the_durability_sync_is_seen_by_other_processes() {
         "a committed batch is invisible to other processes: the store lost its locks"
     );
 }
+
+/// Records an application stored as BLOBs (a driver binding bytes, as Go's
+/// `[]byte` or Python's `bytes` do, into a TEXT column keeps them BLOBs)
+/// move, and stay BLOBs. The page filter compared a BLOB's prefix with a
+/// text `V9:` (never equal in SQLite), so no page held them while the
+/// inventory counted them at v9: the pass swept 20 times for nothing and
+/// failed, every such record left at v9; sampling them failed too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_stored_as_blobs_move_and_stay_blobs() {
+    let (_dir, db) = sqlite();
+    db.seed(300).await;
+    let Db::Sqlite(path) = &db else {
+        unreachable!("a sqlite database")
+    };
+    let connection = rusqlite::Connection::open(path).unwrap();
+    connection
+        .execute_batch("UPDATE records SET a = CAST(a AS BLOB) WHERE id % 2 = 0")
+        .unwrap();
+    let text = |connection: &rusqlite::Connection| {
+        let mut select = connection
+            .prepare("SELECT id, CAST(a AS TEXT), typeof(a) FROM records ORDER BY id")
+            .unwrap();
+        select
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+            .unwrap()
+            .collect::<rusqlite::Result<Vec<(i64, String, String)>>>()
+            .unwrap()
+    };
+    let before = text(&connection);
+    let store = open_store(&db.target()).await.unwrap();
+    let samples = store.sample(fixture::v(9), 20).await.unwrap();
+    assert_eq!(samples.len(), 20);
+    let outcome = fixture::run_pass(
+        &db,
+        10,
+        9,
+        Arc::new(MemoryCheckpoints::new()),
+        &fixture::throttle(100),
+    )
+    .await;
+    let Ok(PassOutcome::Drained(_)) = outcome else {
+        panic!("the pass did not drain: {outcome:?}");
+    };
+    let ring = fixture::keyring(10);
+    let after = text(&connection);
+    assert_eq!(after.len(), before.len());
+    for ((id, old, old_type), (_, new, new_type)) in before.iter().zip(&after) {
+        assert_eq!(new_type, old_type, "row {id} changed its storage class");
+        assert!(
+            new.starts_with("V10:") || old.starts_with("V8:"),
+            "row {id}"
+        );
+        assert_eq!(
+            ring.decrypt(new, &db.aad("a", *id)).unwrap(),
+            ring.decrypt(old, &db.aad("a", *id)).unwrap(),
+            "row {id}"
+        );
+    }
+}

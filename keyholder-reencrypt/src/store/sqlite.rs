@@ -281,6 +281,19 @@ fn read_pk(row: &rusqlite::Row<'_>, kind: PkKind) -> rusqlite::Result<Pk> {
     })
 }
 
+/// A stored value as text: a TEXT, or a BLOB of UTF-8 (a driver binding
+/// bytes into a TEXT column stores a BLOB). Anything else is no record of
+/// any version (`None`, never swapped; the inventory names it).
+fn read_value(row: &rusqlite::Row<'_>, index: usize) -> rusqlite::Result<Option<String>> {
+    use rusqlite::types::ValueRef;
+    Ok(match row.get_ref(index)? {
+        ValueRef::Text(bytes) | ValueRef::Blob(bytes) => {
+            std::str::from_utf8(bytes).ok().map(str::to_owned)
+        }
+        ValueRef::Null | ValueRef::Integer(_) | ValueRef::Real(_) => None,
+    })
+}
+
 /// Up to `n` random records at `version` by primary-key probes through the
 /// index ([`sample::Probes`]), never a scan of the table; also the SQLite VM
 /// steps the probes took, which show that.
@@ -321,7 +334,7 @@ fn sample_by_probes(
     let map = |row: &rusqlite::Row<'_>| {
         let pk = read_pk(row, kind)?;
         let values = (1..=target.columns().len())
-            .map(|index| row.get::<_, Option<String>>(index))
+            .map(|index| read_value(row, index))
             .collect::<rusqlite::Result<Vec<_>>>()?;
         Ok(StoredRow { pk, values })
     };
@@ -417,7 +430,13 @@ impl DataStore for SqliteStore {
                 .join(", ");
             let filter = columns
                 .iter()
-                .map(|column| format!("substr({column}, 1, ?2) = ?1"))
+                // A BLOB never equals a text: a record stored as a BLOB
+                // is compared as one.
+                .map(|column| {
+                    format!(
+                        "(substr({column}, 1, ?2) = ?1 OR (typeof({column}) = 'blob' AND substr({column}, 1, ?2) = CAST(?1 AS BLOB)))"
+                    )
+                })
                 .collect::<Vec<_>>()
                 .join(" OR ");
             let range = if after.is_some() {
@@ -436,7 +455,7 @@ impl DataStore for SqliteStore {
             let map = |row: &rusqlite::Row<'_>| {
                 let pk = read_pk(row, kind)?;
                 let values = (1..=columns.len())
-                    .map(|index| row.get::<_, Option<String>>(index))
+                    .map(|index| read_value(row, index))
                     .collect::<rusqlite::Result<Vec<_>>>()?;
                 Ok(StoredRow { pk, values })
             };
@@ -467,8 +486,10 @@ impl DataStore for SqliteStore {
                     let sql = format!(
                         // `COLLATE BINARY`: a column the application declared
                         // `COLLATE NOCASE` or `RTRIM` would otherwise match a
-                        // value that differs from the one read.
-                        "UPDATE {table} SET {column} = ?1 WHERE {pk} = ?2 AND {column} = ?3 COLLATE BINARY",
+                        // value that differs from the one read. A record read
+                        // from a BLOB is compared, and written, as a BLOB.
+                        "UPDATE {table} SET {column} = CASE typeof({column}) WHEN 'blob' THEN CAST(?1 AS BLOB) ELSE ?1 END \
+                         WHERE {pk} = ?2 AND ({column} = ?3 COLLATE BINARY OR (typeof({column}) = 'blob' AND {column} = CAST(?3 AS BLOB)))",
                         table = target.table(),
                         pk = target.primary_key()
                     );
