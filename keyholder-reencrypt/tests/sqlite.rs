@@ -427,10 +427,10 @@ async fn a_batch_after_the_durability_sync_is_seen_by_other_processes() {
 
 /// Records an application stored as BLOBs (a driver binding bytes, as Go's
 /// `[]byte` or Python's `bytes` do, into a TEXT column keeps them BLOBs)
-/// move, and stay BLOBs. The page filter compared a BLOB's prefix with a
-/// text `V9:` (never equal in SQLite), so no page held them while the
-/// inventory counted them at v9: the pass swept 20 times for nothing and
-/// failed, every such record left at v9; sampling them failed too.
+/// move, and stay BLOBs. Reading a row failed on a BLOB value, so the pass
+/// failed at the first page holding one beside a text record at v9, and
+/// sampling failed the same way; a row whose only v9 record was a BLOB was
+/// never read at all (a BLOB's prefix never equals the text `V9:`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_stored_as_blobs_move_and_stay_blobs() {
     let (_dir, db) = sqlite();
