@@ -673,3 +673,12 @@ async fn mysql_records_in_a_utf16_column_move() {
     );
     drop_table(&db).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_sampling_text_keys_beyond_ascii() {
+    let Some(db) = mysql("nonascii").await else {
+        return;
+    };
+    scenarios::sample_of_text_keys_beyond_ascii(db.clone()).await;
+    drop_table(&db).await;
+}

@@ -454,3 +454,12 @@ async fn pg_hammering_application_never_deadlocks_with_an_unthrottled_rotation()
         drop_table(&db).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_sampling_text_keys_beyond_ascii() {
+    let Some(db) = postgres("nonascii").await else {
+        return;
+    };
+    scenarios::sample_of_text_keys_beyond_ascii(db.clone()).await;
+    drop_table(&db).await;
+}

@@ -483,3 +483,9 @@ async fn records_stored_as_blobs_move_and_stay_blobs() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sampling_text_keys_beyond_ascii() {
+    let (_dir, db) = sqlite();
+    scenarios::sample_of_text_keys_beyond_ascii(db).await;
+}

@@ -28,7 +28,7 @@ pub(crate) const MAX_ROWS_VISITED: u64 = 32_768;
 
 /// A random key between `low` and `high`: uniform for integer keys; for text
 /// keys, the common prefix, a random byte between theirs where they first
-/// differ, and random printable characters.
+/// differ (kept to printable ASCII), and random printable characters.
 pub(crate) fn random_key(low: &Pk, high: &Pk) -> Pk {
     match (low, high) {
         (Pk::Int(low), Pk::Int(high)) => Pk::Int(rand::random_range(*low..=*high)),
@@ -36,7 +36,10 @@ pub(crate) fn random_key(low: &Pk, high: &Pk) -> Pk {
             let (low, high) = (low.as_bytes(), high.as_bytes());
             let common = low.iter().zip(high).take_while(|(a, b)| a == b).count();
             let mut key = low[..common].to_vec();
-            let from = low.get(common).copied().unwrap_or(b' ').max(b' ');
+            // Printable ASCII both: a UTF-8 letter's bytes lie above `~`
+            // (`Á` is `C3 81`), and a start outside the keys' range only
+            // wraps the probe to the table's start.
+            let from = low.get(common).copied().unwrap_or(b' ').clamp(b' ', b'~');
             let to = high.get(common).copied().unwrap_or(b'~').clamp(from, b'~');
             key.push(rand::random_range(from..=to));
             key.extend((0..8).map(|_| rand::random_range(b'0'..=b'z')));
