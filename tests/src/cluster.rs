@@ -55,6 +55,9 @@ impl ClusterEnv {
         let env = Env::new(options);
         let base = fs::read_to_string(&env.config).unwrap();
         let names = &NODE_NAMES[..count];
+        // Distinct (free_addr never repeats a port in one test): a node
+        // started on its peer's address would find it answering (the same
+        // CA) while its own daemon exits.
         let addrs: Vec<SocketAddr> = (0..count)
             .map(|i| if i == 0 { env.addr } else { free_addr() })
             .collect();
