@@ -483,22 +483,32 @@ impl DataStore for SqliteStore {
             let mut outcome = SwapOutcome::default();
             let result = (|| {
                 for (index, column) in target.columns().iter().enumerate() {
-                    let sql = format!(
-                        // `COLLATE BINARY`: a column the application declared
-                        // `COLLATE NOCASE` or `RTRIM` would otherwise match a
-                        // value that differs from the one read. A record read
-                        // from a BLOB is compared, and written, as a BLOB.
-                        "UPDATE {table} SET {column} = CASE typeof({column}) WHEN 'blob' THEN CAST(?1 AS BLOB) ELSE ?1 END \
-                         WHERE {pk} = ?2 AND ({column} = ?3 COLLATE BINARY OR (typeof({column}) = 'blob' AND {column} = CAST(?3 AS BLOB)))",
-                        table = target.table(),
-                        pk = target.primary_key()
+                    let (table, pk) = (target.table(), target.primary_key());
+                    // `COLLATE BINARY`: a column the application declared
+                    // `COLLATE NOCASE` or `RTRIM` would otherwise match a
+                    // value that differs from the one read. A TEXT never
+                    // equals a BLOB, so a record read from a BLOB finds no
+                    // row here and is compared, and written, as a BLOB by
+                    // the second statement: the common case stays one plain
+                    // statement a row.
+                    let text = format!(
+                        "UPDATE {table} SET {column} = ?1 WHERE {pk} = ?2 AND {column} = ?3 COLLATE BINARY"
                     );
-                    let mut statement = transaction.prepare_cached(&sql)?;
+                    let blob = format!(
+                        "UPDATE {table} SET {column} = CAST(?1 AS BLOB) \
+                         WHERE {pk} = ?2 AND typeof({column}) = 'blob' AND {column} = CAST(?3 AS BLOB)"
+                    );
+                    let mut text = transaction.prepare_cached(&text)?;
+                    let mut blob = transaction.prepare_cached(&blob)?;
                     for swap in &swaps {
                         let Some(Some(cell)) = swap.cells.get(index) else {
                             continue;
                         };
-                        match statement.execute(params![cell.new, swap.pk, cell.old])? {
+                        let mut written = text.execute(params![cell.new, swap.pk, cell.old])?;
+                        if written == 0 {
+                            written = blob.execute(params![cell.new, swap.pk, cell.old])?;
+                        }
+                        match written {
                             0 => outcome.conflicts.push((swap.pk.clone(), index)),
                             _ => outcome.applied += 1,
                         }
