@@ -413,14 +413,11 @@ impl Client {
                 // refuses is still reported, by the last one. A node that
                 // cannot reach the state store may have a peer that can, and
                 // one full of the caller's connections a peer that is not.
-                Err(
-                    e @ (ClientError::Unreachable { .. }
-                    | ClientError::Timeout { .. }
-                    | ClientError::Sealed { .. }
-                    | ClientError::StoreUnavailable { .. }
-                    | ClientError::TooManyConnections { .. }
-                    | ClientError::ClientCertRefused { .. }),
-                ) if count > 1 => {
+                Err(e)
+                    if count > 1
+                        && (e.is_transient()
+                            || matches!(e, ClientError::ClientCertRefused { .. })) =>
+                {
                     unreachable = Some(e);
                 }
                 Err(ClientError::NotLeader {

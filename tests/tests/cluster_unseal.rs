@@ -36,6 +36,19 @@ fn from(progress: &[UnsealProgress]) -> Vec<Vec<String>> {
     progress.iter().map(|p| p.from.clone()).collect()
 }
 
+/// alice submits `share` to kh-a; returns kh-a's answer once kh-b holds it
+/// (relayed) as its only progress.
+async fn submit_to_kh_a_until_kh_b_holds_it(cluster: &ClusterEnv, share: &str) -> UnsealResponse {
+    let submitted = cluster.client(0, "alice").unseal(&[share]).await;
+    assert_eq!(submitted.status, 200, "{}", submitted.body);
+    cluster
+        .wait_for(1, "got alice's relayed share", WAIT, |s| {
+            from(&s.unseal_progress) == [vec!["alice".to_owned()]]
+        })
+        .await;
+    submitted.json()
+}
+
 /// alice submits to kh-a, which relays her share to kh-b; she withdraws it
 /// on kh-a. When her `DELETE` is answered kh-b no longer holds it either:
 /// bob's share on kh-b leaves kh-b sealed, waiting for a second keyholder,
@@ -50,13 +63,7 @@ async fn a_share_withdrawn_on_one_node_is_withdrawn_on_the_node_it_was_relayed_t
     let alice = env.share_line("alice", 1);
     let bob = env.share_line("bob", 1);
 
-    let submitted = cluster.client(0, "alice").unseal(&[&alice]).await;
-    assert_eq!(submitted.status, 200, "{}", submitted.body);
-    cluster
-        .wait_for(1, "got alice's relayed share", WAIT, |s| {
-            from(&s.unseal_progress) == [vec!["alice".to_owned()]]
-        })
-        .await;
+    submit_to_kh_a_until_kh_b_holds_it(&cluster, &alice).await;
 
     let withdrawn = cluster
         .client(0, "alice")
@@ -127,13 +134,7 @@ async fn a_peer_that_missed_a_withdrawal_gets_it_when_it_answers_again() {
     let alice = env.share_line("alice", 1);
     let bob = env.share_line("bob", 1);
 
-    let submitted = cluster.client(0, "alice").unseal(&[&alice]).await;
-    assert_eq!(submitted.status, 200, "{}", submitted.body);
-    cluster
-        .wait_for(1, "got alice's relayed share", WAIT, |s| {
-            from(&s.unseal_progress) == [vec!["alice".to_owned()]]
-        })
-        .await;
+    submit_to_kh_a_until_kh_b_holds_it(&cluster, &alice).await;
     // kh-b holds the shares before its audit entry of them commits: frozen
     // inside that transaction it would hold the audit log's lock, and kh-a's
     // own audit of the withdrawal would time out on it.
@@ -225,15 +226,8 @@ async fn a_sealed_node_keeps_unseal_progress_while_a_rotation_is_stored() {
     cluster.wait_for(0, "sealed", WAIT, |s| s.sealed).await;
     cluster.wait_for(1, "sealed", WAIT, |s| s.sealed).await;
 
-    let first = cluster.client(0, "alice").unseal(&[&alice]).await;
-    assert_eq!(first.status, 200, "{}", first.body);
-    let first: UnsealResponse = first.json();
+    let first = submit_to_kh_a_until_kh_b_holds_it(&cluster, &alice).await;
     assert!(first.outcomes[0].accepted, "{first:?}");
-    cluster
-        .wait_for(1, "got alice's relayed share", WAIT, |s| {
-            from(&s.unseal_progress) == [vec!["alice".to_owned()]]
-        })
-        .await;
     // Several polls of the stored rotation on each node.
     tokio::time::sleep(Duration::from_secs(4)).await;
     for i in 0..2 {
@@ -355,13 +349,7 @@ async fn a_sealed_node_the_seal_notice_missed_drops_its_progress_on_reading_the_
     let alice = env.share_line("alice", 1);
     let bob = env.share_line("bob", 1);
 
-    let submitted = cluster.client(0, "alice").unseal(&[&alice]).await;
-    assert_eq!(submitted.status, 200, "{}", submitted.body);
-    cluster
-        .wait_for(1, "got alice's relayed share", WAIT, |s| {
-            from(&s.unseal_progress) == [vec!["alice".to_owned()]]
-        })
-        .await;
+    submit_to_kh_a_until_kh_b_holds_it(&cluster, &alice).await;
 
     proxy.cut();
     let before = generation(&pg).await;

@@ -190,8 +190,7 @@ impl PeerSync {
             }
         };
         let mut seen = self.seen.lock().await;
-        let latest = seen.map_or(current, |s| s.max(current));
-        let before = seen.replace(latest);
+        let before = learn(&mut seen, current);
         if self.daemon.vault().is_sealed() {
             *self.lock_generation() = None;
             // A seal this node was not told of (a peer's notice lost):
@@ -666,7 +665,7 @@ impl PeerSync {
                 seen.unwrap_or(0) + 1
             }
         };
-        *seen = Some(seen.map_or(generation, |s| s.max(generation)));
+        learn(&mut seen, generation);
         drop(seen);
         tracing::info!(node = %self.cluster.node, generation, "cluster: sealed the cluster");
         let this = Arc::clone(self);
@@ -692,11 +691,17 @@ impl PeerSync {
     /// records only at the next seal).
     pub async fn notice_seal(&self, by: &str, generation: u64) {
         let mut seen = self.seen.lock().await;
-        *seen = Some(seen.map_or(generation, |s| s.max(generation)));
+        learn(&mut seen, generation);
         let held = *self.lock_generation();
         if held.is_some_and(|h| h >= generation) {
             return;
         }
         self.follow_seal(generation, by).await;
     }
+}
+
+/// Records that the cluster seal generation `generation` exists in `seen`
+/// (the latest known only grows); returns the one known before.
+fn learn(seen: &mut Option<u64>, generation: u64) -> Option<u64> {
+    seen.replace(seen.map_or(generation, |known| known.max(generation)))
 }
