@@ -81,6 +81,24 @@ pub enum PkiError {
         /// Why.
         reason: &'static str,
     },
+    /// A principal name that is also the name of the PKI's own files: its
+    /// `NAME.pem` and `NAME.key` would be the CA's or the server's.
+    #[error(
+        "principal name `{name}` in --{list} is taken: {name}.pem and {name}.key are {owner}'s; choose another name"
+    )]
+    Reserved {
+        /// Which flag.
+        list: &'static str,
+        /// The name.
+        name: String,
+        /// Whose files they are.
+        owner: &'static str,
+    },
+    /// `pki renew ca`: the CA is not a principal.
+    #[error(
+        "`ca` is the dev CA, not a principal: pki renew re-issues the server's certificate (--server) or a principal's (NAME); a new CA is made by a new `keyholder pki init`"
+    )]
+    RenewCa,
     /// A name appears twice (in one list or across lists).
     #[error(
         "principal `{name}` is given twice; each principal has one certificate and one set of roles"
@@ -129,6 +147,8 @@ impl PkiError {
         matches!(
             self,
             Self::BadName { .. }
+                | Self::Reserved { .. }
+                | Self::RenewCa
                 | Self::Duplicate { .. }
                 | Self::TooFewKeyholders { .. }
                 | Self::EmptyList { .. }
@@ -137,10 +157,22 @@ impl PkiError {
     }
 }
 
-/// Checks a principal name given to `pki renew`.
+/// Checks a principal name given to `pki renew`. `ca` is refused: renewed
+/// as a principal, the CA's certificate would be replaced by one that is no
+/// CA (`server` is the server, as with `--server`).
 pub fn check_principal_name(name: &str) -> Result<(), PkiError> {
-    check_name("principal", name)
+    check_name("principal", name)?;
+    if name == "ca" {
+        return Err(PkiError::RenewCa);
+    }
+    Ok(())
 }
+
+/// The names whose `NAME.pem` and `NAME.key` are the PKI's own, and whose.
+const RESERVED: [(&str, &str); 2] = [
+    ("ca", "the dev CA"),
+    ("server", "keyholderd's server certificate"),
+];
 
 fn check_name(list: &'static str, name: &str) -> Result<(), PkiError> {
     let bad = |reason| PkiError::BadName {
@@ -195,6 +227,13 @@ impl PkiPlan {
             }
             for name in names {
                 check_name(list, name)?;
+                if let Some((_, owner)) = RESERVED.iter().find(|(taken, _)| taken == name) {
+                    return Err(PkiError::Reserved {
+                        list,
+                        name: name.clone(),
+                        owner,
+                    });
+                }
                 if seen.contains(&name.as_str()) {
                     return Err(PkiError::Duplicate { name: name.clone() });
                 }
