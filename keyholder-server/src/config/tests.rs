@@ -599,6 +599,46 @@ fn a_cluster_refuses_a_state_dir_strangers_and_bad_addresses_by_name() {
     );
 }
 
+/// A node whose config names it after another node (copied from that
+/// node's) would renew that node's lease as its own and lead beside it: its
+/// client certificate must be the one of `cluster.node`.
+#[test]
+fn a_cluster_node_presents_its_own_certificate() {
+    let dir = Dir::new();
+    let nodes = ["kh-a", "kh-b"];
+    let principals = nodes.map(|n| principal(n, "node", n)).concat();
+    let listed = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| node(n, &format!("127.0.0.1:{}", 8443 + i)))
+        .collect::<String>();
+    let with_cert = |cn: &str| {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let pem = params.self_signed(&key).unwrap().pem();
+        fs::write(dir.0.path().join("node.pem"), pem).unwrap();
+        cluster_config(&listed, &principals)
+            .replace("client_cert = \"server.pem\"", "client_cert = \"node.pem\"")
+    };
+    assert_eq!(
+        problems(dir.load(&with_cert("kh-b"))),
+        [
+            "cluster.client_cert: the certificate's common name (CN) is \"kh-b\", the cert_identity of \"kh-b\", but cluster.node is \"kh-a\" (cert_identity \"kh-a\"): the peers would take this node for kh-b, and a node named after another one holds the lease beside it; set cluster.node to the name of the node this certificate is for, or point client_cert at kh-a's certificate"
+        ]
+    );
+    assert_eq!(
+        problems(dir.load(&with_cert("kh-x"))),
+        [
+            "cluster.client_cert: the certificate's common name (CN) is \"kh-x\", no principal's cert_identity, but cluster.node is \"kh-a\" (cert_identity \"kh-a\"): the peers would refuse this node's calls; set cluster.node to the name of the node this certificate is for, or point client_cert at kh-a's certificate"
+        ]
+    );
+    let config = dir.load(&with_cert("kh-a")).unwrap();
+    assert_eq!(config.cluster.unwrap().node, "kh-a");
+}
+
 #[test]
 fn usage_limits_may_only_be_lowered() {
     let dir = Dir::new();

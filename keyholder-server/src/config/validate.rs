@@ -17,7 +17,7 @@ use super::{
 };
 use crate::principal::{Principal, Role};
 use crate::store::PgLocation;
-use crate::transport::identity::IdentityField;
+use crate::transport::identity::{self, IdentityField};
 
 #[derive(Default)]
 pub(super) struct Checker {
@@ -278,10 +278,14 @@ pub(super) fn validate(
     let targets = validate_targets(&raw.targets, check);
     let reencrypt = validate_reencrypt(&raw.reencrypt, &principals, check);
     let rotation = validate_rotation(&raw.rotation, threshold, keyholders, check);
+    let identity_field = listen
+        .as_ref()
+        .map_or_else(IdentityField::default, |l| l.identity_field);
     let cluster = validate_cluster(
         raw.cluster.as_ref(),
         state.as_ref(),
         &principals,
+        identity_field,
         base,
         check,
     );
@@ -344,6 +348,7 @@ fn validate_cluster(
     raw: Option<&RawCluster>,
     state: Option<&StateLocation>,
     principals: &[Principal],
+    identity_field: IdentityField,
     base: &Path,
     check: &mut Checker,
 ) -> Option<Cluster> {
@@ -422,6 +427,9 @@ fn validate_cluster(
             ),
         );
     }
+    if let Some(path) = &client_cert {
+        node_certificate(path, &raw.node, principals, identity_field, check);
+    }
     Some(Cluster {
         node: raw.node.clone(),
         lease,
@@ -430,6 +438,65 @@ fn validate_cluster(
         server_ca: server_ca?,
         nodes,
     })
+}
+
+/// `cluster.client_cert` must be `cluster.node`'s own certificate. The
+/// peers know a node by the principal its certificate maps to, the lease
+/// and its fence by `cluster.node` alone: a node named after another one
+/// (a config copied from that node's) renews that one's lease as its own,
+/// at its epoch, and both lead. A file that holds no certificate is left to
+/// the TLS loading, which names it; a node that is no node principal is
+/// reported above.
+fn node_certificate(
+    path: &Path,
+    node: &str,
+    principals: &[Principal],
+    field: IdentityField,
+    check: &mut Checker,
+) {
+    let Some(own) = principals
+        .iter()
+        .find(|p| p.name == node && p.has(Role::Node))
+    else {
+        return;
+    };
+    let Some(cert) = crate::transport::tls::certs("cluster.client_cert", path)
+        .ok()
+        .and_then(|certs| certs.into_iter().next())
+    else {
+        return;
+    };
+    let Ok(values) = identity::values(&cert, field) else {
+        return;
+    };
+    let (found, peers) = match values.as_slice() {
+        [one] if *one == own.cert_identity => return,
+        [one] => match principals.iter().find(|p| p.cert_identity == *one) {
+            Some(other) => (
+                format!("is \"{one}\", the cert_identity of \"{}\"", other.name),
+                format!(
+                    "the peers would take this node for {}, and a node named after another one holds the lease beside it",
+                    other.name
+                ),
+            ),
+            None => (
+                format!("is \"{one}\", no principal's cert_identity"),
+                "the peers would refuse this node's calls".to_owned(),
+            ),
+        },
+        _ => (
+            "does not hold exactly one identity".to_owned(),
+            "the peers would refuse this node's calls".to_owned(),
+        ),
+    };
+    check.problem(
+        "cluster.client_cert",
+        format!(
+            "the certificate's {} {found}, but cluster.node is \"{node}\" (cert_identity \"{}\"): {peers}; set cluster.node to the name of the node this certificate is for, or point client_cert at {node}'s certificate",
+            field.describe(),
+            own.cert_identity
+        ),
+    );
 }
 
 /// A node's address: `host:port`, no scheme or path.

@@ -43,7 +43,8 @@ impl IdentityField {
         }
     }
 
-    fn describe(self) -> &'static str {
+    /// The field's name in messages.
+    pub(crate) fn describe(self) -> &'static str {
         match self {
             Self::Cn => "common name (CN)",
             Self::DnsSan => "DNS subject alternative name",

@@ -1,0 +1,140 @@
+//! A node whose config names it after another node must not run: two real
+//! nodes on the PostgreSQL of `KEYHOLDER_TEST_PG` (skipped, saying so, when
+//! it is not set). kh-b's config was copied from kh-a's and keeps
+//! `node = "kh-a"` (its client certificate is kh-b's own). The lease and its
+//! fence know a node by that name alone, so such a node renews kh-a's lease
+//! as its own, at kh-a's epoch, and both lead: both take rotation commands
+//! and both pass the fence of every leader-only write. keyholderd refuses
+//! the config instead (exit 64, `keyholderd check-config` likewise), naming
+//! `cluster.client_cert`: the certificate is not cluster.node's.
+//!
+//! Build the binaries first: `cargo build --workspace --bins`.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use keyholder_tests::EnvOptions;
+use keyholder_tests::client::Client;
+use keyholder_tests::cluster::ClusterEnv;
+use keyholder_tests::daemon::{OPERATOR, keyholderd};
+use keyholder_tests::pg::{self, Schema};
+use serde_json::json;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// The problem keyholderd names for kh-b's config.
+const PROBLEM: &str = "cluster.client_cert: the certificate's common name (CN) is \"kh-b\", the cert_identity of \"kh-b\", but cluster.node is \"kh-a\" (cert_identity \"kh-a\"): the peers would take this node for kh-b, and a node named after another one holds the lease beside it; set cluster.node to the name of the node this certificate is for, or point client_cert at kh-a's certificate";
+
+/// Whether `client`'s node takes a leader-only request (not 421
+/// `not_leader`).
+async fn leads(client: &Client) -> bool {
+    let answer = client.post("/v1/rotation/pause", &json!({})).await;
+    answer.status != 421
+}
+
+#[tokio::test]
+async fn a_node_named_after_another_one_is_refused_instead_of_leading_beside_it() {
+    let Some(url) = pg::url() else { return };
+    let schema = Schema::new(&url).await;
+    let cluster = ClusterEnv::new(
+        2,
+        "2s",
+        EnvOptions {
+            state_store: Some(schema.state_store()),
+            ..EnvOptions::default()
+        },
+        "",
+    );
+    let b_config = &cluster.nodes[1].config;
+    let text = std::fs::read_to_string(b_config).unwrap();
+    assert_eq!(text.matches("\nnode = \"kh-b\"\n").count(), 1, "{text}");
+    std::fs::write(
+        b_config,
+        text.replace("\nnode = \"kh-b\"\n", "\nnode = \"kh-a\"\n"),
+    )
+    .unwrap();
+
+    let env = &cluster.env;
+    let lines = [env.share_line("alice", 1), env.share_line("bob", 1)];
+    let _a = cluster.start(0).await;
+    for (name, line) in [("alice", &lines[0]), ("bob", &lines[1])] {
+        let answer = cluster.client(0, name).unseal(&[line]).await;
+        assert_eq!(answer.status, 200, "{name}: {}", answer.body);
+    }
+    cluster
+        .wait_for(0, "leads", WAIT, |s| {
+            !s.sealed && s.cluster.as_ref().and_then(|c| c.leader.as_deref()) == Some("kh-a")
+        })
+        .await;
+
+    let log = std::fs::File::create(&cluster.nodes[1].log).unwrap();
+    let mut b = Command::new(keyholderd())
+        .arg("run")
+        .arg("--config")
+        .arg(b_config)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + WAIT;
+    let exit = loop {
+        if let Some(status) = b.try_wait().unwrap() {
+            break Some(status);
+        }
+        if cluster
+            .client(1, OPERATOR)
+            .send(reqwest::Method::GET, "/v1/health", None)
+            .await
+            .is_ok()
+        {
+            break None;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "kh-b neither answered nor exited"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let Some(exit) = exit else {
+        // It runs: unsealed by the keyholders (it refuses kh-a's relays,
+        // taking kh-a for itself), it renews kh-a's lease as its own.
+        for (name, line) in [("alice", &lines[0]), ("bob", &lines[1])] {
+            let answer = cluster.client(1, name).unseal(&[line]).await;
+            assert_eq!(answer.status, 200, "{name} at kh-b: {}", answer.body);
+        }
+        let deadline = Instant::now() + WAIT;
+        let mut both = false;
+        while Instant::now() < deadline && !both {
+            both = leads(&cluster.client(0, OPERATOR)).await
+                && leads(&cluster.client(1, OPERATOR)).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(b.id() as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        let _ = b.wait();
+        panic!(
+            "kh-b started as kh-a; both nodes took leader-only requests at once: {both}\n{}",
+            cluster.log_text(1)
+        );
+    };
+    assert_eq!(exit.code(), Some(64), "{}", cluster.log_text(1));
+    let logged = cluster.log_text(1);
+    assert!(logged.contains(PROBLEM), "{logged}");
+
+    let checked = Command::new(keyholderd())
+        .arg("check-config")
+        .arg("--config")
+        .arg(b_config)
+        .output()
+        .unwrap();
+    assert_eq!(checked.status.code(), Some(64));
+    let said = String::from_utf8_lossy(&checked.stderr);
+    assert!(said.contains(PROBLEM), "{said}");
+
+    // kh-a was never disturbed.
+    assert!(leads(&cluster.client(0, OPERATOR)).await);
+    schema.drop_it().await;
+}
