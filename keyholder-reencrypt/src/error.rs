@@ -45,7 +45,8 @@ pub enum Error {
     },
 
     /// The table, a column or the primary key does not exist or has a type
-    /// the engine cannot handle.
+    /// the engine cannot handle, or the table's schema does not make the key
+    /// unique and never NULL (keyset pages would skip rows).
     #[error("target `{target}`: {reason}")]
     Schema {
         /// The target's name.

@@ -4,7 +4,9 @@
 //! PostgreSQL or MySQL/MariaDB) from one key version to the keyring's write version, in
 //! throttled batches while the database keeps serving:
 //!
-//! - keyset pagination on the primary key, never OFFSET ([`DataStore::read_page`]);
+//! - keyset pagination on the primary key, never OFFSET ([`DataStore::read_page`]),
+//!   so the key must be unique and never NULL: [`open_store`] refuses a table
+//!   whose schema does not say so;
 //! - compare-and-swap writes, one transaction per batch, so an application
 //!   write made meanwhile is never overwritten ([`DataStore::swap_batch`]);
 //! - a [`Checkpoint`] after each committed batch, through a [`CheckpointStore`]

@@ -20,7 +20,7 @@ use crypto_core::KeyVersion;
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::inventory::Inventory;
 use crate::target::{SqlIdent, StoreLocation, Target};
 
@@ -188,12 +188,40 @@ pub trait DataStore: Send + Sync {
 }
 
 /// Opens the target's store, checks that the table, the primary key and the
-/// columns exist with types the engine supports, and prepares its statements.
+/// columns exist with types the engine supports and that the schema makes the
+/// key unique and never NULL, and prepares its statements.
 pub async fn open_store(target: &Target) -> Result<Arc<dyn DataStore>> {
     match target.store() {
         StoreLocation::Sqlite(_) => Ok(Arc::new(sqlite::SqliteStore::open(target).await?)),
         StoreLocation::Postgres(_) => Ok(Arc::new(postgres::PostgresStore::open(target).await?)),
         StoreLocation::Mysql(_) => Ok(Arc::new(mysql::MysqlStore::open(target).await?)),
+    }
+}
+
+/// The refusal of a key two rows may share: a keyset page that ends between
+/// them (`key > last`) hides the second from every later page.
+pub(crate) fn key_not_unique(target: &Target) -> Error {
+    Error::Schema {
+        target: target.name().to_owned(),
+        reason: format!(
+            "`{}.{}` is not unique: it is not the one column of the primary key or of a unique index without WHERE or expressions, so two rows may share a key and the pass, which pages by key, would skip one of them; declare it PRIMARY KEY or UNIQUE NOT NULL, or set `primary_key` to a column that is",
+            target.table(),
+            target.primary_key()
+        ),
+    }
+}
+
+/// The refusal of a key the schema lets be NULL: no keyset page holds such a
+/// row, and no compare-and-swap can name it. `note` says why the store calls
+/// the column nullable, where its own rule is a surprise (`""` otherwise).
+pub(crate) fn key_may_be_null(target: &Target, note: &str) -> Error {
+    Error::Schema {
+        target: target.name().to_owned(),
+        reason: format!(
+            "`{}.{}` may be NULL{note}, and the pass, which pages by key, would skip a row whose key is NULL; declare it NOT NULL, or set `primary_key` to a column that is",
+            target.table(),
+            target.primary_key()
+        ),
     }
 }
 

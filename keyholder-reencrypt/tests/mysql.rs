@@ -682,3 +682,12 @@ async fn mysql_sampling_text_keys_beyond_ascii() {
     scenarios::sample_of_text_keys_beyond_ascii(db.clone()).await;
     drop_table(&db).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_a_key_that_may_repeat_or_be_null_is_refused() {
+    let Some(db) = mysql("uniquekey").await else {
+        return;
+    };
+    scenarios::key_unique_and_not_null(db.clone()).await;
+    drop_table(&db).await;
+}

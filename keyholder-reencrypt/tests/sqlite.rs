@@ -77,7 +77,7 @@ async fn text_primary_keys_with_row_binding() {
     {
         let connection = rusqlite::Connection::open(&path).unwrap();
         connection
-            .execute_batch("CREATE TABLE accounts (handle TEXT PRIMARY KEY, token TEXT)")
+            .execute_batch("CREATE TABLE accounts (handle TEXT NOT NULL PRIMARY KEY, token TEXT)")
             .unwrap();
         for key in &keys {
             let aad = format!("accounts/token/{key}");
@@ -488,4 +488,10 @@ async fn records_stored_as_blobs_move_and_stay_blobs() {
 async fn sampling_text_keys_beyond_ascii() {
     let (_dir, db) = sqlite();
     scenarios::sample_of_text_keys_beyond_ascii(db).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_that_may_repeat_or_be_null_is_refused() {
+    let (_dir, db) = sqlite();
+    scenarios::key_unique_and_not_null(db).await;
 }

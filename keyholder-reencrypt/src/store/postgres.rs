@@ -34,7 +34,8 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Statement};
 
 use super::{
-    DataStore, Pk, PkKind, RowSwap, SampleRecord, StoredRow, SwapOutcome, sample, version_prefix,
+    DataStore, Pk, PkKind, RowSwap, SampleRecord, StoredRow, SwapOutcome, key_may_be_null,
+    key_not_unique, sample, version_prefix,
 };
 use crate::error::{DatabaseError, Error, Result};
 use crate::inventory::{self, Inventory};
@@ -517,7 +518,8 @@ fn pg_error(
     }
 }
 
-/// Finds the primary key's kind and checks that the columns exist as text.
+/// Finds the primary key's kind and checks that the columns exist as text
+/// and that the key is unique and never NULL.
 async fn check_schema(client: &Client, target: &Target) -> Result<PkKind> {
     let schema = |reason: String| Error::Schema {
         target: target.name().to_owned(),
@@ -554,22 +556,51 @@ async fn check_schema(client: &Client, target: &Target) -> Result<PkKind> {
             Some(_) => {}
         }
     }
-    match declared
+    let kind = match declared
         .get(target.primary_key().as_str())
         .map(String::as_str)
     {
-        None => Err(schema(format!(
-            "primary key column `{}.{}` does not exist",
-            target.table(),
-            target.primary_key()
-        ))),
-        Some("smallint" | "integer" | "bigint") => Ok(PkKind::Int),
-        Some(sql_type) if is_text(sql_type) => Ok(PkKind::Text),
-        Some(sql_type) => Err(schema(format!(
-            "primary key `{}.{}` has type `{sql_type}`; only integer and text keys are supported",
-            target.table(),
-            target.primary_key()
-        ))),
+        None => {
+            return Err(schema(format!(
+                "primary key column `{}.{}` does not exist",
+                target.table(),
+                target.primary_key()
+            )));
+        }
+        Some("smallint" | "integer" | "bigint") => PkKind::Int,
+        Some(sql_type) if is_text(sql_type) => PkKind::Text,
+        Some(sql_type) => {
+            return Err(schema(format!(
+                "primary key `{}.{}` has type `{sql_type}`; only integer and text keys are supported",
+                target.table(),
+                target.primary_key()
+            )));
+        }
+    };
+    check_key(client, target).await?;
+    Ok(kind)
+}
+
+/// Checks that the key is unique and never NULL, as keyset pages need: the
+/// one column of the primary key, or of a valid unique index without WHERE
+/// or expressions (INCLUDE columns aside) over a NOT NULL column.
+async fn check_key(client: &Client, target: &Target) -> Result<()> {
+    let not_null: Option<bool> = client
+        .query_opt(
+            "SELECT bool_or(a.attnotnull) FROM pg_index i \
+             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] \
+             WHERE i.indrelid = to_regclass($1::text) AND a.attname = $2::text \
+             AND i.indisunique AND i.indisvalid AND i.indnkeyatts = 1 \
+             AND i.indpred IS NULL AND i.indexprs IS NULL",
+            &[&target.table().as_str(), &target.primary_key().as_str()],
+        )
+        .await
+        .map_err(pg_error(target, "read schema"))?
+        .and_then(|row| row.get(0));
+    match not_null {
+        None => Err(key_not_unique(target)),
+        Some(false) => Err(key_may_be_null(target, "")),
+        Some(true) => Ok(()),
     }
 }
 

@@ -27,7 +27,8 @@ mod wal;
 
 use self::wal::Checkpointer;
 use super::{
-    DataStore, Pk, PkKind, RowSwap, SampleRecord, StoredRow, SwapOutcome, sample, version_prefix,
+    DataStore, Pk, PkKind, RowSwap, SampleRecord, StoredRow, SwapOutcome, key_may_be_null,
+    key_not_unique, sample, version_prefix,
 };
 use crate::error::{Error, Result};
 use crate::inventory::{self, Inventory};
@@ -197,18 +198,24 @@ fn sqlite_error(target: &Target, operation: &'static str) -> impl FnOnce(rusqlit
     }
 }
 
-/// Finds the primary key's kind and checks that every column exists.
+/// Finds the primary key's kind and checks that every column exists and that
+/// the key is unique and never NULL.
 fn check_schema(connection: &Connection, target: &Target) -> Result<PkKind> {
     let schema = |reason: String| Error::Schema {
         target: target.name().to_owned(),
         reason,
     };
     let mut statement = connection
-        .prepare("SELECT name, type FROM pragma_table_info(?1)")
+        .prepare(r#"SELECT name, type, "notnull", pk FROM pragma_table_info(?1)"#)
         .map_err(sqlite_error(target, "read schema"))?;
-    let declared: BTreeMap<String, String> = statement
+    let declared: BTreeMap<String, Column> = statement
         .query_map([target.table().as_str()], |row| {
-            Ok((row.get(0)?, row.get(1)?))
+            let column = Column {
+                sql_type: row.get(1)?,
+                not_null: row.get(2)?,
+                in_primary_key: row.get::<_, i64>(3)? > 0,
+            };
+            Ok((row.get(0)?, column))
         })
         .and_then(|rows| rows.collect())
         .map_err(sqlite_error(target, "read schema"))?;
@@ -223,27 +230,83 @@ fn check_schema(connection: &Connection, target: &Target) -> Result<PkKind> {
             )));
         }
     }
-    let pk_type = declared
-        .get(target.primary_key().as_str())
-        .ok_or_else(|| {
-            schema(format!(
-                "primary key column `{}.{}` does not exist",
-                target.table(),
-                target.primary_key()
-            ))
-        })?
-        .to_ascii_uppercase();
-    if pk_type.contains("INT") {
-        Ok(PkKind::Int)
+    let key = declared.get(target.primary_key().as_str()).ok_or_else(|| {
+        schema(format!(
+            "primary key column `{}.{}` does not exist",
+            target.table(),
+            target.primary_key()
+        ))
+    })?;
+    let pk_type = key.sql_type.to_ascii_uppercase();
+    let kind = if pk_type.contains("INT") {
+        PkKind::Int
     } else if pk_type.contains("CHAR") || pk_type.contains("TEXT") || pk_type.contains("CLOB") {
-        Ok(PkKind::Text)
+        PkKind::Text
     } else {
-        Err(schema(format!(
+        return Err(schema(format!(
             "primary key `{}.{}` has type `{pk_type}`; only integer and text keys are supported",
             target.table(),
             target.primary_key()
-        )))
+        )));
+    };
+    let is_primary_key = declared
+        .iter()
+        .all(|(name, column)| column.in_primary_key == (name == target.primary_key().as_str()));
+    check_key(connection, target, is_primary_key, key.not_null)?;
+    Ok(kind)
+}
+
+/// A column as `pragma_table_info` declares it.
+struct Column {
+    sql_type: String,
+    not_null: bool,
+    in_primary_key: bool,
+}
+
+/// Checks that the key is unique and never NULL, as keyset pages need: the
+/// rowid (an `INTEGER PRIMARY KEY`), or the one column of the primary key or
+/// of a unique index without WHERE or expressions, declared NOT NULL (the
+/// key of a WITHOUT ROWID table is declared so by SQLite).
+/// `is_primary_key`: the key is the table's whole primary key.
+fn check_key(
+    connection: &Connection,
+    target: &Target,
+    is_primary_key: bool,
+    not_null: bool,
+) -> Result<()> {
+    // Per index of the table: its origin (`pk` for the primary key's) and
+    // whether it makes the key alone unique.
+    let mut statement = connection
+        .prepare(
+            r#"SELECT origin, "unique" AND NOT partial
+                   AND (SELECT count(*) FROM pragma_index_info(il.name)) = 1
+                   AND (SELECT name FROM pragma_index_info(il.name)) IS ?2
+               FROM pragma_index_list(?1) AS il"#,
+        )
+        .map_err(sqlite_error(target, "read schema"))?;
+    let indexes: Vec<(String, bool)> = statement
+        .query_map(
+            [target.table().as_str(), target.primary_key().as_str()],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .and_then(|rows| rows.collect())
+        .map_err(sqlite_error(target, "read schema"))?;
+    // A one-column primary key without an index of its own is the rowid.
+    if is_primary_key && indexes.iter().all(|(origin, _)| origin != "pk") {
+        return Ok(());
     }
+    if !indexes.iter().any(|&(_, unique)| unique) {
+        return Err(key_not_unique(target));
+    }
+    if !not_null {
+        let note = if is_primary_key {
+            " (in SQLite only an INTEGER PRIMARY KEY, the rowid, or the key of a WITHOUT ROWID table is never NULL)"
+        } else {
+            ""
+        };
+        return Err(key_may_be_null(target, note));
+    }
+    Ok(())
 }
 
 /// Characters of a value the inventory reads: a version prefix (`V<n>:`, at

@@ -648,7 +648,7 @@ pub async fn sample_of_text_keys_beyond_ascii(db: Db) {
             ((*key).to_owned(), record)
         })
         .collect();
-    let ddl = format!("CREATE TABLE {table} (handle VARCHAR(40) PRIMARY KEY, token TEXT)");
+    let ddl = format!("CREATE TABLE {table} (handle VARCHAR(40) NOT NULL PRIMARY KEY, token TEXT)");
     let insert = |mark: &str| format!("INSERT INTO {table} VALUES ({mark}1, {mark}2)");
     match &db {
         Db::Sqlite(path) => {
@@ -710,5 +710,203 @@ pub async fn sample_of_text_keys_beyond_ascii(db: Db) {
             &*old.decrypt(&record.ciphertext, aad.as_bytes()).unwrap(),
             key.as_bytes()
         );
+    }
+}
+
+/// How a store takes a table keyed as one case of [`key_unique_and_not_null`]
+/// declares it.
+#[derive(Debug, PartialEq)]
+enum Taken {
+    /// Opened, and a pass moved every record.
+    Drains,
+    /// Refused when the store opened, with this error.
+    Refused(String),
+    /// Opened, and the pass did not move every record: what it did.
+    LeftRecords(String),
+}
+
+/// The pass reads the table in keyset pages (`key > last`): of two rows that
+/// share a key, a page that ends between them hides the second from every
+/// later page, and a row whose key is NULL is on no page at all (SQLite and
+/// PostgreSQL took such a table and the pass left records behind or failed
+/// on the NULL). So a store opens a target only when its declared schema
+/// makes the key unique and never NULL, and names the column and what to
+/// declare otherwise; MySQL wants the table's own primary key (the batch's
+/// row locks rely on it too).
+pub async fn key_unique_and_not_null(db: Db) {
+    let table = db.table().to_owned();
+    let sqlite = matches!(db, Db::Sqlite(_));
+    let mysql = matches!(db, Db::Mysql { .. });
+    let not_unique = if mysql {
+        format!(
+            "target `records`: `{table}.id` is not the table's primary key (it is `()`); name the one-column primary key"
+        )
+    } else {
+        format!(
+            "target `records`: `{table}.id` is not unique: it is not the one column of the primary key or of a unique index without WHERE or expressions, so two rows may share a key and the pass, which pages by key, would skip one of them; declare it PRIMARY KEY or UNIQUE NOT NULL, or set `primary_key` to a column that is"
+        )
+    };
+    let may_be_null = |note: &str| {
+        format!(
+            "target `records`: `{table}.id` may be NULL{note}, and the pass, which pages by key, would skip a row whose key is NULL; declare it NOT NULL, or set `primary_key` to a column that is"
+        )
+    };
+    // More rows per key than the pass has sweeps: a sweep moves one row per
+    // key in pages of one row.
+    let repeated: Vec<Option<i64>> = (1..=3)
+        .flat_map(|id| [Some(id); DEFAULT_MAX_SWEEPS as usize + 5])
+        .collect();
+    let once: Vec<Option<i64>> = (1..=6).map(Some).collect();
+    let with_nulls: Vec<Option<i64>> = once.iter().copied().chain([None, None]).collect();
+    let mut cases: Vec<(&str, String, &[Option<i64>], Taken)> = vec![
+        (
+            "an index that is not unique",
+            format!(
+                "CREATE TABLE {table} (id BIGINT NOT NULL, a TEXT, b TEXT); CREATE INDEX {table}_id ON {table} (id)"
+            ),
+            &repeated,
+            Taken::Refused(not_unique.clone()),
+        ),
+        (
+            "a unique index over two columns",
+            format!(
+                "CREATE TABLE {table} (id BIGINT NOT NULL, n INT, a TEXT, b TEXT); CREATE UNIQUE INDEX {table}_id ON {table} (id, n)"
+            ),
+            &repeated,
+            Taken::Refused(not_unique.clone()),
+        ),
+        (
+            "a unique column that may be NULL",
+            format!("CREATE TABLE {table} (id BIGINT UNIQUE, a TEXT, b TEXT)"),
+            &with_nulls,
+            Taken::Refused(if mysql {
+                not_unique.clone()
+            } else {
+                may_be_null("")
+            }),
+        ),
+        (
+            "a unique index on a NOT NULL column",
+            format!(
+                "CREATE TABLE {table} (id BIGINT NOT NULL, a TEXT, b TEXT); CREATE UNIQUE INDEX {table}_id ON {table} (id)"
+            ),
+            &once,
+            if mysql {
+                Taken::Refused(not_unique.clone())
+            } else {
+                Taken::Drains
+            },
+        ),
+        (
+            "a BIGINT PRIMARY KEY",
+            format!("CREATE TABLE {table} (id BIGINT PRIMARY KEY, a TEXT, b TEXT)"),
+            &once,
+            if sqlite {
+                Taken::Refused(may_be_null(
+                    " (in SQLite only an INTEGER PRIMARY KEY, the rowid, or the key of a WITHOUT ROWID table is never NULL)",
+                ))
+            } else {
+                Taken::Drains
+            },
+        ),
+        (
+            "a PRIMARY KEY declared NOT NULL",
+            format!("CREATE TABLE {table} (id BIGINT NOT NULL PRIMARY KEY, a TEXT, b TEXT)"),
+            &once,
+            Taken::Drains,
+        ),
+    ];
+    if !mysql {
+        // MySQL has no partial index.
+        cases.push((
+            "a partial unique index",
+            format!(
+                "CREATE TABLE {table} (id BIGINT NOT NULL, a TEXT, b TEXT); CREATE UNIQUE INDEX {table}_id ON {table} (id) WHERE b IS NOT NULL"
+            ),
+            &repeated,
+            Taken::Refused(not_unique.clone()),
+        ));
+    }
+    if sqlite {
+        cases.push((
+            "a WITHOUT ROWID table",
+            format!("CREATE TABLE {table} (id INTEGER PRIMARY KEY, a TEXT, b TEXT) WITHOUT ROWID"),
+            &once,
+            Taken::Drains,
+        ));
+    }
+    let mut wrong = Vec::new();
+    for (case, ddl, keys, expected) in cases {
+        let taken = take_table(&db, &ddl, keys).await;
+        if taken != expected {
+            wrong.push(format!("{case}: {taken:?}, expected {expected:?}"));
+        }
+    }
+    execute(&db, &format!("DROP TABLE IF EXISTS {table}")).await;
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+/// Creates the test table by `ddl` with one record at v9 in `a` per key of
+/// `keys` (`None`: a NULL key), opens the store and runs a pass to v10 in
+/// pages of one row.
+async fn take_table(db: &Db, ddl: &str, keys: &[Option<i64>]) -> Taken {
+    let table = db.table();
+    execute(db, &format!("DROP TABLE IF EXISTS {table}")).await;
+    execute(db, ddl).await;
+    let old = keyring(9);
+    let values = keys
+        .iter()
+        .map(|key| {
+            let record = old
+                .encrypt(b"secret", &db.aad("a", key.unwrap_or(0)))
+                .unwrap();
+            let id = key.map_or("NULL".to_owned(), |id| id.to_string());
+            format!("({id}, '{record}')")
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    execute(db, &format!("INSERT INTO {table} (id, a) VALUES {values}")).await;
+    let target = db.target();
+    let store = match open_store(&target).await {
+        Ok(store) => store,
+        Err(error) => return Taken::Refused(error.to_string()),
+    };
+    let control = throttle(1);
+    let pass = Reencryptor::new(
+        target,
+        store.clone(),
+        keyring(10),
+        v(9),
+        Arc::new(MemoryCheckpoints::new()),
+        &control,
+    )
+    .unwrap();
+    let outcome = tokio::spawn(pass.run()).await;
+    let left = store.inventory().await.map(|inventory| inventory.at(v(9)));
+    match (outcome, left) {
+        (Ok(Ok(PassOutcome::Drained(_))), Ok(0)) => Taken::Drains,
+        (outcome, left) => Taken::LeftRecords(format!(
+            "a pass over {} rows, {} distinct keys: {outcome:?}; records left at v9: {left:?}",
+            keys.len(),
+            keys.iter().collect::<std::collections::BTreeSet<_>>().len()
+        )),
+    }
+}
+
+/// Runs `sql` (statements separated by `;`) on the test database.
+async fn execute(db: &Db, sql: &str) {
+    match db {
+        Db::Sqlite(path) => rusqlite::Connection::open(path)
+            .unwrap()
+            .execute_batch(sql)
+            .unwrap(),
+        Db::Postgres { url, .. } => pg_connect(url).await.batch_execute(sql).await.unwrap(),
+        Db::Mysql { url, .. } => {
+            use mysql_async::prelude::Queryable as _;
+            let mut conn = mysql_connect(url).await;
+            for statement in sql.split(';') {
+                conn.query_drop(statement).await.unwrap();
+            }
+        }
     }
 }
