@@ -2,7 +2,7 @@
 //! age-encrypted share of the new version and sends it back decrypted, which
 //! is checked against its fingerprint and the principal it was dealt to.
 //! Verified shares stay in memory only, to rebuild the new key if the daemon
-//! restarted since `prepare`.
+//! restarted since `prepare`, and only while it is unsealed.
 
 use std::collections::BTreeMap;
 
@@ -106,7 +106,13 @@ impl Rotator {
                 // Kept only while the new key is not held (a restart lost
                 // it), to rebuild it once enough are in; otherwise the
                 // share has done its work and is dropped (zeroized) here.
-                if self.daemon.vault().key(version).is_none() {
+                // A sealed daemon rebuilds nothing: kept, the shares would
+                // wait for an unseal that may never come, `threshold` of
+                // them being the new key in a sealed daemon's memory. The
+                // verification counts; the keyholders send the share again
+                // after the unseal (activate says so).
+                let vault = self.daemon.vault();
+                if !vault.is_sealed() && vault.key(version).is_none() {
                     self.new_shares.insert(share.index(), share);
                 }
             }
