@@ -125,6 +125,15 @@ pub enum PkiError {
         /// The name.
         name: String,
     },
+    /// `--keyring` is not a keyring name the daemon takes.
+    #[error("--keyring {0}")]
+    BadKeyring(crypto_core::Error),
+    /// `--listen` is not an address the daemon takes.
+    #[error("--listen `{addr}` is not an address; write it like 127.0.0.1:8443")]
+    BadListen {
+        /// The value given.
+        addr: String,
+    },
     /// A file could not be written (or exists).
     #[error(transparent)]
     File(#[from] FileError),
@@ -153,6 +162,8 @@ impl PkiError {
                 | Self::TooFewKeyholders { .. }
                 | Self::EmptyList { .. }
                 | Self::BadServerName { .. }
+                | Self::BadKeyring(_)
+                | Self::BadListen { .. }
         )
     }
 }
@@ -239,6 +250,17 @@ impl PkiPlan {
                 }
                 seen.push(name);
             }
+        }
+        // What the config gets, as keyholderd reads it: a value it
+        // refuses would leave a whole PKI that cannot be made again in
+        // place.
+        self.keyring
+            .parse::<crypto_core::KeyringId>()
+            .map_err(PkiError::BadKeyring)?;
+        if self.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(PkiError::BadListen {
+                addr: self.listen.clone(),
+            });
         }
         if self.keyholders.len() < 2 {
             return Err(PkiError::TooFewKeyholders {

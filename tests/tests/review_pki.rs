@@ -109,3 +109,82 @@ fn pki_init_refuses_a_principal_named_ca_or_server_and_writes_nothing() {
         assert_eq!(names_in(&dir), Vec::<String>::new(), "{flag} {names}");
     }
 }
+
+/// `--keyring` and `--listen` go into the config `pki init` writes; one
+/// its own daemon refuses is refused before anything is written (the
+/// directory cannot be made again while its files are there).
+#[test]
+fn pki_init_refuses_a_keyring_or_listen_address_its_config_could_not_hold() {
+    for (flag, value, error) in [
+        (
+            "--keyring",
+            "Orders Prod",
+            "error: --keyring `Orders Prod` is not a keyring name: may hold only a-z, 0-9 and -\n",
+        ),
+        (
+            "--keyring",
+            "",
+            "error: --keyring `` is not a keyring name: is empty\n",
+        ),
+        (
+            "--listen",
+            "localhost:99999",
+            "error: --listen `localhost:99999` is not an address; write it like 127.0.0.1:8443\n",
+        ),
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("pki");
+        let out = keyholder(
+            &[
+                "pki",
+                "init",
+                "--keyholders",
+                "alice,bob",
+                "--operators",
+                "olga",
+                "--databases",
+                "db1",
+                flag,
+                value,
+            ],
+            &dir,
+        );
+        assert_eq!(text(&out.stderr), error, "{flag} {value}");
+        assert_eq!(out.status.code(), Some(2), "{flag} {value}");
+        assert_eq!(names_in(&dir), Vec::<String>::new(), "{flag} {value}");
+    }
+
+    // What it accepts, its daemon accepts.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("pki");
+    let out = keyholder(
+        &[
+            "pki",
+            "init",
+            "--keyholders",
+            "alice,bob",
+            "--operators",
+            "olga",
+            "--databases",
+            "db1",
+            "--keyring",
+            "orders-eu",
+            "--listen",
+            "[::1]:8443",
+        ],
+        &dir,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = Command::new(binary("keyholderd"))
+        .arg("check-config")
+        .arg("--config")
+        .arg(dir.join("keyholder.toml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+}
