@@ -329,6 +329,12 @@ pub struct LeaseBid {
     /// Take the lease when it is free or expired, renew it while this node
     /// holds it unexpired (at the same epoch: nobody took it over).
     pub want: bool,
+    /// The epoch this process holds the lease at (it took or renewed it
+    /// then, and leads): only that renews it. The node's name is not
+    /// enough: a second process running the same node's config would renew
+    /// the first one's lease as its own and lead beside it. `None`: the
+    /// lease is taken only once expired, at the next epoch.
+    pub held: Option<u64>,
     /// How long the lease lasts from now (the database's `now()`).
     pub lease: std::time::Duration,
 }
@@ -346,6 +352,9 @@ pub struct LeaseRecord {
     pub held_ms: u64,
     /// Milliseconds since its last renewal.
     pub renewed_ms: u64,
+    /// Whether this round took or renewed it for the process that bid
+    /// (never outside a round).
+    pub ours: bool,
 }
 
 /// One node's last heartbeat.

@@ -811,13 +811,15 @@ async fn sqlite_snapshots_keep_only_the_newest() {
     assert_eq!(left, expected);
 }
 
-fn bid(node: &str, lease_ms: u64) -> LeaseBid {
+/// A bid of a process of `node` that holds the lease at `held`.
+fn bid(node: &str, lease_ms: u64, held: Option<u64>) -> LeaseBid {
     LeaseBid {
         node: node.to_owned(),
         addr: format!("{node}.example:8443"),
         sealed: false,
         want: true,
         lease: std::time::Duration::from_millis(lease_ms),
+        held,
     }
 }
 
@@ -840,16 +842,29 @@ async fn a_stale_leader_epoch_is_refused_and_stores_nothing() {
     let other = b.reopen().await.unwrap();
     a.apply(inserting(1)).await.unwrap();
 
-    let taken = a.lease_round(bid("kh-a", 1_000)).await.unwrap();
-    assert_eq!((taken.holder.as_deref(), taken.epoch), (Some("kh-a"), 1));
-    // Held and unexpired: another node cannot take it.
-    let seen = other.lease_round(bid("kh-b", 1_000)).await.unwrap();
-    assert_eq!((seen.holder.as_deref(), seen.epoch), (Some("kh-a"), 1));
-    // Its holder renews at its epoch.
-    let renewed = a.lease_round(bid("kh-a", 1_000)).await.unwrap();
+    let taken = a.lease_round(bid("kh-a", 1_000, None)).await.unwrap();
     assert_eq!(
-        (renewed.holder.as_deref(), renewed.epoch),
-        (Some("kh-a"), 1)
+        (taken.holder.as_deref(), taken.epoch, taken.ours),
+        (Some("kh-a"), 1, true)
+    );
+    // Held and unexpired: another node cannot take it.
+    let seen = other.lease_round(bid("kh-b", 1_000, None)).await.unwrap();
+    assert_eq!(
+        (seen.holder.as_deref(), seen.epoch, seen.ours),
+        (Some("kh-a"), 1, false)
+    );
+    // Nor can a second process of kh-a, which holds no epoch: it would
+    // lead beside the first.
+    let twin = other.lease_round(bid("kh-a", 1_000, None)).await.unwrap();
+    assert_eq!(
+        (twin.holder.as_deref(), twin.epoch, twin.ours),
+        (Some("kh-a"), 1, false)
+    );
+    // Its holder renews at its epoch.
+    let renewed = a.lease_round(bid("kh-a", 1_000, Some(1))).await.unwrap();
+    assert_eq!(
+        (renewed.holder.as_deref(), renewed.epoch, renewed.ours),
+        (Some("kh-a"), 1, true)
     );
 
     a.apply_fenced(
@@ -885,8 +900,11 @@ async fn a_stale_leader_epoch_is_refused_and_stores_nothing() {
         ),
         "{expired_write:?}"
     );
-    let took = other.lease_round(bid("kh-b", 1_000)).await.unwrap();
-    assert_eq!((took.holder.as_deref(), took.epoch), (Some("kh-b"), 2));
+    let took = other.lease_round(bid("kh-b", 1_000, None)).await.unwrap();
+    assert_eq!(
+        (took.holder.as_deref(), took.epoch, took.ours),
+        (Some("kh-b"), 2, true)
+    );
 
     let stale = a
         .apply_fenced(
@@ -922,8 +940,11 @@ async fn a_stale_leader_epoch_is_refused_and_stores_nothing() {
         "{counted:?}"
     );
     // kh-a's next round does not take the lease back.
-    let back = a.lease_round(bid("kh-a", 1_000)).await.unwrap();
-    assert_eq!((back.holder.as_deref(), back.epoch), (Some("kh-b"), 2));
+    let back = a.lease_round(bid("kh-a", 1_000, Some(1))).await.unwrap();
+    assert_eq!(
+        (back.holder.as_deref(), back.epoch, back.ours),
+        (Some("kh-b"), 2, false)
+    );
 
     // Nothing of epoch 1's refused writes is stored.
     assert_eq!(
@@ -976,6 +997,6 @@ async fn a_stale_leader_epoch_is_refused_and_stores_nothing() {
 #[tokio::test]
 async fn sqlite_holds_no_cluster() {
     let b = Backend::sqlite().await;
-    let round = b.store().lease_round(bid("kh-a", 1_000)).await;
+    let round = b.store().lease_round(bid("kh-a", 1_000, None)).await;
     assert!(matches!(round, Err(StoreError::NoCluster)), "{round:?}");
 }

@@ -10,13 +10,14 @@
 //!
 //! Build the binaries first: `cargo build --workspace --bins`.
 
+use std::os::unix::fs::PermissionsExt as _;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use keyholder_tests::EnvOptions;
 use keyholder_tests::client::Client;
 use keyholder_tests::cluster::ClusterEnv;
-use keyholder_tests::daemon::{OPERATOR, keyholderd};
+use keyholder_tests::daemon::{OPERATOR, free_addr, keyholderd};
 use keyholder_tests::pg::{self, Schema};
 use serde_json::json;
 
@@ -138,3 +139,94 @@ async fn a_node_named_after_another_one_is_refused_instead_of_leading_beside_it(
     assert!(leads(&cluster.client(0, OPERATOR)).await);
     schema.drop_it().await;
 }
+
+/// A second keyholderd running one node's config (a replacement started
+/// before the old process is gone, two replicas of one node's deployment)
+/// must not lead while the first holds the lease. The lease knew its holder
+/// by node name only: the second process's first round renewed the first
+/// one's unexpired lease as its own, at the same epoch, and both led.
+#[tokio::test]
+async fn a_second_process_of_one_node_never_leads_beside_the_first() {
+    let Some(url) = pg::url() else { return };
+    let schema = Schema::new(&url).await;
+    let cluster = ClusterEnv::new(
+        2,
+        "2s",
+        EnvOptions {
+            state_store: Some(schema.state_store()),
+            ..EnvOptions::default()
+        },
+        "",
+    );
+    let env = &cluster.env;
+    let _a = cluster.start(0).await;
+    let _b = cluster.start(1).await;
+    for name in ["alice", "bob"] {
+        let answer = cluster
+            .client(0, name)
+            .unseal(&[&env.share_line(name, 1)])
+            .await;
+        assert_eq!(answer.status, 200, "{name}: {}", answer.body);
+    }
+    for i in [0, 1] {
+        cluster
+            .wait_for(i, "sees kh-a lead", WAIT, |s| {
+                !s.sealed && s.cluster.as_ref().and_then(|c| c.leader.as_deref()) == Some("kh-a")
+            })
+            .await;
+    }
+    let epoch = cluster.status(0).await.cluster.unwrap().epoch;
+
+    // kh-a's config again, on another address of the same host.
+    let text = std::fs::read_to_string(&cluster.nodes[0].config).unwrap();
+    let listen = format!("addr = \"{}\"", cluster.nodes[0].addr);
+    let addr = free_addr();
+    let config = cluster.nodes[0].config.with_file_name("kh-a-again.toml");
+    std::fs::write(
+        &config,
+        text.replacen(&listen, &format!("addr = \"{addr}\""), 1),
+    )
+    .unwrap();
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let log = config.with_extension("log");
+    let _again = env.start_node(&config, addr, &log).await;
+    let again = Client::new(addr, &env.pki.ca_pem, Some(&env.pki.client(OPERATOR)));
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let status: keyholder_api::Status = again.get("/v1/status").await.json();
+        if !status.sealed {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the second kh-a never took the keyring from kh-b"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Several lease rounds: the first process keeps the lease, the second
+    // follows it.
+    let watch_until = Instant::now() + Duration::from_secs(6);
+    while Instant::now() < watch_until {
+        assert!(
+            !leads(&again).await,
+            "a second kh-a process leads beside the first:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(leads(&cluster.client(0, OPERATOR)).await);
+    let cluster_status = cluster.status(0).await.cluster.unwrap();
+    assert_eq!(
+        (cluster_status.leader.as_deref(), cluster_status.epoch),
+        (Some("kh-a"), epoch)
+    );
+    let answer = again.post("/v1/rotation/pause", &json!({})).await;
+    assert_eq!(answer.status, 421, "{}", answer.body);
+    assert_eq!(
+        answer.error().leader.as_deref(),
+        Some(cluster.nodes[0].addr.to_string().as_str())
+    );
+    schema.drop_it().await;
+}
+

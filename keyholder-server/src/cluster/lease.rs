@@ -1,7 +1,10 @@
 //! The leader lease: one row in the state store (holder, epoch, expiry by
 //! the database's clock), taken when expired at the next epoch and renewed
-//! by its holder at its epoch, and each node's heartbeat, both written in
-//! one round every `lease / 3`.
+//! by the process that holds it, at its epoch, and each node's heartbeat,
+//! both written in one round every `lease / 3`. A process renews only the
+//! epoch it took: another process running the same node's config (a
+//! replacement started before the old one is gone) finds the lease held and
+//! follows until it expires.
 //!
 //! Owns this node's [`Leadership`], published through a `watch`: the
 //! orchestrator runs transitions and the worker only while it says
@@ -118,6 +121,10 @@ pub async fn run(daemon: Arc<Daemon>, cluster: Cluster, mut stop: watch::Receive
             _ = stop.wait_for(|s| *s) => return,
         }
         let sealed = seal.borrow().sealed;
+        let held = match *leadership.borrow() {
+            Leadership::Leader { epoch, .. } => Some(epoch),
+            _ => None,
+        };
         let bid = LeaseBid {
             node: me.clone(),
             addr: addr.clone(),
@@ -125,13 +132,15 @@ pub async fn run(daemon: Arc<Daemon>, cluster: Cluster, mut stop: watch::Receive
             // A sealed node cannot run the worker: it lets the lease go.
             want: !sealed,
             lease: cluster.lease,
+            held,
         };
         let started = Instant::now();
         let round = tokio::time::timeout(every, store.lease_round(bid)).await;
         match round {
             Ok(Ok(record)) => {
-                let mine = record.holder.as_deref() == Some(me.as_str()) && !record.expired;
-                if mine && !sealed {
+                // Taken or renewed by this process: another one with this
+                // node's name holding it is not this one.
+                if record.ours && !record.expired && !sealed {
                     let until = started + step_down_after(cluster.lease);
                     let next = Leadership::Leader {
                         epoch: record.epoch,

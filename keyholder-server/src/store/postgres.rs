@@ -307,6 +307,7 @@ fn lease_of(row: &tokio_postgres::Row) -> Result<LeaseRecord, StoreError> {
         expired: row.get(2),
         held_ms: millis(row.get(3)),
         renewed_ms: millis(row.get(4)),
+        ours: false,
     })
 }
 
@@ -495,24 +496,29 @@ impl StateStore for PostgresStore {
             )
             .await
             .map_err(pg("write heartbeat"))?;
+            let mut ours = false;
             if bid.want {
                 let lease_ms = i64::try_from(bid.lease.as_millis()).unwrap_or(i64::MAX);
-                // Renewed by its holder while unexpired (the epoch stays:
-                // nobody took it over); otherwise taken only once expired,
-                // at the next epoch. Waits for a fenced write holding the
-                // row.
-                tx.execute(
-                    "UPDATE lease SET
-                        epoch = CASE WHEN holder = $1 AND expires_at > clock_timestamp() THEN epoch ELSE epoch + 1 END,
-                        acquired_at = CASE WHEN holder = $1 AND expires_at > clock_timestamp() THEN acquired_at ELSE clock_timestamp() END,
+                // No epoch is -1.
+                let held = bid.held.and_then(|e| i64::try_from(e).ok()).unwrap_or(-1);
+                // Renewed by the process that holds it, at its epoch, while
+                // unexpired (the epoch stays: nobody took it over);
+                // otherwise taken only once expired, at the next epoch.
+                // Waits for a fenced write holding the row.
+                ours = tx
+                    .execute(
+                        "UPDATE lease SET
+                        epoch = CASE WHEN holder = $1 AND epoch = $3 AND expires_at > clock_timestamp() THEN epoch ELSE epoch + 1 END,
+                        acquired_at = CASE WHEN holder = $1 AND epoch = $3 AND expires_at > clock_timestamp() THEN acquired_at ELSE clock_timestamp() END,
                         holder = $1,
                         renewed_at = clock_timestamp(),
                         expires_at = clock_timestamp() + $2::float8 * interval '1 millisecond'
-                     WHERE id = 1 AND (expires_at <= clock_timestamp() OR holder = $1)",
-                    &[&bid.node, &(lease_ms as f64)],
-                )
-                .await
-                .map_err(pg("take or renew the lease"))?;
+                     WHERE id = 1 AND (expires_at <= clock_timestamp() OR (holder = $1 AND epoch = $3))",
+                        &[&bid.node, &(lease_ms as f64), &held],
+                    )
+                    .await
+                    .map_err(pg("take or renew the lease"))?
+                    == 1;
             }
             let row = tx
                 .query_one(
@@ -521,7 +527,10 @@ impl StateStore for PostgresStore {
                 )
                 .await
                 .map_err(pg("read the lease"))?;
-            let record = lease_of(&row)?;
+            let record = LeaseRecord {
+                ours,
+                ..lease_of(&row)?
+            };
             tx.commit().await.map_err(pg("commit lease round"))?;
             Ok(record)
         })
