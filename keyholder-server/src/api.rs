@@ -84,7 +84,9 @@ impl From<DaemonError> for ApiFailure {
             DaemonError::Sealed
             | DaemonError::SealedMeanwhile
             | DaemonError::VersionsNotHeld { .. } => (StatusCode::SERVICE_UNAVAILABLE, "sealed"),
-            DaemonError::NotInitialized => (StatusCode::SERVICE_UNAVAILABLE, "not_initialized"),
+            DaemonError::NotInitialized | DaemonError::InitializedAfterStart { .. } => {
+                (StatusCode::SERVICE_UNAVAILABLE, "not_initialized")
+            }
             DaemonError::Verification { .. } => {
                 (StatusCode::UNPROCESSABLE_ENTITY, "verification_failed")
             }

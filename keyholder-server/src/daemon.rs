@@ -59,6 +59,15 @@ pub enum DaemonError {
     /// The state store has no version yet.
     #[error("the keyring has no key yet; run keyholderd init first")]
     NotInitialized,
+    /// `keyholderd init` ran after this daemon started: the daemon read the
+    /// empty store at start, and only a start loads the versions.
+    #[error(
+        "keyholderd init made {versions} after this daemon started, and a running daemon does not load it: restart keyholderd, then unseal"
+    )]
+    InitializedAfterStart {
+        /// The versions in the store now, `v1`.
+        versions: String,
+    },
     /// Rebuilt keys failed verification; nothing was loaded.
     #[error("unseal refused, the daemon stays sealed and dropped the rebuilt keys: {}", .failures.join("; "))]
     Verification {
@@ -662,6 +671,22 @@ impl Daemon {
         Ok(())
     }
 
+    /// Why there is no keyring plan: init has not run, or it ran after this
+    /// daemon read the store at start (told apart, since "run init" is then
+    /// a step init refuses).
+    async fn not_initialized(&self) -> DaemonError {
+        match self.store.versions().await {
+            Ok(found) if !found.is_empty() => DaemonError::InitializedAfterStart {
+                versions: found
+                    .iter()
+                    .map(|r| r.version.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            },
+            _ => DaemonError::NotInitialized,
+        }
+    }
+
     async fn unseal_via(
         &self,
         principal: &Principal,
@@ -672,7 +697,9 @@ impl Daemon {
         if !self.vault.is_sealed() {
             return Ok(Some(self.already_unsealed(lines.len())));
         }
-        let plan = self.plan().ok_or(DaemonError::NotInitialized)?;
+        let Some(plan) = self.plan() else {
+            return Err(self.not_initialized().await);
+        };
         // A seal from `epoch` on drops what this submission rebuilds.
         let (submission, expired) = {
             let mut machine = self.lock_seal();

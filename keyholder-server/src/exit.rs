@@ -96,6 +96,7 @@ impl ExitStatus for DaemonError {
             Self::Sealed
             | Self::SealedMeanwhile
             | Self::NotInitialized
+            | Self::InitializedAfterStart { .. }
             | Self::VersionsNotHeld { .. } => Exit::Data,
             Self::Plan(_) | Self::Vault(_) => Exit::Data,
             Self::Verification { .. } | Self::Usage(_) => Exit::Data,
