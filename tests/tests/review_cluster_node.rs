@@ -230,3 +230,75 @@ async fn a_second_process_of_one_node_never_leads_beside_the_first() {
     schema.drop_it().await;
 }
 
+/// Keys a ceremony unsealed before a cluster seal the node did not hear of
+/// are never handed to a peer as keys of after the seal. kh-a is unsealed
+/// by alice and bob; then the cluster is sealed by kh-b, whose notice never
+/// reaches kh-a (kh-b is not running here: the test writes the next
+/// generation into the state store as kh-b's seal does). kh-a used to take
+/// the generation it read at its next check for the one its keys belong
+/// to: it stayed unsealed and handed them, stamped with the new
+/// generation, to a node the seal had sealed (the test asks as kh-b), which
+/// would take them and be unsealed again without a keyholder. kh-a seals
+/// itself instead, and refuses the keyring.
+#[tokio::test]
+async fn keys_unsealed_before_a_missed_seal_are_never_handed_to_a_peer() {
+    let Some(url) = pg::url() else { return };
+    let schema = Schema::new(&url).await;
+    let cluster = ClusterEnv::new(
+        2,
+        "2s",
+        EnvOptions {
+            state_store: Some(schema.state_store()),
+            ..EnvOptions::default()
+        },
+        "",
+    );
+    let env = &cluster.env;
+    let _a = cluster.start(0).await;
+    // kh-a has read the generation of now (0) before the ceremony.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for name in ["alice", "bob"] {
+        let answer = cluster
+            .client(0, name)
+            .unseal(&[&env.share_line(name, 1)])
+            .await;
+        assert_eq!(answer.status, 200, "{name}: {}", answer.body);
+    }
+    // kh-b's seal, at once: kh-a hears nothing of it.
+    schema
+        .client
+        .batch_execute(&format!(
+            "UPDATE \"{}\".cluster_seal SET generation = generation + 1 WHERE id = 1",
+            schema.name
+        ))
+        .await
+        .unwrap();
+    // Two of kh-a's checks of the generation.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+
+    let recipient = age::x25519::Identity::generate().to_public().to_string();
+    let answer = cluster
+        .client(0, "kh-b")
+        .post("/v1/cluster/keyring", &json!({ "recipient": recipient }))
+        .await;
+    if answer.status == 200 {
+        let handed: keyholder_api::PeerKeyring = answer.json();
+        panic!(
+            "kh-a handed its keys from before the seal to kh-b as keys of generation {}\n{}",
+            handed.generation,
+            cluster.log_text(0)
+        );
+    }
+    assert_eq!(answer.status, 503, "{}", answer.body);
+    assert_eq!(answer.error().code, "sealed");
+    let status = cluster.status(0).await;
+    assert!(status.sealed, "{status:?}");
+    let entries = cluster.audit().await;
+    assert!(
+        entries
+            .iter()
+            .any(|e| e.action == "sealed_with_cluster" && e.detail.contains("\"node\":\"kh-a\"")),
+        "{entries:?}"
+    );
+    schema.drop_it().await;
+}

@@ -109,7 +109,9 @@ pub struct PeerSync {
     relays: Relays,
     cluster: Cluster,
     /// The cluster seal generation the held keys belong to; `None` while
-    /// sealed, or unsealed by a ceremony not yet stamped by [`Self::tick`].
+    /// sealed, or unsealed by a ceremony not yet stamped by [`Self::tick`]
+    /// (whose keys belong to the generation known before it, `seen` until
+    /// then).
     generation: Mutex<Option<u64>>,
     /// The latest cluster seal generation this node knows of (read from
     /// the state store, told by a peer, made here); `None` before the
@@ -204,8 +206,13 @@ impl PeerSync {
             }
             return;
         }
-        // Unsealed by a ceremony: its keys belong to the generation of now.
-        let held = *self.lock_generation().get_or_insert(current);
+        // Unsealed by a ceremony since the last check: its keys belong to
+        // the generation known before this read. A newer one read now is a
+        // seal this node was not told of, perhaps made after the shares
+        // were given: the keys go, as the notice would have taken them.
+        let held = *self
+            .lock_generation()
+            .get_or_insert(before.unwrap_or(current));
         if held < current {
             self.follow_seal(current, DAEMON).await;
             return;
@@ -521,12 +528,19 @@ impl PeerSync {
             return Err(DaemonError::Sealed);
         };
         let held = *self.lock_generation();
-        if held.is_some_and(|h| h < current) {
+        // Unsealed by a ceremony `tick` has not checked yet: its keys belong
+        // to the generation known before (that only grows through a check
+        // or a seal notice, which stamps or seals them first), not to the
+        // store's of now.
+        let generation = match held {
+            Some(held) => held,
+            None => self.seen.lock().await.unwrap_or(current),
+        };
+        if generation < current {
             drop(handover);
             self.follow_seal(current, DAEMON).await;
             return Err(DaemonError::Sealed);
         }
-        let generation = held.unwrap_or(current);
         let armored = match handover::encrypt(&handover, recipient) {
             Ok(armored) => armored,
             Err(e) => return Ok(Err(e.to_string())),
