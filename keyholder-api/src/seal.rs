@@ -96,6 +96,12 @@ pub struct Status {
     /// from a single daemon and an older one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<ClusterStatus>,
+    /// Only in the answer to `POST /v1/seal`, and only when its audit entry
+    /// (in a cluster, also the seal's generation) could not be written: why.
+    /// The seal is done all the same: every key was dropped, and a seal is
+    /// never refused (API 1.9; absent from an older daemon).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unaudited: Option<String>,
 }
 
 /// A keyholderd cluster as the answering node saw it at its last lease

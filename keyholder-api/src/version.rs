@@ -6,7 +6,7 @@ use core::fmt;
 /// The API version this build speaks. A minor version may add fields to
 /// responses (clients ignore fields they do not know) and optional fields to
 /// requests; requests stay strict, so an unknown request field is refused.
-pub const API_VERSION: &str = "1.8.0";
+pub const API_VERSION: &str = "1.9.0";
 
 /// The header that carries it on every request and response.
 pub const API_VERSION_HEADER: &str = "keyholder-api-version";

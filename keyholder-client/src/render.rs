@@ -474,6 +474,7 @@ mod tests {
             rotation: None,
             certificates: None,
             cluster: None,
+            unaudited: None,
         }
     }
 

@@ -121,6 +121,11 @@ async fn online(
             show(output, &status, |s| {
                 format!("sealed: keyholderd holds no key now\n{}", render::status(s))
             })?;
+            if let Some(why) = &status.unaudited {
+                eprintln!(
+                    "warning: the seal is done, but the audit log does not have it: {why}; note who sealed and when yourself"
+                );
+            }
         }
         Command::Share(ShareCommand::Fetch(args)) => {
             share_fetch(&connect_args, output, args).await?

@@ -202,3 +202,61 @@ async fn a_share_the_audit_log_cannot_record_is_not_counted() {
     let status: Status = env.client(OPERATOR).get("/v1/status").await.json();
     assert!(!status.sealed, "{status:?}");
 }
+
+/// A seal is never refused: when the audit log cannot take its entry, the
+/// keys are dropped all the same, and `keyholder seal` says so (exit 0,
+/// "the seal is done", and what the audit log is missing) instead of a
+/// refusal saying nothing was done.
+#[tokio::test]
+async fn a_seal_the_audit_log_cannot_record_is_done_and_says_so() {
+    let env = Env::new(EnvOptions::default());
+    let _daemon = env.start().await;
+    for name in ["alice", "bob"] {
+        let answer = env.client(name).unseal(&[&env.share_line(name, 1)]).await;
+        assert_eq!(answer.status, 200, "{name}: {}", answer.body);
+    }
+    state_db(&env)
+        .execute_batch(
+            "CREATE TRIGGER review_refuse_sealed BEFORE INSERT ON audit \
+             WHEN NEW.action = 'sealed' \
+             BEGIN SELECT RAISE(ABORT, 'disk I/O error (simulated)'); END;",
+        )
+        .unwrap();
+
+    let out = env.keyholder_cli(OPERATOR).arg("seal").output().unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.starts_with("sealed: keyholderd holds no key now\n"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("warning: the seal is done, but the audit log does not have it: ")
+            && stderr.contains("simulated"),
+        "{stderr}"
+    );
+    let status: Status = env.client(OPERATOR).get("/v1/status").await.json();
+    assert!(status.sealed, "{status:?}");
+    assert_eq!(status.unaudited, None, "only the seal's answer says it");
+    let fetch = env.client(DATABASE).get("/v1/keyring").await;
+    assert_eq!(fetch.status, 503, "{}", fetch.body);
+
+    // As JSON, the answer carries the reason.
+    let answer = env
+        .client(OPERATOR)
+        .post("/v1/seal", &serde_json::json!({}))
+        .await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let sealed: Status = answer.json();
+    assert!(
+        sealed.sealed
+            && sealed
+                .unaudited
+                .as_deref()
+                .is_some_and(|w| w.contains("simulated")),
+        "{sealed:?}"
+    );
+}

@@ -92,11 +92,11 @@ pub async fn seal(
     Authenticated(caller): Authenticated,
 ) -> Result<Json<Status>, ApiFailure> {
     require(&caller, &[Role::Operator])?;
-    // The keys are dropped even when the audit entry cannot be written; the
-    // peers are told either way.
+    // The keys are dropped even when the audit entry cannot be written (the
+    // answer's `unaudited` then says why); the peers are told either way.
     let mut status = match &cluster {
-        Some(cluster) => cluster.seal_cluster(&caller.name).await?,
-        None => daemon.seal(&caller.name).await?,
+        Some(cluster) => cluster.seal_cluster(&caller.name).await,
+        None => daemon.seal(&caller.name).await,
     };
     status.rotation = Some(rotation.status());
     Ok(Json(status))

@@ -244,9 +244,8 @@ impl PeerSync {
     /// Seals this node because the cluster was sealed at `generation`.
     async fn follow_seal(&self, generation: u64, by: &str) {
         *self.lock_generation() = None;
-        if let Err(e) = self.daemon.seal(by).await {
-            tracing::error!(error = %e, "cluster: sealed, but the seal could not be audited");
-        }
+        // The daemon logs a seal it could not audit.
+        self.daemon.seal(by).await;
         tracing::info!(node = %self.cluster.node, generation, by, "cluster: sealed with the cluster");
         if let Err(e) = self
             .daemon
@@ -651,14 +650,15 @@ impl PeerSync {
     /// sealed) and tells every peer at once; the peers' own checks notice
     /// it within a second anyway. When the state store cannot record it,
     /// the peers are still told (the generation after the last one seen,
-    /// which seals every node holding keys) and the store's error is
-    /// returned: a peer that was not reached stays unsealed.
-    pub async fn seal_cluster(self: &Arc<Self>, actor: &str) -> Result<Status, DaemonError> {
+    /// which seals every node holding keys) and the status's `unaudited`
+    /// says what could not be recorded: a peer that was not reached stays
+    /// unsealed.
+    pub async fn seal_cluster(self: &Arc<Self>, actor: &str) -> Status {
         // Sealed and recorded under the gate: a relay admitted here from
         // now on was admitted at the new generation.
         let mut seen = self.seen.lock().await;
         *self.lock_generation() = None;
-        let sealed = self.daemon.seal(actor).await;
+        let mut sealed = self.daemon.seal(actor).await;
         let node = self.cluster.node.clone();
         let by = actor.to_owned();
         let recorded = self
@@ -694,7 +694,13 @@ impl PeerSync {
             });
             futures::future::join_all(calls).await;
         });
-        recorded?;
+        if let Err(e) = recorded
+            && sealed.unaudited.is_none()
+        {
+            sealed.unaudited = Some(format!(
+                "the cluster seal (generation {generation}, told to the peers) could not be recorded: {e}"
+            ));
+        }
         sealed
     }
 
