@@ -277,6 +277,9 @@ pub fn unseal(
                 .map(|r| format!(" ({r})"))
                 .unwrap_or_default();
             let _ = writeln!(out, "{what}{from}: accepted{note}");
+        } else if not_needed(outcome) {
+            let reason = outcome.reason.as_deref().unwrap_or("no reason given");
+            let _ = writeln!(out, "{what}{from}: not needed: {reason}");
         } else {
             let reason = outcome.reason.as_deref().unwrap_or("no reason given");
             let _ = writeln!(out, "{what}{from}: REFUSED: {reason}");
@@ -307,6 +310,12 @@ pub fn unseal(
         }
     }
     out
+}
+
+/// A share refused only because the daemon was already unsealed: nothing is
+/// wrong with it (it was not even read), and the keyholder has nothing to do.
+pub fn not_needed(outcome: &keyholder_api::ShareOutcome) -> bool {
+    !outcome.accepted && outcome.refusal.as_deref() == Some("already_unsealed")
 }
 
 /// The keyring the daemon holds after unsealing: versions in order, which

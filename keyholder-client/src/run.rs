@@ -215,8 +215,14 @@ fn submission(inputs: &[ShareInput]) -> Submission {
     }
 }
 
+/// The shares refused for what they are; a share sent to a daemon that was
+/// already unsealed is not one of them (`keyholder unseal` then exits 0).
 fn refused(response: &UnsealResponse) -> Result<(), CliError> {
-    let refused = response.outcomes.iter().filter(|o| !o.accepted).count();
+    let refused = response
+        .outcomes
+        .iter()
+        .filter(|o| !o.accepted && !render::not_needed(o))
+        .count();
     if refused == 0 {
         Ok(())
     } else {

@@ -251,6 +251,21 @@ fn pki_init_to_unseal_hook_and_recover() {
         "{said}"
     );
 
+    // A third keyholder who comes late has nothing wrong with the share and
+    // nothing to do: exit 0, no advice to check the share file.
+    let carol = world.unseal("carol");
+    assert_ok(&carol, "carol's unseal of an unsealed daemon");
+    let said = text(&carol.stdout);
+    assert!(
+        said.contains(".v9.age: not needed: the daemon is already unsealed"),
+        "{said}"
+    );
+    assert!(!said.contains("REFUSED"), "{said}");
+    assert!(
+        said.contains("unsealed: keyring orders holds v9; write version v9"),
+        "{said}"
+    );
+
     let out = world
         .keyholder("alice")
         .args(["--output", "json", "status"])
