@@ -268,7 +268,8 @@ pub enum RotateCommand {
     Status {
         /// Poll every second until drained, retired or idle (Ctrl-C stops
         /// watching); while records move, also the share of the time since
-        /// the last poll the pass held its locks in the targets.
+        /// the last poll the pass held its locks in the targets. Exits 1 if
+        /// the rotation it followed ends idle (rolled back) instead.
         #[arg(long)]
         watch: bool,
     },

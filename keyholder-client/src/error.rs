@@ -272,6 +272,15 @@ pub enum CliError {
         /// Why.
         source: std::io::Error,
     },
+    /// `rotate status --watch` followed a rotation that ended idle instead
+    /// of drained.
+    #[error(
+        "the rotation{rotation} ended without draining: it was rolled back (or cancelled), and the old version is the only live one; `keyholder audit` says who did it"
+    )]
+    RotationUndone {
+        /// ` v9 -> v10`, or empty when the daemon did not say.
+        rotation: String,
+    },
     /// Signal handling could not be set up.
     #[error("cannot watch for signals: {0}")]
     Signals(std::io::Error),

@@ -453,13 +453,20 @@ async fn watch(client: &Client, output: Output) -> Result<(), CliError> {
     // The previous poll's reading of `locked_seconds`: two readings give the
     // share of the time between them the pass held its locks.
     let mut previous: Option<(Instant, f64)> = None;
+    // The forward rotation this watch followed (`from`, `to`), if it saw one:
+    // a rotation that ends idle after it was rolled back, not drained.
+    let mut forward: Option<(Option<KeyVersion>, Option<KeyVersion>)> = None;
     loop {
         let status = client.status().await?;
         let now = Instant::now();
         let Some(r) = status.rotation else {
             bar.finish_and_clear();
-            return print("rotation: none\n");
+            print("rotation: none\n")?;
+            return rolled_back(forward);
         };
+        if !matches!(r.state, RotationState::Idle | RotationState::RollingBack) {
+            forward = Some((r.from, r.to));
+        }
         let locked = previous
             .filter(|_| {
                 matches!(
@@ -504,8 +511,11 @@ async fn watch(client: &Client, output: Output) -> Result<(), CliError> {
         }
         if finished(r.state) {
             bar.finish_and_clear();
-            return if output == Output::Text {
-                print(&render::rotation(&r))
+            if output == Output::Text {
+                print(&render::rotation(&r))?;
+            }
+            return if r.state == RotationState::Idle {
+                rolled_back(forward)
             } else {
                 Ok(())
             };
@@ -517,6 +527,23 @@ async fn watch(client: &Client, output: Output) -> Result<(), CliError> {
                 return Ok(());
             }
         }
+    }
+}
+
+/// A watch that followed a forward rotation and saw it end idle: it was
+/// rolled back (or cancelled before the switch), which a script waiting for
+/// the drain must not take for success. A watch that started on a rollback
+/// (or on no rotation) ends idle as it should.
+fn rolled_back(forward: Option<(Option<KeyVersion>, Option<KeyVersion>)>) -> Result<(), CliError> {
+    match forward {
+        None => Ok(()),
+        Some((from, to)) => Err(CliError::RotationUndone {
+            rotation: match (from, to) {
+                (Some(from), Some(to)) => format!(" {from} -> {to}"),
+                (_, Some(to)) => format!(" to {to}"),
+                _ => String::new(),
+            },
+        }),
     }
 }
 

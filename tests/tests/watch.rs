@@ -12,7 +12,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use keyholder_api::RotationState;
-use keyholder_tests::daemon::{DATABASE, OPERATOR};
+use keyholder_tests::daemon::{DATABASE, OPERATOR, SECOND_OPERATOR};
 use keyholder_tests::rotation::v;
 use keyholder_tests::{Daemon, Env, EnvOptions, Table};
 use serde_json::json;
@@ -291,5 +291,64 @@ async fn piped_the_watch_prints_one_plain_line_per_poll_even_when_nothing_change
     assert!(
         rest.iter().any(|l| l == "rotation: drained v9 -> v10"),
         "{text}"
+    );
+}
+
+/// A script that waits for the drain with `--watch` must not go on to
+/// retire when the rotation it followed was rolled back instead: that
+/// watch exits 1, saying so. A watch started on the rollback itself ends
+/// idle as it should, exit 0.
+#[tokio::test]
+async fn a_watch_of_a_rotation_that_is_rolled_back_exits_1() {
+    let w = reencrypting().await;
+    let watch = || {
+        w.env
+            .keyholder_cli(OPERATOR)
+            .args(["rotate", "status", "--watch"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let forward = watch();
+    for operator in [OPERATOR, SECOND_OPERATOR] {
+        let approved = w
+            .env
+            .post_as(operator, "/v1/rotation/rollback", json!({"execute": true}))
+            .await;
+        assert_eq!(approved.status, 200, "{}", approved.body);
+    }
+    w.env
+        .wait_for("rolling back", WAIT, |s| {
+            s.rotation
+                .as_ref()
+                .is_some_and(|r| r.state == RotationState::RollingBack)
+        })
+        .await;
+    let backward = watch();
+    // The consumer takes the keyring that writes v9 again (the rollback
+    // drops v10 only after it has), and the records go back at full speed.
+    w.env.database_keyring().await;
+    w.env
+        .operate("/v1/rotation/throttle", json!({"rows_per_sec": 0}))
+        .await;
+
+    let forward = forward.wait_with_output().unwrap();
+    let said = String::from_utf8_lossy(&forward.stderr);
+    assert_eq!(forward.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("the rotation v9 -> v10 ended without draining: it was rolled back"),
+        "{said}"
+    );
+    let backward = backward.wait_with_output().unwrap();
+    assert!(
+        backward.status.success(),
+        "{}",
+        String::from_utf8_lossy(&backward.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&backward.stdout).contains("rotation: idle"),
+        "{}",
+        String::from_utf8_lossy(&backward.stdout)
     );
 }
