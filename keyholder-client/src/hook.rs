@@ -73,6 +73,10 @@ fn short_reason(error: &ClientError) -> String {
     }
 }
 
+/// The least time the hook's last attempt is given, however little of
+/// `--wait` is left: a connection and one answer.
+const LAST_ATTEMPT: Duration = Duration::from_secs(2);
+
 /// Fetches the keyring, retrying while the daemon is unreachable, sealed or
 /// without its state store,
 /// until `wait` has passed; with `usage`, the calling process's encryption
@@ -89,9 +93,25 @@ pub async fn fetch(
     ))?;
     let mut attempt = 0u32;
     loop {
-        let fetched = match usage {
-            Some(report) => client.keyring_reporting(report).await,
-            None => client.keyring().await,
+        // One attempt (over every node) may take the client's own timeouts
+        // per node; it is cut at `--wait` (the last attempt is given at
+        // least LAST_ATTEMPT), so the hook ends when its caller was told.
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .max(LAST_ATTEMPT);
+        let attempt_fetch = async {
+            match usage {
+                Some(report) => client.keyring_reporting(report).await,
+                None => client.keyring().await,
+            }
+        };
+        let Ok(fetched) = tokio::time::timeout(left, attempt_fetch).await else {
+            return Err(CliError::HookTimedOut {
+                waited: humantime::format_duration(round(start.elapsed())).to_string(),
+                last: Box::new(ClientError::Timeout {
+                    addr: client.addr().to_owned(),
+                }),
+            });
         };
         match fetched {
             Ok(handover) => {

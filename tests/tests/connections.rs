@@ -364,3 +364,83 @@ async fn the_hook_waits_while_its_principal_holds_every_place_it_may() {
     let ring: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(ring["write_version"], 1, "{said}");
 }
+
+/// A daemon that takes the connection and the request but never answers (a
+/// hung process, a stuck disk): `keyholder hook --wait 3s` gives up when
+/// its wait is over, not after the client's 60 s per request, so a service
+/// manager's start timeout set above `--wait` is never the one that fires.
+#[test]
+fn the_hook_gives_up_at_its_wait_when_the_daemon_takes_the_request_and_never_answers() {
+    let env = Env::new(EnvOptions::default());
+    let certs: Vec<rustls_pki_types::CertificateDer<'static>> = {
+        use rustls_pki_types::pem::PemObject as _;
+        rustls_pki_types::CertificateDer::pem_file_iter(&env.pki.server.cert)
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    };
+    let key = {
+        use rustls_pki_types::pem::PemObject as _;
+        rustls_pki_types::PrivateKeyDer::from_pem_file(&env.pki.server.key).unwrap()
+    };
+    let config = Arc::new(
+        rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap(),
+    );
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent = listener.local_addr().unwrap();
+    let requests = Arc::new(AtomicBool::new(false));
+    let seen = Arc::clone(&requests);
+    std::thread::spawn(move || {
+        for tcp in listener.incoming() {
+            let (Ok(mut tcp), config, seen) = (tcp, Arc::clone(&config), Arc::clone(&seen)) else {
+                continue;
+            };
+            std::thread::spawn(move || {
+                let mut conn = rustls::ServerConnection::new(config).unwrap();
+                while conn.is_handshaking() {
+                    if conn.complete_io(&mut tcp).is_err() {
+                        return;
+                    }
+                }
+                let mut stream = rustls::StreamOwned::new(conn, tcp);
+                let mut buf = [0u8; 4096];
+                // Takes the request, answers nothing, holds the connection.
+                while let Ok(n) = stream.read(&mut buf) {
+                    if n == 0 {
+                        return;
+                    }
+                    seen.store(true, Ordering::SeqCst);
+                }
+            });
+        }
+    });
+
+    let started = Instant::now();
+    let out = env
+        .keyholder_cli(DATABASE)
+        .env("KEYHOLDER_ADDR", silent.to_string())
+        .args(["hook", "--wait", "3s"])
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        requests.load(Ordering::SeqCst),
+        "the request reached the silent daemon: {stderr}"
+    );
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(out.stdout.is_empty(), "no keyring was printed");
+    assert!(stderr.contains("did not answer in time"), "{stderr}");
+    // The old hook waited out the client's 60 s request timeout.
+    assert!(
+        took < Duration::from_secs(30),
+        "the hook took {took:?} with --wait 3s: {stderr}"
+    );
+}
