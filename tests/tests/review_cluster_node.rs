@@ -302,3 +302,87 @@ async fn keys_unsealed_before_a_missed_seal_are_never_handed_to_a_peer() {
     );
     schema.drop_it().await;
 }
+
+/// Two nodes listed at one address: kh-a's config gives kh-c kh-b's
+/// address (a line copied and not edited). Everything kh-a tells kh-c then
+/// reaches kh-b: the old kh-a ran, and alice's withdrawal on kh-a never
+/// reached kh-c, which kept her share and unsealed with bob's, although she
+/// had taken hers back. keyholderd refuses the config instead, naming the
+/// address and both nodes.
+#[tokio::test]
+async fn two_nodes_listed_at_one_address_are_refused() {
+    let Some(url) = pg::url() else { return };
+    let schema = Schema::new(&url).await;
+    let cluster = ClusterEnv::new(
+        3,
+        "2s",
+        EnvOptions {
+            state_store: Some(schema.state_store()),
+            ..EnvOptions::default()
+        },
+        "",
+    );
+    let (b_addr, c_addr) = (cluster.nodes[1].addr, cluster.nodes[2].addr);
+    let a_config = &cluster.nodes[0].config;
+    let text = std::fs::read_to_string(a_config).unwrap();
+    let listed = format!("addr = \"{c_addr}\"");
+    assert_eq!(text.matches(&listed).count(), 1, "{text}");
+    std::fs::write(
+        a_config,
+        text.replace(&listed, &format!("addr = \"{b_addr}\"")),
+    )
+    .unwrap();
+
+    let checked = Command::new(keyholderd())
+        .arg("check-config")
+        .arg("--config")
+        .arg(a_config)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&checked.stderr).into_owned();
+    if checked.status.success() {
+        // What the config does: alice's share, submitted on kh-b, reaches
+        // kh-c; her withdrawal on kh-a does not.
+        let env = &cluster.env;
+        let _nodes = [
+            cluster.start(0).await,
+            cluster.start(1).await,
+            cluster.start(2).await,
+        ];
+        let answer = cluster
+            .client(1, "alice")
+            .unseal(&[&env.share_line("alice", 1)])
+            .await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        cluster
+            .wait_for(2, "got alice's share", WAIT, |s| {
+                s.unseal_progress.iter().any(|p| p.from == ["alice"])
+            })
+            .await;
+        let withdrawn = cluster
+            .client(0, "alice")
+            .send(reqwest::Method::DELETE, "/v1/unseal", None)
+            .await
+            .unwrap();
+        assert_eq!(withdrawn.status, 200, "{}", withdrawn.body);
+        let answer = cluster
+            .client(2, "bob")
+            .unseal(&[&env.share_line("bob", 1)])
+            .await;
+        let response: keyholder_api::UnsealResponse = answer.json();
+        panic!(
+            "check-config passed a config listing kh-b and kh-c at one address; alice withdrew her share on kh-a, then bob's share on kh-c left it {}",
+            if response.sealed {
+                "sealed"
+            } else {
+                "UNSEALED with alice's withdrawn share"
+            }
+        );
+    }
+    assert_eq!(checked.status.code(), Some(64), "{said}");
+    let problem = format!(
+        "cluster.nodes[2].addr: \"{b_addr}\" is also the address of kh-b (cluster.nodes[1]); each node is reached at its own address: what this node tells kh-c (relayed shares, withdrawals, seal notices) would reach kh-b instead"
+    );
+    assert!(said.contains(&problem), "{said}");
+    schema.drop_it().await;
+}

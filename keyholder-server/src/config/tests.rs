@@ -599,6 +599,29 @@ fn a_cluster_refuses_a_state_dir_strangers_and_bad_addresses_by_name() {
     );
 }
 
+/// Everything a node tells a peer goes to the address listed for it: two
+/// nodes at one address would have one of them miss every relay,
+/// withdrawal and seal notice meant for it.
+#[test]
+fn two_nodes_at_one_address_are_refused_by_name() {
+    let dir = Dir::new();
+    let principals = ["kh-a", "kh-b", "kh-c"]
+        .map(|n| principal(n, "node", n))
+        .concat();
+    let listed = [
+        node("kh-a", "kh-a.internal:8443"),
+        node("kh-b", "kh-b.internal:8443"),
+        node("kh-c", "KH-B.internal:8443"),
+    ]
+    .concat();
+    assert_eq!(
+        problems(dir.load(&cluster_config(&listed, &principals))),
+        [
+            "cluster.nodes[2].addr: \"KH-B.internal:8443\" is also the address of kh-b (cluster.nodes[1]); each node is reached at its own address: what this node tells kh-c (relayed shares, withdrawals, seal notices) would reach kh-b instead"
+        ]
+    );
+}
+
 /// A node whose config names it after another node (copied from that
 /// node's) would renew that node's lease as its own and lead beside it: its
 /// client certificate must be the one of `cluster.node`.

@@ -396,6 +396,8 @@ fn validate_cluster(
         );
     }
     let mut names = BTreeSet::new();
+    // Host names compare without regard to case.
+    let mut addrs: BTreeMap<String, (usize, &str)> = BTreeMap::new();
     let mut nodes = Vec::new();
     for (i, node) in raw.nodes.iter().enumerate() {
         let at = |field: &str| format!("cluster.nodes[{i}].{field}");
@@ -412,6 +414,16 @@ fn validate_cluster(
         }
         if let Err(reason) = host_port(&node.addr) {
             check.problem(at("addr"), format!("\"{}\" {reason}", node.addr));
+        } else if let Some((j, other)) =
+            addrs.insert(node.addr.to_ascii_lowercase(), (i, &node.name))
+        {
+            check.problem(
+                at("addr"),
+                format!(
+                    "\"{}\" is also the address of {other} (cluster.nodes[{j}]); each node is reached at its own address: what this node tells {} (relayed shares, withdrawals, seal notices) would reach {other} instead",
+                    node.addr, node.name
+                ),
+            );
         }
         nodes.push(Node {
             name: node.name.clone(),
