@@ -211,14 +211,13 @@ pub(crate) fn key_not_unique(target: &Target) -> Error {
     }
 }
 
-/// The refusal of a key the schema lets be NULL: no keyset page holds such a
-/// row, and no compare-and-swap can name it. `note` says why the store calls
-/// the column nullable, where its own rule is a surprise (`""` otherwise).
-pub(crate) fn key_may_be_null(target: &Target, note: &str) -> Error {
+/// The refusal of a key the schema lets be NULL (PostgreSQL): no keyset page
+/// holds such a row, and no compare-and-swap can name it.
+pub(crate) fn key_may_be_null(target: &Target) -> Error {
     Error::Schema {
         target: target.name().to_owned(),
         reason: format!(
-            "`{}.{}` may be NULL{note}, and the pass, which pages by key, would skip a row whose key is NULL; declare it NOT NULL, or set `primary_key` to a column that is",
+            "`{}.{}` may be NULL, and the pass, which pages by key, would skip a row whose key is NULL; declare it NOT NULL, or set `primary_key` to a column that is",
             target.table(),
             target.primary_key()
         ),

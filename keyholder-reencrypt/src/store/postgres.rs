@@ -599,7 +599,7 @@ async fn check_key(client: &Client, target: &Target) -> Result<()> {
         .and_then(|row| row.get(0));
     match not_null {
         None => Err(key_not_unique(target)),
-        Some(false) => Err(key_may_be_null(target, "")),
+        Some(false) => Err(key_may_be_null(target)),
         Some(true) => Ok(()),
     }
 }

@@ -27,8 +27,8 @@ mod wal;
 
 use self::wal::Checkpointer;
 use super::{
-    DataStore, Pk, PkKind, RowSwap, SampleRecord, StoredRow, SwapOutcome, key_may_be_null,
-    key_not_unique, sample, version_prefix,
+    DataStore, Pk, PkKind, RowSwap, SampleRecord, StoredRow, SwapOutcome, key_not_unique, sample,
+    version_prefix,
 };
 use crate::error::{Error, Result};
 use crate::inventory::{self, Inventory};
@@ -199,21 +199,20 @@ fn sqlite_error(target: &Target, operation: &'static str) -> impl FnOnce(rusqlit
 }
 
 /// Finds the primary key's kind and checks that every column exists and that
-/// the key is unique and never NULL.
+/// the key is unique (a NULL key is refused by the inventory: `check_key`).
 fn check_schema(connection: &Connection, target: &Target) -> Result<PkKind> {
     let schema = |reason: String| Error::Schema {
         target: target.name().to_owned(),
         reason,
     };
     let mut statement = connection
-        .prepare(r#"SELECT name, type, "notnull", pk FROM pragma_table_info(?1)"#)
+        .prepare("SELECT name, type, pk FROM pragma_table_info(?1)")
         .map_err(sqlite_error(target, "read schema"))?;
     let declared: BTreeMap<String, Column> = statement
         .query_map([target.table().as_str()], |row| {
             let column = Column {
                 sql_type: row.get(1)?,
-                not_null: row.get(2)?,
-                in_primary_key: row.get::<_, i64>(3)? > 0,
+                in_primary_key: row.get::<_, i64>(2)? > 0,
             };
             Ok((row.get(0)?, column))
         })
@@ -252,28 +251,27 @@ fn check_schema(connection: &Connection, target: &Target) -> Result<PkKind> {
     let is_primary_key = declared
         .iter()
         .all(|(name, column)| column.in_primary_key == (name == target.primary_key().as_str()));
-    check_key(connection, target, is_primary_key, key.not_null)?;
+    check_key(connection, target, is_primary_key)?;
     Ok(kind)
 }
 
 /// A column as `pragma_table_info` declares it.
 struct Column {
     sql_type: String,
-    not_null: bool,
     in_primary_key: bool,
 }
 
-/// Checks that the key is unique and never NULL, as keyset pages need: the
-/// rowid (an `INTEGER PRIMARY KEY`), or the one column of the primary key or
-/// of a unique index without WHERE or expressions, declared NOT NULL (the
-/// key of a WITHOUT ROWID table is declared so by SQLite).
-/// `is_primary_key`: the key is the table's whole primary key.
-fn check_key(
-    connection: &Connection,
-    target: &Target,
-    is_primary_key: bool,
-    not_null: bool,
-) -> Result<()> {
+/// Checks that the key is unique, as keyset pages need: the rowid (an
+/// `INTEGER PRIMARY KEY`), or the one column of the primary key or of a
+/// unique index without WHERE or expressions. `is_primary_key`: the key is
+/// the table's whole primary key.
+///
+/// A key SQLite lets be NULL is taken: any `PRIMARY KEY` but the rowid's of a
+/// table with a rowid may hold NULL (an old SQLite quirk), and refusing every
+/// `id TEXT PRIMARY KEY` would fail the unseal of databases that never store
+/// a NULL key. A record whose key is NULL is refused by the inventory
+/// instead (before the pass writes, and in its final scans), naming the count.
+fn check_key(connection: &Connection, target: &Target, is_primary_key: bool) -> Result<()> {
     // Per index of the table: its origin (`pk` for the primary key's) and
     // whether it makes the key alone unique.
     let mut statement = connection
@@ -297,14 +295,6 @@ fn check_key(
     }
     if !indexes.iter().any(|&(_, unique)| unique) {
         return Err(key_not_unique(target));
-    }
-    if !not_null {
-        let note = if is_primary_key {
-            " (in SQLite only an INTEGER PRIMARY KEY, the rowid, or the key of a WITHOUT ROWID table is never NULL)"
-        } else {
-            ""
-        };
-        return Err(key_may_be_null(target, note));
     }
     Ok(())
 }
@@ -433,11 +423,21 @@ fn inventory_on(connection: &Connection, target: &Target, kind: PkKind) -> Resul
         .collect::<String>();
     let sql = format!("SELECT {pk}{list} FROM {table}", pk = target.primary_key());
     let mut groups = inventory::RowTally::default();
+    // Records whose key is NULL: no keyset page holds them (check_key).
+    let mut null_keys = 0u64;
     connection
         .prepare_cached(&sql)
         .and_then(|mut statement| {
             let mut rows = statement.query([])?;
             while let Some(row) = rows.next()? {
+                if row.get_ref(0)? == rusqlite::types::ValueRef::Null {
+                    for index in 0..target.columns().len() {
+                        if group_key(row.get_ref(index + 1)?).is_some_and(|key| !key.is_empty()) {
+                            null_keys += 1;
+                        }
+                    }
+                    continue;
+                }
                 for index in 0..target.columns().len() {
                     let Some(key) = group_key(row.get_ref(index + 1)?) else {
                         continue;
@@ -448,6 +448,16 @@ fn inventory_on(connection: &Connection, target: &Target, kind: PkKind) -> Resul
             Ok(())
         })
         .map_err(sqlite_error(target, "inventory"))?;
+    if null_keys > 0 {
+        return Err(Error::Schema {
+            target: target.name().to_owned(),
+            reason: format!(
+                "{null_keys} record(s) in rows whose key `{}.{}` is NULL, which the pass, paging by key, cannot reach; give those rows a key and declare the column NOT NULL, or set `primary_key` to a column that is never NULL",
+                target.table(),
+                target.primary_key()
+            ),
+        });
+    }
     groups.finish(target)
 }
 

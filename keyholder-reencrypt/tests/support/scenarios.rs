@@ -721,6 +721,8 @@ enum Taken {
     Drains,
     /// Refused when the store opened, with this error.
     Refused(String),
+    /// Opened, and the pass stopped with this error.
+    Failed(String),
     /// Opened, and the pass did not move every record: what it did.
     LeftRecords(String),
 }
@@ -730,9 +732,11 @@ enum Taken {
 /// later page, and a row whose key is NULL is on no page at all (SQLite and
 /// PostgreSQL took such a table and the pass left records behind or failed
 /// on the NULL). So a store opens a target only when its declared schema
-/// makes the key unique and never NULL, and names the column and what to
-/// declare otherwise; MySQL wants the table's own primary key (the batch's
-/// row locks rely on it too).
+/// makes the key unique (and on PostgreSQL never NULL), and names the column
+/// and what to declare otherwise; MySQL wants the table's own primary key
+/// (the batch's row locks rely on it too). SQLite, whose every PRIMARY KEY
+/// but the rowid may hold NULL, refuses records whose key is NULL in the
+/// inventory before the pass writes.
 pub async fn key_unique_and_not_null(db: Db) {
     let table = db.table().to_owned();
     let sqlite = matches!(db, Db::Sqlite(_));
@@ -746,11 +750,16 @@ pub async fn key_unique_and_not_null(db: Db) {
             "target `records`: `{table}.id` is not unique: it is not the one column of the primary key or of a unique index without WHERE or expressions, so two rows may share a key and the pass, which pages by key, would skip one of them; declare it PRIMARY KEY or UNIQUE NOT NULL, or set `primary_key` to a column that is"
         )
     };
-    let may_be_null = |note: &str| {
-        format!(
-            "target `records`: `{table}.id` may be NULL{note}, and the pass, which pages by key, would skip a row whose key is NULL; declare it NOT NULL, or set `primary_key` to a column that is"
-        )
-    };
+    let may_be_null = format!(
+        "target `records`: `{table}.id` may be NULL, and the pass, which pages by key, would skip a row whose key is NULL; declare it NOT NULL, or set `primary_key` to a column that is"
+    );
+    // SQLite takes a key it lets be NULL (any PRIMARY KEY of a rowid table
+    // but the rowid may hold NULL, and refusing them all would fail the
+    // unseal of databases that never store one): its inventory, before the
+    // pass writes, refuses records whose key is NULL.
+    let null_records = format!(
+        "target `records`: 2 record(s) in rows whose key `{table}.id` is NULL, which the pass, paging by key, cannot reach; give those rows a key and declare the column NOT NULL, or set `primary_key` to a column that is never NULL"
+    );
     // More rows per key than the pass has sweeps: a sweep moves one row per
     // key in pages of one row.
     let repeated: Vec<Option<i64>> = (1..=3)
@@ -779,11 +788,13 @@ pub async fn key_unique_and_not_null(db: Db) {
             "a unique column that may be NULL",
             format!("CREATE TABLE {table} (id BIGINT UNIQUE, a TEXT, b TEXT)"),
             &with_nulls,
-            Taken::Refused(if mysql {
-                not_unique.clone()
+            if mysql {
+                Taken::Refused(not_unique.clone())
+            } else if sqlite {
+                Taken::Failed(null_records.clone())
             } else {
-                may_be_null("")
-            }),
+                Taken::Refused(may_be_null.clone())
+            },
         ),
         (
             "a unique index on a NOT NULL column",
@@ -801,13 +812,7 @@ pub async fn key_unique_and_not_null(db: Db) {
             "a BIGINT PRIMARY KEY",
             format!("CREATE TABLE {table} (id BIGINT PRIMARY KEY, a TEXT, b TEXT)"),
             &once,
-            if sqlite {
-                Taken::Refused(may_be_null(
-                    " (in SQLite only an INTEGER PRIMARY KEY, the rowid, or the key of a WITHOUT ROWID table is never NULL)",
-                ))
-            } else {
-                Taken::Drains
-            },
+            Taken::Drains,
         ),
         (
             "a PRIMARY KEY declared NOT NULL",
@@ -828,6 +833,12 @@ pub async fn key_unique_and_not_null(db: Db) {
         ));
     }
     if sqlite {
+        cases.push((
+            "a BIGINT PRIMARY KEY holding NULL keys",
+            format!("CREATE TABLE {table} (id BIGINT PRIMARY KEY, a TEXT, b TEXT)"),
+            &with_nulls,
+            Taken::Failed(null_records.clone()),
+        ));
         cases.push((
             "a WITHOUT ROWID table",
             format!("CREATE TABLE {table} (id INTEGER PRIMARY KEY, a TEXT, b TEXT) WITHOUT ROWID"),
@@ -885,6 +896,7 @@ async fn take_table(db: &Db, ddl: &str, keys: &[Option<i64>]) -> Taken {
     let left = store.inventory().await.map(|inventory| inventory.at(v(9)));
     match (outcome, left) {
         (Ok(Ok(PassOutcome::Drained(_))), Ok(0)) => Taken::Drains,
+        (Ok(Err(error)), _) => Taken::Failed(error.to_string()),
         (outcome, left) => Taken::LeftRecords(format!(
             "a pass over {} rows, {} distinct keys: {outcome:?}; records left at v9: {left:?}",
             keys.len(),
