@@ -146,9 +146,16 @@ pub fn write_new(path: &Path, contents: &[u8], mode: u32) -> Result<(), FileErro
     file.set_permissions(fs::Permissions::from_mode(mode))
         .and_then(|()| file.write_all(contents))
         .and_then(|()| file.sync_all())
-        .map_err(|source| FileError::Write {
-            path: path.to_owned(),
-            source,
+        .map_err(|source| {
+            // A write cut short (a full disk) leaves no file holding part of
+            // a key or share, nor one that blocks the same command once
+            // there is room: the file is ours, made by this call.
+            drop(file);
+            let _ = fs::remove_file(path);
+            FileError::Write {
+                path: path.to_owned(),
+                source,
+            }
         })
 }
 

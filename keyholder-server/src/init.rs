@@ -259,6 +259,13 @@ fn write_new(path: &Path, text: &str) -> Result<(), InitError> {
                 wrap(e)
             }
         })?;
-    file.write_all(text.as_bytes()).map_err(wrap)?;
-    file.sync_all().map_err(wrap)
+    file.write_all(text.as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(|source| {
+            // A write cut short (a full disk) leaves no file holding part of
+            // a share: the file is ours, made by this call.
+            drop(file);
+            let _ = std::fs::remove_file(path);
+            wrap(source)
+        })
 }

@@ -340,18 +340,41 @@ fn pki_init_to_unseal_hook_and_recover() {
 
     // Offline recovery from alice's and carol's share files.
     let key_file = world.tmp.path().join("v9.key");
-    let out = Command::new(binary("keyholder"))
-        .arg("recover")
-        .arg("--shares")
-        .arg(world.shares().join("alice.v9.age"))
-        .arg(world.shares().join("carol.v9.age"))
-        .arg("--identity")
-        .arg(world.pki().join("alice.age"))
-        .arg(world.pki().join("carol.age"))
-        .args(["--kcv", &kcv_hex, "--out"])
-        .arg(&key_file)
-        .output()
-        .unwrap();
+    let recover = |command: &mut Command| {
+        command
+            .arg("recover")
+            .arg("--shares")
+            .arg(world.shares().join("alice.v9.age"))
+            .arg(world.shares().join("carol.v9.age"))
+            .arg("--identity")
+            .arg(world.pki().join("alice.age"))
+            .arg(world.pki().join("carol.age"))
+            .args(["--kcv", &kcv_hex, "--out"])
+            .arg(&key_file)
+            .output()
+            .unwrap()
+    };
+    // A disk that fills up while the key is written (here a file size
+    // limit of 10 bytes, the signal it raises ignored): the command fails
+    // and leaves no file holding part of the key, so the same command can
+    // be run again once there is room.
+    let full = recover(
+        Command::new("sh")
+            .args(["-c", "trap '' XFSZ; exec prlimit --fsize=10 \"$@\"", "sh"])
+            .arg(binary("keyholder")),
+    );
+    assert!(!full.status.success(), "{}", text(&full.stdout));
+    assert!(
+        text(&full.stderr).contains(&key_file.display().to_string()),
+        "{}",
+        text(&full.stderr)
+    );
+    assert!(
+        !key_file.exists(),
+        "part of the key was left in {}",
+        key_file.display()
+    );
+    let out = recover(&mut Command::new(binary("keyholder")));
     assert_ok(&out, "recover");
     assert!(
         text(&out.stdout).contains("rebuilt v9 of keyring orders from share indices 1, 3"),
