@@ -773,6 +773,14 @@ impl Daemon {
                 Err(self.unproven(&failures).await?)
             }
             Ok(report) => {
+                // A store restored from an older backup may not know, or
+                // keep live, the version records are at.
+                let versions = self.store.versions().await?;
+                let stray = verify::stray_records(&self.samplers, &versions, &plan.live).await;
+                if !stray.is_empty() {
+                    drop(keys);
+                    return Err(self.unproven(&stray).await?);
+                }
                 self.load_proven(keys, &report, &plan, epoch).await?;
                 response.sealed = false;
                 response.loaded = self.vault.held_versions();

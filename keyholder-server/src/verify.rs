@@ -50,3 +50,66 @@ pub async fn fetch(
     }
     out
 }
+
+/// Records a sample of each probed version for, to name them.
+const STRAY_SAMPLE: u32 = 3;
+
+/// Records the keyring about to be loaded (`live`) could not read: at a
+/// stored version the rotation keeps out of it (prepared or verified, not
+/// retired), or at the version after the highest the store ever made. None
+/// exists unless the state store is older than the data: restored from a
+/// backup taken before a rotation moved records to a version the backup
+/// does not hold live. One failure per target holding such records.
+pub async fn stray_records(
+    samplers: &[Box<dyn RecordSampler>],
+    versions: &[keyholder_core::VersionRecord],
+    live: &std::collections::BTreeSet<KeyVersion>,
+) -> Vec<Failure> {
+    use keyholder_api::VersionState;
+    let mut probes: BTreeMap<KeyVersion, Option<VersionState>> = versions
+        .iter()
+        .filter(|r| r.state != VersionState::Retired && !live.contains(&r.version))
+        .map(|r| (r.version, Some(r.state)))
+        .collect();
+    if let Some(next) = versions
+        .iter()
+        .map(|r| r.version)
+        .max()
+        .and_then(|highest| highest.next().ok())
+    {
+        probes.insert(next, None);
+    }
+    let samples = fetch(samplers, probes.keys().copied(), STRAY_SAMPLE).await;
+    let mut failures = Vec::new();
+    for (version, samples) in samples {
+        let known = match probes.get(&version).copied().flatten() {
+            Some(state) => format!(
+                "which the stored rotation keeps out of the keyring ({version} is {})",
+                crate::store::state_name(state)
+            ),
+            None => "a version this state store never made".to_owned(),
+        };
+        for sample in samples {
+            let (reason, record_ids) = match sample.records {
+                Ok(records) if records.is_empty() => continue,
+                Ok(records) => (
+                    format!(
+                        "records at {version}, {known}: the state store is older than the data (restored from a backup taken before the rotation to {version} went live?); restore the state store from a backup taken after that, then unseal; no keyring without {version} is handed out meanwhile"
+                    ),
+                    records.into_iter().map(|r| r.id).collect(),
+                ),
+                Err(reason) => (
+                    format!("sampling for records at {version}, {known}, failed: {reason}"),
+                    Vec::new(),
+                ),
+            };
+            failures.push(Failure {
+                version,
+                check: format!("target {}", sample.target),
+                record_ids,
+                reason,
+            });
+        }
+    }
+    failures
+}

@@ -1236,3 +1236,73 @@ async fn a_rollback_approval_lapses_when_a_reload_removes_its_operator() {
         .json();
     assert!(third.executed, "{third:?}");
 }
+
+/// A consistent copy of the running daemon's state store (what a nightly
+/// backup takes).
+fn back_up_state(env: &Env, to: &std::path::Path) {
+    let conn = rusqlite::Connection::open_with_flags(
+        env.state_dir.join("state.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    conn.execute("VACUUM INTO ?1", [to.display().to_string()])
+        .unwrap();
+}
+
+/// Puts the backup `from` in place of the (stopped) daemon's state store.
+fn restore_state(env: &Env, from: &std::path::Path) {
+    let file = env.state_dir.join("state.db");
+    for stale in ["state.db-wal", "state.db-shm"] {
+        let _ = std::fs::remove_file(env.state_dir.join(stale));
+    }
+    std::fs::copy(from, &file).unwrap();
+}
+
+#[tokio::test]
+async fn a_state_store_restored_from_before_prepare_while_records_are_at_v10_keeps_the_daemon_sealed()
+ {
+    let mut w = world(300, |_| {}).await;
+    let backups = tempfile::tempdir().unwrap();
+    let before_prepare = backups.path().join("before-prepare.db");
+    back_up_state(&w.env, &before_prepare);
+    let new = w.prepare_and_verify().await;
+    let after_verify = backups.path().join("after-verify.db");
+    back_up_state(&w.env, &after_verify);
+    w.activate().await;
+    w.db1_gets(&[9, 10], 9).await;
+    w.switch().await;
+    w.env.wait_rotation(RotationState::Drained, DRAIN).await;
+    w.assert_all_at(10, &new.key);
+
+    // The state disk is lost; the newest backup is from before prepare (or
+    // from before activate): the data is at v10 all the same.
+    for (backup, known) in [
+        (&before_prepare, "a version this state store never made"),
+        (&after_verify, "(v10 is shares_verified)"),
+    ] {
+        assert!(w.daemon.stop());
+        restore_state(&w.env, backup);
+        w.daemon = w.env.start().await;
+        let mut answer = None;
+        for (i, name) in ["alice", "bob"].into_iter().enumerate() {
+            answer = Some(w.env.client(name).unseal(&[w.v9_lines[i].as_str()]).await);
+        }
+        let answer = answer.unwrap();
+        // The old daemon unsealed with v9 alone and handed db1 a keyring
+        // without v10, the version every record is at.
+        assert_eq!(answer.status, 422, "{known}: {}", answer.body);
+        let message = answer.error().error;
+        assert!(
+            message.contains("records at v10")
+                && message.contains("customers.ssn id=")
+                && message.contains(known)
+                && message.contains("restore the state store from a backup taken after"),
+            "{known}: {message}"
+        );
+        assert!(w.env.status().await.sealed, "{known}");
+        let fetch = w.env.client(DATABASE).get("/v1/keyring").await;
+        assert_eq!(fetch.status, 503, "{known}: {}", fetch.body);
+        // The records were left alone.
+        w.assert_all_at(10, &new.key);
+    }
+}
