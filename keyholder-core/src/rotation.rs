@@ -254,6 +254,23 @@ impl Rotation {
             .collect()
     }
 
+    /// What makes a rotation read back from the store one this machine
+    /// never makes (the row was edited or damaged), if anything: every state
+    /// past idle names its next version, and a next version is above the
+    /// current one. Checked before any other method runs on it.
+    pub fn inconsistency(&self) -> Option<String> {
+        match self.next {
+            None if self.state != RotationState::Idle => {
+                Some(format!("{} names no next version", self.state))
+            }
+            Some(next) if next <= self.current => Some(format!(
+                "its next version {next} is not above its current {}",
+                self.current
+            )),
+            _ => None,
+        }
+    }
+
     fn next_version(&self) -> KeyVersion {
         self.next
             .expect("every state past idle and retired has a next version")

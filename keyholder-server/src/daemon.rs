@@ -160,13 +160,17 @@ pub struct Daemon {
 }
 
 /// Parses the rotation the store holds: the one place its JSON is read.
+/// A rotation the machine never makes (no next version past idle, say) is
+/// refused here, before any of its methods could trip on it.
 fn parse_rotation(text: Option<String>) -> Result<Option<Rotation>, DaemonError> {
+    let corrupt = |what: String| DaemonError::Store(StoreError::Corrupt { what });
     text.map(|text| {
-        serde_json::from_str(&text).map_err(|e| {
-            DaemonError::Store(StoreError::Corrupt {
-                what: format!("rotation state ({e})"),
-            })
-        })
+        let rotation: Rotation =
+            serde_json::from_str(&text).map_err(|e| corrupt(format!("rotation state ({e})")))?;
+        match rotation.inconsistency() {
+            Some(why) => Err(corrupt(format!("rotation state: {why}"))),
+            None => Ok(rotation),
+        }
     })
     .transpose()
 }
