@@ -49,6 +49,34 @@ pub struct Checkpoint {
     /// rescans kept their totals.
     #[serde(default)]
     pub before_scan: ScanTotals,
+    /// The main scan split over several workers ([`crate::Reencryptor::with_workers`]):
+    /// one entry per disjoint key range, each with its own position; empty
+    /// when one worker scans in key order (`last_pk` is then the position).
+    /// Fixed when the scan starts, so a resumed scan covers the same ranges.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ranges: Vec<KeyRange>,
+}
+
+/// One worker's share of a main scan: the keys in (`after`, `upto`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyRange {
+    /// The range starts after this key; `None`: at the first row.
+    pub after: Option<Pk>,
+    /// The range ends at this key, included; `None`: at the last row (rows
+    /// inserted beyond the bounds read at the start belong to the last range).
+    pub upto: Option<Pk>,
+    /// The last primary key of the last committed batch of this range;
+    /// `None` before its first.
+    pub last_pk: Option<Pk>,
+    /// Every row of the range was read and its last batch committed.
+    pub done: bool,
+}
+
+impl KeyRange {
+    /// Where the range's next page starts (after this key).
+    pub fn position(&self) -> Option<&Pk> {
+        self.last_pk.as_ref().or(self.after.as_ref())
+    }
 }
 
 /// Records moved and conflicts met, as counted in a [`Checkpoint`].
@@ -74,6 +102,7 @@ impl Checkpoint {
             batches: 0,
             drained: false,
             before_scan: ScanTotals::default(),
+            ranges: Vec::new(),
         }
     }
 
@@ -84,6 +113,7 @@ impl Checkpoint {
             sweep: 0,
             last_pk: None,
             drained: false,
+            ranges: Vec::new(),
             before_scan: ScanTotals {
                 records_done: self.records_done,
                 conflicts: self.conflicts,
@@ -289,11 +319,18 @@ mod tests {
         first.conflicts = 4;
         first.batches = 3;
         first.drained = true;
+        first.ranges = vec![KeyRange {
+            after: None,
+            upto: Some(Pk::Int(500)),
+            last_pk: Some(Pk::Int(300)),
+            done: false,
+        }];
         let mut second = first.rescan();
         assert_eq!(
             (second.sweep, second.last_pk.clone(), second.drained),
             (0, None, false)
         );
+        assert!(second.ranges.is_empty(), "a rescan splits afresh");
         assert_eq!(second.this_scan(), ScanTotals::default());
         second.records_done += 1;
         assert_eq!(

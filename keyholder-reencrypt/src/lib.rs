@@ -66,7 +66,7 @@ mod throttle;
 mod worker;
 
 pub use checkpoint::{
-    Checkpoint, CheckpointStore, MemoryCheckpoints, ScanTotals, SqliteCheckpoints,
+    Checkpoint, CheckpointStore, KeyRange, MemoryCheckpoints, ScanTotals, SqliteCheckpoints,
 };
 pub use error::{
     BoxError, DatabaseError, Error, Result, UNDECRYPTABLE_REMEMBERED, sqlstate_is_transient,
@@ -85,4 +85,4 @@ pub use throttle::{
     AdaptiveBatch, Control, ControlHandle, MAX_BATCH_SIZE, RunState, Throttle, ThrottleConfig,
     TokenBucket,
 };
-pub use worker::{DEFAULT_MAX_SWEEPS, PassOutcome, PassReport, Reencryptor};
+pub use worker::{DEFAULT_MAX_SWEEPS, MAX_WORKERS, PassOutcome, PassReport, Reencryptor};

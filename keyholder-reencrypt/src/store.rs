@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crypto_core::KeyVersion;
+use futures::FutureExt as _;
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
@@ -144,6 +145,36 @@ pub trait DataStore: Send + Sync {
         after: Option<&'a Pk>,
         limit: u32,
     ) -> BoxFuture<'a, Result<Vec<StoredRow>>>;
+
+    /// As [`DataStore::read_page`], but only rows whose key is at most
+    /// `upto` (all after `after` when `upto` is `None`): one worker's range
+    /// of a split scan. The default reads a page and drops the rows beyond
+    /// `upto`: correct for any store, efficient for none; a store whose
+    /// [`DataStore::split_bounds`] splits reads the range itself.
+    fn read_range<'a>(
+        &'a self,
+        version: KeyVersion,
+        after: Option<&'a Pk>,
+        upto: Option<&'a Pk>,
+        limit: u32,
+    ) -> BoxFuture<'a, Result<Vec<StoredRow>>> {
+        async move {
+            let mut rows = self.read_page(version, after, limit).await?;
+            if let Some(upto) = upto {
+                rows.retain(|row| &row.pk <= upto);
+            }
+            Ok(rows)
+        }
+        .boxed()
+    }
+
+    /// The smallest and largest key of the table, where the store lets
+    /// several workers, each on its own connections, write disjoint ranges
+    /// of integer keys at once (PostgreSQL); `None` where one worker must do
+    /// (SQLite has one writer; text keys are not split; an empty table).
+    fn split_bounds(&self) -> BoxFuture<'_, Result<Option<(i64, i64)>>> {
+        futures::future::ready(Ok(None)).boxed()
+    }
 
     /// Applies the swaps in one transaction: each record is written only where
     /// its stored value is still the old one. All or nothing on error; a

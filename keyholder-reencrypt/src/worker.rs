@@ -31,6 +31,10 @@ use pass::Pass;
 /// application keeps writing at the old version.
 pub const DEFAULT_MAX_SWEEPS: u32 = 20;
 
+/// The most workers one pass runs ([`Reencryptor::with_workers`]); each
+/// holds its own three connections to the target.
+pub const MAX_WORKERS: u32 = 16;
+
 /// How a pass ended.
 #[derive(Debug)]
 pub enum PassOutcome {
@@ -64,6 +68,7 @@ pub struct Reencryptor {
     control: watch::Receiver<Control>,
     progress: watch::Sender<Progress>,
     max_sweeps: u32,
+    workers: u32,
 }
 
 impl Reencryptor {
@@ -105,6 +110,7 @@ impl Reencryptor {
             control,
             progress,
             max_sweeps: DEFAULT_MAX_SWEEPS,
+            workers: 1,
         })
     }
 
@@ -112,6 +118,20 @@ impl Reencryptor {
     /// [`Error::NotDrained`].
     pub fn with_max_sweeps(mut self, max_sweeps: u32) -> Self {
         self.max_sweeps = max_sweeps.max(1);
+        self
+    }
+
+    /// Runs the main scan as `workers` (1 to [`MAX_WORKERS`]) workers on
+    /// disjoint ranges of the primary key, each with its own connections,
+    /// read-ahead and crypto, and its own position in the checkpoint; the
+    /// throttle counts their records together, and a pause stops each
+    /// within its batch under way. Only where the store can
+    /// ([`crate::DataStore::split_bounds`]: PostgreSQL with an integer key);
+    /// elsewhere, and for the sweeps after the main scan, one worker. 1, the
+    /// default, is the one worker in key order. A pass resumed from a split
+    /// checkpoint keeps its ranges, whatever this says.
+    pub fn with_workers(mut self, workers: u32) -> Self {
+        self.workers = workers.clamp(1, MAX_WORKERS);
         self
     }
 

@@ -67,6 +67,10 @@ pub struct PostgresStore {
     gentle: AtomicBool,
     read_first: Statement,
     read_after: Statement,
+    /// `read_first` and `read_after` up to a key, included: a worker's
+    /// range ([`DataStore::read_range`]; integer keys only).
+    read_first_upto: Statement,
+    read_after_upto: Statement,
     swap: Statement,
     swap2: Statement,
     inventory: Statement,
@@ -126,6 +130,12 @@ impl PostgresStore {
         );
         let read_after = format!(
             "SELECT {pk}{pk_cast}, {list} FROM {table} WHERE {pk} > $4::{pk_type} AND ({filter}) ORDER BY {pk} LIMIT $3::bigint"
+        );
+        let read_first_upto = format!(
+            "SELECT {pk}{pk_cast}, {list} FROM {table} WHERE {pk} <= $4::{pk_type} AND ({filter}) ORDER BY {pk} LIMIT $3::bigint"
+        );
+        let read_after_upto = format!(
+            "SELECT {pk}{pk_cast}, {list} FROM {table} WHERE {pk} > $4::{pk_type} AND {pk} <= $5::{pk_type} AND ({filter}) ORDER BY {pk} LIMIT $3::bigint"
         );
 
         let mut sets = Vec::new();
@@ -199,6 +209,14 @@ impl PostgresStore {
         Ok(Self {
             read_first: reader.prepare(&read_first).await.map_err(pg("prepare"))?,
             read_after: reader.prepare(&read_after).await.map_err(pg("prepare"))?,
+            read_first_upto: reader
+                .prepare(&read_first_upto)
+                .await
+                .map_err(pg("prepare"))?,
+            read_after_upto: reader
+                .prepare(&read_after_upto)
+                .await
+                .map_err(pg("prepare"))?,
             inventory: reader.prepare(&inventory).await.map_err(pg("prepare"))?,
             count: reader.prepare(&count).await.map_err(pg("prepare"))?,
             bounds: reader.prepare(&bounds).await.map_err(pg("prepare"))?,
@@ -324,27 +342,47 @@ impl PostgresStore {
         }
     }
 
-    /// Up to `limit` rows after `after` holding a record at `version`, in
-    /// one statement.
+    /// Up to `limit` rows after `after` (and up to `upto`, included)
+    /// holding a record at `version`, in one statement.
     async fn read_part(
         &self,
         version: KeyVersion,
         after: Option<&Pk>,
+        upto: Option<&Pk>,
         limit: u32,
     ) -> Result<Vec<StoredRow>> {
         let prefix = version_prefix(version);
         let length = prefix.len() as i32;
         let limit = i64::from(limit);
-        let (int_after, text_after);
+        let (int_after, text_after, int_upto);
         let mut params: Vec<&(dyn ToSql + Sync)> = vec![&prefix, &length, &limit];
-        let statement = match after {
-            None => &self.read_first,
-            Some(Pk::Int(value)) => {
+        let statement = match (after, upto) {
+            (_, Some(Pk::Text(_))) => {
+                return Err(Error::Task {
+                    target: self.target.name().to_owned(),
+                    reason: "a range of text keys was asked for; only integer keys are split"
+                        .to_owned(),
+                });
+            }
+            (None, Some(Pk::Int(upto))) => {
+                int_upto = *upto;
+                params.push(&int_upto);
+                &self.read_first_upto
+            }
+            (Some(Pk::Int(value)), Some(Pk::Int(upto))) => {
+                int_after = *value;
+                int_upto = *upto;
+                params.push(&int_after);
+                params.push(&int_upto);
+                &self.read_after_upto
+            }
+            (None, None) => &self.read_first,
+            (Some(Pk::Int(value)), None) => {
                 int_after = *value;
                 params.push(&int_after);
                 &self.read_after
             }
-            Some(Pk::Text(value)) => {
+            (Some(Pk::Text(value)), _) => {
                 text_after = value.as_str();
                 params.push(&text_after);
                 &self.read_after
@@ -631,16 +669,41 @@ impl DataStore for PostgresStore {
         after: Option<&'a Pk>,
         limit: u32,
     ) -> BoxFuture<'a, Result<Vec<StoredRow>>> {
+        self.read_range(version, after, None, limit)
+    }
+
+    fn split_bounds(&self) -> BoxFuture<'_, Result<Option<(i64, i64)>>> {
+        async move {
+            if self.kind != PkKind::Int {
+                return Ok(None);
+            }
+            let bounds = self
+                .checked("read key bounds", self.reader.query_one(&self.bounds, &[]))
+                .await?;
+            Ok(bounds
+                .get::<_, Option<i64>>(0)
+                .zip(bounds.get::<_, Option<i64>>(1)))
+        }
+        .boxed()
+    }
+
+    fn read_range<'a>(
+        &'a self,
+        version: KeyVersion,
+        after: Option<&'a Pk>,
+        upto: Option<&'a Pk>,
+        limit: u32,
+    ) -> BoxFuture<'a, Result<Vec<StoredRow>>> {
         async move {
             if !self.gentle.load(Ordering::Relaxed) {
-                return self.read_part(version, after, limit).await;
+                return self.read_part(version, after, upto, limit).await;
             }
             // Throttled: the page in short reads, as its write.
             let mut rows: Vec<StoredRow> = Vec::with_capacity(limit as usize);
             while rows.len() < limit as usize {
                 let want = (limit as usize - rows.len()).min(GENTLE_ROWS) as u32;
                 let from = rows.last().map(|row| &row.pk).or(after);
-                let part = self.read_part(version, from, want).await?;
+                let part = self.read_part(version, from, upto, want).await?;
                 let short = part.len() < want as usize;
                 rows.extend(part);
                 if short {

@@ -24,12 +24,14 @@ use crate::batch::{self, PreparedBatch};
 use crate::checkpoint::Checkpoint;
 use crate::error::{BoxError, Error, Result, UNDECRYPTABLE_REMEMBERED};
 use crate::progress::{self, Phase, RateWindow};
-use crate::store::Pk;
+use crate::store::{DataStore, Pk, SwapOutcome};
 use crate::target::SqlIdent;
 use crate::throttle::{AdaptiveBatch, RunState, TokenBucket};
 
 /// How often replica lag is read while it is below the limit.
 const LAG_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+mod ranges;
 
 /// Whether to go on.
 enum Step {
@@ -85,8 +87,12 @@ pub(super) struct Pass {
     undecryptable_total: u64,
     /// How many the latest complete scan found.
     undecryptable_known: u64,
-    /// How long this run's batches held their locks in the target.
+    /// How long this run's batches held their locks in the target
+    /// (summed over the workers of a split scan).
     locked: Duration,
+    /// The stores of a split scan's workers, the pass's own first; opened
+    /// when a split scan starts, empty while one worker scans.
+    stores: Vec<Arc<dyn DataStore>>,
 }
 
 impl Pass {
@@ -108,6 +114,7 @@ impl Pass {
             undecryptable_total: 0,
             locked: Duration::ZERO,
             undecryptable_known: 0,
+            stores: Vec::new(),
             worker,
         }
     }
@@ -165,9 +172,19 @@ impl Pass {
             };
             self.undecryptable.clear();
             self.undecryptable_total = 0;
-            let whole_table = self.checkpoint.last_pk.is_none();
+            let whole_table = self.checkpoint.last_pk.is_none()
+                && self
+                    .checkpoint
+                    .ranges
+                    .iter()
+                    .all(|range| range.last_pk.is_none() && !range.done);
             self.publish();
-            if let Step::Abort = self.scan().await? {
+            let step = if self.split().await? {
+                self.scan_ranges().await?
+            } else {
+                self.scan().await?
+            };
+            if let Step::Abort = step {
                 tracing::info!(target = %name, batches = self.checkpoint.batches, "re-encryption pass aborted; checkpoint kept");
                 return Ok(PassOutcome::Aborted(self.checkpoint.clone()));
             }
@@ -192,6 +209,7 @@ impl Pass {
             // writes at `from` are revisited, everything else is skipped.
             self.checkpoint.sweep += 1;
             self.checkpoint.last_pk = None;
+            self.checkpoint.ranges.clear();
             // Records that do not decrypt stay at `from` whatever a sweep
             // does: the moving is over when a scan of the whole table found
             // exactly the records left. A scan that resumed mid-table has not
@@ -281,6 +299,21 @@ impl Pass {
 
     /// Starts the reader of this scan at the checkpoint's position.
     fn read_ahead(&self) -> ReadAhead {
+        self.read_from(
+            self.worker.store.clone(),
+            self.checkpoint.last_pk.clone(),
+            None,
+        )
+    }
+
+    /// Starts a reader of `store` after `after`, up to `upto` (included;
+    /// `None`: to the end of the table).
+    fn read_from(
+        &self,
+        store: Arc<dyn DataStore>,
+        mut after: Option<Pk>,
+        upto: Option<Pk>,
+    ) -> ReadAhead {
         let depth = if self.batch.current() > LARGE_PAGE {
             1
         } else {
@@ -288,12 +321,7 @@ impl Pass {
         };
         let (sender, pages) = mpsc::channel::<Ahead>(depth);
         let worker = &self.worker;
-        let (store, target, keyring, from) = (
-            worker.store.clone(),
-            worker.target.clone(),
-            worker.keyring.clone(),
-            worker.from,
-        );
+        let (target, keyring, from) = (worker.target.clone(), worker.keyring.clone(), worker.from);
         let page_size = self.page_size.clone();
         self.page_size
             .store(self.batch.current(), Ordering::Relaxed);
@@ -301,11 +329,18 @@ impl Pass {
         // Before the first read (`wait_for_go` keeps it current after).
         store.set_gentle(control.borrow().throttle.rows_per_sec != 0);
         let all_cores = std::thread::available_parallelism().map_or(1, usize::from);
-        let mut after = self.checkpoint.last_pk.clone();
         let reader = tokio::spawn(async move {
             loop {
                 let limit = page_size.load(Ordering::Relaxed);
-                let rows = match store.read_page(from, after.as_ref(), limit).await {
+                let read = match &upto {
+                    None => store.read_page(from, after.as_ref(), limit).await,
+                    Some(_) => {
+                        store
+                            .read_range(from, after.as_ref(), upto.as_ref(), limit)
+                            .await
+                    }
+                };
+                let rows = match read {
                     Ok(rows) => rows,
                     Err(error) => {
                         let _ = sender.send(Err(error)).await;
@@ -337,7 +372,7 @@ impl Pass {
     }
 
     /// Throttles, writes one batch, checks it and saves the checkpoint.
-    async fn write(&mut self, prepared: PreparedBatch, full: bool) -> Result<Step> {
+    async fn write(&mut self, mut prepared: PreparedBatch, full: bool) -> Result<Step> {
         if let Step::Abort = self.wait_for_replicas().await? {
             return Ok(Step::Abort);
         }
@@ -354,9 +389,25 @@ impl Pass {
         let outcome = if prepared.swaps.is_empty() {
             Default::default()
         } else {
-            self.worker.store.swap_batch(prepared.swaps).await?
+            let swaps = std::mem::take(&mut prepared.swaps);
+            self.worker.store.swap_batch(swaps).await?
         };
         let latency = started.elapsed();
+        self.commit(prepared, outcome, latency, full, None).await?;
+        let pause = self.worker.control.borrow().throttle.pause_between_batches;
+        Ok(self.sleep(pause).await)
+    }
+
+    /// Checks a written batch, counts it and saves the checkpoint: its
+    /// position the scan's (`range` `None`) or its range's.
+    async fn commit(
+        &mut self,
+        prepared: PreparedBatch,
+        outcome: SwapOutcome,
+        latency: Duration,
+        full: bool,
+        range: Option<usize>,
+    ) -> Result<()> {
         let conflicts = outcome.conflicts.len() as u64;
         let undecryptable = prepared.undecryptable.len() as u64;
         if outcome.applied + conflicts != prepared.records
@@ -390,7 +441,14 @@ impl Pass {
         self.undecryptable
             .extend(prepared.undecryptable.into_iter().take(room));
         self.undecryptable_total += undecryptable;
-        self.checkpoint.last_pk = prepared.last_pk;
+        match range {
+            None => self.checkpoint.last_pk = prepared.last_pk,
+            Some(index) => {
+                let range = &mut self.checkpoint.ranges[index];
+                range.last_pk = prepared.last_pk.or(range.last_pk.take());
+                range.done = !full;
+            }
+        }
         self.checkpoint.records_done += outcome.applied;
         self.checkpoint.conflicts += conflicts;
         self.checkpoint.batches += 1;
@@ -422,8 +480,7 @@ impl Pass {
         let now = Instant::now();
         self.rate.record(now, self.checkpoint.records_done);
         self.publish();
-        let pause = self.worker.control.borrow().throttle.pause_between_batches;
-        Ok(self.sleep(pause).await)
+        Ok(())
     }
 
     /// Returns once running (publishing `paused` meanwhile), or on abort.
@@ -434,9 +491,11 @@ impl Pass {
             self.batch.set_ceiling(control.throttle.batch_size);
             self.bucket
                 .set_rate(control.throttle.rows_per_sec, Instant::now());
-            self.worker
-                .store
-                .set_gentle(control.throttle.rows_per_sec != 0);
+            let gentle = control.throttle.rows_per_sec != 0;
+            self.worker.store.set_gentle(gentle);
+            for store in &self.stores {
+                store.set_gentle(gentle);
+            }
             match control.state {
                 RunState::Aborted => return Step::Abort,
                 RunState::Running => {
