@@ -212,6 +212,7 @@ struct RawReencrypt {
     pause_between_batches: Option<String>,
     max_batch_latency: Option<String>,
     max_replica_lag: Option<String>,
+    workers: Option<i64>,
     #[serde(default)]
     consumers: Vec<String>,
 }
@@ -388,6 +389,9 @@ pub struct Reencrypt {
     pub max_batch_latency: Duration,
     /// PostgreSQL replica lag above which the worker pauses.
     pub max_replica_lag: Duration,
+    /// Workers of a pass's main scan on disjoint key ranges (PostgreSQL
+    /// targets with an integer key; one elsewhere, with a warning).
+    pub workers: u32,
     /// Database principals that must fetch a new keyring before `switch`.
     pub consumers: Vec<String>,
 }

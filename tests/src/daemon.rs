@@ -52,6 +52,8 @@ pub struct EnvOptions {
     pub batch_size: Option<u32>,
     /// `reencrypt.rows_per_sec`.
     pub rows_per_sec: Option<u64>,
+    /// `reencrypt.workers`.
+    pub workers: Option<u32>,
     /// A principal whose second certificate (`<name>-revoked.pem`) the CA
     /// revokes; the daemon is configured with that CRL (`listen.crl`).
     pub revoked: Option<String>,
@@ -184,6 +186,9 @@ impl Env {
         }
         if let Some(rate) = options.rows_per_sec {
             reencrypt.push_str(&format!("rows_per_sec = {rate}\n"));
+        }
+        if let Some(workers) = options.workers {
+            reencrypt.push_str(&format!("workers = {workers}\n"));
         }
         if !options.consumers.is_empty() {
             let names: Vec<String> = options

@@ -741,3 +741,34 @@ fn a_principal_holds_a_quarter_of_the_connections_by_default_and_never_all_of_th
         ]
     );
 }
+
+#[test]
+fn reencrypt_workers_default_to_one_and_are_checked() {
+    let dir = Dir::new();
+    let principals = [
+        principal("alice", "keyholder", "alice"),
+        principal("bob", "keyholder", "bob"),
+    ]
+    .concat();
+    let with =
+        |workers: &str| format!("{}[reencrypt]\nworkers = {workers}\n", base(2, &principals));
+    assert_eq!(
+        dir.load(&base(2, &principals)).unwrap().reencrypt.workers,
+        1
+    );
+    assert_eq!(dir.load(&with("2")).unwrap().reencrypt.workers, 2);
+    assert_eq!(dir.load(&with("16")).unwrap().reencrypt.workers, 16);
+    assert_eq!(
+        problems(dir.load(&with("0"))),
+        ["reencrypt.workers: 0 is out of range; use 1 to 16"]
+    );
+    assert_eq!(
+        problems(dir.load(&with("17"))),
+        ["reencrypt.workers: 17 is out of range; use 1 to 16"]
+    );
+    let quoted = dir.load(&with("\"2\"")).unwrap_err().to_string();
+    assert!(
+        quoted.contains("at line 23, column 11: invalid type: string, expected i64"),
+        "{quoted}"
+    );
+}

@@ -929,6 +929,12 @@ fn validate_reencrypt(
         Duration::from_secs(5),
         (Duration::from_millis(1), Duration::from_secs(3600)),
     );
+    let workers = check.number(
+        raw.workers,
+        "reencrypt.workers",
+        1,
+        (1, i64::from(keyholder_reencrypt::MAX_WORKERS)),
+    ) as u32;
     let mut seen = BTreeSet::new();
     for (i, name) in raw.consumers.iter().enumerate() {
         let field = format!("reencrypt.consumers[{i}]");
@@ -950,6 +956,7 @@ fn validate_reencrypt(
         pause_between_batches,
         max_batch_latency,
         max_replica_lag,
+        workers,
         consumers: raw.consumers.clone(),
     }
 }

@@ -579,7 +579,8 @@ async fn run_targets(
             job.from,
             Arc::clone(&checkpoints),
             control,
-        )?;
+        )?
+        .with_workers(daemon.config().reencrypt.workers);
         progress.insert(name.clone(), pass.progress());
         context.report(WorkerEvent::Progress {
             target: name.clone(),
