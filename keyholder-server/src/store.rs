@@ -449,11 +449,15 @@ pub trait StateStore: Send + Sync {
     fn cluster_seal_generation(&self) -> StoreFuture<'_, u64> {
         Box::pin(futures::future::ready(Ok(0)))
     }
-    /// Bumps the cluster seal generation and appends the audit entry
-    /// `audit` makes of the new one, in one transaction; returns the new
-    /// generation. A store without a cluster refuses.
-    fn seal_cluster(&self, audit: ClusterSealAudit) -> StoreFuture<'_, u64> {
-        let _ = audit;
+    /// Bumps the cluster seal generation above both the stored one and
+    /// `seen` (the highest the sealing node knows) and appends the audit
+    /// entry `audit` makes of the new one, in one transaction; returns the
+    /// new generation. A store restored from an older backup holds a lower
+    /// generation than the nodes' keys are stamped with, and a seal there
+    /// must still be newer than those keys. A store without a cluster
+    /// refuses.
+    fn seal_cluster(&self, seen: u64, audit: ClusterSealAudit) -> StoreFuture<'_, u64> {
+        let _ = (seen, audit);
         Box::pin(futures::future::ready(Err(StoreError::NoCluster)))
     }
 

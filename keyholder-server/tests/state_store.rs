@@ -714,20 +714,30 @@ async fn the_cluster_seal_generation_rises_with_its_audit_entry_on_postgres_only
         })
     };
     if matches!(b.kind, Kind::Sqlite { .. }) {
-        let refused = store.seal_cluster(seal()).await.unwrap_err();
+        let refused = store.seal_cluster(0, seal()).await.unwrap_err();
         assert!(matches!(refused, StoreError::NoCluster), "{refused}");
         assert!(store.audit_page(0, 10).await.unwrap().is_empty());
         return;
     }
-    assert_eq!(store.seal_cluster(seal()).await.unwrap(), 1);
+    assert_eq!(store.seal_cluster(0, seal()).await.unwrap(), 1);
     // A second daemon on the same store sees and bumps the same generation.
     let other = b.reopen().await.unwrap();
     assert_eq!(other.cluster_seal_generation().await.unwrap(), 1);
-    assert_eq!(other.seal_cluster(seal()).await.unwrap(), 2);
+    assert_eq!(other.seal_cluster(1, seal()).await.unwrap(), 2);
     assert_eq!(store.cluster_seal_generation().await.unwrap(), 2);
+    // A node that saw a higher generation than the store holds (the store
+    // was restored from an older backup) seals above what it saw.
+    assert_eq!(store.seal_cluster(6, seal()).await.unwrap(), 7);
     let log = store.audit_page(0, 10).await.unwrap();
     let details: Vec<&str> = log.iter().map(|e| e.detail.as_str()).collect();
-    assert_eq!(details, ["{\"generation\":1}", "{\"generation\":2}"]);
+    assert_eq!(
+        details,
+        [
+            "{\"generation\":1}",
+            "{\"generation\":2}",
+            "{\"generation\":7}"
+        ]
+    );
     verify_chain(&log).unwrap();
 }
 

@@ -133,8 +133,8 @@ impl StateStore for FencedStore {
     fn cluster_seal_generation(&self) -> StoreFuture<'_, u64> {
         self.inner.cluster_seal_generation()
     }
-    fn seal_cluster(&self, audit: ClusterSealAudit) -> StoreFuture<'_, u64> {
-        self.inner.seal_cluster(audit)
+    fn seal_cluster(&self, seen: u64, audit: ClusterSealAudit) -> StoreFuture<'_, u64> {
+        self.inner.seal_cluster(seen, audit)
     }
     fn snapshot(&self, label: &str, keep: u32) -> StoreFuture<'_, Option<String>> {
         self.inner.snapshot(label, keep)

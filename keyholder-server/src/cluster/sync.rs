@@ -664,13 +664,16 @@ impl PeerSync {
         let recorded = self
             .daemon
             .store()
-            .seal_cluster(Box::new(move |generation| {
-                crate::audit::draft(
-                    &by,
-                    "cluster_sealed",
-                    json!({"node": node, "generation": generation}),
-                )
-            }))
+            .seal_cluster(
+                seen.unwrap_or(0),
+                Box::new(move |generation| {
+                    crate::audit::draft(
+                        &by,
+                        "cluster_sealed",
+                        json!({"node": node, "generation": generation}),
+                    )
+                }),
+            )
             .await;
         let generation = match &recorded {
             Ok(generation) => *generation,

@@ -837,7 +837,8 @@ impl StateStore for PostgresStore {
         })
     }
 
-    fn seal_cluster(&self, audit: ClusterSealAudit) -> StoreFuture<'_, u64> {
+    fn seal_cluster(&self, seen: u64, audit: ClusterSealAudit) -> StoreFuture<'_, u64> {
+        let seen = i64::try_from(seen).unwrap_or(i64::MAX - 1);
         Box::pin(async move {
             let mut client = self.client().await?;
             let tx = client
@@ -849,8 +850,8 @@ impl StateStore for PostgresStore {
                 .map_err(pg("lock the audit log"))?;
             let row = tx
                 .query_one(
-                    "UPDATE cluster_seal SET generation = generation + 1 WHERE id = 1 RETURNING generation",
-                    &[],
+                    "UPDATE cluster_seal SET generation = GREATEST(generation, $1) + 1 WHERE id = 1 RETURNING generation",
+                    &[&seen],
                 )
                 .await
                 .map_err(pg("bump the cluster seal generation"))?;
