@@ -192,6 +192,20 @@ pub(crate) fn parse_state(text: &str) -> Result<VersionState, StoreError> {
     })
 }
 
+/// A version's canary from its row, which a join may have found missing:
+/// every version is stored with one, so a version without it is named
+/// rather than left out of the versions read.
+pub(crate) fn canary_of(
+    version: KeyVersion,
+    record: Option<String>,
+    aad: Option<String>,
+) -> Result<Canary, StoreError> {
+    match (record, aad) {
+        (Some(record), Some(aad)) => Ok(Canary { record, aad }),
+        _ => Err(corrupt(format!("{version} has no canary"))),
+    }
+}
+
 pub(crate) fn version_of(n: i64) -> Result<KeyVersion, StoreError> {
     u32::try_from(n)
         .ok()

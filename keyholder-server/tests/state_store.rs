@@ -222,6 +222,7 @@ on_both_stores!(
     audit_times_never_go_backwards_and_pages_follow_the_chain,
     runtime_settings_are_written_with_their_audit_entry_and_survive_a_reopen,
     the_cluster_seal_generation_rises_with_its_audit_entry_on_postgres_only,
+    a_version_without_its_canary_is_named_not_left_out,
 );
 
 fn v(n: u32) -> KeyVersion {
@@ -671,6 +672,20 @@ async fn runtime_settings_are_written_with_their_audit_entry_and_survive_a_reope
     assert_eq!(
         reopened.runtime_settings().await.unwrap().as_deref(),
         Some("{\"rows_per_sec\":20}")
+    );
+}
+
+async fn a_version_without_its_canary_is_named_not_left_out(b: Backend) {
+    let store = b.store();
+    store.apply(inserting(1)).await.unwrap();
+    store.apply(inserting(2)).await.unwrap();
+    b.raw("DELETE FROM canaries WHERE version = 2")
+        .await
+        .unwrap();
+    let err = store.versions().await.unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "state store is corrupt: v2 has no canary; restore it from a backup"
     );
 }
 

@@ -75,3 +75,49 @@ async fn a_rotation_row_that_lost_its_next_version_is_refused_at_start_by_name_n
         Some(RotationState::DualRead)
     );
 }
+
+/// Runs `keyholderd run` and waits up to 20 s for it to exit: its exit code
+/// and stderr, or `None` (killed) when it was still running.
+fn run_until_exit(env: &Env) -> Option<(Option<i32>, String)> {
+    let mut child = std::process::Command::new(keyholder_tests::daemon::keyholderd())
+        .arg("run")
+        .arg("--config")
+        .arg(&env.config)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::time::Instant::now() < deadline {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut stderr = String::new();
+            std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+            return Some((status.code(), stderr));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    None
+}
+
+#[tokio::test]
+async fn a_version_whose_canary_row_is_gone_is_named_not_dropped_from_the_keyring() {
+    let env = Env::new(EnvOptions::default());
+    // A partial restore (or a hand edit) left v1 without its canary.
+    edit_state(&env, "DELETE FROM canaries WHERE version = 1");
+    // The old daemon read the versions through a join on the canaries: v1
+    // was not there at all, and the daemon started on an empty keyring,
+    // telling the keyholders to run `keyholderd init` (which a v1 made with
+    // another --first-version would have obeyed, beside the real v1).
+    let Some((code, stderr)) = run_until_exit(&env) else {
+        panic!("keyholderd started on a store whose v1 has no canary");
+    };
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(code, Some(65), "{stderr}");
+    assert!(
+        stderr.contains("state store is corrupt: v1 has no canary; restore it from a backup"),
+        "{stderr}"
+    );
+}

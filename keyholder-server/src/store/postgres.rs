@@ -24,8 +24,8 @@ use tokio_postgres::{Client, GenericClient};
 pub use location::PgLocation;
 
 use super::{
-    AuditDraft, Canary, ClusterSealAudit, DealtShare, Fence, Heartbeat, LeaseBid, LeaseRecord,
-    StateStore, StoreError, StoreFuture, StoredEnvelope, Transition, UsageChange, VersionRecord,
+    AuditDraft, ClusterSealAudit, DealtShare, Fence, Heartbeat, LeaseBid, LeaseRecord, StateStore,
+    StoreError, StoreFuture, StoredEnvelope, Transition, UsageChange, VersionRecord, canary_of,
     chained_time, corrupt, parse_state, state_name, version_of,
 };
 use crate::principal::Principal;
@@ -121,7 +121,7 @@ impl PostgresStore {
         let rows = client
             .query(
                 "SELECT k.version, k.kcv, k.set_id, k.threshold, k.count, k.state, k.encryptions, c.record, c.aad
-                 FROM key_versions k JOIN canaries c ON c.version = k.version ORDER BY k.version",
+                 FROM key_versions k LEFT JOIN canaries c ON c.version = k.version ORDER BY k.version",
                 &[],
             )
             .await
@@ -148,10 +148,7 @@ impl PostgresStore {
                 encryptions: u64::try_from(encryptions)
                     .map_err(|_| corrupt(format!("encryption count of {version}")))?,
                 dealt: dealt.remove(&n).unwrap_or_default(),
-                canary: Canary {
-                    record: row.get(7),
-                    aad: row.get(8),
-                },
+                canary: canary_of(version, row.get(7), row.get(8))?,
             });
         }
         Ok(out)

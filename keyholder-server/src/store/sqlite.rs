@@ -18,9 +18,9 @@ use keyholder_api::{AuditEntry, GENESIS_HASH};
 use rusqlite::{Connection, OptionalExtension as _, TransactionBehavior, params};
 
 use super::{
-    AuditDraft, Canary, DealtShare, STORE_FORMAT, StateStore, StoreError, StoreFuture,
-    StoredEnvelope, Transition, UsageChange, VersionRecord, chained_time, corrupt,
-    format_compatible, parse_state, state_name, version_of,
+    AuditDraft, DealtShare, STORE_FORMAT, StateStore, StoreError, StoreFuture, StoredEnvelope,
+    Transition, UsageChange, VersionRecord, canary_of, chained_time, corrupt, format_compatible,
+    parse_state, state_name, version_of,
 };
 use crate::principal::Principal;
 
@@ -232,7 +232,7 @@ impl SqliteStore {
         let mut stmt = conn
             .prepare(
                 "SELECT k.version, k.kcv, k.set_id, k.threshold, k.count, k.state, k.encryptions, c.record, c.aad
-                 FROM key_versions k JOIN canaries c ON c.version = k.version ORDER BY k.version",
+                 FROM key_versions k LEFT JOIN canaries c ON c.version = k.version ORDER BY k.version",
             )
             .map_err(sql("read versions"))?;
         let rows = stmt
@@ -245,8 +245,8 @@ impl SqliteStore {
                     r.get::<_, u8>(4)?,
                     r.get::<_, String>(5)?,
                     r.get::<_, i64>(6)?,
-                    r.get::<_, String>(7)?,
-                    r.get::<_, String>(8)?,
+                    r.get::<_, Option<String>>(7)?,
+                    r.get::<_, Option<String>>(8)?,
                 ))
             })
             .map_err(sql("read versions"))?;
@@ -255,6 +255,7 @@ impl SqliteStore {
             let (n, kcv, set, threshold, count, state, encryptions, record, aad) =
                 row.map_err(sql("read versions"))?;
             let version = version_of(n)?;
+            let canary = canary_of(version, record, aad)?;
             out.push(VersionRecord {
                 version,
                 kcv: kcv
@@ -269,7 +270,7 @@ impl SqliteStore {
                 encryptions: u64::try_from(encryptions)
                     .map_err(|_| corrupt(format!("encryption count of {version}")))?,
                 dealt: dealt.remove(&n).unwrap_or_default(),
-                canary: Canary { record, aad },
+                canary,
             });
         }
         out.sort_by_key(|v| v.version);
