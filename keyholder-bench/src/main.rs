@@ -60,6 +60,10 @@ struct Cli {
     /// runs it at (the target, p99 <= 1.25x alone, is set at 25).
     #[arg(long, default_value_t = 25, value_parser = clap::value_parser!(u32).range(1..=100))]
     share: u32,
+    /// `[reencrypt] workers` of reencrypt's second PostgreSQL pass, run
+    /// after one with a single worker on a fresh table (1: that one only).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=16))]
+    pg_workers: u32,
     /// Write every figure to this file as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -72,6 +76,8 @@ pub struct Options {
     pub pg: Option<String>,
     /// Percent of the pass's own rate for foreground's throttled phase.
     pub share: u32,
+    /// Workers of reencrypt's second PostgreSQL pass (1: no second pass).
+    pub pg_workers: u32,
 }
 
 fn main() -> ExitCode {
@@ -85,6 +91,7 @@ fn main() -> ExitCode {
         seconds: cli.seconds,
         pg: cli.pg.filter(|url| !url.is_empty()),
         share: cli.share,
+        pg_workers: cli.pg_workers,
     };
     if options.pg.is_none() {
         println!("PostgreSQL runs skipped: no --pg URL and KEYHOLDER_TEST_PG is not set");

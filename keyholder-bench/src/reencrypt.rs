@@ -18,6 +18,8 @@ pub const SQLITE_SYNCHRONOUS: &str = "NORMAL";
 /// One store's figures.
 pub struct Outcome {
     pub store: &'static str,
+    /// `[reencrypt] workers` of the pass.
+    pub workers: u32,
     pub keyholder: f64,
     pub batched: f64,
     pub ceiling: f64,
@@ -29,6 +31,16 @@ pub struct Outcome {
     pub verifying: f64,
 }
 
+impl Outcome {
+    /// The store, and the workers when there were several.
+    fn label(&self) -> String {
+        match self.workers {
+            1 => format!("{}, 1 worker", self.store),
+            n => format!("{}, {n} workers", self.store),
+        }
+    }
+}
+
 /// Runs the scenario on SQLite and, with a URL, PostgreSQL.
 pub async fn run(options: &Options) -> (serde_json::Value, Vec<Outcome>, u64) {
     let mut outcomes = Vec::new();
@@ -36,20 +48,28 @@ pub async fn run(options: &Options) -> (serde_json::Value, Vec<Outcome>, u64) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("app.db");
     seed::create_sqlite(&path);
-    let (outcome, rss) = pass(options, Store::Sqlite(path.clone()), dir.path()).await;
+    let (outcome, rss) = pass(options, Store::Sqlite(path.clone()), dir.path(), 1).await;
     outcomes.push(outcome);
     peak = peak.max(rss);
     if let Some(url) = &options.pg {
-        let table = "kh_bench_reencrypt".to_owned();
-        let client = seed::pg_connect(url).await;
-        seed::create_pg(&client, &table).await;
-        let store = Store::Postgres {
-            url: url.clone(),
-            table,
-        };
-        let (outcome, rss) = pass(options, store, dir.path()).await;
-        outcomes.push(outcome);
-        peak = peak.max(rss);
+        // One worker, then (on a fresh table) `--pg-workers`: before and
+        // after in one run, each beside its own baselines.
+        let mut counts = vec![1];
+        if options.pg_workers > 1 {
+            counts.push(options.pg_workers);
+        }
+        for workers in counts {
+            let table = "kh_bench_reencrypt".to_owned();
+            let client = seed::pg_connect(url).await;
+            seed::create_pg(&client, &table).await;
+            let store = Store::Postgres {
+                url: url.clone(),
+                table,
+            };
+            let (outcome, rss) = pass(options, store, dir.path(), workers).await;
+            outcomes.push(outcome);
+            peak = peak.max(rss);
+        }
     }
 
     let mut table = Table::new(
@@ -69,7 +89,7 @@ pub async fn run(options: &Options) -> (serde_json::Value, Vec<Outcome>, u64) {
     let mut figures = Vec::new();
     for o in &outcomes {
         table.row(vec![
-            o.store.to_owned(),
+            o.label(),
             rate(o.keyholder),
             rate(o.batched),
             rate(o.ceiling),
@@ -78,6 +98,7 @@ pub async fn run(options: &Options) -> (serde_json::Value, Vec<Outcome>, u64) {
         ]);
         figures.push(json!({
             "store": o.store,
+            "workers": o.workers,
             "rows": options.rows,
             "keyholder_rows_per_sec": o.keyholder,
             "batched_baseline_rows_per_sec": o.batched,
@@ -100,7 +121,7 @@ pub async fn run(options: &Options) -> (serde_json::Value, Vec<Outcome>, u64) {
     );
     for (o, figure) in outcomes.iter().zip(&mut figures) {
         steps.row(vec![
-            o.store.to_owned(),
+            o.label(),
             format!("{:.2}", o.start),
             format!("{:.2}", o.moving),
             rate(options.rows as f64 / o.moving),
@@ -120,7 +141,7 @@ pub async fn run(options: &Options) -> (serde_json::Value, Vec<Outcome>, u64) {
         };
         summary.push(format!(
             "{} {:.2}x {against} (target >= {wanted}: {})",
-            o.store,
+            o.label(),
             o.keyholder / base,
             verdict(o.keyholder / base >= wanted)
         ));
@@ -134,9 +155,18 @@ pub async fn run(options: &Options) -> (serde_json::Value, Vec<Outcome>, u64) {
 }
 
 /// Seeds the table, measures both baselines on copies, then the pass.
-async fn pass(options: &Options, store: Store, dir: &std::path::Path) -> (Outcome, u64) {
+async fn pass(
+    options: &Options,
+    store: Store,
+    dir: &std::path::Path,
+    workers: u32,
+) -> (Outcome, u64) {
     let rows = options.rows;
-    let mut world = World::start(store.clone(), Tuning::default()).await;
+    let tuning = Tuning {
+        workers,
+        ..Tuning::default()
+    };
+    let mut world = World::start(store.clone(), tuning).await;
     let keys = [(crate::world::v(9), world.v9.clone())];
     let (batched, ceiling) = match &store {
         Store::Sqlite(path) => {
@@ -183,6 +213,7 @@ async fn pass(options: &Options, store: Store, dir: &std::path::Path) -> (Outcom
     (
         Outcome {
             store: store.kind(),
+            workers,
             keyholder: per_sec(seconds),
             batched: per_sec(batched),
             ceiling: per_sec(ceiling),

@@ -103,6 +103,7 @@ pub async fn run(options: &Options) -> (serde_json::Value, u64) {
     let first = Tuning {
         rows_per_sec: TARGETS[0].0,
         batch_size: TARGETS[0].1,
+        ..Tuning::default()
     };
     let mut world = World::start(Store::Sqlite(path.clone()), first).await;
     let keys = [(crate::world::v(9), world.v9.clone())];

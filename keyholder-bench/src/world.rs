@@ -91,6 +91,8 @@ pub fn seal_all(
 pub struct Tuning {
     pub rows_per_sec: u64,
     pub batch_size: u32,
+    /// `reencrypt.workers`; 1 leaves the setting out of the config.
+    pub workers: u32,
 }
 
 impl Default for Tuning {
@@ -98,6 +100,7 @@ impl Default for Tuning {
         Self {
             rows_per_sec: 0,
             batch_size: 1000,
+            workers: 1,
         }
     }
 }
@@ -140,6 +143,7 @@ impl World {
             consumers: vec![keyholder_tests::daemon::DATABASE.to_owned()],
             batch_size: Some(tuning.batch_size),
             rows_per_sec: Some(tuning.rows_per_sec),
+            workers: (tuning.workers > 1).then_some(tuning.workers),
             extra_toml: target,
             ..EnvOptions::default()
         });
