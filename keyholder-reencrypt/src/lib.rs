@@ -13,6 +13,9 @@
 //!   the daemon implements; a pass resumes from it and redoing a batch is
 //!   harmless;
 //! - throttling, pause, resume and abort through a [`ControlHandle`];
+//! - on PostgreSQL with an integer key, optionally several workers on
+//!   disjoint key ranges ([`Reencryptor::with_workers`]), each range with its
+//!   own position in the checkpoint;
 //! - [`Progress`] snapshots on a watch channel;
 //! - a record that does not decrypt is left untouched and named by column and
 //!   primary key; the pass moves every other record, then fails with
