@@ -69,7 +69,9 @@ mod tests {
         let err = check_compatible(Some("2.0.0")).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "the peer speaks keyholder API 2.0.0, this build speaks 1.8.0; upgrade the older side"
+            format!(
+                "the peer speaks keyholder API 2.0.0, this build speaks {API_VERSION}; upgrade the older side"
+            )
         );
         assert_eq!(check_compatible(None).unwrap_err().peer, None);
         assert_eq!(check_compatible(Some("one")).unwrap_err().peer, None);
