@@ -17,7 +17,7 @@ pub struct RelayedShares {
     /// The keyholder who submitted them (a principal name).
     pub keyholder: String,
     /// The lines that node accepted (at most 16).
-    #[schema(value_type = Vec<String>, max_items = 16)]
+    #[schema(value_type = Vec<String>, min_items = 1, max_items = 16)]
     pub shares: Vec<ShareLine>,
     /// The cluster seal generation the relaying node had seen when it
     /// admitted them. A node that has seen a later one (the cluster was

@@ -203,7 +203,7 @@ pub const MAX_SHARE_LINES: usize = 16;
 #[serde(deny_unknown_fields)]
 pub struct UnsealRequest {
     /// One line per share.
-    #[schema(value_type = Vec<String>, max_items = 16)]
+    #[schema(value_type = Vec<String>, min_items = 1, max_items = 16)]
     pub shares: Vec<ShareLine>,
 }
 

@@ -519,6 +519,20 @@ async fn oversized_and_malformed_bodies_get_json_errors_and_change_nothing() {
         "this endpoint does not take PUT; see docs/protocol.md"
     );
 
+    // A submission of no share at all is refused, not taken as a success
+    // (which ended a streak of failures and wrote an `unseal_share_accepted`
+    // entry with no line).
+    let bob = env.client("bob");
+    for path in ["/v1/unseal", "/v1/rotation/verify"] {
+        let answer = bob.post(path, &serde_json::json!({"shares": []})).await;
+        assert_eq!(answer.status, 400, "{path}: {}", answer.body);
+        assert_eq!(answer.error().code, "bad_request");
+        assert_eq!(
+            answer.error().error,
+            "the request carries no share line; nothing was processed"
+        );
+    }
+
     // The database role is refused before its body is read.
     for path in ["/v1/unseal", "/v1/rotation/verify", "/v1/rotation/prepare"] {
         let (status_code, error) = huge_post(&env, DATABASE, path).await;

@@ -223,6 +223,11 @@ pub fn share_submission(
     let parsed = keyholder_api::from_json::<UnsealRequest>(body)
         .map_err(ApiFailure::bad_body)
         .and_then(|request| {
+            if request.shares.is_empty() {
+                return Err(ApiFailure::bad_body(
+                    "the request carries no share line; nothing was processed".to_owned(),
+                ));
+            }
             if request.shares.len() > MAX_SHARE_LINES {
                 return Err(ApiFailure::new(
                     StatusCode::PAYLOAD_TOO_LARGE,

@@ -101,6 +101,11 @@ async fn shares(
     .await?;
     let relayed: RelayedShares = keyholder_api::from_json(&body).map_err(ApiFailure::bad_body)?;
     drop(body);
+    if relayed.shares.is_empty() {
+        return Err(ApiFailure::bad_body(
+            "the relay carries no share line; nothing was processed".to_owned(),
+        ));
+    }
     if relayed.shares.len() > MAX_SHARE_LINES {
         return Err(ApiFailure::new(
             StatusCode::PAYLOAD_TOO_LARGE,
