@@ -165,8 +165,8 @@ pub struct Daemon {
 fn parse_rotation(text: Option<String>) -> Result<Option<Rotation>, DaemonError> {
     let corrupt = |what: String| DaemonError::Store(StoreError::Corrupt { what });
     text.map(|text| {
-        let rotation: Rotation =
-            serde_json::from_str(&text).map_err(|e| corrupt(format!("rotation state ({e})")))?;
+        let rotation: Rotation = serde_json::from_str(&text)
+            .map_err(|e| DaemonError::Store(crate::store::unparsable("rotation state", &e)))?;
         match rotation.inconsistency() {
             Some(why) => Err(corrupt(format!("rotation state: {why}"))),
             None => Ok(rotation),

@@ -81,6 +81,7 @@ impl ExitStatus for StoreError {
             Self::Postgres { .. } | Self::Fenced { .. } | Self::NotLeader => Exit::Unavailable,
             Self::Format { .. }
             | Self::Corrupt { .. }
+            | Self::WrittenByNewer { .. }
             | Self::VersionExists { .. }
             | Self::UnknownVersion { .. } => Exit::Data,
             Self::Task { .. } => Exit::Software,

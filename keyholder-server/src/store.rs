@@ -88,6 +88,18 @@ pub enum StoreError {
         /// Which value.
         what: String,
     },
+    /// A stored value carries a field this build does not know: a newer
+    /// keyholderd sharing the store wrote it (a rolling upgrade), which a
+    /// restore from a backup would undo.
+    #[error(
+        "the state store's {what} has a field this keyholderd does not know (`{field}`): a newer keyholderd sharing the store wrote it; upgrade this node to that version (the store is not damaged: do not restore it)"
+    )]
+    WrittenByNewer {
+        /// Which value.
+        what: String,
+        /// The field.
+        field: String,
+    },
     /// A version was inserted twice.
     #[error("{version} already exists in the state store; a version is made once")]
     VersionExists {
@@ -170,6 +182,23 @@ impl StoreError {
 
 pub(crate) fn corrupt(what: impl Into<String>) -> StoreError {
     StoreError::Corrupt { what: what.into() }
+}
+
+/// A stored JSON value (`what`) that does not parse: written by a newer
+/// keyholderd when the only fault is a field this build does not know
+/// (serde's `unknown field` of a `deny_unknown_fields` type), else corrupt.
+pub(crate) fn unparsable(what: &str, error: &serde_json::Error) -> StoreError {
+    let text = error.to_string();
+    match text
+        .strip_prefix("unknown field `")
+        .and_then(|rest| rest.split_once('`'))
+    {
+        Some((field, _)) => StoreError::WrittenByNewer {
+            what: what.to_owned(),
+            field: field.to_owned(),
+        },
+        None => corrupt(format!("{what} ({text})")),
+    }
 }
 
 /// A lifecycle state as both stores write it.

@@ -76,6 +76,40 @@ async fn a_rotation_row_that_lost_its_next_version_is_refused_at_start_by_name_n
     );
 }
 
+/// A rotation row with a field this build does not know is what a newer
+/// keyholderd sharing the store (a rolling upgrade of a cluster) writes: the
+/// node says to upgrade, not to restore the store from a backup (which
+/// would undo the rotation's steps).
+#[tokio::test]
+async fn a_rotation_row_written_by_a_newer_keyholderd_says_to_upgrade_not_to_restore() {
+    let env = dual_read().await;
+    edit_state(
+        &env,
+        "UPDATE rotation SET state = json_set(state, '$.from_the_future', 1)",
+    );
+    let out = env.keyholderd(&["run"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(65), "{stderr}");
+    assert!(
+        stderr.contains(
+            "the state store's rotation state has a field this keyholderd does not know (`from_the_future`): a newer keyholderd sharing the store wrote it; upgrade this node"
+        ),
+        "{stderr}"
+    );
+    // The old daemon said the store was corrupt and to restore a backup.
+    assert!(!stderr.contains("restore it from a backup"), "{stderr}");
+
+    edit_state(
+        &env,
+        "UPDATE rotation SET state = json_remove(state, '$.from_the_future')",
+    );
+    let _daemon = env.start().await;
+    assert_eq!(
+        env.status().await.rotation.map(|r| r.state),
+        Some(RotationState::DualRead)
+    );
+}
+
 /// Runs `keyholderd run` and waits up to 20 s for it to exit: its exit code
 /// and stderr, or `None` (killed) when it was still running.
 fn run_until_exit(env: &Env) -> Option<(Option<i32>, String)> {
