@@ -10,38 +10,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crypto_core::KeyVersion;
-use fixture::{Db, keyring, pg_connect, v};
+use fixture::{Db, drop_pg_table, keyring, pg_connect, postgres, v};
 use futures::FutureExt as _;
 use futures::future::BoxFuture;
 use keyholder_reencrypt::*;
-
-async fn postgres(test: &str) -> Option<Db> {
-    let Ok(url) = std::env::var("KEYHOLDER_TEST_PG") else {
-        eprintln!("skipping: KEYHOLDER_TEST_PG not set");
-        return None;
-    };
-    let table = format!(
-        "kh_{test}_{}_{}",
-        std::process::id(),
-        rand::random_range(0..1_000_000u32)
-    );
-    pg_connect(&url)
-        .await
-        .batch_execute(&format!("DROP TABLE IF EXISTS {table}"))
-        .await
-        .unwrap();
-    Some(Db::Postgres { url, table })
-}
-
-async fn drop_table(db: &Db) {
-    if let Db::Postgres { url, table } = db {
-        pg_connect(url)
-            .await
-            .batch_execute(&format!("DROP TABLE IF EXISTS {table}"))
-            .await
-            .unwrap();
-    }
-}
 
 /// Every checkpoint saved, with when: what a restart would resume from.
 #[derive(Default)]
@@ -202,7 +174,7 @@ async fn pg_two_workers_drain_every_record_each_in_its_own_range() {
         both_under_way,
         "the two ranges were never under way together"
     );
-    drop_table(&db).await;
+    drop_pg_table(&db).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -278,7 +250,7 @@ async fn pg_a_split_pass_stopped_and_crashed_resumes_every_range_from_its_checkp
         "more than a batch per worker lost to the crash: {} of {moved}",
         report.checkpoint.records_done
     );
-    drop_table(&db).await;
+    drop_pg_table(&db).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -310,7 +282,7 @@ async fn pg_the_throttle_counts_every_workers_records_together() {
         achieved <= rate as f64 * 1.1,
         "{achieved:.0} records/s against a throttle of {rate}"
     );
-    drop_table(&db).await;
+    drop_pg_table(&db).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -355,7 +327,7 @@ async fn pg_pause_stops_every_worker_within_its_batch() {
     control.resume();
     drained(running.await.unwrap().unwrap());
     assert!(!progress.borrow().paused);
-    drop_table(&db).await;
+    drop_pg_table(&db).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -422,5 +394,5 @@ async fn pg_text_keys_run_one_worker() {
             .all(|(_, checkpoint)| checkpoint.ranges.is_empty()),
         "a text key was split"
     );
-    drop_table(&db).await;
+    drop_pg_table(&db).await;
 }

@@ -11,39 +11,8 @@ mod scenarios;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fixture::{Db, pg_connect};
+use fixture::{Db, drop_pg_table, pg_connect, postgres};
 use keyholder_reencrypt::*;
-
-/// The test database, with a fresh table name; `None` (and a notice) when
-/// `KEYHOLDER_TEST_PG` is not set.
-async fn postgres(test: &str) -> Option<Db> {
-    let Ok(url) = std::env::var("KEYHOLDER_TEST_PG") else {
-        eprintln!("skipping: KEYHOLDER_TEST_PG not set");
-        return None;
-    };
-    let table = format!(
-        "kh_{test}_{}_{}",
-        std::process::id(),
-        rand::random_range(0..1_000_000u32)
-    );
-    // Fails the test (never skips) when the server is unreachable.
-    pg_connect(&url)
-        .await
-        .batch_execute(&format!("DROP TABLE IF EXISTS {table}"))
-        .await
-        .unwrap();
-    Some(Db::Postgres { url, table })
-}
-
-async fn drop_table(db: &Db) {
-    if let Db::Postgres { url, table } = db {
-        pg_connect(url)
-            .await
-            .batch_execute(&format!("DROP TABLE IF EXISTS {table}"))
-            .await
-            .unwrap();
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pg_fifty_thousand_records_move_to_v10_unchanged() {
@@ -51,7 +20,7 @@ async fn pg_fifty_thousand_records_move_to_v10_unchanged() {
         return;
     };
     scenarios::forward_pass(db.clone()).await;
-    drop_table(&db).await;
+    drop_pg_table(&db).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -60,7 +29,7 @@ async fn pg_inserts_during_the_pass_do_not_fail_it() {
         return;
     };
     scenarios::inserts_during_the_pass(db.clone()).await;
-    drop_table(&db).await;
+    drop_pg_table(&db).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -69,7 +38,7 @@ async fn pg_concurrent_writer_loses_no_update() {
         return;
     };
     scenarios::concurrent_writer(db.clone()).await;
-    drop_table(&db).await;
+    drop_pg_table(&db).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -78,7 +47,7 @@ async fn pg_the_swap_compares_bytes_not_the_columns_collation() {
         return;
     };
     scenarios::swap_ignores_the_columns_collation(db.clone()).await;
-    drop_table(&db).await;
+    drop_pg_table(&db).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -89,7 +58,7 @@ async fn pg_resumes_after_five_crashes() {
     let dir = tempfile::tempdir().unwrap();
     let checkpoints = Arc::new(SqliteCheckpoints::open(&dir.path().join("state.db")).unwrap());
     scenarios::crash_and_resume(db.clone(), checkpoints).await;
-    drop_table(&db).await;
+    drop_pg_table(&db).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -98,7 +67,7 @@ async fn pg_rollback_moves_records_back() {
         return;
     };
     scenarios::rollback(db.clone()).await;
-    drop_table(&db).await;
+    drop_pg_table(&db).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -107,7 +76,7 @@ async fn pg_undecryptable_records_are_left_and_reported() {
         return;
     };
     scenarios::undecryptable_records(db.clone()).await;
-    drop_table(&db).await;
+    drop_pg_table(&db).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -116,7 +85,7 @@ async fn pg_pause_stops_writes_within_one_batch() {
         return;
     };
     scenarios::pause_and_resume(db.clone()).await;
-    drop_table(&db).await;
+    drop_pg_table(&db).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -162,7 +131,7 @@ async fn pg_reads_replica_lag_and_refuses_bad_schemas() {
         error.to_string(),
         format!("target `missing`: column `{table}.c` does not exist")
     );
-    drop_table(&db).await;
+    drop_pg_table(&db).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -235,7 +204,7 @@ async fn pg_text_primary_keys_with_row_binding() {
             key.as_bytes()
         );
     }
-    drop_table(&db).await;
+    drop_pg_table(&db).await;
 }
 
 /// Rows of the hammered table; each holds one record (column `a`; `b` is NULL).
@@ -451,7 +420,7 @@ async fn pg_hammering_application_never_deadlocks_with_an_unthrottled_rotation()
                 "run {run}: row {id} lost the application's last committed value"
             );
         }
-        drop_table(&db).await;
+        drop_pg_table(&db).await;
     }
 }
 
@@ -461,7 +430,7 @@ async fn pg_sampling_text_keys_beyond_ascii() {
         return;
     };
     scenarios::sample_of_text_keys_beyond_ascii(db.clone()).await;
-    drop_table(&db).await;
+    drop_pg_table(&db).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -470,5 +439,5 @@ async fn pg_a_key_that_may_repeat_or_be_null_is_refused() {
         return;
     };
     scenarios::key_unique_and_not_null(db.clone()).await;
-    drop_table(&db).await;
+    drop_pg_table(&db).await;
 }

@@ -595,6 +595,38 @@ pub async fn pg_connect(url: &str) -> tokio_postgres::Client {
     client
 }
 
+/// The test database, with a fresh table name; `None` (and a notice) when
+/// `KEYHOLDER_TEST_PG` is not set.
+pub async fn postgres(test: &str) -> Option<Db> {
+    let Ok(url) = std::env::var("KEYHOLDER_TEST_PG") else {
+        eprintln!("skipping: KEYHOLDER_TEST_PG not set");
+        return None;
+    };
+    let table = format!(
+        "kh_{test}_{}_{}",
+        std::process::id(),
+        rand::random_range(0..1_000_000u32)
+    );
+    // Fails the test (never skips) when the server is unreachable.
+    pg_connect(&url)
+        .await
+        .batch_execute(&format!("DROP TABLE IF EXISTS {table}"))
+        .await
+        .unwrap();
+    Some(Db::Postgres { url, table })
+}
+
+/// Drops the PostgreSQL test table of `db`.
+pub async fn drop_pg_table(db: &Db) {
+    if let Db::Postgres { url, table } = db {
+        pg_connect(url)
+            .await
+            .batch_execute(&format!("DROP TABLE IF EXISTS {table}"))
+            .await
+            .unwrap();
+    }
+}
+
 pub fn throttle(batch_size: u32) -> ControlHandle {
     ControlHandle::new(Throttle {
         batch_size,
